@@ -1,0 +1,1 @@
+//! LibAFL fuzzing of code inside Xen guests (see issue: fuzz).

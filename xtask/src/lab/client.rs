@@ -1,0 +1,128 @@
+//! The host side of the agent protocol: run a command in dom0 and stream its output.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use xenlab_proto::{builtin, decode_i32, read_frame, tag, write_frame, Request};
+
+/// The agent of a running lab.
+#[derive(Clone, Copy, Debug)]
+pub struct Agent {
+    addr: SocketAddr,
+}
+
+/// A finished command's captured output.
+pub struct Output {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Agent {
+    /// The agent reachable on the host's loopback at `port`.
+    pub fn on_port(port: u16) -> Self {
+        Agent {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    /// Whether the agent answers within `timeout`.
+    pub fn ping(&self, timeout: Duration) -> bool {
+        let run = || -> Result<i32> {
+            let mut s = TcpStream::connect_timeout(&self.addr, timeout)?;
+            s.set_read_timeout(Some(timeout))?;
+            s.set_write_timeout(Some(timeout))?;
+            let req = Request {
+                argv: vec![builtin::PING.into()],
+                ..Default::default()
+            };
+            write_frame(&mut s, tag::REQUEST, &req.encode())?;
+            match read_frame(&mut s)? {
+                Some((tag::EXIT, p)) => decode_i32(&p).context("bad exit frame"),
+                _ => bail!("no answer"),
+            }
+        };
+        matches!(run(), Ok(0))
+    }
+
+    /// Runs `req`, copying the command's output to `out` and `err`, feeding it
+    /// `stdin` if given; returns its exit status.
+    pub fn run(
+        &self,
+        req: &Request,
+        stdin: Option<Box<dyn Read + Send>>,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> Result<i32> {
+        let mut s = TcpStream::connect(self.addr)
+            .with_context(|| format!("connecting to the lab agent at {}", self.addr))?;
+        s.set_nodelay(true)?;
+        let mut req = req.clone();
+        req.stdin = stdin.is_some();
+        write_frame(&mut s, tag::REQUEST, &req.encode())?;
+        if let Some(mut input) = stdin {
+            let mut w = s.try_clone()?;
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match input.read(&mut buf) {
+                        Ok(0) | Err(_) => {
+                            let _ = write_frame(&mut w, tag::STDIN_EOF, &[]);
+                            break;
+                        }
+                        Ok(n) => {
+                            if write_frame(&mut w, tag::STDIN, &buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        let mut failed_start = None;
+        loop {
+            match read_frame(&mut s).context("reading from the lab agent")? {
+                Some((tag::STDOUT, d)) => {
+                    out.write_all(&d)?;
+                    out.flush()?;
+                }
+                Some((tag::STDERR, d)) => {
+                    err.write_all(&d)?;
+                    err.flush()?;
+                }
+                Some((tag::START_FAILED, d)) => {
+                    failed_start = Some(String::from_utf8_lossy(&d).into_owned());
+                }
+                Some((tag::EXIT, p)) => {
+                    let code = decode_i32(&p).context("bad exit frame from the agent")?;
+                    if let Some(msg) = failed_start {
+                        writeln!(err, "{msg}")?;
+                    }
+                    return Ok(code);
+                }
+                Some((t, _)) => bail!("unexpected frame {t:#x} from the lab agent"),
+                None => bail!(
+                    "the lab agent closed the connection before the command ended \
+                     (did dom0 crash? see the serial log)"
+                ),
+            }
+        }
+    }
+
+    /// Runs `argv` in dom0 and captures its output.
+    pub fn output(&self, argv: &[&str]) -> Result<Output> {
+        let req = Request {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let (mut o, mut e) = (Vec::new(), Vec::new());
+        let code = self.run(&req, None, &mut o, &mut e)?;
+        Ok(Output {
+            code,
+            stdout: o,
+            stderr: e,
+        })
+    }
+}

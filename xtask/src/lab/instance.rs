@@ -1,0 +1,404 @@
+//! One lab (one hypervisor flavour): its state on disk, booting, reuse and teardown.
+//!
+//! A lab lives in `target/xenlab/<flavour>/`: `lab.json` (the running QEMU's
+//! pid and ports), `serial.log` (Xen's and dom0's console), `qmp.sock`,
+//! `consoles/` (guest consoles) and `lock`. Every command that boots, reuses or
+//! stops a lab holds `lock` (flock) meanwhile, so two commands never boot the
+//! same lab twice; a lab whose QEMU died, or stopped answering, is cleaned up
+//! by the next command.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::client::Agent;
+use super::image::{self, AGENT_PORT};
+use super::qemu::{self, Accel, Machine};
+use super::xen::{self, Flavour};
+use crate::ws;
+
+/// What `lab.json` records about a running lab.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct State {
+    pub pid: i32,
+    pub agent_port: u16,
+    /// Host port on 127.0.0.1 forwarded to `forward_guest` in dom0.
+    pub forward_host: u16,
+    pub forward_guest: u16,
+    pub accel: Accel,
+    /// Seconds from QEMU's start to a dom0 that runs commands.
+    pub boot_secs: f64,
+    /// Unix time of the boot.
+    pub started: u64,
+}
+
+/// Options for starting a lab.
+#[derive(Clone, Debug)]
+pub struct UpOptions {
+    /// Host port to forward (None: pick a free one) and the dom0 port it reaches.
+    pub forward: (Option<u16>, u16),
+    /// How long to wait for dom0.
+    pub timeout: Duration,
+}
+
+/// A lab directory for one flavour.
+pub struct Lab {
+    pub flavour: Flavour,
+    pub dir: PathBuf,
+}
+
+/// A lab that answers.
+pub struct Running {
+    pub state: State,
+    pub agent: Agent,
+}
+
+impl Lab {
+    pub fn new(flavour: Flavour) -> Self {
+        Lab {
+            flavour,
+            dir: ws::instance_dir(flavour.name()),
+        }
+    }
+
+    pub fn serial_log(&self) -> PathBuf {
+        self.dir.join("serial.log")
+    }
+
+    pub fn consoles(&self) -> PathBuf {
+        self.dir.join("consoles")
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.dir.join("lab.json")
+    }
+
+    fn read_state(&self) -> Option<State> {
+        let text = std::fs::read_to_string(self.state_file()).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Holds the lab's lock until the guard is dropped.
+    fn lock(&self) -> Result<Lock> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
+        let f = File::create(self.dir.join("lock"))?;
+        // SAFETY: flock on a descriptor we own; blocks until the lock is ours.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!(
+                "locking {}: {}",
+                self.dir.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(Lock(f))
+    }
+
+    /// The running lab, if its QEMU is alive and its agent answers.
+    pub fn running(&self) -> Option<Running> {
+        let state = self.read_state()?;
+        if !self.qemu_alive(state.pid) {
+            return None;
+        }
+        let agent = Agent::on_port(state.agent_port);
+        agent
+            .ping(Duration::from_secs(5))
+            .then_some(Running { state, agent })
+    }
+
+    /// Whether `pid` is this lab's QEMU (not a process that reused the pid).
+    fn qemu_alive(&self, pid: i32) -> bool {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        cmdline.contains("qemu-system") && cmdline.contains(&*self.serial_log().to_string_lossy())
+    }
+
+    /// Returns the running lab, booting one if there is none (and cleaning up
+    /// one that died or hangs).
+    pub fn up(&self, opts: &UpOptions) -> Result<Running> {
+        let _lock = self.lock()?;
+        if let Some(r) = self.running() {
+            if let Some(want) = opts.forward.0 {
+                if want != r.state.forward_host || opts.forward.1 != r.state.forward_guest {
+                    eprintln!(
+                        "lab: note: the running {} lab forwards 127.0.0.1:{} -> dom0:{}; \
+                         run `cargo xtask lab down` first to change it",
+                        self.flavour.name(),
+                        r.state.forward_host,
+                        r.state.forward_guest
+                    );
+                }
+            }
+            return Ok(r);
+        }
+        self.clean_stale()?;
+        self.boot(opts)
+    }
+
+    /// Removes what a dead or hung lab left behind.
+    fn clean_stale(&self) -> Result<()> {
+        if let Some(state) = self.read_state() {
+            if self.qemu_alive(state.pid) {
+                eprintln!(
+                    "lab: the {} lab (QEMU pid {}) does not answer; stopping it",
+                    self.flavour.name(),
+                    state.pid
+                );
+                kill_and_wait(state.pid);
+            } else {
+                eprintln!(
+                    "lab: cleaning up after a {} lab that is gone (QEMU pid {})",
+                    self.flavour.name(),
+                    state.pid
+                );
+            }
+        }
+        for f in ["lab.json", "qmp.sock", "qemu.pid"] {
+            let _ = std::fs::remove_file(self.dir.join(f));
+        }
+        Ok(())
+    }
+
+    fn boot(&self, opts: &UpOptions) -> Result<Running> {
+        crate::deps::ensure(crate::deps::Need::Lab)?;
+        let agent_bin = build_agent()?;
+        let xen = xen::hypervisor(self.flavour, &ws::lab_dir().join("xen"))?;
+        let dom0 = image::build(&ws::lab_dir().join("dom0"), &agent_bin)?;
+        tracing::debug!(hypervisor = %xen.id, dom0 = %dom0.id, "lab images");
+        let (accel, why) = qemu::choose_accel(&ws::lab_dir());
+        match self.boot_with(accel, &why, &xen.elf, &dom0, opts) {
+            Ok(r) => Ok(r),
+            Err(e) if accel == Accel::Kvm => {
+                eprintln!(
+                    "lab: KVM could not boot the lab ({e:#}); falling back to software emulation"
+                );
+                std::fs::write(qemu::kvm_failed_marker(&ws::lab_dir()), format!("{e:#}\n"))?;
+                self.boot_with(
+                    Accel::Tcg,
+                    "software emulation: KVM failed",
+                    &xen.elf,
+                    &dom0,
+                    opts,
+                )
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn boot_with(
+        &self,
+        accel: Accel,
+        why: &str,
+        xen_elf: &Path,
+        dom0: &image::Dom0,
+        opts: &UpOptions,
+    ) -> Result<Running> {
+        let agent_port = free_port()?;
+        let forward_host = match opts.forward.0 {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        let forward_guest = opts.forward.1;
+        std::fs::create_dir_all(self.consoles())?;
+        let serial = self.serial_log();
+        let qmp = self.dir.join("qmp.sock");
+        let pid_file = self.dir.join("qemu.pid");
+        let _ = std::fs::remove_file(&pid_file);
+        let mut xen_cmdline = String::from(
+            "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=2 \
+             console_timestamps=boot noreboot",
+        );
+        if let Ok(extra) = std::env::var("XENPROBE_XEN_CMDLINE") {
+            xen_cmdline = format!("{xen_cmdline} {extra}");
+        }
+        let root = ws::root();
+        let forwards = [(agent_port, AGENT_PORT), (forward_host, forward_guest)];
+        let m = Machine {
+            accel,
+            xen_elf,
+            xen_cmdline: &xen_cmdline,
+            dom0_kernel: &dom0.kernel,
+            dom0_cmdline: "console=hvc0 earlyprintk=xen quiet",
+            initramfs: &dom0.initramfs,
+            share: &root,
+            serial_log: &serial,
+            qmp_socket: &qmp,
+            pid_file: &pid_file,
+            forwards: &forwards,
+            memory: "3G",
+            cpus: 2,
+        };
+        eprintln!(
+            "lab: cold boot of the {} hypervisor under QEMU ({}: {why})",
+            self.flavour.name(),
+            accel.name()
+        );
+        let t0 = Instant::now();
+        let out = m
+            .command()?
+            .stdin(std::process::Stdio::null())
+            .output()
+            .context("starting QEMU")?;
+        if !out.status.success() {
+            bail!(
+                "QEMU failed to start ({}):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .context("QEMU wrote no pid file")?;
+        let agent = Agent::on_port(agent_port);
+        loop {
+            if agent.ping(Duration::from_millis(500)) {
+                break;
+            }
+            if !self.qemu_alive(pid) {
+                bail!(
+                    "QEMU exited while booting Xen; last serial lines ({}):\n{}",
+                    serial.display(),
+                    tail(&serial, 50)
+                );
+            }
+            if t0.elapsed() > opts.timeout {
+                kill_and_wait(pid);
+                bail!(
+                    "Xen/dom0 did not come up within {} s; last serial lines ({}):\n{}",
+                    opts.timeout.as_secs(),
+                    serial.display(),
+                    tail(&serial, 50)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let attach = agent.output(&[
+            "xenlab-attach",
+            &root.to_string_lossy(),
+            &self.consoles().to_string_lossy(),
+        ])?;
+        if attach.code != 0 {
+            kill_and_wait(pid);
+            bail!(
+                "dom0 could not mount the workspace: {}",
+                String::from_utf8_lossy(&attach.stderr).trim()
+            );
+        }
+        let boot_secs = t0.elapsed().as_secs_f64();
+        let info = agent.output(&["xl", "info"])?;
+        let caps = String::from_utf8_lossy(&info.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("virt_caps"))
+            .map(|l| l.trim_start_matches([' ', ':']).to_string())
+            .unwrap_or_else(|| "unknown (xl info failed)".into());
+        let state = State {
+            pid,
+            agent_port,
+            forward_host,
+            forward_guest,
+            accel,
+            boot_secs,
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        std::fs::write(self.state_file(), serde_json::to_string_pretty(&state)?)?;
+        eprintln!(
+            "lab: {} lab ready in {boot_secs:.1} s (cold boot); virt_caps: {caps}; \
+             127.0.0.1:{forward_host} -> dom0:{forward_guest}",
+            self.flavour.name()
+        );
+        Ok(Running { state, agent })
+    }
+
+    /// Stops the lab; returns whether one was running.
+    pub fn down(&self) -> Result<bool> {
+        let _lock = self.lock()?;
+        let was = match self.read_state() {
+            Some(s) if self.qemu_alive(s.pid) => {
+                kill_and_wait(s.pid);
+                true
+            }
+            _ => false,
+        };
+        for f in ["lab.json", "qmp.sock", "qemu.pid"] {
+            let _ = std::fs::remove_file(self.dir.join(f));
+        }
+        Ok(was)
+    }
+}
+
+struct Lock(#[allow(dead_code)] File);
+
+/// Builds the dom0 agent (release, small) and returns its path.
+fn build_agent() -> Result<PathBuf> {
+    let root = ws::root();
+    let target = root.join("target/xtask");
+    let st = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "xenlab-agent",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .status()
+        .context("running cargo to build the lab agent")?;
+    if !st.success() {
+        bail!("building the lab agent (xtask/agent) failed");
+    }
+    Ok(target.join("release/xenlab-agent"))
+}
+
+/// A TCP port on 127.0.0.1 that is free right now.
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// SIGTERM, then SIGKILL after 3 s; waits until the process is gone.
+fn kill_and_wait(pid: i32) {
+    let alive = || Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid);
+    // SAFETY: signalling a pid we checked belongs to our QEMU.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let t0 = Instant::now();
+    while alive() {
+        if t0.elapsed() > Duration::from_secs(3) {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+                .unwrap_or(false)
+        })
+        .unwrap_or(true)
+}
+
+/// The last `n` lines of a file.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -1,0 +1,262 @@
+//! `cargo xtask lab`: a real Xen host on any Linux machine.
+//!
+//! The lab is Debian's Xen 4.17 booted under QEMU with a small dom0 (Debian's
+//! kernel, busybox, Xen's tools, the HVM device model and our agent). The
+//! workspace is shared into dom0 at the same absolute path, so host-built
+//! binaries and guest images run there as they are. On a machine that is
+//! already a Xen dom0 every command runs locally instead.
+
+mod client;
+mod cpio;
+mod image;
+mod instance;
+mod qemu;
+pub mod xen;
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use xenlab_proto::Request;
+
+use crate::{deps, ws};
+pub use instance::Lab;
+use instance::UpOptions;
+use xen::Flavour;
+
+/// Options shared by every lab command.
+#[derive(Args, Clone, Debug)]
+pub struct LabOptions {
+    /// Hypervisor: Debian's binary (stock) or rebuilt with CONFIG_GDBSX,
+    /// CONFIG_SHADOW_PAGING and CONFIG_MEM_SHARING (debug).
+    #[arg(
+        long,
+        value_enum,
+        env = "XENPROBE_XEN",
+        default_value = "stock",
+        global = true
+    )]
+    pub xen: Flavour,
+    /// Forward 127.0.0.1:HOST on the host to dom0's port GUEST (default: a free
+    /// host port to dom0 port 1234, for the debug stub). Used when the lab boots.
+    #[arg(long, value_name = "HOST[:GUEST]", global = true)]
+    pub forward: Option<String>,
+    /// Seconds to wait for dom0 to come up.
+    #[arg(
+        long,
+        default_value_t = 300,
+        env = "XENPROBE_LAB_TIMEOUT",
+        global = true
+    )]
+    pub timeout: u64,
+}
+
+#[derive(Args)]
+pub struct LabArgs {
+    #[command(flatten)]
+    opts: LabOptions,
+    #[command(subcommand)]
+    cmd: LabCmd,
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Boot the lab (or check that it is up); later commands reuse it.
+    Up,
+    /// Stop the lab.
+    Down,
+    /// Print whether the lab is up, its ports and its files.
+    Status,
+    /// Run a command in dom0 (booting the lab if needed); exits with its status.
+    Run {
+        /// Forward this process's stdin to the command.
+        #[arg(short, long)]
+        interactive: bool,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        argv: Vec<String>,
+    },
+    /// An interactive shell in dom0.
+    Shell,
+}
+
+/// Runs a `cargo xtask lab` command; returns the exit status.
+pub fn main(args: LabArgs) -> Result<i32> {
+    let opts = &args.opts;
+    let lab = Lab::new(opts.xen);
+    let local = deps::on_real_dom0();
+    match args.cmd {
+        LabCmd::Up => {
+            if local {
+                println!("lab: this machine is a Xen dom0; commands run here, no lab to boot");
+                return Ok(0);
+            }
+            let r = lab.up(&up_options(opts)?)?;
+            print_status(&lab, Some(&r.state));
+            Ok(0)
+        }
+        LabCmd::Down => {
+            if local {
+                println!("lab: this machine is a Xen dom0; there is no lab to stop");
+                return Ok(0);
+            }
+            if lab.down()? {
+                println!("lab: {} lab stopped", opts.xen.name());
+            } else {
+                println!("lab: no {} lab was running", opts.xen.name());
+            }
+            Ok(0)
+        }
+        LabCmd::Status => {
+            if local {
+                println!("lab: this machine is a Xen dom0; commands run locally");
+                return Ok(0);
+            }
+            let r = lab.running();
+            print_status(&lab, r.as_ref().map(|r| &r.state));
+            Ok(if r.is_some() { 0 } else { 1 })
+        }
+        LabCmd::Run { interactive, argv } => run(opts, &argv, interactive),
+        LabCmd::Shell => {
+            if !std::io::stdin().is_terminal() {
+                eprintln!("lab: note: stdin is not a terminal; reading commands from it");
+            }
+            run(opts, &["/bin/sh".into(), "-i".into()], true)
+        }
+    }
+}
+
+fn up_options(opts: &LabOptions) -> Result<UpOptions> {
+    let forward = match &opts.forward {
+        None => (None, 1234),
+        Some(s) => {
+            let (h, g) = s.split_once(':').unwrap_or((s.as_str(), "1234"));
+            match (h.parse::<u16>(), g.parse::<u16>()) {
+                (Ok(h), Ok(g)) => (Some(h), g),
+                _ => bail!("--forward takes HOST[:GUEST] port numbers, not {s:?}"),
+            }
+        }
+    };
+    Ok(UpOptions {
+        forward,
+        timeout: Duration::from_secs(opts.timeout),
+    })
+}
+
+fn print_status(lab: &Lab, state: Option<&instance::State>) {
+    let name = lab.flavour.name();
+    match state {
+        Some(s) => {
+            println!("lab: {name}: up (QEMU pid {}, {})", s.pid, s.accel.name());
+            println!("  booted in:     {:.1} s", s.boot_secs);
+            println!("  agent:         127.0.0.1:{}", s.agent_port);
+            println!(
+                "  forwarded:     127.0.0.1:{} -> dom0:{}",
+                s.forward_host, s.forward_guest
+            );
+        }
+        None => println!("lab: {name}: down"),
+    }
+    println!("  serial log:    {}", lab.serial_log().display());
+    println!("  guest consoles: {}", lab.consoles().display());
+}
+
+/// Environment variables passed on to commands in dom0.
+fn forwarded_env() -> Vec<(String, String)> {
+    const PREFIXES: &[&str] = &["RUST_", "CARGO_", "XENPROBE_", "INSTA_", "PROPTEST_"];
+    const NAMES: &[&str] = &["NO_COLOR", "TERM", "CI"];
+    std::env::vars()
+        .filter(|(k, _)| PREFIXES.iter().any(|p| k.starts_with(p)) || NAMES.contains(&k.as_str()))
+        .collect()
+}
+
+/// Runs `argv` in dom0 (or locally on a real dom0) with this process's
+/// working directory, streaming its output; returns its exit status.
+fn run(opts: &LabOptions, argv: &[String], interactive: bool) -> Result<i32> {
+    if deps::on_real_dom0() {
+        let st = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .status()
+            .map_err(|e| anyhow::anyhow!("cannot run `{}`: {e}", argv[0]))?;
+        return Ok(st.code().unwrap_or(128));
+    }
+    let lab = Lab::new(opts.xen);
+    let running = lab.up(&up_options(opts)?)?;
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let root = ws::root();
+    let cwd = if cwd.starts_with(&root) {
+        cwd.to_string_lossy().into_owned()
+    } else {
+        "/".to_string()
+    };
+    let mut argv = argv.to_vec();
+    // A relative program path is relative to the cwd, which exists in dom0
+    // only inside the workspace.
+    if argv[0].contains('/') && !argv[0].starts_with('/') && cwd == "/" {
+        let abs = std::env::current_dir()?.join(&argv[0]);
+        if abs.starts_with(&root) {
+            argv[0] = abs.to_string_lossy().into_owned();
+        } else {
+            bail!(
+                "{} is outside the workspace ({}), which is all that dom0 sees",
+                argv[0],
+                root.display()
+            );
+        }
+    } else if Path::new(&argv[0]).is_absolute()
+        && Path::new(&argv[0]).exists()
+        && !Path::new(&argv[0]).starts_with(&root)
+        && !argv[0].starts_with("/usr")
+        && !argv[0].starts_with("/bin")
+        && !argv[0].starts_with("/sbin")
+    {
+        eprintln!(
+            "lab: note: {} is outside the workspace ({}); dom0 sees only the workspace",
+            argv[0],
+            root.display()
+        );
+    }
+    let req = Request {
+        argv,
+        env: forwarded_env(),
+        cwd,
+        stdin: interactive,
+    };
+    let stdin: Option<Box<dyn std::io::Read + Send>> = if interactive {
+        Some(Box::new(std::io::stdin()))
+    } else {
+        None
+    };
+    running.agent.run(
+        &req,
+        stdin,
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    )
+}
+
+/// Runs `argv` in dom0 with the default lab options (for other xtask commands).
+#[allow(dead_code)]
+pub fn run_in_dom0(argv: &[String]) -> Result<i32> {
+    let opts = LabOptions {
+        xen: std::env::var("XENPROBE_XEN")
+            .ok()
+            .and_then(|v| <Flavour as clap::ValueEnum>::from_str(&v, true).ok())
+            .unwrap_or(Flavour::Stock),
+        forward: None,
+        timeout: 300,
+    };
+    run(&opts, argv, false)
+}
+
+/// FNV-1a over bytes: a stable hash for cache keys.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}

@@ -1,0 +1,47 @@
+//! `cargo xtask`: build, lab, guests, fuzz and bench commands for xenprobe.
+
+mod deps;
+mod guests;
+mod lab;
+mod test;
+mod ws;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "xenprobe's build, lab, guest, fuzz and bench commands"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Manage the Xen lab (Xen 4.17 + dom0 under QEMU, or the local dom0).
+    Lab(lab::LabArgs),
+    /// Build and run the sample guests.
+    Guests(guests::GuestsArgs),
+    /// Run the whole test suite, live-guest tests in the lab included.
+    Test(test::TestArgs),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("XENPROBE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let code = match cli.cmd {
+        Cmd::Lab(a) => lab::main(a)?,
+        Cmd::Guests(a) => guests::main(a)?,
+        Cmd::Test(a) => test::main(a)?,
+    };
+    std::process::exit(code)
+}

@@ -1,0 +1,87 @@
+//! `cargo xtask test`: the whole test suite, live-guest tests included.
+//!
+//! Installs what is missing, builds the sample guests, boots the lab once per
+//! hypervisor flavour and runs `cargo test` against it: the cargo runner
+//! forwards the `live_*` test binaries into the lab's dom0, everything else
+//! runs on the host. The stock pass runs every test; the debug pass (a
+//! hypervisor with CONFIG_GDBSX and shadow paging) runs the live suites again,
+//! where PV breakpoints, PV single-step and PV log-dirty become available.
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::lab::xen::Flavour;
+use crate::lab::Lab;
+use crate::{deps, ws};
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// Run against one hypervisor flavour only (default: stock, then debug).
+    #[arg(long, value_enum)]
+    xen: Option<Flavour>,
+    /// Leave the labs running afterwards (default: stop those this command booted).
+    #[arg(long)]
+    keep_lab: bool,
+    /// Extra arguments for `cargo test` (after `--`).
+    #[arg(last = true)]
+    cargo_args: Vec<String>,
+}
+
+pub fn main(args: TestArgs) -> Result<i32> {
+    deps::ensure(deps::Need::Tests)?;
+    if !xtask(&["guests", "build"])? {
+        eprintln!("xtask test: building the sample guests failed");
+        return Ok(1);
+    }
+    let flavours = match args.xen {
+        Some(f) => vec![f],
+        None => vec![Flavour::Stock, Flavour::Debug],
+    };
+    let mut failed = vec![];
+    for flavour in flavours {
+        let lab = Lab::new(flavour);
+        let booted_here = !deps::on_real_dom0() && lab.running().is_none();
+        if !deps::on_real_dom0() && !xtask(&["lab", "--xen", flavour.name(), "up"])? {
+            failed.push(format!("the {} lab did not start", flavour.name()));
+            continue;
+        }
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(ws::root())
+            .env("XENPROBE_XEN", flavour.name())
+            .args(["test", "--workspace"]);
+        if flavour == Flavour::Debug {
+            cmd.args(["--test", "live_*"]);
+        }
+        cmd.args(&args.cargo_args);
+        eprintln!(
+            "xtask test: cargo test against the {} hypervisor",
+            flavour.name()
+        );
+        let st = cmd.status().context("running cargo test")?;
+        if !st.success() {
+            failed.push(format!("tests against the {} hypervisor", flavour.name()));
+        }
+        if booted_here && !args.keep_lab {
+            lab.down()?;
+        }
+    }
+    if failed.is_empty() {
+        eprintln!("xtask test: all passed");
+        Ok(0)
+    } else {
+        eprintln!("xtask test: FAILED: {}", failed.join("; "));
+        Ok(1)
+    }
+}
+
+/// Runs another xtask command as a child process; returns whether it succeeded.
+fn xtask(args: &[&str]) -> Result<bool> {
+    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    let st = Command::new(exe)
+        .args(args)
+        .status()
+        .with_context(|| format!("running xtask {}", args.join(" ")))?;
+    Ok(st.success())
+}

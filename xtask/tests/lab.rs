@@ -1,0 +1,125 @@
+//! Live tests of the lab: each runs real commands in the lab's dom0 (booting
+//! the shared stock lab if it is not up).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn dom0_reports_hvm_and_hap() {
+    let out = in_dom0(&["xl", "info"]);
+    assert!(out.status.success());
+    let info = text(&out.stdout);
+    let caps = info
+        .lines()
+        .find_map(|l| l.strip_prefix("virt_caps"))
+        .expect("xl info prints virt_caps");
+    let caps: Vec<&str> = caps
+        .trim_start_matches([' ', ':'])
+        .split_whitespace()
+        .collect();
+    assert!(caps.contains(&"hvm"), "virt_caps {caps:?}");
+    assert!(caps.contains(&"hap"), "virt_caps {caps:?}");
+}
+
+#[test]
+fn stdout_stderr_and_exit_status_come_back() {
+    let out = in_dom0(&["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(text(&out.stdout), "to-stdout\n");
+    assert!(text(&out.stderr).contains("to-stderr\n"));
+}
+
+#[test]
+fn large_output_arrives_whole() {
+    let out = in_dom0(&["sh", "-c", "seq 1 200000"]);
+    assert!(out.status.success());
+    let s = text(&out.stdout);
+    assert_eq!(s.lines().count(), 200_000);
+    assert_eq!(s.lines().last(), Some("200000"));
+}
+
+#[test]
+fn a_missing_dom0_command_is_reported() {
+    let out = in_dom0(&["no-such-command-xyz", "--flag"]);
+    assert_eq!(out.status.code(), Some(127));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cannot run `no-such-command-xyz`"),
+        "stderr: {err}"
+    );
+}
+
+#[test]
+fn the_command_runs_in_the_same_directory_with_the_workspace_shared() {
+    let here = std::env::current_dir().unwrap();
+    let out = in_dom0(&["sh", "-c", "pwd; cat Cargo.toml | head -n 3"]);
+    assert!(out.status.success());
+    let s = text(&out.stdout);
+    assert_eq!(s.lines().next(), Some(here.to_str().unwrap()));
+    let local = std::fs::read_to_string("Cargo.toml").unwrap();
+    let first3: Vec<&str> = local.lines().take(3).collect();
+    assert_eq!(s.lines().skip(1).collect::<Vec<_>>(), first3);
+}
+
+#[test]
+fn the_forwarded_port_carries_bytes_both_ways() {
+    // Make sure the lab is up, then find its forwarded port.
+    assert!(in_dom0(&["true"]).status.success());
+    let fwd = status_field("forwarded:").expect("lab status shows the forwarded port");
+    // "127.0.0.1:HOST -> dom0:GUEST"
+    let (host, guest) = fwd.split_once(" -> dom0:").expect("forward format");
+    let host_port: u16 = host.rsplit(':').next().unwrap().parse().unwrap();
+    let guest_port = guest.trim();
+
+    let mut server = xtask(&[
+        "lab",
+        "run",
+        "--interactive",
+        "--",
+        "nc",
+        "-l",
+        "-p",
+        guest_port,
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("start nc in dom0");
+    // nc sends its stdin to the first connection it accepts.
+    let mut to_dom0 = server.stdin.take().unwrap();
+    to_dom0.write_all(b"hello from dom0\n").unwrap();
+    to_dom0.flush().unwrap();
+    // Connect until dom0's listener answers: the host side of a forward accepts
+    // at once, and drops the connection when nothing listens in dom0.
+    let t0 = Instant::now();
+    let mut conn = loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no listener in dom0"
+        );
+        if let Ok(c) = TcpStream::connect(("127.0.0.1", host_port)) {
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut got = String::new();
+            if BufReader::new(&c).read_line(&mut got).is_ok() && !got.is_empty() {
+                assert_eq!(got, "hello from dom0\n");
+                break c;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    conn.write_all(b"hello from the host\n").unwrap();
+    let mut from_dom0 = BufReader::new(server.stdout.take().unwrap());
+    let mut line = String::new();
+    from_dom0.read_line(&mut line).unwrap();
+    assert_eq!(line, "hello from the host\n");
+    drop(conn);
+    drop(to_dom0);
+    let _ = server.kill();
+    let _ = server.wait();
+}
