@@ -11,8 +11,12 @@ use common::*;
 /// The tests here must not overlap: they start and kill QEMUs.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// A lab directory of a test's own, with no lab left running in it.
 fn scratch_lab(name: &str) -> std::path::PathBuf {
     let d = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let mut c = xtask(&["lab", "down"]);
+    c.env("XENPROBE_LAB_DIR", &d);
+    run(c);
     let _ = std::fs::remove_dir_all(&d);
     d
 }
@@ -34,7 +38,7 @@ fn a_missing_qemu_is_named_with_what_to_install() {
 fn a_boot_timeout_prints_the_last_serial_lines_and_stops_qemu() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = scratch_lab("timeout");
-    let mut c = xtask(&["lab", "up", "--timeout", "4"]);
+    let mut c = xtask(&["lab", "up", "--cold", "--timeout", "4"]);
     c.env("XENPROBE_LAB_DIR", &dir);
     let out = run(c);
     assert!(!out.status.success());
@@ -72,4 +76,93 @@ fn a_lab_killed_with_sigkill_is_recovered_by_the_next_command() {
     assert_eq!(text(&out.stdout), "alive\n");
     let err = text(&out.stderr);
     assert!(err.contains("cleaning up after"), "stderr: {err}");
+}
+
+/// Every saved stock state (the key of the current configuration is not
+/// known here; a test's damage is repaired by the next cold boot).
+fn saved_stock_states() -> Vec<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/xenlab/states");
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    let n = p.file_name().unwrap().to_string_lossy().into_owned();
+                    n.starts_with("stock-") && n.ends_with(".state")
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_restored_lab_runs_commands_like_a_cold_one() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // Make sure a state exists, then start from it.
+    assert!(in_dom0(&["true"]).status.success());
+    assert!(run(xtask(&["lab", "down"])).status.success());
+    let out = run(xtask(&["lab", "up"]));
+    assert!(out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("restored from its saved state"),
+        "stderr: {err}"
+    );
+    let out = in_dom0(&["sh", "-c", "xl list | head -n 2; ls Cargo.toml"]);
+    assert!(out.status.success());
+    let s = text(&out.stdout);
+    assert!(s.contains("Domain-0"), "{s}");
+    assert!(
+        s.contains("Cargo.toml"),
+        "workspace mounted after restore: {s}"
+    );
+}
+
+#[test]
+fn a_state_for_another_configuration_is_not_used() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    assert!(
+        in_dom0(&["true"]).status.success(),
+        "a state for the default exists"
+    );
+    let dir = scratch_lab("other-key");
+    let mut c = xtask(&["lab", "up"]);
+    // A harmless extra hypervisor option changes the configuration's key.
+    c.env("XENPROBE_LAB_DIR", &dir)
+        .env("XENPROBE_XEN_CMDLINE", "xenprobe-test=1");
+    let out = run(c);
+    assert!(out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("cold boot"), "stderr: {err}");
+    assert!(!err.contains("restored"), "stderr: {err}");
+    let mut c = xtask(&["lab", "down"]);
+    c.env("XENPROBE_LAB_DIR", &dir);
+    assert!(run(c).status.success());
+}
+
+#[test]
+fn a_truncated_state_leads_to_a_cold_boot_with_a_message() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    assert!(in_dom0(&["true"]).status.success(), "a state exists");
+    let states = saved_stock_states();
+    assert!(!states.is_empty(), "no saved stock state to damage");
+    for s in &states {
+        let f = std::fs::OpenOptions::new().write(true).open(s).unwrap();
+        let len = f.metadata().unwrap().len();
+        f.set_len(len / 2).unwrap();
+    }
+    let dir = scratch_lab("truncated");
+    let mut c = xtask(&["lab", "up"]);
+    c.env("XENPROBE_LAB_DIR", &dir);
+    let out = run(c);
+    assert!(out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("saved state is damaged"), "stderr: {err}");
+    assert!(err.contains("cold boot"), "stderr: {err}");
+    let mut c = xtask(&["lab", "run", "--", "xl", "info"]);
+    c.env("XENPROBE_LAB_DIR", &dir);
+    assert!(run(c).status.success());
+    let mut c = xtask(&["lab", "down"]);
+    c.env("XENPROBE_LAB_DIR", &dir);
+    assert!(run(c).status.success());
 }

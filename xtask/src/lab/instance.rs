@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use super::client::Agent;
 use super::image::{self, AGENT_PORT};
 use super::qemu::{self, Accel, Machine};
+use super::qmp::Qmp;
+use super::saved::{self, Lookup, SavedStates};
 use super::xen::{self, Flavour};
 use crate::ws;
 
@@ -43,6 +45,8 @@ pub struct UpOptions {
     pub forward: (Option<u16>, u16),
     /// How long to wait for dom0.
     pub timeout: Duration,
+    /// Boot cold even if a saved state exists (and save a fresh one).
+    pub cold: bool,
 }
 
 /// A lab directory for one flavour.
@@ -172,7 +176,7 @@ impl Lab {
         let dom0 = image::build(&ws::lab_dir().join("dom0"), &agent_bin)?;
         tracing::debug!(hypervisor = %xen.id, dom0 = %dom0.id, "lab images");
         let (accel, why) = qemu::choose_accel(&ws::lab_dir());
-        match self.boot_with(accel, &why, &xen.elf, &dom0, opts) {
+        match self.boot_with(accel, &why, &xen, &dom0, opts) {
             Ok(r) => Ok(r),
             Err(e) if accel == Accel::Kvm => {
                 eprintln!(
@@ -182,7 +186,7 @@ impl Lab {
                 self.boot_with(
                     Accel::Tcg,
                     "software emulation: KVM failed",
-                    &xen.elf,
+                    &xen,
                     &dom0,
                     opts,
                 )
@@ -195,21 +199,16 @@ impl Lab {
         &self,
         accel: Accel,
         why: &str,
-        xen_elf: &Path,
+        xen: &xen::XenImage,
         dom0: &image::Dom0,
         opts: &UpOptions,
     ) -> Result<Running> {
-        let agent_port = free_port()?;
         let forward_host = match opts.forward.0 {
             Some(p) => p,
             None => free_port()?,
         };
         let forward_guest = opts.forward.1;
         std::fs::create_dir_all(self.consoles())?;
-        let serial = self.serial_log();
-        let qmp = self.dir.join("qmp.sock");
-        let pid_file = self.dir.join("qemu.pid");
-        let _ = std::fs::remove_file(&pid_file);
         let mut xen_cmdline = String::from(
             "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=2 \
              console_timestamps=boot noreboot",
@@ -218,27 +217,95 @@ impl Lab {
             xen_cmdline = format!("{xen_cmdline} {extra}");
         }
         let root = ws::root();
-        let forwards = [(agent_port, AGENT_PORT), (forward_host, forward_guest)];
-        let m = Machine {
+        let serial = self.serial_log();
+        let qmp_sock = self.dir.join("qmp.sock");
+        let pid_file = self.dir.join("qemu.pid");
+        let mut m = Machine {
             accel,
-            xen_elf,
+            xen_elf: &xen.elf,
             xen_cmdline: &xen_cmdline,
             dom0_kernel: &dom0.kernel,
             dom0_cmdline: "console=hvc0 earlyprintk=xen quiet",
             initramfs: &dom0.initramfs,
             share: &root,
             serial_log: &serial,
-            qmp_socket: &qmp,
+            qmp_socket: &qmp_sock,
             pid_file: &pid_file,
-            forwards: &forwards,
+            agent: (free_port()?, AGENT_PORT),
+            forward: (forward_host, forward_guest),
             memory: "3G",
             cpus: 2,
+            incoming: None,
         };
+        // Everything that makes a saved state invalid.
+        let inputs = vec![
+            qemu::version()?,
+            m.key_text(),
+            format!("xen {}", xen.id),
+            format!("dom0 {}", dom0.id),
+        ];
+        let key = saved::key(&inputs);
+        let states = SavedStates::new(ws::lab_dir().join("states"));
+        let flavour = self.flavour.name();
+        let save = std::env::var("XENPROBE_LAB_SAVE").as_deref() != Ok("0");
+
+        let t0 = Instant::now();
+        if save && !opts.cold {
+            match states.lookup(flavour, &key) {
+                Lookup::Found(state) => {
+                    m.incoming = Some(saved::incoming_uri(&state));
+                    match self.start(&m, opts.timeout) {
+                        Ok((pid, agent)) => {
+                            return self.finish(
+                                pid,
+                                agent,
+                                &m,
+                                t0,
+                                "restored from its saved state",
+                            );
+                        }
+                        Err(e) => {
+                            eprintln!(
+                                "lab: the saved state could not be restored ({e:#}); \
+                                 deleting it and booting cold"
+                            );
+                            states.remove(flavour, &key);
+                        }
+                    }
+                    m.incoming = None;
+                }
+                Lookup::Damaged(why) => {
+                    eprintln!("lab: the saved state is damaged ({why}); deleted; booting cold")
+                }
+                Lookup::Missing => {}
+            }
+        }
         eprintln!(
-            "lab: cold boot of the {} hypervisor under QEMU ({}: {why})",
-            self.flavour.name(),
+            "lab: cold boot of the {flavour} hypervisor under QEMU ({}: {why})",
             accel.name()
         );
+        let t0 = Instant::now();
+        let (pid, agent) = self.start(&m, opts.timeout)?;
+        let how = if save {
+            let t1 = Instant::now();
+            let mut qmp = Qmp::connect(&qmp_sock, Duration::from_secs(10))?;
+            match states.save(&mut qmp, flavour, &key, &inputs) {
+                Ok(()) => format!(
+                    "cold boot; state saved for the next start in {:.1} s",
+                    t1.elapsed().as_secs_f64()
+                ),
+                Err(e) => format!("cold boot; saving its state failed: {e:#}"),
+            }
+        } else {
+            "cold boot".to_string()
+        };
+        self.finish(pid, agent, &m, t0, &how)
+    }
+
+    /// Starts QEMU (restoring `m.incoming` if set) and waits for the agent.
+    fn start(&self, m: &Machine, timeout: Duration) -> Result<(i32, Agent)> {
+        let _ = std::fs::remove_file(m.pid_file);
+        let _ = std::fs::remove_file(m.qmp_socket);
         let t0 = Instant::now();
         let out = m
             .command()?
@@ -252,33 +319,56 @@ impl Lab {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        let pid: i32 = std::fs::read_to_string(&pid_file)
+        let pid: i32 = std::fs::read_to_string(m.pid_file)
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .context("QEMU wrote no pid file")?;
-        let agent = Agent::on_port(agent_port);
+        if m.incoming.is_some() {
+            let resumed = Qmp::connect(m.qmp_socket, Duration::from_secs(10)).and_then(|mut q| {
+                q.wait_migration(timeout)?;
+                q.execute("cont", serde_json::json!({}))?;
+                Ok(())
+            });
+            if let Err(e) = resumed {
+                kill_and_wait(pid);
+                return Err(e);
+            }
+        }
+        let agent = Agent::on_port(m.agent.0);
         loop {
             if agent.ping(Duration::from_millis(500)) {
-                break;
+                return Ok((pid, agent));
             }
             if !self.qemu_alive(pid) {
                 bail!(
                     "QEMU exited while booting Xen; last serial lines ({}):\n{}",
-                    serial.display(),
-                    tail(&serial, 50)
+                    m.serial_log.display(),
+                    tail(m.serial_log, 50)
                 );
             }
-            if t0.elapsed() > opts.timeout {
+            if t0.elapsed() > timeout {
                 kill_and_wait(pid);
                 bail!(
                     "Xen/dom0 did not come up within {} s; last serial lines ({}):\n{}",
-                    opts.timeout.as_secs(),
-                    serial.display(),
-                    tail(&serial, 50)
+                    timeout.as_secs(),
+                    m.serial_log.display(),
+                    tail(m.serial_log, 50)
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Mounts the workspace in dom0, records the lab's state and reports.
+    fn finish(
+        &self,
+        pid: i32,
+        agent: Agent,
+        m: &Machine,
+        t0: Instant,
+        how: &str,
+    ) -> Result<Running> {
+        let root = ws::root();
         let attach = agent.output(&[
             "xenlab-attach",
             &root.to_string_lossy(),
@@ -300,10 +390,10 @@ impl Lab {
             .unwrap_or_else(|| "unknown (xl info failed)".into());
         let state = State {
             pid,
-            agent_port,
-            forward_host,
-            forward_guest,
-            accel,
+            agent_port: m.agent.0,
+            forward_host: m.forward.0,
+            forward_guest: m.forward.1,
+            accel: m.accel,
             boot_secs,
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -312,9 +402,11 @@ impl Lab {
         };
         std::fs::write(self.state_file(), serde_json::to_string_pretty(&state)?)?;
         eprintln!(
-            "lab: {} lab ready in {boot_secs:.1} s (cold boot); virt_caps: {caps}; \
-             127.0.0.1:{forward_host} -> dom0:{forward_guest}",
-            self.flavour.name()
+            "lab: {} lab ready in {boot_secs:.1} s ({how}); virt_caps: {caps}; \
+             127.0.0.1:{} -> dom0:{}",
+            self.flavour.name(),
+            m.forward.0,
+            m.forward.1
         );
         Ok(Running { state, agent })
     }

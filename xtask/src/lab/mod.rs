@@ -11,6 +11,8 @@ mod cpio;
 mod image;
 mod instance;
 mod qemu;
+mod qmp;
+mod saved;
 pub mod xen;
 
 use std::io::IsTerminal;
@@ -51,6 +53,9 @@ pub struct LabOptions {
         global = true
     )]
     pub timeout: u64,
+    /// Boot cold even if a saved state of this lab exists (and save a fresh one).
+    #[arg(long, global = true)]
+    pub cold: bool,
 }
 
 #[derive(Args)]
@@ -142,6 +147,7 @@ fn up_options(opts: &LabOptions) -> Result<UpOptions> {
     Ok(UpOptions {
         forward,
         timeout: Duration::from_secs(opts.timeout),
+        cold: opts.cold,
     })
 }
 
@@ -247,6 +253,7 @@ pub fn run_in_dom0(argv: &[String]) -> Result<i32> {
             .unwrap_or(Flavour::Stock),
         forward: None,
         timeout: 300,
+        cold: false,
     };
     run(&opts, argv, false)
 }

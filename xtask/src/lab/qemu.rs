@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 /// How QEMU runs the lab's CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -84,10 +84,14 @@ pub struct Machine<'a> {
     pub serial_log: &'a Path,
     pub qmp_socket: &'a Path,
     pub pid_file: &'a Path,
-    /// (host port, dom0 port) pairs forwarded on 127.0.0.1.
-    pub forwards: &'a [(u16, u16)],
+    /// (host port, dom0 port) of the agent, forwarded on 127.0.0.1.
+    pub agent: (u16, u16),
+    /// (host port, dom0 port) forwarded for the user (the debug stub).
+    pub forward: (u16, u16),
     pub memory: &'a str,
     pub cpus: u32,
+    /// A saved state to start from (`-incoming`), instead of booting.
+    pub incoming: Option<String>,
 }
 
 impl Machine<'_> {
@@ -122,13 +126,33 @@ impl Machine<'_> {
             self.share.display()
         ));
         let mut netdev = String::from("user,id=n0");
-        for (host, guest) in self.forwards {
+        for (host, guest) in [self.agent, self.forward] {
             netdev += &format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}");
         }
         c.arg("-netdev").arg(netdev);
         c.args(["-device", "virtio-net-pci,netdev=n0"]);
         c.arg("-daemonize").arg("-pidfile").arg(self.pid_file);
+        if let Some(uri) = &self.incoming {
+            c.arg("-incoming").arg(uri);
+        }
         Ok(c)
+    }
+
+    /// What of the machine a saved state depends on (not ports or file names:
+    /// a restored lab gets its own).
+    pub fn key_text(&self) -> String {
+        format!(
+            "accel={} mem={} cpus={} xen={} [{}] dom0={} [{}] initramfs={} share={}",
+            self.accel.name(),
+            self.memory,
+            self.cpus,
+            self.xen_elf.display(),
+            self.xen_cmdline,
+            self.dom0_kernel.display(),
+            self.dom0_cmdline,
+            self.initramfs.display(),
+            self.share.display()
+        )
     }
 }
 
@@ -155,4 +179,17 @@ pub fn find_qemu() -> Result<PathBuf> {
          qemu-system-x86 from bookworm-backports (`apt-get install -t bookworm-backports \
          qemu-system-x86`), or set XENPROBE_QEMU"
     )
+}
+
+/// QEMU's version line (part of the saved-state key).
+pub fn version() -> Result<String> {
+    let o = Command::new(find_qemu()?)
+        .arg("--version")
+        .output()
+        .context("running qemu-system-x86_64 --version")?;
+    Ok(String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string())
 }
