@@ -1,5 +1,6 @@
 //! `cargo xtask`: build, lab, guests, fuzz and bench commands for xenprobe.
 
+mod bench;
 mod deps;
 mod guests;
 mod lab;
@@ -27,6 +28,8 @@ enum Cmd {
     Guests(guests::GuestsArgs),
     /// Run the whole test suite, live-guest tests in the lab included.
     Test(test::TestArgs),
+    /// Speed figures, each against a baseline measured in the same run.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -42,6 +45,7 @@ fn main() -> Result<()> {
         Cmd::Lab(a) => lab::main(a)?,
         Cmd::Guests(a) => guests::main(a)?,
         Cmd::Test(a) => test::main(a)?,
+        Cmd::Bench(a) => bench::main(a)?,
     };
     std::process::exit(code)
 }

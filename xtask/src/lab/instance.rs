@@ -47,6 +47,8 @@ pub struct UpOptions {
     pub timeout: Duration,
     /// Boot cold even if a saved state exists (and save a fresh one).
     pub cold: bool,
+    /// Use and keep saved states (`XENPROBE_LAB_SAVE=0` turns them off).
+    pub saved_states: bool,
 }
 
 /// A lab directory for one flavour.
@@ -63,10 +65,12 @@ pub struct Running {
 
 impl Lab {
     pub fn new(flavour: Flavour) -> Self {
-        Lab {
-            flavour,
-            dir: ws::instance_dir(flavour.name()),
-        }
+        Lab::at(flavour, ws::instance_dir(flavour.name()))
+    }
+
+    /// A lab of `flavour` kept in `dir`.
+    pub fn at(flavour: Flavour, dir: PathBuf) -> Self {
+        Lab { flavour, dir }
     }
 
     pub fn serial_log(&self) -> PathBuf {
@@ -247,7 +251,7 @@ impl Lab {
         let key = saved::key(&inputs);
         let states = SavedStates::new(ws::lab_dir().join("states"));
         let flavour = self.flavour.name();
-        let save = std::env::var("XENPROBE_LAB_SAVE").as_deref() != Ok("0");
+        let save = opts.saved_states;
 
         let t0 = Instant::now();
         if save && !opts.cold {

@@ -6,10 +6,10 @@
 //! binaries and guest images run there as they are. On a machine that is
 //! already a Xen dom0 every command runs locally instead.
 
-mod client;
+pub mod client;
 mod cpio;
 mod image;
-mod instance;
+pub mod instance;
 mod qemu;
 mod qmp;
 mod saved;
@@ -25,7 +25,7 @@ use xenlab_proto::Request;
 
 use crate::{deps, ws};
 pub use instance::Lab;
-use instance::UpOptions;
+pub use instance::UpOptions;
 use xen::Flavour;
 
 /// Options shared by every lab command.
@@ -148,6 +148,7 @@ fn up_options(opts: &LabOptions) -> Result<UpOptions> {
         forward,
         timeout: Duration::from_secs(opts.timeout),
         cold: opts.cold,
+        saved_states: std::env::var("XENPROBE_LAB_SAVE").as_deref() != Ok("0"),
     })
 }
 
