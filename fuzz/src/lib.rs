@@ -1,1 +1,18 @@
-//! LibAFL fuzzing of code inside Xen guests (see issue: fuzz).
+//! Snapshot-driven, coverage-guided fuzzing of code inside Xen guests, on
+//! the VMI engine and LibAFL.
+//!
+//! - [`session::Session`]: the guest stopped at the fuzz-target ABI's start
+//!   point with a snapshot; [`session::Session::run`] runs one input.
+//! - [`blocks`]: basic blocks of the code under test (iced-x86), one
+//!   one-shot coverage breakpoint each.
+//! - [`executor::XenExecutor`]: the LibAFL executor; [`feedback`]: the
+//!   outcome observer and the crash-site objective that saves crash files.
+//! - [`campaign`]: a whole campaign (corpus directory, progress line,
+//!   resume) and crash replay.
+
+pub mod blocks;
+pub mod campaign;
+pub mod executor;
+pub mod feedback;
+pub mod report;
+pub mod session;

@@ -268,8 +268,10 @@ fn dom0_script(dom: &str, cfg: &Path, overrides: &[String], timeout: u32) -> Str
 N="{dom}"
 LOGDIR=/var/log/xen/console
 for p in /proc/[0-9]*; do
-  c=$(tr '\0' ' ' < $p/cmdline 2>/dev/null)
-  case "$c" in *xenconsoled*--log-dir=*) LOGDIR=$(echo "$c" | sed 's/.*--log-dir=\([^ ]*\).*/\1/');; esac
+  [ "$(cat $p/comm 2>/dev/null)" = xenconsoled ] || continue
+  for a in $(tr '\0' ' ' < $p/cmdline); do
+    case "$a" in --log-dir=*) LOGDIR="${{a#--log-dir=}}";; esac
+  done
 done
 LOG="$LOGDIR/guest-$N.log"
 xl destroy "$N" >/dev/null 2>&1

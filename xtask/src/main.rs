@@ -2,6 +2,7 @@
 
 mod bench;
 mod deps;
+mod fuzz;
 mod guests;
 mod lab;
 mod test;
@@ -30,6 +31,8 @@ enum Cmd {
     Test(test::TestArgs),
     /// Speed figures, each against a baseline measured in the same run.
     Bench(bench::BenchArgs),
+    /// Fuzz a sample guest in the lab (snapshot-driven, coverage-guided, LibAFL).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> Result<()> {
@@ -46,6 +49,7 @@ fn main() -> Result<()> {
         Cmd::Guests(a) => guests::main(a)?,
         Cmd::Test(a) => test::main(a)?,
         Cmd::Bench(a) => bench::main(a)?,
+        Cmd::Fuzz(a) => fuzz::main(a)?,
     };
     std::process::exit(code)
 }

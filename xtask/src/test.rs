@@ -4,8 +4,9 @@
 //! hypervisor flavour and runs `cargo test` against it: the cargo runner
 //! forwards the `live_*` test binaries into the lab's dom0, everything else
 //! runs on the host. The stock pass runs every test; the debug pass (a
-//! hypervisor with CONFIG_GDBSX and shadow paging) runs the live suites again,
-//! where PV breakpoints, PV single-step and PV log-dirty become available.
+//! hypervisor with CONFIG_GDBSX and shadow paging) runs the PV tests of the
+//! live suites and the debug stub again, where PV breakpoints, PV single-step
+//! and PV log-dirty become available.
 
 use std::process::Command;
 
@@ -24,7 +25,7 @@ pub struct TestArgs {
     /// Leave the labs running afterwards (default: stop those this command booted).
     #[arg(long)]
     keep_lab: bool,
-    /// Extra arguments for `cargo test` (after `--`).
+    /// Extra arguments for the test binaries (after `--`, e.g. a name filter).
     #[arg(last = true)]
     cargo_args: Vec<String>,
 }
@@ -47,21 +48,62 @@ pub fn main(args: TestArgs) -> Result<i32> {
             failed.push(format!("the {} lab did not start", flavour.name()));
             continue;
         }
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(ws::root())
-            .env("XENPROBE_XEN", flavour.name())
-            .args(["test", "--workspace"]);
-        if flavour == Flavour::Debug {
-            cmd.args(["--test", "live_*"]);
-        }
-        cmd.args(&args.cargo_args);
-        eprintln!(
-            "xtask test: cargo test against the {} hypervisor",
-            flavour.name()
-        );
-        let st = cmd.status().context("running cargo test")?;
-        if !st.success() {
-            failed.push(format!("tests against the {} hypervisor", flavour.name()));
+        let runs: Vec<Vec<&str>> = match flavour {
+            Flavour::Stock => vec![vec!["test", "--workspace"]],
+            // What the debug hypervisor adds: PV breakpoints, stepping,
+            // log-dirty and the debug stub on PV guests.
+            Flavour::Debug => vec![
+                vec![
+                    "test",
+                    "-p",
+                    "xenprobe-tests",
+                    "--test",
+                    "live_vmi",
+                    "--test",
+                    "live_suite",
+                    "--",
+                    "pv",
+                    "--skip",
+                    "pvh",
+                    "--skip",
+                    "hvm",
+                ],
+                vec![
+                    "test",
+                    "-p",
+                    "xtask",
+                    "--test",
+                    "stub",
+                    "--",
+                    "--ignored",
+                    "on_pv",
+                ],
+            ],
+        };
+        for run in runs {
+            let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            cmd.current_dir(ws::root())
+                .env("XENPROBE_XEN", flavour.name())
+                .args(&run);
+            if !args.cargo_args.is_empty() {
+                if !run.contains(&"--") {
+                    cmd.arg("--");
+                }
+                cmd.args(&args.cargo_args);
+            }
+            eprintln!(
+                "xtask test: cargo {} (against the {} hypervisor)",
+                run.join(" "),
+                flavour.name()
+            );
+            let st = cmd.status().context("running cargo test")?;
+            if !st.success() {
+                failed.push(format!(
+                    "cargo {} against the {} hypervisor",
+                    run.join(" "),
+                    flavour.name()
+                ));
+            }
         }
         if booted_here && !args.keep_lab {
             lab.down()?;

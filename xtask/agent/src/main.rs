@@ -49,6 +49,19 @@ fn main() {
     }
 }
 
+/// Whether xenstored runs: without it every Xen tool hangs, so a lab whose
+/// xenstored died counts as broken (and the host restarts it).
+fn xenstored_alive() -> bool {
+    let Ok(pid) = std::fs::read_to_string("/run/xenstored.pid") else {
+        return false;
+    };
+    let Ok(pid) = pid.trim().parse::<i32>() else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
 type Shared = Arc<Mutex<TcpStream>>;
 
 fn send(out: &Shared, t: u8, payload: &[u8]) -> std::io::Result<()> {
@@ -69,7 +82,8 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
         return send(&out, tag::EXIT, &2i32.to_le_bytes());
     };
     if req.argv.first().map(String::as_str) == Some(builtin::PING) {
-        return send(&out, tag::EXIT, &0i32.to_le_bytes());
+        let code: i32 = if xenstored_alive() { 0 } else { 1 };
+        return send(&out, tag::EXIT, &code.to_le_bytes());
     }
     let mut child = match spawn(&req) {
         Ok(c) => c,

@@ -35,7 +35,7 @@ pub const MAX_FRAME: u32 = 16 << 20;
 
 /// Commands the agent answers itself, without starting a process.
 pub mod builtin {
-    /// Answers exit status 0: the agent is up.
+    /// Answers exit status 0 if the agent is up and xenstored runs, 1 otherwise.
     pub const PING: &str = "xenlab:ping";
     /// Mounts the host share and starts the console daemon. Arguments: the
     /// workspace path (mount point, identical to the host's) and the console log directory.

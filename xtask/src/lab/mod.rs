@@ -225,9 +225,15 @@ fn run(opts: &LabOptions, argv: &[String], interactive: bool) -> Result<i32> {
             root.display()
         );
     }
+    let mut env = forwarded_env();
+    // Where xenconsoled writes guest consoles (the test API reads them).
+    env.push((
+        "XENPROBE_CONSOLE_DIR".into(),
+        lab.consoles().to_string_lossy().into_owned(),
+    ));
     let req = Request {
         argv,
-        env: forwarded_env(),
+        env,
         cwd,
         stdin: interactive,
     };

@@ -1,0 +1,101 @@
+//! The LibAFL executor: one input = restore the snapshot, write the input,
+//! run to the end point, a crash sink or the timeout.
+
+use libafl::executors::{Executor, ExitKind, HasObservers};
+use libafl::inputs::{BytesInput, HasTargetBytes};
+use libafl::observers::{MapObserver, StdMapObserver};
+use libafl::state::HasExecutions;
+use libafl::Error;
+use libafl_bolts::tuples::RefIndexable;
+
+use crate::feedback::OutcomeObserver;
+use crate::report::Outcome;
+use crate::session::Session;
+
+/// Name of the block-coverage map observer.
+pub const COVERAGE_MAP: &str = "blocks";
+
+/// The observers this executor fills: block coverage and the run's outcome.
+pub type Observers = (StdMapObserver<'static, u8, false>, (OutcomeObserver, ()));
+
+/// Runs inputs in a guest through a [`Session`].
+pub struct XenExecutor {
+    session: Session,
+    observers: Observers,
+}
+
+impl std::fmt::Debug for XenExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XenExecutor")
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl XenExecutor {
+    /// Wraps a started session; the coverage map has one entry per block.
+    pub fn new(session: Session) -> Self {
+        let map = StdMapObserver::owned(COVERAGE_MAP, vec![0u8; session.blocks.len().max(1)]);
+        Self {
+            session,
+            observers: (map, (OutcomeObserver::default(), ())),
+        }
+    }
+
+    /// The block-coverage map observer.
+    pub fn coverage_observer(&self) -> &StdMapObserver<'static, u8, false> {
+        &self.observers.0
+    }
+
+    /// The session (coverage counters, finish).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Gives the session back (to finish it).
+    pub fn into_session(self) -> Session {
+        self.session
+    }
+}
+
+impl HasObservers for XenExecutor {
+    type Observers = Observers;
+
+    fn observers(&self) -> RefIndexable<&Self::Observers, Self::Observers> {
+        RefIndexable::from(&self.observers)
+    }
+
+    fn observers_mut(&mut self) -> RefIndexable<&mut Self::Observers, Self::Observers> {
+        RefIndexable::from(&mut self.observers)
+    }
+}
+
+impl<EM, S, Z> Executor<EM, BytesInput, S, Z> for XenExecutor
+where
+    S: HasExecutions,
+{
+    fn run_target(
+        &mut self,
+        _fuzzer: &mut Z,
+        state: &mut S,
+        _mgr: &mut EM,
+        input: &BytesInput,
+    ) -> Result<ExitKind, Error> {
+        *state.executions_mut() += 1;
+        let bytes = input.target_bytes();
+        let (outcome, new_blocks) = self
+            .session
+            .run(&bytes)
+            .map_err(|e| Error::unknown(format!("running the guest: {e}")))?;
+        for i in new_blocks {
+            self.observers.0.set(i, 1);
+        }
+        let kind = match &outcome {
+            Outcome::Ok => ExitKind::Ok,
+            Outcome::Crash(_) => ExitKind::Crash,
+            Outcome::Hang(_) => ExitKind::Timeout,
+        };
+        self.observers.1 .0.set(outcome);
+        Ok(kind)
+    }
+}

@@ -1,0 +1,166 @@
+//! How a run ended, and the crash report saved with each crash.
+
+use serde::{Deserialize, Serialize};
+
+/// One frame of a backtrace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    /// Code address.
+    pub addr: u64,
+    /// `symbol+0xoff`, if known.
+    pub symbol: Option<String>,
+    /// `file:line`, if known.
+    pub line: Option<String>,
+}
+
+/// What the guest did wrong, with where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrashReport {
+    /// `panic`, `page-fault`, `divide-error`, ..., `triple-fault`, `hang`.
+    pub kind: String,
+    /// Deduplication key: the kind and the crash site.
+    pub site: String,
+    /// RIP of the faulting instruction (faults), of the crash sink (panics),
+    /// or where the vCPU was spinning (hangs).
+    pub rip: u64,
+    /// Faulting data address (page faults), if known.
+    pub fault_address: Option<u64>,
+    /// The guest's own report line (`PANIC at ...`, `FAULT #PF ...`), if any.
+    pub message: String,
+    /// Innermost first.
+    pub backtrace: Vec<Frame>,
+}
+
+impl CrashReport {
+    /// True for a timeout (the target did not reach its end).
+    pub fn is_hang(&self) -> bool {
+        self.kind == "hang"
+    }
+
+    /// Human-readable report.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "kind: {}\nsite: {}\nrip: {:#x}\n",
+            self.kind, self.site, self.rip
+        );
+        match self.fault_address {
+            Some(a) => s += &format!("fault address: {a:#x}\n"),
+            None => s += "fault address: -\n",
+        }
+        if !self.message.is_empty() {
+            s += &format!("message: {}\n", self.message);
+        }
+        s += "backtrace:\n";
+        for (i, f) in self.backtrace.iter().enumerate() {
+            s += &format!(
+                "  #{i} {:#x} {}{}\n",
+                f.addr,
+                f.symbol.as_deref().unwrap_or("?"),
+                f.line
+                    .as_deref()
+                    .map(|l| format!(" ({l})"))
+                    .unwrap_or_default()
+            );
+        }
+        s
+    }
+}
+
+/// How one execution ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Reached the end point.
+    Ok,
+    /// Reached a crash sink, faulted, or shut down unexpectedly.
+    Crash(CrashReport),
+    /// Did not reach the end within the timeout.
+    Hang(CrashReport),
+}
+
+/// Crash kind name from the ABI's `xenprobe_crash(kind, detail, ..)`
+/// arguments (guests/rt/src/crash.rs).
+pub fn crash_kind(kind: u64, detail: u64) -> &'static str {
+    match (kind, detail) {
+        (1, _) => "panic",
+        (3, _) => "stack-overflow",
+        (_, 0) => "divide-error",
+        (_, 6) => "invalid-opcode",
+        (_, 8) => "double-fault",
+        (_, 13) => "general-protection",
+        (_, 14) => "page-fault",
+        _ => "exception",
+    }
+}
+
+/// A `key=0x...` value in a guest report line.
+pub fn hex_field(message: &str, key: &str) -> Option<u64> {
+    let pat = format!("{key}=0x");
+    let start = message.find(&pat)? + pat.len();
+    let digits: String = message[start..]
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect();
+    u64::from_str_radix(&digits, 16).ok()
+}
+
+/// The `FILE:LINE:COL` of a `PANIC at FILE:LINE:COL: msg` line.
+pub fn panic_location(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("PANIC at ")?;
+    // FILE:LINE:COL ends at the first ": " after it.
+    Some(rest.split(": ").next().unwrap_or(rest))
+}
+
+/// 64-bit FNV-1a (stable names for crash files).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_guest_report_lines() {
+        let m =
+            "FAULT #PF vector=14 error=0x2 rip=0x102345 rsp=0x1ff000 rbp=0x1ff010 cr2=0xdead000";
+        assert_eq!(hex_field(m, "rip"), Some(0x102345));
+        assert_eq!(hex_field(m, "cr2"), Some(0xdead000));
+        assert_eq!(hex_field(m, "rbx"), None);
+        let p = "PANIC at tlv/src/main.rs:76:26: index out of bounds: the len is 4";
+        assert_eq!(panic_location(p), Some("tlv/src/main.rs:76:26"));
+        assert_eq!(panic_location("FAULT #DE"), None);
+    }
+
+    #[test]
+    fn kinds_follow_the_abi() {
+        assert_eq!(crash_kind(1, 0), "panic");
+        assert_eq!(crash_kind(2, 0), "divide-error");
+        assert_eq!(crash_kind(2, 14), "page-fault");
+        assert_eq!(crash_kind(3, 14), "stack-overflow");
+    }
+
+    #[test]
+    fn renders_every_field() {
+        let r = CrashReport {
+            kind: "panic".into(),
+            site: "panic@a.rs:1:2".into(),
+            rip: 0x10,
+            fault_address: None,
+            message: "PANIC at a.rs:1:2: x".into(),
+            backtrace: vec![Frame {
+                addr: 0x10,
+                symbol: Some("f+0x0".into()),
+                line: None,
+            }],
+        };
+        let t = r.render();
+        assert!(t.contains("kind: panic\nsite: panic@a.rs:1:2\n"));
+        assert!(t.contains("#0 0x10 f+0x0"));
+        assert_ne!(fnv1a(b"a"), fnv1a(b"b"));
+    }
+}

@@ -1,0 +1,650 @@
+//! One guest under the fuzzer: started from its config, stopped at the
+//! ABI start point, snapshotted, then run once per input.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use xenprobe::vmi::{BreakpointId, Domain, Event, GuestKind, ShutdownReason, Xen};
+use xenprobe::xen::{ForeignMemory, Mapping, Prot};
+
+use crate::blocks::{self, Block};
+use crate::report::{self, CrashReport, Frame, Outcome};
+
+/// Errors of a fuzzing session.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The VMI engine failed.
+    #[error(transparent)]
+    Vmi(#[from] xenprobe::vmi::Error),
+    /// Reading the guest image failed.
+    #[error(transparent)]
+    Blocks(#[from] blocks::BlocksError),
+    /// `xl` failed or the configuration is unusable.
+    #[error("{0}")]
+    Setup(String),
+    /// The guest type cannot be fuzzed here.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Result alias.
+pub type Result<T> = std::result::Result<T, SessionError>;
+
+/// Which guest to fuzz and how (the fuzz-target ABI's symbols by default).
+#[derive(Debug, Clone)]
+pub struct TargetSpec {
+    /// `xl` configuration file; its `name=` is the domain name.
+    pub cfg: PathBuf,
+    /// The guest's ELF image (symbols, code for coverage).
+    pub image: PathBuf,
+    /// Input buffer symbol (capacity = its size).
+    pub input_sym: String,
+    /// Input length symbol (u64).
+    pub len_sym: String,
+    /// Start point: the snapshot is taken here.
+    pub start_sym: String,
+    /// End point: a run without crash reaches it.
+    pub end_sym: String,
+    /// Crash sinks (panic and fault handlers).
+    pub sinks: Vec<String>,
+    /// Functions to cover (see [`blocks::select_functions`]).
+    pub cover: Vec<String>,
+    /// Time a run may take between two events before it is a hang.
+    pub timeout: Duration,
+    /// Discard the guest's console output between runs (see [`Session`]).
+    pub discard_console: bool,
+}
+
+impl TargetSpec {
+    /// The defaults of the fuzz-target ABI for a sample guest named `krate`.
+    pub fn sample(krate: &str, cfg: PathBuf, image: PathBuf) -> Self {
+        Self {
+            cfg,
+            image,
+            input_sym: "xenprobe_input".into(),
+            len_sym: "xenprobe_input_len".into(),
+            start_sym: "xenprobe_fuzz_start".into(),
+            end_sym: "xenprobe_fuzz_end".into(),
+            sinks: vec!["xenprobe_crash".into()],
+            cover: vec!["xenprobe_target".into(), format!("crate:{krate}")],
+            timeout: Duration::from_millis(500),
+            discard_console: true,
+        }
+    }
+}
+
+/// The `name="..."` of an `xl` configuration.
+pub fn cfg_name(cfg: &str) -> Option<String> {
+    cfg.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == "name").then(|| v.trim().trim_matches('"').trim_matches('\'').to_string())
+    })
+}
+
+fn xl(args: &[&str]) -> Result<()> {
+    let out = Command::new("xl")
+        .args(args)
+        .output()
+        .map_err(|e| SessionError::Setup(format!("running xl {}: {e}", args.join(" "))))?;
+    if !out.status.success() {
+        return Err(SessionError::Setup(format!(
+            "xl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Destroys the domain `name` if it exists.
+pub fn destroy(name: &str) {
+    let _ = Command::new("xl")
+        .args(["destroy", name])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+enum Role {
+    End,
+    Sink,
+    Cover(usize),
+}
+
+/// A guest stopped at its start point with a snapshot, ready to run inputs.
+pub struct Session {
+    spec: TargetSpec,
+    name: String,
+    /// Blocks of the covered functions (index = coverage map index).
+    pub blocks: Vec<Block>,
+    covered: BTreeSet<usize>,
+    roles: HashMap<BreakpointId, Role>,
+    input_va: u64,
+    input_cap: usize,
+    len_va: u64,
+    /// Translations of the input pages (va page -> pa page).
+    pages: HashMap<u64, u64>,
+    /// Persistent read-write mappings of the input pages (va page -> mapping)
+    /// and their contents at the snapshot (to undo an earlier, longer input).
+    input_maps: HashMap<u64, (Mapping, Vec<u8>)>,
+    fmem: ForeignMemory,
+    prev_len: usize,
+    /// The guest's PV console ring page, mapped, while output is discarded.
+    console: Option<Mapping>,
+    fresh: bool,
+    restarts: u32,
+    /// Time spent restoring, writing inputs, running (for the summary).
+    pub timings: [Duration; 5],
+    dom: Option<Domain>,
+    xen: Xen,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("name", &self.name)
+            .field("blocks", &self.blocks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Creates the guest from its config (paused), stops it at the start
+    /// point, plants end, sink and coverage breakpoints, takes the snapshot.
+    pub fn start(spec: TargetSpec) -> Result<Self> {
+        let text = std::fs::read_to_string(&spec.cfg)
+            .map_err(|e| SessionError::Setup(format!("reading {}: {e}", spec.cfg.display())))?;
+        let name = cfg_name(&text)
+            .ok_or_else(|| SessionError::Setup(format!("{}: no name=", spec.cfg.display())))?;
+        let (_, blocks) = blocks::blocks_in_image(&spec.image, &spec.cover)?;
+        if blocks.is_empty() {
+            return Err(SessionError::Setup(format!(
+                "no code to cover: no function of {} matches {:?}",
+                spec.image.display(),
+                spec.cover
+            )));
+        }
+        let xen = Xen::open()?;
+        let mut s = Self {
+            spec,
+            name,
+            blocks,
+            covered: BTreeSet::new(),
+            roles: HashMap::new(),
+            input_va: 0,
+            input_cap: 0,
+            len_va: 0,
+            pages: HashMap::new(),
+            input_maps: HashMap::new(),
+            fmem: ForeignMemory::open().map_err(xenprobe::vmi::Error::from)?,
+            prev_len: 0,
+            console: None,
+            fresh: true,
+            restarts: 0,
+            timings: [Duration::ZERO; 5],
+            dom: None,
+            xen,
+        };
+        s.boot()?;
+        Ok(s)
+    }
+
+    /// Domain name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Number of blocks reached so far.
+    pub fn covered(&self) -> usize {
+        self.covered.len()
+    }
+
+    /// How often the guest had to be recreated (unexpected shutdowns).
+    pub fn restarts(&self) -> u32 {
+        self.restarts
+    }
+
+    /// Input capacity in bytes.
+    pub fn input_capacity(&self) -> usize {
+        self.input_cap
+    }
+
+    fn dom(&mut self) -> Result<&mut Domain> {
+        self.dom
+            .as_mut()
+            .ok_or_else(|| SessionError::Setup("the guest is not attached".into()))
+    }
+
+    fn boot(&mut self) -> Result<()> {
+        destroy(&self.name);
+        let cfg = self.spec.cfg.display().to_string();
+        xl(&["create", "-q", "-p", &cfg])?;
+        let mut dom = Domain::attach(&self.xen, self.name.as_str())?;
+        if dom.kind() == GuestKind::Pv {
+            drop(dom);
+            destroy(&self.name);
+            return Err(SessionError::Unsupported(
+                "fuzzing PV guests is not supported yet: PV has no vm_event ring, so breakpoints \
+                 and stops need the debug hypervisor's gdbsx path (cargo xtask lab up --xen debug) \
+                 and PV log-dirty needs shadow paging; use --mode pvh or hvm"
+                    .into(),
+            ));
+        }
+        dom.load_symbols(&self.spec.image)?;
+        let start = dom.add_breakpoint_at(&self.spec.start_sym)?;
+        xl(&["unpause", &self.name])?;
+        match dom.wait_event(Duration::from_secs(30))? {
+            Event::Breakpoint { id, .. } if id == start => {}
+            other => {
+                return Err(SessionError::Setup(format!(
+                    "the guest did not reach {} ({other:?})",
+                    self.spec.start_sym
+                )))
+            }
+        }
+        dom.remove_breakpoint(start)?;
+        self.roles.clear();
+        let end = dom.add_breakpoint_at(&self.spec.end_sym)?;
+        self.roles.insert(end, Role::End);
+        for sink in &self.spec.sinks {
+            let id = dom.add_breakpoint_at(sink)?;
+            self.roles.insert(id, Role::Sink);
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            if self.covered.contains(&i) {
+                continue;
+            }
+            match dom.add_breakpoint(b.addr) {
+                Ok(id) => {
+                    self.roles.insert(id, Role::Cover(i));
+                }
+                // Blocks that are also the end point or a sink are covered by those.
+                Err(xenprobe::vmi::Error::Breakpoint(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let syms = dom.symbols()?;
+        let input = syms.get(&self.spec.input_sym).cloned().ok_or_else(|| {
+            SessionError::Setup(format!("no symbol {} in the image", self.spec.input_sym))
+        })?;
+        self.input_va = input.addr;
+        self.input_cap = input.size as usize;
+        self.len_va = dom.symbol(&self.spec.len_sym)?;
+        self.pages.clear();
+        let first = self.input_va & !0xfff;
+        let last = (self.input_va + self.input_cap as u64) | 0xfff;
+        let mut page = first;
+        while page <= last {
+            self.pages.insert(page, dom.translate(0, page)?.frame());
+            page += 0x1000;
+        }
+        let lpage = self.len_va & !0xfff;
+        let lpa = dom.translate(0, lpage)?.frame();
+        self.pages.insert(lpage, lpa);
+        // Inputs are written through persistent mappings (a map and unmap per
+        // write costs milliseconds in the lab); restore_snapshot does not see
+        // those writes, so the pages' snapshot contents are kept to undo them.
+        self.input_maps.clear();
+        self.prev_len = 0;
+        let domid = dom.id();
+        for (&va, &pa) in &self.pages {
+            let m = self
+                .fmem
+                .map(domid, Prot::ReadWrite, &[pa >> 12])
+                .map_err(xenprobe::vmi::Error::from)?;
+            let mut orig = vec![0u8; 4096];
+            m.read(0, &mut orig).map_err(xenprobe::vmi::Error::from)?;
+            self.input_maps.insert(va, (m, orig));
+        }
+        self.console = None;
+        if self.spec.discard_console {
+            self.console = self.map_console(&mut dom)?;
+        }
+        let info = dom.take_snapshot()?;
+        tracing::info!(frames = info.frames, took = ?info.took, "snapshot taken");
+        self.dom = Some(dom);
+        self.fresh = true;
+        Ok(())
+    }
+
+    fn write_virt(&mut self, va: u64, data: &[u8]) -> Result<()> {
+        let mut done = 0;
+        while done < data.len() {
+            let a = va + done as u64;
+            let page = a & !0xfff;
+            let off = (a & 0xfff) as usize;
+            let n = (0x1000 - off).min(data.len() - done);
+            let (m, _) = self
+                .input_maps
+                .get_mut(&page)
+                .ok_or_else(|| SessionError::Setup(format!("{a:#x} is not an input page")))?;
+            m.write(off, &data[done..done + n])
+                .map_err(xenprobe::vmi::Error::from)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Maps the console ring the guest writes to (the runtime's
+    /// `console::RING` variable holds its address), if there is one.
+    fn map_console(&self, dom: &mut Domain) -> Result<Option<Mapping>> {
+        let sym = dom
+            .symbols()?
+            .iter()
+            .find(|s| s.name.contains("7console4RING"))
+            .map(|s| s.addr);
+        let Some(sym) = sym else { return Ok(None) };
+        let ring = dom.read_u64(sym)?;
+        if ring == 0 {
+            return Ok(None);
+        }
+        let gfn = dom.translate(0, ring)?.frame() >> 12;
+        let m = self
+            .fmem
+            .map(dom.id(), Prot::ReadWrite, &[gfn])
+            .map_err(xenprobe::vmi::Error::from)?;
+        Ok(Some(m))
+    }
+
+    /// Marks everything the guest printed as read (`out_cons = out_prod`):
+    /// xenconsoled rate-limits a domain that notifies it often, and a full
+    /// ring makes the guest wait, which would look like a hang.
+    fn drain_console(&mut self) -> Result<()> {
+        const OUT_CONS: usize = 1024 + 2048 + 8;
+        if let Some(m) = self.console.as_mut() {
+            let mut prod = [0u8; 4];
+            m.read(OUT_CONS + 4, &mut prod)
+                .map_err(xenprobe::vmi::Error::from)?;
+            m.write(OUT_CONS, &prod)
+                .map_err(xenprobe::vmi::Error::from)?;
+        }
+        Ok(())
+    }
+
+    fn snapshot_bytes(&self, va: u64, len: usize) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            let a = va + out.len() as u64;
+            let (page, off) = (a & !0xfff, (a & 0xfff) as usize);
+            let n = (0x1000 - off).min(len - out.len());
+            let (_, orig) = self
+                .input_maps
+                .get(&page)
+                .ok_or_else(|| SessionError::Setup(format!("{a:#x} is not an input page")))?;
+            out.extend_from_slice(&orig[off..off + n]);
+        }
+        Ok(out)
+    }
+
+    /// Runs one input from the snapshot. Returns the outcome and the
+    /// indices of blocks reached for the first time.
+    pub fn run(&mut self, input: &[u8]) -> Result<(Outcome, Vec<usize>)> {
+        let t0 = std::time::Instant::now();
+        if !self.fresh {
+            self.dom()?.restore_snapshot()?;
+        }
+        self.fresh = false;
+        let t1 = std::time::Instant::now();
+        let data = &input[..input.len().min(self.input_cap)];
+        self.write_virt(self.input_va, data)?;
+        if self.prev_len > data.len() {
+            // Bring back the snapshot's bytes past this input.
+            let tail = self.snapshot_bytes(
+                self.input_va + data.len() as u64,
+                self.prev_len - data.len(),
+            )?;
+            self.write_virt(self.input_va + data.len() as u64, &tail)?;
+        }
+        self.prev_len = data.len();
+        self.write_virt(self.len_va, &(data.len() as u64).to_le_bytes())?;
+        self.drain_console()?;
+        let t2 = std::time::Instant::now();
+        self.timings[0] += t1 - t0;
+        self.timings[1] += t2 - t1;
+        let result = self.run_to_stop();
+        self.timings[2] += t2.elapsed();
+        result
+    }
+
+    fn run_to_stop(&mut self) -> Result<(Outcome, Vec<usize>)> {
+        let timeout = self.spec.timeout;
+        let mut new_blocks = Vec::new();
+        let t = std::time::Instant::now();
+        self.dom()?.resume()?;
+        self.timings[3] += t.elapsed();
+        loop {
+            let t = std::time::Instant::now();
+            let ev = self.dom()?.wait_event(timeout)?;
+            self.timings[4] += t.elapsed();
+            match ev {
+                Event::Breakpoint { id, vcpu, addr, .. } => match self.roles.get(&id) {
+                    Some(Role::End) => return Ok((Outcome::Ok, new_blocks)),
+                    Some(Role::Sink) => {
+                        let r = self.sink_report(vcpu, addr)?;
+                        return Ok((Outcome::Crash(r), new_blocks));
+                    }
+                    Some(&Role::Cover(i)) => {
+                        self.roles.remove(&id);
+                        self.covered.insert(i);
+                        new_blocks.push(i);
+                        // Removed from the live guest; the snapshot holds no
+                        // breakpoint bytes and restores re-plant only listed ones.
+                        let dom = self.dom()?;
+                        dom.remove_breakpoint(id)?;
+                        dom.resume()?;
+                    }
+                    None => self.dom()?.resume()?,
+                },
+                Event::Step { .. } => self.dom()?.resume()?,
+                Event::Debug { vcpu, rip, detail } => {
+                    let r = self.report_at("debug-trap", vcpu, rip, detail)?;
+                    return Ok((Outcome::Crash(r), new_blocks));
+                }
+                Event::Timeout => {
+                    let dom = self.dom()?;
+                    dom.pause()?;
+                    let rip = dom.regs(0)?.rip;
+                    let r = self.report_at("hang", 0, rip, String::new())?;
+                    return Ok((Outcome::Hang(r), new_blocks));
+                }
+                Event::Shutdown { reason } => {
+                    let kind = match reason {
+                        ShutdownReason::Reboot => "triple-fault",
+                        ShutdownReason::Crash => "crashed",
+                        ShutdownReason::Poweroff => "exited",
+                        _ => "shutdown",
+                    };
+                    let r = CrashReport {
+                        kind: kind.into(),
+                        site: kind.into(),
+                        rip: 0,
+                        fault_address: None,
+                        message: format!("the domain shut down ({reason:?})"),
+                        backtrace: Vec::new(),
+                    };
+                    self.restart()?;
+                    return Ok((Outcome::Crash(r), new_blocks));
+                }
+            }
+        }
+    }
+
+    /// Recreates the guest after an unexpected shutdown (coverage
+    /// breakpoints already hit stay removed).
+    /// TODO(engine): restore in place with XEN_DOMCTL_resumedomain instead.
+    fn restart(&mut self) -> Result<()> {
+        self.restarts += 1;
+        self.input_maps.clear();
+        self.console = None;
+        if let Some(d) = self.dom.take() {
+            let _ = d.detach();
+        }
+        self.boot()
+    }
+
+    /// Symbol and line of a frame. Return addresses (every frame but the
+    /// first) are looked up at `addr - 1`: a call that never returns is often
+    /// the last instruction of its function.
+    fn symbolize(&self, addr: u64, is_return: bool) -> Frame {
+        let syms = self.dom.as_ref().and_then(|d| d.symbols().ok());
+        let at = if is_return {
+            addr.saturating_sub(1)
+        } else {
+            addr
+        };
+        Frame {
+            addr,
+            symbol: syms
+                .and_then(|s| s.symbolize(at))
+                .map(|(s, off)| format!("{}+{:#x}", s.name, off + (addr - at))),
+            line: syms
+                .and_then(|s| s.line(at))
+                .map(|l| format!("{}:{}", l.file, l.line)),
+        }
+    }
+
+    /// Frame-pointer walk from `rbp` (return addresses only).
+    fn walk(&mut self, mut rbp: u64, out: &mut Vec<u64>) {
+        let Ok(dom) = self.dom() else { return };
+        for _ in 0..32 {
+            if rbp == 0 || rbp % 8 != 0 {
+                break;
+            }
+            let (Ok(ret), Ok(next)) = (dom.read_u64(rbp + 8), dom.read_u64(rbp)) else {
+                break;
+            };
+            if ret == 0 {
+                break;
+            }
+            out.push(ret);
+            if next <= rbp {
+                break;
+            }
+            rbp = next;
+        }
+    }
+
+    fn sink_report(&mut self, vcpu: u32, sink: u64) -> Result<CrashReport> {
+        let dom = self.dom()?;
+        let regs = dom.regs(vcpu)?;
+        let len = (regs.rcx as usize).min(512);
+        let mut msg = vec![0u8; len];
+        let message = match dom.read_virt_on(vcpu, regs.rdx, &mut msg) {
+            Ok(()) => String::from_utf8_lossy(&msg).into_owned(),
+            Err(_) => String::new(),
+        };
+        let kind = report::crash_kind(regs.rdi, regs.rsi).to_string();
+        let mut addrs = Vec::new();
+        let (rip, site) = match report::hex_field(&message, "rip") {
+            Some(fault_rip) if regs.rdi != 1 => {
+                // A fault: the trap frame's RIP and RBP are the faulting code's.
+                addrs.push(fault_rip);
+                let rbp = report::hex_field(&message, "rbp").unwrap_or(0);
+                self.walk(rbp, &mut addrs);
+                (fault_rip, format!("{kind}@{fault_rip:#x}"))
+            }
+            _ => {
+                addrs.push(sink);
+                let ret = self.dom()?.read_u64(regs.rsp).unwrap_or(0);
+                if ret != 0 {
+                    addrs.push(ret);
+                }
+                self.walk(regs.rbp, &mut addrs);
+                let site = match report::panic_location(&message) {
+                    Some(loc) => format!("{kind}@{loc}"),
+                    None => format!("{kind}@{ret:#x}"),
+                };
+                (sink, site)
+            }
+        };
+        let fault_address = (kind == "page-fault" || kind == "stack-overflow")
+            .then(|| report::hex_field(&message, "cr2"))
+            .flatten();
+        Ok(CrashReport {
+            kind,
+            site,
+            rip,
+            fault_address,
+            message,
+            backtrace: addrs
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| self.symbolize(a, i > 0))
+                .collect(),
+        })
+    }
+
+    fn report_at(
+        &mut self,
+        kind: &str,
+        vcpu: u32,
+        rip: u64,
+        message: String,
+    ) -> Result<CrashReport> {
+        let rbp = self.dom()?.regs(vcpu)?.rbp;
+        let mut addrs = vec![rip];
+        self.walk(rbp, &mut addrs);
+        let func = self
+            .symbolize(rip, false)
+            .symbol
+            .map(|s| s.split('+').next().unwrap_or_default().to_string())
+            .unwrap_or_else(|| format!("{rip:#x}"));
+        Ok(CrashReport {
+            kind: kind.into(),
+            site: format!("{kind}@{func}"),
+            rip,
+            fault_address: None,
+            message,
+            backtrace: addrs
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| self.symbolize(a, i > 0))
+                .collect(),
+        })
+    }
+
+    /// Ends the session and leaves the guest clean: memory and vCPUs back at
+    /// the start point (the snapshot's input), every breakpoint removed,
+    /// vm_event and log-dirty off, the domain running.
+    pub fn finish(mut self) -> Result<()> {
+        let fresh = self.fresh;
+        if !fresh {
+            // The snapshot's own input (restore_snapshot does not see our writes).
+            let orig = self.snapshot_bytes(self.input_va, self.prev_len)?;
+            self.write_virt(self.input_va, &orig)?;
+            let len = self.snapshot_bytes(self.len_va, 8)?;
+            self.write_virt(self.len_va, &len)?;
+        }
+        self.input_maps.clear();
+        self.console = None;
+        if let Some(mut dom) = self.dom.take() {
+            if !dom.is_stopped() {
+                dom.pause()?;
+            }
+            if !fresh {
+                dom.restore_snapshot()?;
+            }
+            dom.drop_snapshot();
+            dom.detach()?;
+        }
+        Ok(())
+    }
+
+    /// The guest's image path.
+    pub fn image(&self) -> &Path {
+        &self.spec.image
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_domain_name() {
+        let cfg = "type=\"pvh\"\nname = \"tlv-pvh\"\nmemory=32\n";
+        assert_eq!(cfg_name(cfg).as_deref(), Some("tlv-pvh"));
+        assert_eq!(cfg_name("memory=1"), None);
+    }
+}

@@ -1,0 +1,7 @@
+//! xenprobe: look at a Xen guest from the hypervisor's side.
+pub mod arch;
+pub mod repl;
+pub mod stub;
+pub mod testing;
+pub mod vmi;
+pub mod xen;

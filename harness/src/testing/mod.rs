@@ -1,0 +1,178 @@
+//! `cargo test` against live guests.
+//!
+//! A guest test is an ordinary Rust function that receives a [`Session`]: a
+//! guest booted with `xl` (paused at its first instruction), attached by the
+//! VMI engine, with its symbols loaded. A test binary (with `harness = false`)
+//! lists its tests and hands them to [`main`], which runs them like libtest
+//! does (name filters, `--exact`, `--list`, `--ignored`, `--nocapture`,
+//! `--test-threads`, the summary line and the exit status):
+//!
+//! ```no_run
+//! use xenprobe::testing::{GuestTest, Mode, Need, Session};
+//!
+//! fn counter_reaches_ten(s: &mut Session) -> anyhow::Result<()> {
+//!     s.run_to("known_checkpoint")?;
+//!     anyhow::ensure!(s.read_var::<u64>("known_counter")? == 10);
+//!     Ok(())
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     xenprobe::testing::main(vec![GuestTest::new("counter_reaches_ten", counter_reaches_ten)
+//!         .guest("known")
+//!         .modes(&Mode::ALL)
+//!         .needs(&[Need::Breakpoints])])
+//! }
+//! ```
+//!
+//! One test declared for several modes appears once per mode
+//! (`counter_reaches_ten::pvh`). A test whose [`Need`]s this hypervisor lacks
+//! for a mode is reported as ignored with the tag `[skip]`, and the reason is
+//! printed before the run (`skipped (PV breakpoints need a hypervisor built
+//! with CONFIG_GDBSX ...): name::pv`).
+//! The guest is destroyed after every test, also after a panic, a failed
+//! assertion or a timeout; a failure prints the registers, the code around RIP
+//! with its symbol and source line, and the guest's last console lines.
+
+mod guest;
+mod runner;
+mod session;
+
+pub use guest::GuestImages;
+pub use runner::main;
+pub use session::Session;
+
+use std::time::Duration;
+
+use crate::vmi::caps::{Capabilities, GuestKind};
+
+/// The body of a guest test.
+pub type TestFn = fn(&mut Session) -> anyhow::Result<()>;
+
+/// How a guest boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    Pv,
+    Pvh,
+    Hvm,
+}
+
+impl Mode {
+    /// Every mode.
+    pub const ALL: [Mode; 3] = [Mode::Pv, Mode::Pvh, Mode::Hvm];
+    /// The modes with vm_event (HVM containers).
+    pub const HVM_CONTAINERS: [Mode; 2] = [Mode::Pvh, Mode::Hvm];
+
+    /// The lowercase name used in image and test names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Pv => "pv",
+            Mode::Pvh => "pvh",
+            Mode::Hvm => "hvm",
+        }
+    }
+
+    /// The engine's guest kind for this mode.
+    pub fn kind(self) -> GuestKind {
+        match self {
+            Mode::Pv => GuestKind::Pv,
+            Mode::Pvh => GuestKind::Pvh,
+            Mode::Hvm => GuestKind::Hvm,
+        }
+    }
+}
+
+/// A capability a test needs; missing ones turn the test into a skip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Software breakpoints.
+    Breakpoints,
+    /// Single-stepping.
+    Step,
+    /// The vm_event ring.
+    VmEvent,
+    /// Log-dirty tracking (snapshot restore).
+    LogDirty,
+    /// VM forks.
+    VmForks,
+}
+
+impl Need {
+    /// `Err(reason)` if `caps` lack this.
+    pub fn check(self, caps: &Capabilities) -> Result<(), String> {
+        let env = std::env::var(crate::vmi::caps::BREAKPOINT_ENV).ok();
+        let r = match self {
+            Need::Breakpoints => caps.breakpoint_insn(env.as_deref()).map(|_| ()),
+            Need::Step => caps.step_method().map(|_| ()),
+            Need::VmEvent => caps.vm_event(),
+            Need::LogDirty => caps.log_dirty(),
+            Need::VmForks => caps.vm_forks(),
+        };
+        r.map_err(|e| e.to_string())
+    }
+}
+
+/// One guest test, declared once for one or more modes.
+#[derive(Clone)]
+pub struct GuestTest {
+    pub(crate) name: String,
+    pub(crate) body: TestFn,
+    pub(crate) guest: String,
+    pub(crate) modes: Vec<Mode>,
+    pub(crate) memory_mb: Option<u32>,
+    pub(crate) needs: Vec<Need>,
+    pub(crate) timeout: Duration,
+    pub(crate) ignored: bool,
+}
+
+impl GuestTest {
+    /// A test called `name` running `body` (defaults: guest "known", every
+    /// mode, the image's memory size, no needs, 120 s timeout).
+    pub fn new(name: &str, body: TestFn) -> Self {
+        GuestTest {
+            name: name.to_string(),
+            body,
+            guest: "known".into(),
+            modes: Mode::ALL.to_vec(),
+            memory_mb: None,
+            needs: vec![],
+            timeout: Duration::from_secs(120),
+            ignored: false,
+        }
+    }
+
+    /// The guest image's name (`target/guests/NAME-MODE`).
+    pub fn guest(mut self, name: &str) -> Self {
+        self.guest = name.to_string();
+        self
+    }
+
+    /// The modes to run in (the test appears once per mode).
+    pub fn modes(mut self, modes: &[Mode]) -> Self {
+        self.modes = modes.to_vec();
+        self
+    }
+
+    /// Guest memory in MiB (default: the image's config).
+    pub fn memory(mut self, mb: u32) -> Self {
+        self.memory_mb = Some(mb);
+        self
+    }
+
+    /// Capabilities the test needs; without them it is skipped with the reason.
+    pub fn needs(mut self, needs: &[Need]) -> Self {
+        self.needs = needs.to_vec();
+        self
+    }
+
+    /// Fail the test (and destroy its guest) after this long.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// Run only with `--ignored` / `--include-ignored`.
+    pub fn ignore(mut self) -> Self {
+        self.ignored = true;
+        self
+    }
+}

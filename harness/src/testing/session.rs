@@ -1,0 +1,375 @@
+//! A test's guest: the domain, attached, with helpers for the usual steps and
+//! assertions.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+
+use super::guest::GuestDomain;
+use super::Mode;
+use crate::vmi::{Domain, Event, Registers, ShutdownReason, Xen};
+
+/// How long helpers wait for the guest by default.
+const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+
+/// A guest booted for one test (paused before its first instruction), attached.
+pub struct Session {
+    // Field order matters: the engine detaches before the domain is destroyed.
+    dom: Domain,
+    guest: GuestDomain,
+    mode: Mode,
+}
+
+impl Session {
+    /// Attaches to `guest` and loads its symbols.
+    pub(crate) fn attach(guest: GuestDomain, mode: Mode) -> Result<Self> {
+        let xen = Xen::open().context("opening Xen's interfaces")?;
+        let mut dom = Domain::attach(&xen, guest.name.as_str())
+            .with_context(|| format!("attaching to {}", guest.name))?;
+        dom.load_symbols(guest.image())
+            .with_context(|| format!("loading symbols of {}", guest.image().display()))?;
+        // Take over the pause `xl create -p` left: stopped by us, not by xl.
+        dom.pause()?;
+        guest.unpause_from_toolstack()?;
+        Ok(Session { dom, guest, mode })
+    }
+
+    /// The engine's handle, for everything the helpers do not cover.
+    pub fn dom(&mut self) -> &mut Domain {
+        &mut self.dom
+    }
+
+    /// The mode this instance of the test runs in.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The domain's name.
+    pub fn name(&self) -> &str {
+        &self.guest.name
+    }
+
+    /// The address of `symbol`.
+    pub fn symbol(&self, symbol: &str) -> Result<u64> {
+        Ok(self.dom.symbol(symbol)?)
+    }
+
+    /// Runs until `symbol` is reached (a temporary breakpoint) and returns the
+    /// registers there; the guest stays stopped.
+    pub fn run_to(&mut self, symbol: &str) -> Result<Registers> {
+        let addr = self.dom.symbol(symbol)?;
+        let existing = self
+            .dom
+            .breakpoints()
+            .iter()
+            .find(|b| b.addr == addr)
+            .map(|b| b.id);
+        let id = match existing {
+            Some(id) => id,
+            None => self.dom.add_breakpoint(addr)?,
+        };
+        let result =
+            self.wait_for(|e| matches!(e, Event::Breakpoint { id: hit, .. } if *hit == id));
+        if existing.is_none() {
+            self.dom.remove_breakpoint(id)?;
+        }
+        let vcpu = match result? {
+            Event::Breakpoint { vcpu, .. } => vcpu,
+            other => bail!("expected {symbol}, got {other:?}"),
+        };
+        Ok(self.dom.regs(vcpu)?)
+    }
+
+    /// Resumes and waits for the next event (default timeout).
+    pub fn cont(&mut self) -> Result<Event> {
+        Ok(self.dom.cont(DEFAULT_WAIT)?)
+    }
+
+    /// Resumes until `want` accepts an event; any other stop is an error.
+    fn wait_for(&mut self, want: impl Fn(&Event) -> bool) -> Result<Event> {
+        let e = self.dom.cont(DEFAULT_WAIT)?;
+        if want(&e) {
+            return Ok(e);
+        }
+        bail!("the guest stopped for {e:?}")
+    }
+
+    /// Single-steps vCPU 0; returns the new RIP.
+    pub fn step(&mut self) -> Result<u64> {
+        match self.dom.step(0)? {
+            Event::Step { rip, .. } => Ok(rip),
+            other => bail!("step ended with {other:?}"),
+        }
+    }
+
+    /// The registers of vCPU 0.
+    pub fn regs(&self) -> Result<Registers> {
+        Ok(self.dom.regs(0)?)
+    }
+
+    /// Replaces the registers of vCPU 0.
+    pub fn set_regs(&mut self, regs: &Registers) -> Result<()> {
+        Ok(self.dom.set_regs(0, regs)?)
+    }
+
+    /// Reads `len` bytes at `symbol`.
+    pub fn read_bytes(&mut self, symbol: &str, len: usize) -> Result<Vec<u8>> {
+        let addr = self.dom.symbol(symbol)?;
+        let mut buf = vec![0u8; len];
+        self.dom.read_virt(addr, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Reads the variable `symbol` as a `T` (a plain integer or byte array).
+    pub fn read_var<T: Plain>(&mut self, symbol: &str) -> Result<T> {
+        self.check_size::<T>(symbol)?;
+        let bytes = self.read_bytes(symbol, std::mem::size_of::<T>())?;
+        Ok(T::from_le(&bytes))
+    }
+
+    /// Writes `value` into the variable `symbol`.
+    pub fn write_var<T: Plain>(&mut self, symbol: &str, value: T) -> Result<()> {
+        self.check_size::<T>(symbol)?;
+        let addr = self.dom.symbol(symbol)?;
+        self.dom.write_virt(addr, &value.to_le())?;
+        Ok(())
+    }
+
+    fn check_size<T>(&self, symbol: &str) -> Result<()> {
+        let size = self.dom.symbols()?.get(symbol).map(|s| s.size).unwrap_or(0);
+        let want = std::mem::size_of::<T>() as u64;
+        ensure!(
+            size == 0 || size == want,
+            "{symbol} is {size} bytes, not {want} ({})",
+            std::any::type_name::<T>()
+        );
+        Ok(())
+    }
+
+    /// The guest's console output so far.
+    pub fn console(&self) -> String {
+        self.guest.console()
+    }
+
+    /// Waits (the guest running) until the console contains `pattern`.
+    pub fn wait_console(&mut self, pattern: &str, timeout: Duration) -> Result<String> {
+        if self.dom.is_stopped() {
+            self.dom.resume()?;
+        }
+        let t0 = Instant::now();
+        loop {
+            let c = self.console();
+            if c.contains(pattern) {
+                return Ok(c);
+            }
+            if t0.elapsed() > timeout {
+                bail!(
+                    "{pattern:?} did not appear on the console within {:?}",
+                    timeout
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Lets the guest run to its end and checks it powered off with `code`
+    /// (the runtime prints `EXIT <code>` before powering off).
+    pub fn expect_exit(&mut self, code: i32) -> Result<()> {
+        match self.run_to_shutdown()? {
+            ShutdownReason::Poweroff => {}
+            other => {
+                bail!("expected a poweroff with exit code {code}, the guest ended by {other:?}")
+            }
+        }
+        let want = format!("EXIT {code}");
+        let console = self.wait_console_settled(&want)?;
+        ensure!(
+            console.lines().any(|l| l.trim() == want),
+            "the console does not say {want:?}"
+        );
+        Ok(())
+    }
+
+    /// Lets the guest run to its end and checks it crashed with `kind`
+    /// (`panic`, `page-fault`, ...: the runtime's `CRASH <kind>` line).
+    pub fn expect_crash(&mut self, kind: &str) -> Result<String> {
+        let reason = self.run_to_shutdown()?;
+        ensure!(
+            matches!(reason, ShutdownReason::Crash | ShutdownReason::Reboot),
+            "expected a crash ({kind}), the guest ended by {reason:?}"
+        );
+        let want = format!("CRASH {kind}");
+        self.wait_console_settled(&want)
+    }
+
+    /// Removes our breakpoints' hold and runs the guest until it shuts down.
+    fn run_to_shutdown(&mut self) -> Result<ShutdownReason> {
+        let t0 = Instant::now();
+        loop {
+            ensure!(
+                t0.elapsed() < DEFAULT_WAIT,
+                "the guest did not end within {DEFAULT_WAIT:?}"
+            );
+            let e = self.dom.cont(DEFAULT_WAIT)?;
+            tracing::debug!(event = ?e, "waiting for the guest's end");
+            match e {
+                Event::Shutdown { reason } => return Ok(reason),
+                Event::Timeout => bail!("the guest did not end within {DEFAULT_WAIT:?}"),
+                // Our own breakpoints on the way: go on.
+                Event::Breakpoint { .. } => continue,
+                other => bail!("the guest stopped for {other:?} before its end"),
+            }
+        }
+    }
+
+    /// The console once `want` is in it (xenconsoled writes the log a few
+    /// milliseconds after the guest).
+    fn wait_console_settled(&self, want: &str) -> Result<String> {
+        let t0 = Instant::now();
+        loop {
+            let c = self.console();
+            if c.contains(want) {
+                return Ok(c);
+            }
+            if t0.elapsed() > Duration::from_secs(5) {
+                bail!(
+                    "the console does not say {want:?}; it ends with:\n{}",
+                    last_lines(&c, 10)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Registers, code around RIP with symbols, and the last console lines:
+    /// what a failure message shows.
+    pub fn diagnostics(&mut self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "guest {} ({})", self.guest.name, self.mode.name());
+        if !self.dom.is_stopped() {
+            let _ = self.dom.pause();
+        }
+        match self.dom.regs(0) {
+            Ok(r) => {
+                let _ = writeln!(out, "registers (vCPU 0):\n{}", format_regs(&r));
+                if let Ok(syms) = self.dom.symbols() {
+                    if let Some((s, off)) = syms.symbolize(r.rip) {
+                        let _ = write!(out, "rip {:#x} = {}+{off:#x}", r.rip, s.name);
+                        if let Some(l) = syms.line(r.rip) {
+                            let _ = write!(out, " at {}:{}", l.file, l.line);
+                        }
+                        out.push('\n');
+                    }
+                }
+                match self.dom.disassemble(r.rip, 6) {
+                    Ok(lines) => {
+                        for (addr, _, text) in lines {
+                            let mark = if addr == r.rip { "=>" } else { "  " };
+                            let _ = writeln!(out, "{mark} {addr:#x}: {text}");
+                        }
+                    }
+                    Err(e) => {
+                        let _ = writeln!(out, "(no disassembly: {e})");
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(out, "(no registers: {e})");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "last console lines:\n{}",
+            last_lines(&self.console(), 15)
+        );
+        out
+    }
+}
+
+/// Plain values that can be read from and written to guest memory.
+pub trait Plain: Sized {
+    fn from_le(b: &[u8]) -> Self;
+    fn to_le(&self) -> Vec<u8>;
+}
+
+macro_rules! plain_int {
+    ($($t:ty),*) => {$(
+        impl Plain for $t {
+            fn from_le(b: &[u8]) -> Self {
+                let mut a = [0u8; std::mem::size_of::<$t>()];
+                a.copy_from_slice(&b[..std::mem::size_of::<$t>()]);
+                <$t>::from_le_bytes(a)
+            }
+            fn to_le(&self) -> Vec<u8> {
+                self.to_le_bytes().to_vec()
+            }
+        }
+    )*};
+}
+plain_int!(u8, u16, u32, u64, i8, i16, i32, i64);
+
+impl<const N: usize> Plain for [u8; N] {
+    fn from_le(b: &[u8]) -> Self {
+        let mut a = [0u8; N];
+        a.copy_from_slice(&b[..N]);
+        a
+    }
+    fn to_le(&self) -> Vec<u8> {
+        self.to_vec()
+    }
+}
+
+/// The registers as a stable, readable block (also used for snapshots).
+pub fn format_regs(r: &Registers) -> String {
+    let g = [
+        ("rax", r.rax),
+        ("rbx", r.rbx),
+        ("rcx", r.rcx),
+        ("rdx", r.rdx),
+        ("rsi", r.rsi),
+        ("rdi", r.rdi),
+        ("rbp", r.rbp),
+        ("rsp", r.rsp),
+        ("r8", r.r8),
+        ("r9", r.r9),
+        ("r10", r.r10),
+        ("r11", r.r11),
+        ("r12", r.r12),
+        ("r13", r.r13),
+        ("r14", r.r14),
+        ("r15", r.r15),
+        ("rip", r.rip),
+        ("rflags", r.rflags),
+        ("cr0", r.cr0),
+        ("cr2", r.cr2),
+        ("cr3", r.cr3),
+        ("cr4", r.cr4),
+        ("efer", r.efer),
+    ];
+    let mut s = String::new();
+    for (i, (n, v)) in g.iter().enumerate() {
+        let _ = write!(s, "{n:>6} {v:#018x}");
+        s.push(if i % 4 == 3 { '\n' } else { ' ' });
+    }
+    s.trim_end().to_string()
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("guest", &self.guest.name)
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+/// Error for an unexpected state, with the guest's diagnostics attached.
+pub(crate) fn with_diagnostics(e: anyhow::Error, s: &mut Session) -> anyhow::Error {
+    anyhow!("{e:#}\n\n{}", s.diagnostics())
+}

@@ -1,0 +1,312 @@
+//! Software breakpoints: planted instruction bytes, hit counts, conditions.
+//!
+//! The breakpoint instruction is a property of the host and guest type
+//! ([`BreakpointInsnKind`]); [`BreakpointInsn`] is the seam between its two
+//! implementations: int3 (0xCC) and ICEBP (0xF1).
+
+use std::collections::BTreeMap;
+
+use super::caps::BreakpointInsnKind;
+use super::domain::Domain;
+use super::error::{Error, Result};
+use super::regs::Registers;
+
+/// Identifies a breakpoint of one [`Domain`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BreakpointId(pub u32);
+
+impl std::fmt::Display for BreakpointId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// A condition evaluated at each hit: stop only when it returns true.
+pub type Condition = Box<dyn FnMut(&Registers) -> bool + Send>;
+
+/// The instruction planted at a breakpoint and how its hits are reported.
+pub(crate) trait BreakpointInsn: Send {
+    /// The opcode byte written over the first byte of the instruction.
+    fn opcode(&self) -> u8;
+    /// The breakpoint address, given the RIP reported at the hit.
+    fn bp_address(&self, reported_rip: u64) -> u64;
+    /// Which kind this is.
+    fn kind(&self) -> BreakpointInsnKind;
+}
+
+/// int3 (0xCC). Reported with RIP = bp + 1 when the guest executed it (PV,
+/// gdbsx) and with RIP = bp by the HVM software-breakpoint monitor.
+pub(crate) struct Int3 {
+    pub rip_after: bool,
+}
+
+impl BreakpointInsn for Int3 {
+    fn opcode(&self) -> u8 {
+        0xCC
+    }
+    fn bp_address(&self, rip: u64) -> u64 {
+        if self.rip_after {
+            rip.wrapping_sub(1)
+        } else {
+            rip
+        }
+    }
+    fn kind(&self) -> BreakpointInsnKind {
+        BreakpointInsnKind::Int3
+    }
+}
+
+/// ICEBP (0xF1): reported by the debug-exception monitor with RIP = bp.
+pub(crate) struct Icebp;
+
+impl BreakpointInsn for Icebp {
+    fn opcode(&self) -> u8 {
+        0xF1
+    }
+    fn bp_address(&self, rip: u64) -> u64 {
+        rip
+    }
+    fn kind(&self) -> BreakpointInsnKind {
+        BreakpointInsnKind::Icebp
+    }
+}
+
+/// One breakpoint.
+pub(crate) struct Breakpoint {
+    pub va: u64,
+    pub pa: u64,
+    pub orig: u8,
+    pub hits: u64,
+    /// The opcode is in guest memory (false while stepping over it).
+    pub planted: bool,
+    pub condition: Option<Condition>,
+}
+
+/// Public view of a breakpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakpointInfo {
+    /// Id.
+    pub id: BreakpointId,
+    /// Virtual address.
+    pub addr: u64,
+    /// Physical address of the patched byte.
+    pub phys: u64,
+    /// Times the guest reached it.
+    pub hits: u64,
+    /// Has a condition.
+    pub conditional: bool,
+}
+
+/// All breakpoints of a domain.
+#[derive(Default)]
+pub(crate) struct Breakpoints {
+    next: u32,
+    pub list: BTreeMap<BreakpointId, Breakpoint>,
+    pub insn: Option<Box<dyn BreakpointInsn>>,
+}
+
+impl Breakpoints {
+    pub fn at(&self, va: u64) -> Option<BreakpointId> {
+        self.list
+            .iter()
+            .find(|(_, b)| b.va == va)
+            .map(|(&id, _)| id)
+    }
+
+    /// Original bytes of planted breakpoints in `[va, va+len)`.
+    pub fn original_bytes_in(&self, va: u64, len: u64) -> Vec<(u64, u8)> {
+        self.list
+            .values()
+            .filter(|b| b.planted && b.va >= va && b.va < va + len)
+            .map(|b| (b.va, b.orig))
+            .collect()
+    }
+
+    fn next_id(&mut self) -> BreakpointId {
+        self.next += 1;
+        BreakpointId(self.next)
+    }
+}
+
+impl Domain {
+    /// The breakpoint instruction in use (decided when debugging starts).
+    pub fn breakpoint_kind(&mut self) -> Result<BreakpointInsnKind> {
+        self.ensure_debug()?;
+        self.bps
+            .insn
+            .as_ref()
+            .map(|i| i.kind())
+            .ok_or_else(|| Error::State("no breakpoint instruction chosen".into()))
+    }
+
+    /// Plants a breakpoint at virtual address `va` (vCPU 0's page tables).
+    pub fn add_breakpoint(&mut self, va: u64) -> Result<BreakpointId> {
+        self.add_breakpoint_inner(va, None)
+    }
+
+    /// Plants a breakpoint that stops only when `condition` returns true
+    /// (it runs at every hit with the vCPU's registers; hits count either way).
+    pub fn add_breakpoint_if(
+        &mut self,
+        va: u64,
+        condition: impl FnMut(&Registers) -> bool + Send + 'static,
+    ) -> Result<BreakpointId> {
+        self.add_breakpoint_inner(va, Some(Box::new(condition)))
+    }
+
+    /// Plants a breakpoint at a symbol of the loaded image.
+    pub fn add_breakpoint_at(&mut self, symbol: &str) -> Result<BreakpointId> {
+        let va = self.symbol(symbol)?;
+        self.add_breakpoint(va)
+    }
+
+    fn add_breakpoint_inner(
+        &mut self,
+        va: u64,
+        condition: Option<Condition>,
+    ) -> Result<BreakpointId> {
+        self.ensure_debug()?;
+        if let Some(id) = self.bps.at(va) {
+            return Err(Error::Breakpoint(format!("{id} is already at {va:#x}")));
+        }
+        let opcode = match &self.bps.insn {
+            Some(i) => i.opcode(),
+            None => return Err(Error::State("debugging is not set up".into())),
+        };
+        let pa = self.translate(0, va)?.pa;
+        let mut orig = [0u8];
+        self.mem.read_phys(pa, &mut orig)?;
+        let id = self.bps.next_id();
+        // Journal first: a crash after planting must find the original byte.
+        self.journal.add_breakpoint(va, pa, orig[0], opcode)?;
+        self.mem.write_phys(pa, &[opcode])?;
+        self.bps.list.insert(
+            id,
+            Breakpoint {
+                va,
+                pa,
+                orig: orig[0],
+                hits: 0,
+                planted: true,
+                condition,
+            },
+        );
+        tracing::debug!(domid = self.domid, %id, va = format_args!("{va:#x}"), "breakpoint planted");
+        Ok(id)
+    }
+
+    /// Removes a breakpoint and restores the original byte.
+    pub fn remove_breakpoint(&mut self, id: BreakpointId) -> Result<()> {
+        let bp = self
+            .bps
+            .list
+            .remove(&id)
+            .ok_or_else(|| Error::Breakpoint(format!("no breakpoint {id}")))?;
+        if bp.planted {
+            self.mem.write_phys(bp.pa, &[bp.orig])?;
+        }
+        self.journal.remove_breakpoint(bp.pa)?;
+        Ok(())
+    }
+
+    /// Times the guest reached breakpoint `id`.
+    pub fn breakpoint_hits(&self, id: BreakpointId) -> Result<u64> {
+        self.bps
+            .list
+            .get(&id)
+            .map(|b| b.hits)
+            .ok_or_else(|| Error::Breakpoint(format!("no breakpoint {id}")))
+    }
+
+    /// All breakpoints.
+    pub fn breakpoints(&self) -> Vec<BreakpointInfo> {
+        self.bps
+            .list
+            .iter()
+            .map(|(&id, b)| BreakpointInfo {
+                id,
+                addr: b.va,
+                phys: b.pa,
+                hits: b.hits,
+                conditional: b.condition.is_some(),
+            })
+            .collect()
+    }
+
+    /// Writes the original byte back (temporarily, e.g. to step over it).
+    pub(crate) fn unplant(&mut self, id: BreakpointId) -> Result<()> {
+        if let Some(b) = self.bps.list.get_mut(&id) {
+            if b.planted {
+                self.mem.write_phys(b.pa, &[b.orig])?;
+                b.planted = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Plants the opcode again after [`Domain::unplant`].
+    pub(crate) fn replant(&mut self, id: BreakpointId) -> Result<()> {
+        let opcode = self.bps.insn.as_ref().map(|i| i.opcode());
+        if let (Some(b), Some(op)) = (self.bps.list.get_mut(&id), opcode) {
+            if !b.planted {
+                self.mem.write_phys(b.pa, &[op])?;
+                b.planted = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores every original byte (detach).
+    pub(crate) fn unplant_all(&mut self) -> Result<()> {
+        let ids: Vec<_> = self.bps.list.keys().copied().collect();
+        let mut first_err = None;
+        for id in ids {
+            if let Err(e) = self.unplant(id) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insns_report_the_bp_address() {
+        assert_eq!(Icebp.opcode(), 0xF1);
+        assert_eq!(Icebp.bp_address(0x1000), 0x1000);
+        let pv = Int3 { rip_after: true };
+        assert_eq!(pv.opcode(), 0xCC);
+        assert_eq!(pv.bp_address(0x1001), 0x1000);
+        assert_eq!(Int3 { rip_after: false }.bp_address(0x1000), 0x1000);
+    }
+
+    #[test]
+    fn finds_breakpoints_and_original_bytes() {
+        let mut b = Breakpoints::default();
+        for (va, planted) in [(0x1000u64, true), (0x1005, false), (0x2000, true)] {
+            let id = b.next_id();
+            b.list.insert(
+                id,
+                Breakpoint {
+                    va,
+                    pa: va + 0x10_0000,
+                    orig: va as u8 ^ 0x55,
+                    hits: 0,
+                    planted,
+                    condition: None,
+                },
+            );
+        }
+        assert_eq!(b.at(0x2000), Some(BreakpointId(3)));
+        assert_eq!(b.at(0x2001), None);
+        assert_eq!(b.original_bytes_in(0x1000, 0x1000), vec![(0x1000, 0x55)]);
+        assert_eq!(
+            b.original_bytes_in(0x1001, 0xfff).len(),
+            0,
+            "unplanted bp hides nothing"
+        );
+    }
+}

@@ -1,0 +1,311 @@
+//! What this hypervisor, CPU and guest type allow, and why not when they don't.
+//!
+//! Facts behind the rules (measured in the lab, see the project notes):
+//! - vm_event exists for HVM and PVH only (PV: EINVAL).
+//! - QEMU TCG never reports #BP (int3) to Xen; ICEBP (0xF1) with the
+//!   debug-exception monitor does work there. On real hardware int3 with
+//!   the software-breakpoint monitor is the normal route.
+//! - MTF single-stepping (`xc_monitor_singlestep`) exists on Intel VT-x only;
+//!   elsewhere stepping uses RFLAGS.TF and the debug-exception monitor.
+//! - PV debugging (int3 and TF stepping that pause the domain) needs a
+//!   hypervisor built with `CONFIG_GDBSX`; PV log-dirty needs shadow paging.
+//! - VM forks need Intel VT-x with HAP.
+
+use crate::xen::HostCaps;
+
+use super::error::{Error, Result};
+
+/// Guest type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestKind {
+    /// Paravirtualised.
+    Pv,
+    /// PVH: HVM container without emulated devices.
+    Pvh,
+    /// Fully virtualised.
+    Hvm,
+}
+
+impl GuestKind {
+    /// HVM container (HVM or PVH): vm_event is available.
+    pub fn is_hvm_container(self) -> bool {
+        !matches!(self, GuestKind::Pv)
+    }
+}
+
+impl std::fmt::Display for GuestKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GuestKind::Pv => "PV",
+            GuestKind::Pvh => "PVH",
+            GuestKind::Hvm => "HVM",
+        })
+    }
+}
+
+/// Which instruction marks a software breakpoint, and how hits are reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakpointInsnKind {
+    /// 0xCC. HVM/PVH: software-breakpoint monitor event, RIP = bp.
+    /// PV (gdbsx): the domain pauses with RIP = bp + 1.
+    Int3,
+    /// 0xF1 with the debug-exception monitor (sync): event type 5, RIP = bp.
+    Icebp,
+}
+
+/// How a single step is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepMethod {
+    /// Monitor trap flag through `xc_monitor_singlestep` (Intel VT-x).
+    Mtf,
+    /// RFLAGS.TF, reported by the debug-exception monitor (HVM/PVH).
+    TrapFlagMonitor,
+    /// RFLAGS.TF with `xc_domain_setdebugging`: the domain pauses (PV, gdbsx).
+    TrapFlagGdbsx,
+}
+
+/// Environment variable that forces the breakpoint instruction: `int3` or `icebp`.
+pub const BREAKPOINT_ENV: &str = "XENPROBE_BREAKPOINT";
+
+/// Capabilities for one domain on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Guest type.
+    pub kind: GuestKind,
+    /// Host facts.
+    pub host: HostCaps,
+    /// MTF worked when tried at attach (set by the engine).
+    pub mtf: bool,
+}
+
+const DEBUG_HINT: &str = "run the lab with --xen debug";
+
+impl Capabilities {
+    /// Capabilities of a `kind` guest on `host` (MTF unknown until probed).
+    pub fn new(kind: GuestKind, host: HostCaps) -> Self {
+        Self {
+            kind,
+            host,
+            mtf: false,
+        }
+    }
+
+    /// vm_event (monitor ring).
+    pub fn vm_event(&self) -> Result<()> {
+        if self.kind.is_hvm_container() {
+            Ok(())
+        } else {
+            Err(Error::unsupported(
+                "vm_event",
+                "Xen offers vm_event for HVM and PVH guests only; this guest is PV",
+            ))
+        }
+    }
+
+    /// PV debugging through gdbsx (int3/TF pause the domain).
+    pub fn pv_debugging(&self) -> Result<()> {
+        if self.kind != GuestKind::Pv {
+            return Err(Error::unsupported(
+                "PV debugging",
+                format!("the guest is {}, not PV", self.kind),
+            ));
+        }
+        if self.host.gdbsx {
+            Ok(())
+        } else {
+            Err(Error::unsupported(
+                "PV breakpoints and stepping",
+                format!("PV breakpoints need a hypervisor built with CONFIG_GDBSX (Xen {} is not); {DEBUG_HINT}", self.host.xen_version),
+            ))
+        }
+    }
+
+    /// The breakpoint instruction: the override in `env_override` (the value
+    /// of [`BREAKPOINT_ENV`]) if given, else int3 for PV and on real CPUs,
+    /// ICEBP for HVM/PVH on an emulated CPU (QEMU TCG never reports #BP).
+    pub fn breakpoint_insn(&self, env_override: Option<&str>) -> Result<BreakpointInsnKind> {
+        let forced = match env_override.map(str::trim) {
+            None | Some("") => None,
+            Some(v) if v.eq_ignore_ascii_case("int3") => Some(BreakpointInsnKind::Int3),
+            Some(v) if v.eq_ignore_ascii_case("icebp") => Some(BreakpointInsnKind::Icebp),
+            Some(v) => {
+                return Err(Error::State(format!(
+                    "{BREAKPOINT_ENV}={v:?}: expected int3 or icebp"
+                )))
+            }
+        };
+        match self.kind {
+            GuestKind::Pv => {
+                self.pv_debugging()?;
+                if forced == Some(BreakpointInsnKind::Icebp) {
+                    return Err(Error::unsupported(
+                        "ICEBP breakpoints",
+                        "ICEBP needs the debug-exception monitor (vm_event), which PV guests lack; use int3",
+                    ));
+                }
+                Ok(BreakpointInsnKind::Int3)
+            }
+            GuestKind::Pvh | GuestKind::Hvm => Ok(forced.unwrap_or(if self.host.cpu_emulated() {
+                BreakpointInsnKind::Icebp
+            } else {
+                BreakpointInsnKind::Int3
+            })),
+        }
+    }
+
+    /// How single steps are done.
+    pub fn step_method(&self) -> Result<StepMethod> {
+        match self.kind {
+            GuestKind::Pv => {
+                self.pv_debugging()?;
+                Ok(StepMethod::TrapFlagGdbsx)
+            }
+            _ if self.mtf => Ok(StepMethod::Mtf),
+            _ => Ok(StepMethod::TrapFlagMonitor),
+        }
+    }
+
+    /// Log-dirty tracking.
+    pub fn log_dirty(&self) -> Result<()> {
+        if self.kind == GuestKind::Pv && !self.host.shadow {
+            return Err(Error::unsupported(
+                "log-dirty",
+                format!("PV log-dirty needs shadow paging, which Xen {} was built without; {DEBUG_HINT}", self.host.xen_version),
+            ));
+        }
+        if self.kind != GuestKind::Pv && !self.host.hap && !self.host.shadow {
+            return Err(Error::unsupported(
+                "log-dirty",
+                "the hypervisor has neither HAP nor shadow paging",
+            ));
+        }
+        Ok(())
+    }
+
+    /// VM forks (`xc_memshr_fork`).
+    pub fn vm_forks(&self) -> Result<()> {
+        if !self.kind.is_hvm_container() {
+            return Err(Error::unsupported(
+                "VM forks",
+                "Xen forks HVM/PVH guests only; this guest is PV",
+            ));
+        }
+        if !self.host.is_intel() || !self.host.hap {
+            return Err(Error::unsupported(
+                "VM forks",
+                format!(
+                    "Xen 4.17 forks VMs on Intel VT-x with HAP only; this CPU is {:?} ({})",
+                    self.host.cpu_vendor, self.host.cpu_model
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A human-readable summary, one feature per line.
+    pub fn summary(&self, env_override: Option<&str>) -> String {
+        let show = |r: Result<String>| match r {
+            Ok(s) => s,
+            Err(e) => format!("no ({e})"),
+        };
+        [
+            format!(
+                "guest: {}, Xen {}, CPU {} ({})",
+                self.kind, self.host.xen_version, self.host.cpu_model, self.host.cpu_vendor
+            ),
+            format!("vm_event: {}", show(self.vm_event().map(|_| "yes".into()))),
+            format!(
+                "breakpoints: {}",
+                show(self.breakpoint_insn(env_override).map(|k| format!("{k:?}")))
+            ),
+            format!(
+                "stepping: {}",
+                show(self.step_method().map(|k| format!("{k:?}")))
+            ),
+            format!(
+                "log-dirty: {}",
+                show(self.log_dirty().map(|_| "yes".into()))
+            ),
+            format!("VM forks: {}", show(self.vm_forks().map(|_| "yes".into()))),
+        ]
+        .join("\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(gdbsx: bool, shadow: bool, model: &str, vendor: &str) -> HostCaps {
+        HostCaps {
+            xen_version: "4.17.5".into(),
+            hvm: true,
+            pv: true,
+            hap: true,
+            shadow,
+            gdbsx,
+            cpu_model: model.into(),
+            cpu_vendor: vendor.into(),
+        }
+    }
+
+    fn lab_stock() -> HostCaps {
+        host(false, false, "QEMU TCG CPU version 2.5+", "AuthenticAMD")
+    }
+
+    #[test]
+    fn pv_on_stock_hypervisor_names_gdbsx_and_the_fix() {
+        let c = Capabilities::new(GuestKind::Pv, lab_stock());
+        let e = c.breakpoint_insn(None).unwrap_err().to_string();
+        assert!(e.contains("CONFIG_GDBSX"), "{e}");
+        assert!(e.contains("--xen debug"), "{e}");
+        assert!(c.step_method().is_err());
+        assert!(c.vm_event().unwrap_err().to_string().contains("PV"));
+        assert!(c.log_dirty().unwrap_err().to_string().contains("shadow"));
+    }
+
+    #[test]
+    fn pv_on_debug_hypervisor_uses_int3_and_gdbsx_stepping() {
+        let c = Capabilities::new(
+            GuestKind::Pv,
+            host(true, true, "QEMU TCG CPU", "AuthenticAMD"),
+        );
+        assert_eq!(c.breakpoint_insn(None).ok(), Some(BreakpointInsnKind::Int3));
+        assert!(c.breakpoint_insn(Some("icebp")).is_err());
+        assert_eq!(c.step_method().ok(), Some(StepMethod::TrapFlagGdbsx));
+        assert!(c.log_dirty().is_ok());
+    }
+
+    #[test]
+    fn hvm_under_tcg_defaults_to_icebp_and_tf_stepping() {
+        for kind in [GuestKind::Hvm, GuestKind::Pvh] {
+            let c = Capabilities::new(kind, lab_stock());
+            assert_eq!(
+                c.breakpoint_insn(None).ok(),
+                Some(BreakpointInsnKind::Icebp)
+            );
+            assert_eq!(
+                c.breakpoint_insn(Some("INT3")).ok(),
+                Some(BreakpointInsnKind::Int3)
+            );
+            assert!(c.breakpoint_insn(Some("hlt")).is_err());
+            assert_eq!(c.step_method().ok(), Some(StepMethod::TrapFlagMonitor));
+            assert!(c.vm_event().is_ok());
+            assert!(c.log_dirty().is_ok());
+            assert!(c.vm_forks().unwrap_err().to_string().contains("Intel"));
+        }
+    }
+
+    #[test]
+    fn hvm_on_real_intel_uses_int3_mtf_and_forks() {
+        let mut c = Capabilities::new(
+            GuestKind::Hvm,
+            host(false, true, "Intel(R) Xeon(R)", "GenuineIntel"),
+        );
+        assert_eq!(c.breakpoint_insn(None).ok(), Some(BreakpointInsnKind::Int3));
+        c.mtf = true;
+        assert_eq!(c.step_method().ok(), Some(StepMethod::Mtf));
+        assert!(c.vm_forks().is_ok());
+        assert!(c.summary(None).contains("VM forks: yes"));
+    }
+}

@@ -1,0 +1,371 @@
+//! Detaching cleanly, and repairing domains left dirty by a killed xenprobe.
+//!
+//! While attached, a small journal in dom0 (`/run/xenprobe/<domid>.json`,
+//! directory overridable with `XENPROBE_RUN_DIR`) records every planted
+//! breakpoint byte (physical address, original and planted byte) and whether
+//! a vm_event ring or PV debugging is on. It is written *before* memory is
+//! patched. Detach (explicit, on drop, or after Ctrl-C) restores the bytes,
+//! tears the ring down and resumes the guest, then deletes the journal. The
+//! next attach replays a journal it finds: restores bytes, disables the ring
+//! (`xc_monitor_disable` from a fresh process releases waiting vCPUs),
+//! switches PV debugging off and undoes stale pauses.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::domain::{Domain, Xen};
+use super::error::{Error, Result};
+use super::events::Backend;
+
+/// Environment variable overriding the journal directory.
+pub const RUN_DIR_ENV: &str = "XENPROBE_RUN_DIR";
+
+fn run_dir() -> PathBuf {
+    std::env::var_os(RUN_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/xenprobe"))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct JournalBreakpoint {
+    va: u64,
+    pa: u64,
+    orig: u8,
+    opcode: u8,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+struct JournalData {
+    domid: u32,
+    name: String,
+    pid: u32,
+    monitor: bool,
+    debugging: bool,
+    breakpoints: Vec<JournalBreakpoint>,
+}
+
+/// The on-disk record of what an attached xenprobe changed in a domain.
+pub(crate) struct Journal {
+    path: PathBuf,
+    data: JournalData,
+    written: bool,
+}
+
+impl Journal {
+    pub(crate) fn new(domid: u32, name: &str) -> Self {
+        Self {
+            path: run_dir().join(format!("{domid}.json")),
+            data: JournalData {
+                domid,
+                name: name.into(),
+                pid: std::process::id(),
+                ..Default::default()
+            },
+            written: false,
+        }
+    }
+
+    fn save(&mut self) -> Result<()> {
+        let io = |what: &str| {
+            let what = format!("{what} {}", self_path_display(&self.path));
+            move |source| Error::Io { what, source }
+        };
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(io("creating the directory of"))?;
+        }
+        let text =
+            serde_json::to_string(&self.data).map_err(|e| Error::State(format!("journal: {e}")))?;
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(&tmp, text).map_err(io("writing"))?;
+        std::fs::rename(&tmp, &self.path).map_err(io("renaming into"))?;
+        self.written = true;
+        Ok(())
+    }
+
+    pub(crate) fn add_breakpoint(&mut self, va: u64, pa: u64, orig: u8, opcode: u8) -> Result<()> {
+        self.data.breakpoints.push(JournalBreakpoint {
+            va,
+            pa,
+            orig,
+            opcode,
+        });
+        self.save()
+    }
+
+    pub(crate) fn remove_breakpoint(&mut self, pa: u64) -> Result<()> {
+        self.data.breakpoints.retain(|b| b.pa != pa);
+        self.save()
+    }
+
+    pub(crate) fn set_monitor(&mut self, on: bool) -> Result<()> {
+        self.data.monitor = on;
+        self.save()
+    }
+
+    pub(crate) fn set_debugging(&mut self, on: bool) -> Result<()> {
+        self.data.debugging = on;
+        self.save()
+    }
+
+    pub(crate) fn mark_attached(&mut self) -> Result<()> {
+        self.save()
+    }
+
+    fn delete(&mut self) {
+        if self.written {
+            let _ = std::fs::remove_file(&self.path);
+            self.written = false;
+        }
+    }
+}
+
+fn self_path_display(p: &std::path::Path) -> String {
+    p.display().to_string()
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Replays a journal left for `domid` by a xenprobe that did not detach.
+/// Returns whether there was anything to repair.
+pub fn recover(xen: &Xen, domid: u32, name: &str) -> Result<bool> {
+    let path = run_dir().join(format!("{domid}.json"));
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(false);
+    };
+    let data: JournalData = match serde_json::from_str(&text) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!("ignoring unreadable journal {}: {e}", path.display());
+            let _ = std::fs::remove_file(&path);
+            return Ok(false);
+        }
+    };
+    if data.name != name || data.domid != domid {
+        tracing::warn!(
+            "journal {} is for {:?}, not {name:?}: ignored",
+            path.display(),
+            data.name
+        );
+        let _ = std::fs::remove_file(&path);
+        return Ok(false);
+    }
+    if data.pid != std::process::id() && pid_alive(data.pid) {
+        return Err(Error::State(format!(
+            "domain {domid} ({name}) is attached by xenprobe pid {}; detach it first",
+            data.pid
+        )));
+    }
+    tracing::warn!(
+        domid,
+        "repairing a domain left attached by pid {}",
+        data.pid
+    );
+    let xc = &xen.xc;
+    xc.domain_pause(domid)?;
+    let fixed = (|| -> Result<()> {
+        let mut mem = super::memory::GuestMemory::new(xen.fmem.clone(), domid);
+        for b in &data.breakpoints {
+            let mut cur = [0u8];
+            mem.read_phys(b.pa, &mut cur)?;
+            if cur[0] == b.opcode {
+                mem.write_phys(b.pa, &[b.orig])?;
+            }
+        }
+        if data.monitor {
+            release_stale_ring(xen, domid)?;
+        }
+        if data.debugging {
+            xc.domain_set_debugging(domid, false)?;
+        }
+        Ok(())
+    })();
+    xc.domain_unpause(domid)?;
+    fixed?;
+    // Pauses the dead process still held (explicit, event or debugger pauses).
+    for _ in 0..16 {
+        if !xc.domain_info(domid)?.paused {
+            break;
+        }
+        xc.domain_unpause(domid)?;
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(true)
+}
+
+/// Tears down a vm_event ring left by another process and releases the
+/// vCPUs it left waiting for responses: `xc_monitor_disable` frees the ring
+/// but not those vCPUs, so a fresh ring answers for every vCPU once.
+pub(crate) fn release_stale_ring(xen: &Xen, domid: u32) -> Result<()> {
+    if let Err(e) = xen.xc.monitor_disable(domid) {
+        tracing::debug!("no stale ring to disable: {e}");
+    }
+    let max_vcpu = xen.xc.domain_info(domid)?.max_vcpu_id;
+    let mut ring = crate::xen::MonitorRing::enable(&xen.xc, domid)?;
+    ring.release_stuck_vcpus(max_vcpu)?;
+    drop(ring);
+    Ok(())
+}
+
+static ATTACHED: Mutex<BTreeMap<u32, String>> = Mutex::new(BTreeMap::new());
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static HANDLER: std::sync::Once = std::sync::Once::new();
+
+pub(crate) fn register(domid: u32, name: &str) {
+    if let Ok(mut m) = ATTACHED.lock() {
+        m.insert(domid, name.to_string());
+    }
+}
+
+fn unregister(domid: u32) {
+    if let Ok(mut m) = ATTACHED.lock() {
+        m.remove(&domid);
+    }
+}
+
+/// True once SIGINT/SIGTERM arrived (with [`restore_on_ctrl_c`] installed):
+/// event waits then fail with [`Error::Interrupted`] so the caller unwinds
+/// and drops (detaches) its domains.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
+/// Installs a SIGINT/SIGTERM handler: waits in progress return
+/// [`Error::Interrupted`]; if the program has not detached within 2 s, the
+/// handler repairs every attached domain from its journal and exits with 130.
+pub fn restore_on_ctrl_c() -> Result<()> {
+    let mut result = Ok(());
+    HANDLER.call_once(|| {
+        result = ctrlc::set_handler(|| {
+            INTERRUPTED.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_secs(2));
+            let left: Vec<(u32, String)> = ATTACHED
+                .lock()
+                .map(|m| m.iter().map(|(k, v)| (*k, v.clone())).collect())
+                .unwrap_or_default();
+            if let Ok(xen) = Xen::open() {
+                for (domid, name) in left {
+                    if let Err(e) = recover_own(&xen, domid, &name) {
+                        eprintln!("xenprobe: repairing domain {domid}: {e}");
+                    }
+                }
+            }
+            std::process::exit(130);
+        })
+        .map_err(|e| Error::State(format!("installing the Ctrl-C handler: {e}")));
+    });
+    result
+}
+
+/// Repairs a domain attached by this very process (from the signal handler).
+fn recover_own(xen: &Xen, domid: u32, name: &str) -> Result<bool> {
+    recover(xen, domid, name)
+}
+
+impl Domain {
+    /// Detaches: restores breakpoint bytes, answers pending events, tears the
+    /// vm_event ring and monitor options down (or PV debugging off), deletes
+    /// the journal and lets the guest run. Also done on drop.
+    pub fn detach(mut self) -> Result<()> {
+        self.cleanup()
+    }
+
+    pub(crate) fn cleanup(&mut self) -> Result<()> {
+        if self.detached {
+            return Ok(());
+        }
+        self.detached = true;
+        unregister(self.domid);
+        let gone = matches!(self.xen.xc.domain_info(self.domid), Err(ref e) if e.raw_errno() == Some(libc::ESRCH));
+        if gone {
+            self.journal.delete();
+            return Ok(());
+        }
+        let mut first_err: Option<Error> = None;
+        let mut note = |r: Result<()>| {
+            if let Err(e) = r {
+                tracing::warn!("detach: {e}");
+                first_err.get_or_insert(e);
+            }
+        };
+        note(self.pause());
+        note(self.unplant_all());
+        // Answer pending events, then drop the ring (options off, disable, unmap).
+        let pending = std::mem::take(&mut self.pending);
+        if let Backend::Monitor(ring) = &mut self.backend {
+            for (_, p) in pending {
+                if let Some(req) = p.request {
+                    note(ring.put_response(&req.response()).map_err(Error::from));
+                }
+            }
+        }
+        if matches!(self.backend, Backend::Gdbsx) {
+            note(
+                self.xen
+                    .xc
+                    .domain_set_debugging(self.domid, false)
+                    .map_err(Error::from),
+            );
+        }
+        self.backend = Backend::None;
+        self.snapshot = None;
+        self.queued.clear();
+        self.mem.invalidate();
+        self.mem.unmap_all();
+        while self.pause_count > 0 {
+            note(self.xen.xc.domain_unpause(self.domid).map_err(Error::from));
+            self.pause_count -= 1;
+        }
+        if first_err.is_none() {
+            self.journal.delete();
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Domain {
+    fn drop(&mut self) {
+        if let Err(e) = self.cleanup() {
+            tracing::warn!(domid = self.domid, "detaching on drop: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_round_trips_and_tracks_breakpoints() {
+        let dir = std::env::temp_dir().join(format!("xenprobe-journal-{}", std::process::id()));
+        let mut j = Journal::new(7, "guest");
+        j.path = dir.join("7.json");
+        j.add_breakpoint(0x1000, 0x5000, 0x55, 0xf1).expect("add");
+        j.add_breakpoint(0x2000, 0x6000, 0x48, 0xf1).expect("add");
+        j.set_monitor(true).expect("monitor");
+        j.remove_breakpoint(0x5000).expect("remove");
+        let text = std::fs::read_to_string(&j.path).expect("journal file");
+        let back: JournalData = serde_json::from_str(&text).expect("json");
+        assert_eq!(back.domid, 7);
+        assert_eq!(back.name, "guest");
+        assert!(back.monitor && !back.debugging);
+        assert_eq!(
+            back.breakpoints,
+            vec![JournalBreakpoint {
+                va: 0x2000,
+                pa: 0x6000,
+                orig: 0x48,
+                opcode: 0xf1
+            }]
+        );
+        j.delete();
+        assert!(!j.path.exists());
+        let _ = std::fs::remove_dir(&dir);
+    }
+}

@@ -1,0 +1,356 @@
+//! Opening Xen, listing domains, attaching to one, pause/resume, registers.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::OnceLock;
+
+use crate::xen::{DomainInfo, ForeignMemory, HostCaps, XenCtrl};
+
+use super::breakpoint::Breakpoints;
+use super::caps::{Capabilities, GuestKind};
+use super::cleanup::Journal;
+use super::error::{Error, Result};
+use super::events::{Backend, Event, Pending};
+use super::memory::GuestMemory;
+use super::regs::{HvmRegisters, PvRegisters, RegisterBackend, Registers};
+use super::symbols::Symbols;
+
+/// Entry point: open handles to the hypervisor (libxenctrl, foreign memory).
+#[derive(Clone)]
+pub struct Xen {
+    pub(crate) xc: XenCtrl,
+    pub(crate) fmem: ForeignMemory,
+    host: std::sync::Arc<OnceLock<HostCaps>>,
+}
+
+impl std::fmt::Debug for Xen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Xen").finish_non_exhaustive()
+    }
+}
+
+/// A domain as listed by [`Xen::domains`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainSummary {
+    /// Domain id.
+    pub domid: u32,
+    /// Name from xenstore (empty if unknown).
+    pub name: String,
+    /// Guest type.
+    pub kind: GuestKind,
+    /// Raw hypervisor information.
+    pub info: DomainInfo,
+}
+
+/// Names a domain: by id or by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainRef {
+    /// Domain id.
+    Id(u32),
+    /// Domain name (xenstore `/local/domain/<id>/name`).
+    Name(String),
+}
+
+impl From<u32> for DomainRef {
+    fn from(id: u32) -> Self {
+        Self::Id(id)
+    }
+}
+impl From<&str> for DomainRef {
+    fn from(name: &str) -> Self {
+        name.parse()
+            .map(Self::Id)
+            .unwrap_or_else(|_| Self::Name(name.into()))
+    }
+}
+impl From<String> for DomainRef {
+    fn from(name: String) -> Self {
+        Self::from(name.as_str())
+    }
+}
+
+pub(crate) fn kind_of(info: &DomainInfo) -> GuestKind {
+    if !info.hvm {
+        GuestKind::Pv
+    } else if info.is_pvh() {
+        GuestKind::Pvh
+    } else {
+        GuestKind::Hvm
+    }
+}
+
+impl Xen {
+    /// Opens libxenctrl and libxenforeignmemory (needs dom0 root).
+    pub fn open() -> Result<Self> {
+        Ok(Self {
+            xc: XenCtrl::open()?,
+            fmem: ForeignMemory::open()?,
+            host: Default::default(),
+        })
+    }
+
+    /// The raw libxenctrl handle (for calls the engine does not wrap).
+    pub fn ctrl(&self) -> &XenCtrl {
+        &self.xc
+    }
+
+    /// Hypervisor and CPU capabilities (probed once).
+    pub fn host_caps(&self) -> Result<HostCaps> {
+        if let Some(h) = self.host.get() {
+            return Ok(h.clone());
+        }
+        let h = self.xc.host_caps()?;
+        Ok(self.host.get_or_init(|| h).clone())
+    }
+
+    /// Name of a domain from xenstore.
+    pub fn domain_name(&self, domid: u32) -> Option<String> {
+        let path = format!("/local/domain/{domid}/name");
+        crate::xen::XenStore::open()
+            .ok()?
+            .read(&path)
+            .ok()
+            .flatten()
+    }
+
+    /// All domains, dom0 included.
+    pub fn domains(&self) -> Result<Vec<DomainSummary>> {
+        let store = crate::xen::XenStore::open().ok();
+        Ok(self
+            .xc
+            .domains()?
+            .into_iter()
+            .map(|info| DomainSummary {
+                domid: info.domid,
+                name: store
+                    .as_ref()
+                    .and_then(|s| {
+                        s.read(&format!("/local/domain/{}/name", info.domid))
+                            .ok()
+                            .flatten()
+                    })
+                    .unwrap_or_default(),
+                kind: kind_of(&info),
+                info,
+            })
+            .collect())
+    }
+
+    /// Finds a domain by id or name.
+    pub fn find(&self, target: impl Into<DomainRef>) -> Result<DomainSummary> {
+        let target = target.into();
+        let all = self.domains()?;
+        all.into_iter()
+            .find(|d| match &target {
+                DomainRef::Id(id) => d.domid == *id,
+                DomainRef::Name(n) => &d.name == n,
+            })
+            .ok_or_else(|| {
+                Error::NoDomain(match target {
+                    DomainRef::Id(id) => format!("id {id}"),
+                    DomainRef::Name(n) => format!("name {n:?}"),
+                })
+            })
+    }
+}
+
+/// An attached domain. Dropping it detaches cleanly (see [`Domain::detach`]).
+pub struct Domain {
+    pub(crate) xen: Xen,
+    pub(crate) domid: u32,
+    pub(crate) name: String,
+    pub(crate) kind: GuestKind,
+    pub(crate) caps: Capabilities,
+    pub(crate) regs_backend: Box<dyn RegisterBackend>,
+    pub(crate) mem: GuestMemory,
+    /// Our outstanding `xc_domain_pause` calls (and gdbsx debugger pauses).
+    pub(crate) pause_count: u32,
+    /// vCPUs stopped at an event, waiting for a response / resume.
+    pub(crate) pending: BTreeMap<u32, Pending>,
+    /// Events seen while doing something else, delivered by the next `wait_event`.
+    pub(crate) queued: VecDeque<Event>,
+    pub(crate) backend: Backend,
+    pub(crate) bps: Breakpoints,
+    pub(crate) journal: Journal,
+    pub(crate) symbols: Option<Symbols>,
+    pub(crate) snapshot: Option<super::snapshot::Snapshot>,
+    /// vCPUs whose registers were written since their pending event (the
+    /// event's register copy is stale for them).
+    pub(crate) regs_changed: std::collections::HashSet<u32>,
+    pub(crate) detached: bool,
+}
+
+impl std::fmt::Debug for Domain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Domain")
+            .field("domid", &self.domid)
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("stopped", &self.is_stopped())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Domain {
+    /// Attaches to a domain by id or name. A domain left dirty by a killed
+    /// xenprobe (journal of planted breakpoints, stale vm_event ring, stale
+    /// pauses) is repaired first.
+    pub fn attach(xen: &Xen, target: impl Into<DomainRef>) -> Result<Self> {
+        let summary = xen.find(target)?;
+        if summary.domid == 0 {
+            return Err(Error::State("refusing to attach to dom0".into()));
+        }
+        let domid = summary.domid;
+        let kind = summary.kind;
+        super::cleanup::recover(xen, domid, &summary.name)?;
+        let caps = Capabilities::new(kind, xen.host_caps()?);
+        let regs_backend: Box<dyn RegisterBackend> = match kind {
+            GuestKind::Pv => Box::new(PvRegisters),
+            GuestKind::Pvh | GuestKind::Hvm => Box::new(HvmRegisters),
+        };
+        tracing::debug!(domid, %kind, "attached");
+        let mut dom = Self {
+            mem: GuestMemory::new(xen.fmem.clone(), domid),
+            journal: Journal::new(domid, &summary.name),
+            xen: xen.clone(),
+            domid,
+            name: summary.name,
+            kind,
+            caps,
+            regs_backend,
+            pause_count: 0,
+            pending: BTreeMap::new(),
+            queued: VecDeque::new(),
+            backend: Backend::None,
+            bps: Breakpoints::default(),
+            symbols: None,
+            snapshot: None,
+            regs_changed: Default::default(),
+            detached: false,
+        };
+        dom.journal.mark_attached()?;
+        super::cleanup::register(domid, &dom.name);
+        Ok(dom)
+    }
+
+    /// Domain id.
+    pub fn id(&self) -> u32 {
+        self.domid
+    }
+
+    /// Domain name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Guest type.
+    pub fn kind(&self) -> GuestKind {
+        self.kind
+    }
+
+    /// What this hypervisor and guest type allow.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// Current hypervisor view of the domain.
+    pub fn info(&self) -> Result<DomainInfo> {
+        Ok(self.xen.xc.domain_info(self.domid)?)
+    }
+
+    /// Highest vCPU id.
+    pub fn max_vcpu(&self) -> Result<u32> {
+        Ok(self.info()?.max_vcpu_id)
+    }
+
+    /// True while the domain is stopped by us (pause or an event).
+    pub fn is_stopped(&self) -> bool {
+        self.pause_count > 0
+    }
+
+    /// Stops the whole domain (nested calls are counted once: a stopped
+    /// domain stays stopped until [`Domain::resume`]).
+    pub fn pause(&mut self) -> Result<()> {
+        if self.pause_count == 0 {
+            self.xen.xc.domain_pause(self.domid)?;
+            self.pause_count = 1;
+        }
+        Ok(())
+    }
+
+    /// Lets the domain run again: steps vCPUs stopped on a breakpoint over
+    /// it, answers pending events and undoes our pauses.
+    pub fn resume(&mut self) -> Result<()> {
+        self.step_over_breakpoints()?;
+        self.release()
+    }
+
+    /// Answers pending events and unpauses, without stepping over anything.
+    pub(crate) fn release(&mut self) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        for (_, p) in pending {
+            if let (Some(req), Backend::Monitor(ring)) = (p.request, &mut self.backend) {
+                ring.put_response(&req.response())?;
+            }
+        }
+        self.regs_changed.clear();
+        self.mem.invalidate();
+        while self.pause_count > 0 {
+            self.xen.xc.domain_unpause(self.domid)?;
+            self.pause_count -= 1;
+        }
+        Ok(())
+    }
+
+    /// Registers of `vcpu`.
+    pub fn regs(&self, vcpu: u32) -> Result<Registers> {
+        self.regs_backend.get(&self.xen.xc, self.domid, vcpu)
+    }
+
+    /// Writes the registers of `vcpu` (the domain should be stopped).
+    pub fn set_regs(&mut self, vcpu: u32, regs: &Registers) -> Result<()> {
+        self.regs_backend
+            .set(&self.xen.xc, self.domid, vcpu, regs)?;
+        self.regs_changed.insert(vcpu);
+        self.mem.invalidate();
+        Ok(())
+    }
+
+    /// Loads the guest's ELF image for symbol lookups.
+    pub fn load_symbols(&mut self, elf: impl AsRef<std::path::Path>) -> Result<&Symbols> {
+        Ok(self.symbols.insert(Symbols::load(elf)?))
+    }
+
+    /// Symbols loaded by [`Domain::load_symbols`].
+    pub fn symbols(&self) -> Result<&Symbols> {
+        self.symbols.as_ref().ok_or_else(|| {
+            Error::Symbol("no symbols loaded (call load_symbols with the guest image)".into())
+        })
+    }
+
+    /// Address of a symbol of the loaded image.
+    pub fn symbol(&self, name: &str) -> Result<u64> {
+        self.symbols()?.require(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_can_move_to_another_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Domain>();
+        assert_send::<Xen>();
+    }
+
+    #[test]
+    fn domain_refs_parse_ids_and_names() {
+        assert_eq!(DomainRef::from("7"), DomainRef::Id(7));
+        assert_eq!(
+            DomainRef::from("known-hvm"),
+            DomainRef::Name("known-hvm".into())
+        );
+        assert_eq!(DomainRef::from(3u32), DomainRef::Id(3));
+    }
+}

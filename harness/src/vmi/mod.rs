@@ -1,0 +1,111 @@
+//! The VMI engine: attach to a Xen guest and inspect, change and debug it
+//! from dom0.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use xenprobe::vmi::{Domain, Event, Xen};
+//!
+//! # fn main() -> xenprobe::vmi::Result<()> {
+//! let xen = Xen::open()?;
+//! for d in xen.domains()? {
+//!     println!("{} {} {}", d.domid, d.name, d.kind);
+//! }
+//! let mut dom = Domain::attach(&xen, "known-hvm")?; // or a domid
+//! dom.load_symbols("target/guests/known-hvm")?;
+//! let bp = dom.add_breakpoint_at("known_tick")?;
+//! if let Event::Breakpoint { vcpu, .. } = dom.wait_event(Duration::from_secs(5))? {
+//!     let regs = dom.regs(vcpu)?; // the domain is stopped here
+//!     println!("rdi = {}", regs.rdi);
+//!     dom.step(vcpu)?; // one instruction
+//!     dom.resume()?;
+//! }
+//! println!("hits: {}", dom.breakpoint_hits(bp)?);
+//! dom.detach()?; // also on drop
+//! # Ok(()) }
+//! ```
+//!
+//! # API
+//! - [`Xen::open`], [`Xen::domains`], [`Xen::find`], [`Xen::host_caps`].
+//! - [`Domain::attach`] (by name or id), [`Domain::kind`] (PV/PVH/HVM),
+//!   [`Domain::capabilities`], [`Domain::pause`], [`Domain::resume`],
+//!   [`Domain::detach`] (also on drop).
+//! - Registers: [`Domain::regs`] / [`Domain::set_regs`] with one
+//!   [`Registers`] type for all guest types.
+//! - Memory: [`Domain::read_phys`], [`Domain::write_phys`],
+//!   [`Domain::read_virt`], [`Domain::write_virt`] (any length, across
+//!   pages; virtual addresses are translated by walking the guest's page
+//!   tables, cached while stopped), [`Domain::translate`],
+//!   [`Domain::disassemble`].
+//! - Symbols: [`Domain::load_symbols`], [`Domain::symbols`],
+//!   [`Domain::symbol`] ([`Symbols`]: name -> address, address ->
+//!   function+offset and file:line).
+//! - Breakpoints: [`Domain::add_breakpoint`], [`Domain::add_breakpoint_at`]
+//!   (symbol), [`Domain::add_breakpoint_if`] (condition closure),
+//!   [`Domain::remove_breakpoint`], [`Domain::breakpoint_hits`].
+//! - Events: [`Domain::wait_event`] (blocking, with timeout), [`Domain::cont`]
+//!   (resume + wait), [`Domain::step`].
+//! - Log-dirty: [`Domain::track_dirty`] ([`DirtyTracking`]: clean/peek).
+//! - Snapshots (HVM/PVH): [`Domain::take_snapshot`], [`Domain::restore_snapshot`]
+//!   (copies back only frames log-dirty reports plus frames xenprobe wrote).
+//! - Cleanup: [`cleanup::restore_on_ctrl_c`]; stale state from a killed
+//!   process is repaired by the next [`Domain::attach`].
+//!
+//! # Stop model
+//! A domain is either running or stopped. [`Domain::pause`] and every
+//! event except `Timeout`/`Shutdown` stop the whole domain; [`Domain::resume`]
+//! steps vCPUs that sit on a breakpoint over it, answers vm_event requests
+//! and unpauses.
+//!
+//! # Breakpoint instruction and stepping
+//! See [`caps`]: int3 on real hardware and for PV guests (gdbsx hypervisor),
+//! ICEBP (0xF1) for HVM/PVH guests when the CPU is emulated by QEMU TCG
+//! (detected from the dom0 CPU model string, which TCG reports as "QEMU ...";
+//! override with `XENPROBE_BREAKPOINT=int3|icebp`). Steps use MTF on Intel,
+//! else RFLAGS.TF with the debug-exception monitor (HVM/PVH) or the gdbsx
+//! debugger pause (PV).
+//!
+//! # Limits
+//! - Stepping runs the whole domain; on multi-vCPU guests other vCPUs move
+//!   during a step and may briefly run over a breakpoint being stepped over.
+//!   Events of other vCPUs seen during a step are queued for `wait_event`.
+//! - A debug event that is not xenprobe's (the guest's own ICEBP or #DB,
+//!   or int3 on the int3 route) is reported as [`Event::Debug`] and not
+//!   re-injected on resume (a foreign int3 would be reported again).
+//! - TF is hidden from `pushf` during a step; an interrupt taken during a
+//!   step still sees TF in its frame.
+//! - "Physical" addresses of PV guests are machine addresses.
+//! - Snapshots: HVM/PVH only; the frame scan follows libxl's x86 layout.
+//! - Guest memory mappings are cached (512 frames) across runs; a guest
+//!   that balloons pages out would leave stale mappings.
+//! - Not verified in the lab (no hardware for it): int3 with the HVM
+//!   software-breakpoint monitor, MTF stepping, VM forks (Intel only).
+//!
+//! # Environment
+//! - `XENPROBE_BREAKPOINT=int3|icebp`: force the breakpoint instruction.
+//! - `XENPROBE_SLOW_STEP=1`: step over breakpoints with full context
+//!   get/set instead of the vm_event register copy.
+//! - `XENPROBE_RUN_DIR`: journal directory (default `/run/xenprobe`).
+
+mod breakpoint;
+pub mod caps;
+pub mod cleanup;
+mod domain;
+mod error;
+mod events;
+mod memory;
+pub mod pagewalk;
+mod regs;
+pub mod snapshot;
+mod step;
+pub mod symbols;
+
+pub use breakpoint::{BreakpointId, BreakpointInfo, Condition};
+pub use caps::{BreakpointInsnKind, Capabilities, GuestKind, StepMethod};
+pub use domain::{Domain, DomainRef, DomainSummary, Xen};
+pub use error::{Error, Result};
+pub use events::{Event, ShutdownReason};
+pub use memory::DirtyTracking;
+pub use pagewalk::{PagingMode, Translation};
+pub use regs::{Registers, Segment, RFLAGS_TF};
+pub use snapshot::{RestoreStats, SnapshotInfo};
+pub use symbols::{SourceLine, Symbol, Symbols};

@@ -1,0 +1,173 @@
+//! Log-dirty tracking (`xc_shadow_control` / `xc_logdirty_control`).
+//!
+//! HVM/PVH with HAP works on the stock hypervisor; PV needs shadow paging
+//! (`XEN_SYSCTL_PHYSCAP_shadow`, the lab's debug build).
+
+use std::ptr::NonNull;
+
+use xen_sys as sys;
+
+use super::ctrl::XenCtrl;
+use super::error::{check, Result, XenError};
+
+/// Counters returned with a CLEAN/PEEK.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogDirtyStats {
+    /// Faults taken since the last CLEAN.
+    pub fault_count: u32,
+    /// Pages made dirty since the last CLEAN.
+    pub dirty_count: u32,
+}
+
+impl XenCtrl {
+    fn shadow_op(&self, domid: u32, op: u32, name: &'static str) -> Result<()> {
+        // SAFETY: NULL mb is allowed for ops that do not take an allocation.
+        let rc = unsafe { sys::xc_shadow_control(self.raw(), domid, op, std::ptr::null_mut(), 0) };
+        check(name, rc)?;
+        Ok(())
+    }
+
+    /// `XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY`.
+    pub fn logdirty_enable(&self, domid: u32) -> Result<()> {
+        self.shadow_op(
+            domid,
+            sys::XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY,
+            "xc_shadow_control(ENABLE_LOGDIRTY)",
+        )
+    }
+
+    /// `XEN_DOMCTL_SHADOW_OP_OFF`.
+    pub fn logdirty_off(&self, domid: u32) -> Result<()> {
+        self.shadow_op(
+            domid,
+            sys::XEN_DOMCTL_SHADOW_OP_OFF,
+            "xc_shadow_control(OFF)",
+        )
+    }
+}
+
+/// A dirty bitmap in hypercall-safe memory, one bit per guest frame.
+pub struct DirtyBitmap {
+    xc: XenCtrl,
+    domid: u32,
+    buf: Box<sys::xc_hypercall_buffer_t>,
+    words: NonNull<u64>,
+    pages: u64,
+}
+
+// SAFETY: the buffer is process memory owned by this value.
+unsafe impl Send for DirtyBitmap {}
+
+impl std::fmt::Debug for DirtyBitmap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirtyBitmap")
+            .field("domid", &self.domid)
+            .field("pages", &self.pages)
+            .finish()
+    }
+}
+
+impl DirtyBitmap {
+    /// Allocates a bitmap for frames `0..pages` of `domid`.
+    pub fn new(xc: &XenCtrl, domid: u32, pages: u64) -> Result<Self> {
+        let bytes = pages.div_ceil(64) as usize * 8;
+        let mut buf = Box::new(sys::xc_hypercall_buffer_t {
+            hbuf: std::ptr::null_mut(),
+            param_shadow: std::ptr::null_mut(),
+            dir: 0,
+            ubuf: usize::MAX as *mut libc::c_void, // HYPERCALL_BUFFER_INIT_NO_BOUNCE
+            sz: 0,
+        });
+        // SAFETY: buf is a fresh, unbounced hypercall buffer descriptor.
+        let p = unsafe { sys::xc__hypercall_buffer_alloc(xc.raw(), &mut *buf, bytes.max(8)) };
+        let words = NonNull::new(p.cast::<u64>())
+            .ok_or_else(|| XenError::last("xc_hypercall_buffer_alloc"))?;
+        Ok(Self {
+            xc: xc.clone(),
+            domid,
+            buf,
+            words,
+            pages,
+        })
+    }
+
+    /// Number of frames covered.
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    fn op(&mut self, sop: u32, name: &'static str) -> Result<LogDirtyStats> {
+        let mut st = sys::xc_shadow_op_stats_t::default();
+        // SAFETY: buf is an allocated hypercall buffer of pages bits.
+        let rc = unsafe {
+            sys::xc_logdirty_control(
+                self.xc.raw(),
+                self.domid,
+                sop,
+                &mut *self.buf,
+                self.pages,
+                0,
+                &mut st,
+            )
+        };
+        if rc < 0 {
+            return Err(XenError::last(name));
+        }
+        Ok(LogDirtyStats {
+            fault_count: st.fault_count,
+            dirty_count: st.dirty_count,
+        })
+    }
+
+    /// `SHADOW_OP_CLEAN`: fetch the bitmap and reset tracking.
+    pub fn clean(&mut self) -> Result<LogDirtyStats> {
+        self.op(
+            sys::XEN_DOMCTL_SHADOW_OP_CLEAN,
+            "xc_logdirty_control(CLEAN)",
+        )
+    }
+
+    /// `SHADOW_OP_PEEK`: fetch the bitmap without resetting.
+    pub fn peek(&mut self) -> Result<LogDirtyStats> {
+        self.op(sys::XEN_DOMCTL_SHADOW_OP_PEEK, "xc_logdirty_control(PEEK)")
+    }
+
+    fn words(&self) -> &[u64] {
+        // SAFETY: the buffer holds div_ceil(pages, 64) words (at least one).
+        unsafe {
+            std::slice::from_raw_parts(
+                self.words.as_ptr(),
+                (self.pages.div_ceil(64) as usize).max(1),
+            )
+        }
+    }
+
+    /// Whether frame `pfn` was dirty in the last CLEAN/PEEK.
+    pub fn is_dirty(&self, pfn: u64) -> bool {
+        pfn < self.pages && self.words()[(pfn / 64) as usize] & (1 << (pfn % 64)) != 0
+    }
+
+    /// Frames marked dirty in the last CLEAN/PEEK.
+    pub fn dirty_pfns(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (i, &w) in self.words().iter().enumerate() {
+            let mut w = w;
+            while w != 0 {
+                let bit = w.trailing_zeros() as u64;
+                let pfn = i as u64 * 64 + bit;
+                if pfn < self.pages {
+                    out.push(pfn);
+                }
+                w &= w - 1;
+            }
+        }
+        out
+    }
+}
+
+impl Drop for DirtyBitmap {
+    fn drop(&mut self) {
+        // SAFETY: allocated by xc__hypercall_buffer_alloc on this handle.
+        unsafe { sys::xc__hypercall_buffer_free(self.xc.raw(), &mut *self.buf) };
+    }
+}

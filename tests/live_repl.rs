@@ -1,0 +1,257 @@
+//! Live: the `xenprobe repl` binary driven by a scripted session (commands
+//! on stdin) against the known guest (PVH, and HVM), inside dom0.
+//!
+//! The binary is `$XENPROBE_BIN`, else `xenprobe` next to this test's
+//! `deps/` directory (build it first: `cargo build -p xenprobe`).
+//! Run: `cargo build -p xenprobe && cargo test -p xenprobe-tests --test live_repl`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn xenprobe_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("XENPROBE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|d| d.join("xenprobe"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build -p xenprobe` (or set XENPROBE_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+fn in_dom0() -> bool {
+    if std::path::Path::new("/dev/xen/privcmd").exists() {
+        return true;
+    }
+    let why = "/dev/xen/privcmd is absent: not in a Xen dom0 (run through the lab)";
+    if std::env::var("XENPROBE_ALLOW_NO_XEN").as_deref() == Ok("1") {
+        eprintln!("SKIP: {why}");
+        return false;
+    }
+    panic!("{why}; set XENPROBE_ALLOW_NO_XEN=1 to skip");
+}
+
+/// A paused guest, destroyed on drop.
+struct Guest {
+    name: String,
+    image: PathBuf,
+}
+
+impl Guest {
+    fn create(mode: &str) -> Guest {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guests");
+        let image = dir.join(format!("known-{mode}"));
+        let cfg = dir.join(format!("known-{mode}.cfg"));
+        assert!(
+            cfg.exists(),
+            "{} missing: cargo xtask guests build",
+            cfg.display()
+        );
+        let name = format!("repl-{mode}-{}", std::process::id());
+        let ok = (0..3).any(|_| {
+            let st = Command::new("xl")
+                .arg("create")
+                .arg("-p")
+                .arg(&cfg)
+                .arg(format!("name=\"{name}\""))
+                .status()
+                .is_ok_and(|s| s.success());
+            if !st {
+                let _ = Command::new("xl").args(["destroy", &name]).status();
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            st
+        });
+        assert!(ok, "xl create {name} failed");
+        Guest { name, image }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = Command::new("xl")
+            .args(["destroy", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Runs the REPL on `g`: `first` commands, then `xl unpause` (the guest was
+/// created paused; the REPL holds its own pause), then `rest`.
+fn session(g: &Guest, first: &[&str], rest: &[String]) -> String {
+    let mut child = Command::new(xenprobe_bin())
+        .args(["repl", &g.name, "--symbols"])
+        .arg(&g.image)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("xenprobe repl starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    for c in first {
+        writeln!(stdin, "{c}").expect("write command");
+    }
+    writeln!(stdin, "# unpause-marker").expect("write");
+    stdin.flush().expect("flush");
+    // Wait until the REPL has run the first commands.
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("REPL output before the marker");
+        if line.contains("unpause-marker") {
+            break;
+        }
+    }
+    let st = Command::new("xl")
+        .args(["unpause", &g.name])
+        .status()
+        .expect("xl");
+    assert!(st.success(), "xl unpause");
+    for c in rest {
+        writeln!(stdin, "{c}").expect("write command");
+    }
+    drop(stdin);
+    let status = child.wait().expect("repl exits");
+    let out = reader.join().expect("reader");
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    eprintln!("--- repl stdout\n{out}\n--- stderr\n{err}");
+    assert!(status.success(), "the REPL exits cleanly: {status}");
+    out
+}
+
+/// The output between the echo of command `cmd` and the next echo.
+fn answer<'a>(out: &'a str, cmd: &str) -> &'a str {
+    let start = out
+        .find(&format!("> {cmd}\n"))
+        .unwrap_or_else(|| panic!("command {cmd:?} not echoed"))
+        + cmd.len()
+        + 3;
+    let end = out[start..]
+        .find("\n> ")
+        .map_or(out.len(), |e| start + e + 1);
+    &out[start..end]
+}
+
+fn scripted(mode: &str) {
+    if !in_dom0() {
+        return;
+    }
+    let g = Guest::create(mode);
+    let first = [
+        "info",
+        "break known_tick if rdi == 3",
+        "break known_compute",
+        "breakpoints",
+        "watch &known_counter",
+        "bogus command",
+        "print 1 +",
+        "x/4xg 0xdead00000000",
+    ];
+    let rest: Vec<String> = [
+        "continue 60",
+        "print $rdi",
+        "print *(u64*)&known_counter",
+        "x/2xg $rsp",
+        "bt",
+        "delete 1",
+        "continue 60",
+        "print $rdi * 100 + $rsi",
+        "regs",
+        "disas known_compute 3",
+        "sym known_counter",
+        "sym $rip",
+        "snapshot take s1",
+        "stepi",
+        "set $rsi = 10",
+        "print $rsi",
+        "finish",
+        "snapshot restore s1",
+        "print $rsi",
+        "set $rsi = 10",
+        "set *(u64*)&known_counter = 42",
+        "x/1ug &known_counter",
+        "continue 60",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = session(&g, &first, &rest);
+
+    assert!(answer(&out, "info").contains("breakpoints: "), "{out}");
+    assert!(answer(&out, "breakpoints").contains("if rdi == 3"));
+    assert!(answer(&out, "watch &known_counter").starts_with("error: not supported"));
+    for bad in ["bogus command", "print 1 +", "x/4xg 0xdead00000000"] {
+        let a = answer(&out, bad);
+        assert!(
+            a.starts_with("error: ") && a.lines().count() == 1,
+            "{bad}: {a:?}"
+        );
+    }
+    // The conditional breakpoint stops at the 4th tick: rdi = 3, counter = 3.
+    let first_stop = answer(&out, "continue 60");
+    assert!(first_stop.contains("breakpoint 1 at"), "{first_stop}");
+    assert!(first_stop.contains("<known_tick>"), "{first_stop}");
+    assert!(answer(&out, "print $rdi").starts_with("0x3 (3)"));
+    assert!(answer(&out, "print *(u64*)&known_counter").starts_with("0x3 (3)"));
+    assert!(answer(&out, "x/2xg $rsp").contains(':'));
+    assert!(answer(&out, "bt").contains("#1"), "a caller frame");
+    // known_compute(3, 4).
+    assert!(out.contains("breakpoint 2 at"), "{out}");
+    assert!(answer(&out, "print $rdi * 100 + $rsi").starts_with("0x130 (304)"));
+    assert!(answer(&out, "regs").contains("cr3"));
+    assert!(answer(&out, "disas known_compute 3").contains("<known_compute>"));
+    assert!(answer(&out, "sym known_counter").contains("known_counter = 0x"));
+    assert!(answer(&out, "sym $rip").contains("known_compute+0x"));
+    assert!(answer(&out, "snapshot take s1").contains("snapshot s1:"));
+    assert!(answer(&out, "print $rsi").starts_with("0xa (10)"));
+    // finish: 3 * 7 + 10 = 31.
+    let fin = answer(&out, "finish");
+    assert!(fin.contains("rax = 0x1f (31)"), "{fin}");
+    // Restoring brings rsi (and everything else) back.
+    let restored = out
+        .split("> snapshot restore s1\n")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(restored.contains("restored s1"), "{restored}");
+    assert!(
+        restored.contains("> print $rsi\n0x4 (4)"),
+        "rsi back to 4 after restore: {restored}"
+    );
+    assert!(answer(&out, "x/1ug &known_counter").contains(" 42"));
+    let tail = out.rsplit("> continue 60\n").next().unwrap_or_default();
+    assert!(tail.contains("the guest shut down"), "{tail}");
+}
+
+#[test]
+fn scripted_repl_on_pvh() {
+    scripted("pvh");
+}
+
+#[test]
+fn scripted_repl_on_hvm() {
+    scripted("hvm");
+}

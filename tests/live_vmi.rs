@@ -1,0 +1,817 @@
+//! Live tests of the VMI engine against the known-behaviour guest in PV, PVH
+//! and HVM form. They run inside dom0 (the cargo runner forwards `live_*`
+//! binaries to the lab); each test creates its own guest with `xl create`
+//! (paused, under a unique name) and destroys it at the end.
+//!
+//! Without `/dev/xen/privcmd` every test fails with the reason, unless
+//! `XENPROBE_ALLOW_NO_XEN=1`, in which case it prints `SKIP` and returns.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use xenprobe::vmi::{
+    BreakpointInsnKind, Domain, Error, Event, GuestKind, Registers, ShutdownReason, Xen, RFLAGS_TF,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+/// `known_buffer` in guests/known/src/main.rs.
+const KNOWN_BUFFER: &[u8; 64] =
+    b"xenprobe known buffer: 0123456789 abcdefghijklmnopqrstuvwxyz!!!\n";
+
+fn xen() -> Option<Xen> {
+    if !std::path::Path::new("/dev/xen/privcmd").exists() {
+        let why = "/dev/xen/privcmd is absent: not running in a Xen dom0 (run through the lab: cargo test -p xenprobe-tests --test live_vmi)";
+        if std::env::var("XENPROBE_ALLOW_NO_XEN").as_deref() == Ok("1") {
+            eprintln!("SKIP: {why}");
+            return None;
+        }
+        panic!("{why}; set XENPROBE_ALLOW_NO_XEN=1 to skip");
+    }
+    Some(Xen::open().expect("open Xen handles"))
+}
+
+fn guests_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guests")
+}
+
+/// A guest made by `xl create -p`, destroyed on drop.
+struct Guest {
+    name: String,
+    image: PathBuf,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl Guest {
+    fn create(mode: &str) -> Guest {
+        let cfg = guests_dir().join(format!("known-{mode}.cfg"));
+        assert!(
+            cfg.exists(),
+            "{} missing: run `cargo xtask guests build`",
+            cfg.display()
+        );
+        let name = format!(
+            "vmi-{mode}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let out = Command::new("xl")
+            .arg("create")
+            .arg("-p")
+            .arg(&cfg)
+            .arg(format!("name=\"{name}\""))
+            .output()
+            .expect("run xl create");
+        assert!(
+            out.status.success(),
+            "xl create {}: {}",
+            cfg.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Guest {
+            name,
+            image: guests_dir().join(format!("known-{mode}")),
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = Command::new("xl").arg("destroy").arg(&self.name).output();
+    }
+}
+
+fn attach(xen: &Xen, g: &Guest) -> Domain {
+    let mut dom = Domain::attach(xen, g.name.as_str()).expect("attach by name");
+    dom.load_symbols(&g.image).expect("load guest symbols");
+    dom
+}
+
+fn expected_kind(mode: &str) -> GuestKind {
+    match mode {
+        "pv" => GuestKind::Pv,
+        "pvh" => GuestKind::Pvh,
+        _ => GuestKind::Hvm,
+    }
+}
+
+fn wait_shutdown(dom: &mut Domain) -> ShutdownReason {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match dom.wait_event(WAIT).expect("wait for shutdown") {
+            Event::Shutdown { reason } => return reason,
+            Event::Timeout if Instant::now() < deadline => continue,
+            other => panic!("expected shutdown, got {other:?}"),
+        }
+    }
+}
+
+/// The guest powered off (seen before or after `on_poweroff="destroy"` removed it).
+fn assert_clean_exit(reason: ShutdownReason) {
+    assert!(
+        matches!(reason, ShutdownReason::Poweroff | ShutdownReason::Destroyed),
+        "expected a clean exit, got {reason:?}"
+    );
+}
+
+fn sym(dom: &Domain, name: &str) -> u64 {
+    dom.symbol(name).expect(name)
+}
+
+#[test]
+fn host_caps_and_domain_list() {
+    let Some(xen) = xen() else { return };
+    let caps = xen.host_caps().expect("host caps");
+    eprintln!("host: {caps:?}");
+    assert!(caps.xen_version.starts_with("4."), "{caps:?}");
+    assert!(caps.hvm && caps.pv, "{caps:?}");
+    let doms = xen.domains().expect("domains");
+    let dom0 = doms.iter().find(|d| d.domid == 0).expect("dom0 listed");
+    assert_eq!(dom0.name, "Domain-0");
+    assert!(matches!(
+        Domain::attach(&xen, "no-such-domain-xyz"),
+        Err(Error::NoDomain(_))
+    ));
+    assert!(Domain::attach(&xen, 0u32).is_err(), "dom0 must be refused");
+}
+
+/// Registers, memory and page walks on a freshly created (paused) guest.
+fn inspect(mode: &str) {
+    let Some(xen) = xen() else { return };
+    let g = Guest::create(mode);
+    let mut dom = attach(&xen, &g);
+    assert_eq!(dom.kind(), expected_kind(mode));
+    assert_eq!(dom.name(), g.name);
+    // By id too.
+    let by_id = xen.find(dom.id()).expect("find by id");
+    assert_eq!(by_id.name, g.name);
+    eprintln!("{mode}: {}", dom.capabilities().summary(None));
+
+    dom.pause().expect("pause");
+    assert!(dom.info().expect("info").paused);
+    let regs = dom.regs(0).expect("regs");
+    let syms = dom.symbols().expect("symbols");
+    let entries = [Some(syms.entry()), syms.lookup("_start32")];
+    assert!(
+        entries.contains(&Some(regs.rip)),
+        "{mode}: fresh guest should sit at its entry point, rip={:#x} entries={entries:x?}",
+        regs.rip
+    );
+
+    // Register write and read-back, then restore.
+    let mut changed = regs;
+    changed.r15 = 0xdead_beef_cafe_1234;
+    changed.rbx = 0x1111_2222_3333_4444;
+    dom.set_regs(0, &changed).expect("set_regs");
+    let back = dom.regs(0).expect("regs again");
+    assert_eq!(back.r15, changed.r15);
+    assert_eq!(back.rbx, changed.rbx);
+    assert_eq!(back.rip, regs.rip);
+    dom.set_regs(0, &regs).expect("restore regs");
+    assert_eq!(dom.regs(0).expect("regs").r15, regs.r15);
+
+    // Virtual read of a buffer with known contents.
+    let buf_va = sym(&dom, "known_buffer");
+    let mut buf = [0u8; 64];
+    dom.read_virt(buf_va, &mut buf).expect("read known_buffer");
+    assert_eq!(&buf, KNOWN_BUFFER);
+    let counter_va = sym(&dom, "known_counter");
+    assert_eq!(
+        dom.read_u64(counter_va).expect("known_counter"),
+        0,
+        "not run yet"
+    );
+
+    // Our translation agrees with libxenctrl's page walk (where it has one:
+    // libxenctrl refuses HVM vCPUs without paging).
+    let t = dom.translate(0, buf_va).expect("translate");
+    match xen.ctrl().translate_foreign_address(dom.id(), 0, buf_va) {
+        Ok(frame) => assert_eq!(frame, t.pa >> 12, "frame of known_buffer"),
+        Err(e) => eprintln!("{mode}: xc_translate_foreign_address: {e} (not compared)"),
+    }
+    let mut phys = [0u8; 64];
+    dom.read_phys(t.pa, &mut phys).expect("read_phys");
+    assert_eq!(&phys, KNOWN_BUFFER);
+
+    // Write across a page boundary inside the image, read back, restore.
+    let start = syms_image_boundary(&mut dom);
+    let mut orig = [0u8; 16];
+    dom.read_virt(start, &mut orig)
+        .expect("read across boundary");
+    let pattern: Vec<u8> = (0..16u8).map(|i| i ^ 0xa5).collect();
+    dom.write_virt(start, &pattern)
+        .expect("write across boundary");
+    let mut again = [0u8; 16];
+    dom.read_virt(start, &mut again).expect("read back");
+    assert_eq!(&again[..], &pattern[..]);
+    // Each half through its own translation.
+    let lo = dom.translate(0, start).expect("lo").pa;
+    let hi = dom.translate(0, start + 8).expect("hi").pa;
+    let (mut a, mut b) = ([0u8; 8], [0u8; 8]);
+    dom.read_phys(lo, &mut a).expect("lo phys");
+    dom.read_phys(hi, &mut b).expect("hi phys");
+    assert_eq!(&a[..], &pattern[..8]);
+    assert_eq!(&b[..], &pattern[8..]);
+    dom.write_virt(start, &orig).expect("restore");
+
+    // Disassembly of a known function starts at it.
+    let tick = sym(&dom, "known_tick");
+    let insns = dom.disassemble(tick, 3).expect("disassemble");
+    assert_eq!(insns.len(), 3);
+    assert_eq!(insns[0].0, tick);
+
+    // The guest runs to its end once resumed (and released from `xl create -p`).
+    dom.resume().expect("resume");
+    xen.ctrl()
+        .domain_unpause(dom.id())
+        .expect("unpause created guest");
+    assert_clean_exit(wait_shutdown(&mut dom));
+}
+
+/// A virtual address 8 bytes before a page boundary, with both pages mapped
+/// (inside the guest's data, which is mapped contiguously).
+fn syms_image_boundary(dom: &mut Domain) -> u64 {
+    let counter = sym(dom, "known_counter");
+    let buffer = sym(dom, "known_buffer");
+    for base in [counter, buffer] {
+        for cand in [(base & !0xfff) + 0x1000, base & !0xfff] {
+            if cand > 0x100000
+                && dom.translate(0, cand - 8).is_ok()
+                && dom.translate(0, cand).is_ok()
+            {
+                return cand - 8;
+            }
+        }
+    }
+    panic!("no mapped page boundary near known_counter/known_buffer");
+}
+
+#[test]
+fn inspect_hvm() {
+    inspect("hvm");
+}
+
+#[test]
+fn inspect_pvh() {
+    inspect("pvh");
+}
+
+#[test]
+fn inspect_pv() {
+    inspect("pv");
+}
+
+/// Breakpoints: hit counts, arguments, stepping, register changes that alter
+/// the guest's result, conditions, and a clean run to the end.
+fn breakpoints(mode: &str) {
+    let Some(xen) = xen() else { return };
+    let g = Guest::create(mode);
+    let mut dom = attach(&xen, &g);
+    let tick = sym(&dom, "known_tick");
+    let bp = match dom.add_breakpoint_at("known_tick") {
+        Ok(bp) => bp,
+        Err(e @ Error::Unsupported { .. }) if mode == "pv" => {
+            let host = xen.host_caps().expect("caps");
+            assert!(!host.gdbsx, "gdbsx hypervisor but: {e}");
+            let text = e.to_string();
+            assert!(
+                text.contains("CONFIG_GDBSX") && text.contains("--xen debug"),
+                "{text}"
+            );
+            eprintln!("SKIP pv breakpoints: {text}");
+            return;
+        }
+        Err(e) => panic!("add_breakpoint_at(known_tick): {e}"),
+    };
+    let kind = dom.breakpoint_kind().expect("kind");
+    eprintln!("{mode}: breakpoint instruction {kind:?}");
+    let opcode = match kind {
+        BreakpointInsnKind::Int3 => 0xCC,
+        BreakpointInsnKind::Icebp => 0xF1,
+    };
+    // The planted byte is in memory; reads through the engine's disassembler hide it.
+    let mut byte = [0u8];
+    dom.read_virt(tick, &mut byte).expect("read bp byte");
+    assert_eq!(byte[0], opcode);
+    let dis = dom.disassemble(tick, 1).expect("disasm");
+    assert!(
+        !dis[0].2.contains("int") && !dis[0].2.contains("icebp"),
+        "{dis:?}"
+    );
+
+    let compute = sym(&dom, "known_compute");
+    let bp_compute = dom.add_breakpoint(compute).expect("bp known_compute");
+    let counter_va = sym(&dom, "known_counter");
+
+    // The guest was created paused: let it go.
+    xen.ctrl()
+        .domain_unpause(dom.id())
+        .expect("unpause created guest");
+
+    let mut started = Instant::now();
+    for i in 0..10u64 {
+        if i == 1 {
+            started = Instant::now(); // after boot and the 3 steps
+        }
+        let ev = dom.wait_event(WAIT).expect("wait");
+        let Event::Breakpoint {
+            vcpu,
+            id,
+            addr,
+            hits,
+        } = ev
+        else {
+            panic!("{mode}: expected known_tick hit {i}, got {ev:?}");
+        };
+        assert_eq!((id, addr, hits), (bp, tick, i + 1));
+        let r = dom.regs(vcpu).expect("regs at hit");
+        assert_eq!(r.rip, tick, "RIP is the breakpoint address");
+        assert_eq!(r.rdi, i, "known_tick(i) argument");
+        assert_eq!(
+            dom.read_u64(counter_va).expect("counter"),
+            i,
+            "counter before the call"
+        );
+        if i == 0 {
+            step_three(&mut dom, vcpu, tick);
+        }
+        dom.resume().expect("resume");
+    }
+    eprintln!(
+        "{mode}: {:?} a hit (stop, read registers and memory, step over, resume)",
+        started.elapsed() / 9
+    );
+    assert_eq!(dom.breakpoint_hits(bp).expect("hits"), 10);
+    dom.remove_breakpoint(bp).expect("remove");
+    dom.read_virt(tick, &mut byte).expect("read restored");
+    assert_ne!(byte[0], opcode, "original byte restored");
+
+    // known_compute(3, 4): change a to 5 -> 5 * 7 + 4 = 39.
+    let ev = dom.wait_event(WAIT).expect("wait compute");
+    assert!(
+        matches!(ev, Event::Breakpoint { id, .. } if id == bp_compute),
+        "{ev:?}"
+    );
+    let mut r = dom.regs(0).expect("regs");
+    assert_eq!((r.rdi, r.rsi), (3, 4));
+    r.rdi = 5;
+    dom.set_regs(0, &r).expect("set rdi");
+    let check = dom
+        .add_breakpoint_at("known_checkpoint")
+        .expect("bp checkpoint");
+    dom.resume().expect("resume");
+    let ev = dom.wait_event(WAIT).expect("wait checkpoint");
+    assert!(
+        matches!(ev, Event::Breakpoint { id, .. } if id == check),
+        "{ev:?}"
+    );
+    let result = dom.read_u64(sym(&dom, "known_result")).expect("result");
+    assert_eq!(result, 39, "the register change reached the guest");
+    assert_eq!(dom.read_u64(counter_va).expect("counter"), 10);
+    dom.resume().expect("resume");
+    assert_clean_exit(wait_shutdown(&mut dom));
+    let log = console(&g.name);
+    assert!(
+        log.contains("result=39") && log.contains("EXIT 39"),
+        "console of {}:\n{log}",
+        g.name
+    );
+}
+
+/// Three single steps from the breakpoint at the start of `known_tick`.
+fn step_three(dom: &mut Domain, vcpu: u32, tick: u64) {
+    let mut last = tick;
+    for n in 0..3 {
+        let before = dom.regs(vcpu).expect("regs");
+        let ev = dom.step(vcpu).expect("step");
+        let Event::Step { rip, .. } = ev else {
+            panic!("expected a step, got {ev:?}");
+        };
+        let after: Registers = dom.regs(vcpu).expect("regs after step");
+        assert_eq!(after.rip, rip);
+        assert_ne!(rip, last, "step {n} moved RIP");
+        assert_eq!(after.rflags & RFLAGS_TF, 0, "TF hidden after step {n}");
+        let len = dom.disassemble(before.rip, 1).expect("disasm")[0].1 as u64;
+        let (func, _) = dom
+            .symbols()
+            .expect("syms")
+            .symbolize(rip)
+            .map(|(s, o)| (s.name.clone(), o))
+            .unwrap_or_default();
+        // Straight-line code at the start of known_tick: RIP advances by the
+        // instruction length (or leaves through a call/jump).
+        if func == "known_tick" {
+            assert!(rip == before.rip + len || rip != before.rip, "step {n}");
+        }
+        last = rip;
+    }
+}
+
+#[test]
+fn breakpoints_hvm() {
+    breakpoints("hvm");
+}
+
+#[test]
+fn breakpoints_pvh() {
+    breakpoints("pvh");
+}
+
+#[test]
+fn breakpoints_pv() {
+    breakpoints("pv");
+}
+
+/// A condition filters stops; hits still count every call.
+#[test]
+fn conditional_breakpoint_hvm() {
+    let Some(xen) = xen() else { return };
+    let g = Guest::create("hvm");
+    let mut dom = attach(&xen, &g);
+    let bp = dom
+        .add_breakpoint_if(sym(&dom, "known_tick"), |r| r.rdi == 7)
+        .expect("conditional bp");
+    xen.ctrl().domain_unpause(dom.id()).expect("unpause");
+    let ev = dom.wait_event(WAIT).expect("wait");
+    assert!(matches!(ev, Event::Breakpoint { hits: 8, .. }), "{ev:?}");
+    assert_eq!(dom.regs(0).expect("regs").rdi, 7);
+    dom.resume().expect("resume");
+    assert_clean_exit(wait_shutdown(&mut dom));
+    assert_eq!(dom.breakpoint_hits(bp).expect("hits"), 10);
+}
+
+/// The guest's console log as written by xenconsoled in the lab.
+/// `XENPROBE_CONSOLE_DIR` overrides where to look (default: the lab's
+/// console directories, then xenconsoled's default `/var/log/xen/console`).
+fn console(name: &str) -> String {
+    let labs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/xenlab");
+    let dirs: Vec<PathBuf> = match std::env::var_os("XENPROBE_CONSOLE_DIR") {
+        Some(d) => vec![PathBuf::from(d)],
+        None => vec![
+            labs.join("stock/consoles"),
+            labs.join("debug/consoles"),
+            PathBuf::from("/var/log/xen/console"),
+        ],
+    };
+    let file = format!("guest-{name}.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for dir in &dirs {
+            let p = dir.join(&file);
+            if let Ok(text) = std::fs::read_to_string(&p) {
+                if text.contains("EXIT") || Instant::now() > deadline {
+                    return text;
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return String::new();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A harness that vanishes without detaching (HVM: ring active with a vCPU
+/// waiting for an answer; PV: debugger pause and debugging on; both:
+/// breakpoint bytes planted, domain paused) is repaired by the next attach,
+/// and the guest then runs to its normal end.
+fn recovers_from_abandoned_attach(mode: &str) {
+    let Some(xen) = xen() else { return };
+    let g = Guest::create(mode);
+    let opcode;
+    {
+        let mut dom = attach(&xen, &g);
+        if let Err(e) = dom.add_breakpoint_at("known_tick") {
+            assert!(
+                mode == "pv" && matches!(e, Error::Unsupported { .. }),
+                "{e}"
+            );
+            eprintln!("SKIP {mode} recovery: {e}");
+            return;
+        }
+        opcode = match dom.breakpoint_kind().expect("kind") {
+            BreakpointInsnKind::Int3 => 0xCC,
+            BreakpointInsnKind::Icebp => 0xF1,
+        };
+        dom.add_breakpoint_at("known_checkpoint")
+            .expect("bp checkpoint");
+        xen.ctrl()
+            .domain_unpause(dom.id())
+            .expect("unpause created guest");
+        let ev = dom.wait_event(WAIT).expect("run to bp");
+        assert!(matches!(ev, Event::Breakpoint { .. }), "{ev:?}");
+        // Vanish: no detach, no Drop.
+        std::mem::forget(dom);
+    }
+    let info = xen.find(g.name.as_str()).expect("still there").info;
+    assert!(info.paused, "abandoned domain is left paused");
+    assert_eq!(
+        attach_raw_peek(&xen, &g),
+        opcode,
+        "breakpoint left planted by the abandoned attach"
+    );
+
+    // The next attach repairs the domain: bytes restored, ring replaced and
+    // the waiting vCPU released (HVM) or debugging off (PV), stale pauses
+    // undone. The guest finishes.
+    let mut dom = attach(&xen, &g);
+    assert_clean_exit(wait_shutdown(&mut dom));
+    let log = console(&g.name);
+    assert!(
+        log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
+        "guest did not finish normally after recovery:\n{log}"
+    );
+}
+
+#[test]
+fn recovers_from_abandoned_attach_hvm() {
+    recovers_from_abandoned_attach("hvm");
+}
+
+#[test]
+fn recovers_from_abandoned_attach_pv() {
+    recovers_from_abandoned_attach("pv");
+}
+
+/// First byte of known_tick read through libxenforeignmemory directly,
+/// without attaching (attaching would repair the domain).
+fn attach_raw_peek(xen: &Xen, g: &Guest) -> u8 {
+    let syms = xenprobe::vmi::Symbols::load(&g.image).expect("symbols");
+    let tick = syms.require("known_tick").expect("known_tick");
+    let domid = xen.find(g.name.as_str()).expect("find").domid;
+    let frame = xen
+        .ctrl()
+        .translate_foreign_address(domid, 0, tick)
+        .expect("translate");
+    let fmem = xenprobe::xen::ForeignMemory::open().expect("fmem");
+    let map = fmem
+        .map(domid, xenprobe::xen::Prot::Read, &[frame])
+        .expect("map");
+    let mut b = [0u8];
+    map.read((tick & 0xfff) as usize, &mut b).expect("read");
+    b[0]
+}
+
+/// Detaching while stopped (on a breakpoint, mid-step) restores the bytes,
+/// answers the pending event, drops the ring and lets the guest finish.
+fn detach_while_stopped(mode: &str) {
+    let Some(xen) = xen() else { return };
+    let g = Guest::create(mode);
+    let mut dom = attach(&xen, &g);
+    if let Err(e) = dom.add_breakpoint_at("known_tick") {
+        assert!(
+            mode == "pv" && matches!(e, Error::Unsupported { .. }),
+            "{e}"
+        );
+        eprintln!("SKIP {mode} detach: {e}");
+        return;
+    }
+    dom.add_breakpoint_at("known_compute").expect("bp compute");
+    xen.ctrl()
+        .domain_unpause(dom.id())
+        .expect("unpause created guest");
+    let ev = dom.wait_event(WAIT).expect("wait");
+    assert!(matches!(ev, Event::Breakpoint { hits: 1, .. }), "{ev:?}");
+    dom.step(0).expect("step");
+    dom.detach().expect("detach");
+    let log = console(&g.name);
+    assert!(
+        log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
+        "guest did not finish normally after detach:\n{log}"
+    );
+}
+
+#[test]
+fn detach_while_stopped_pvh() {
+    detach_while_stopped("pvh");
+}
+
+#[test]
+fn detach_while_stopped_pv() {
+    detach_while_stopped("pv");
+}
+
+/// Log-dirty reports the page the guest writes (known_counter) and not a
+/// page it only reads (known_buffer).
+fn log_dirty(mode: &str) {
+    let Some(xen) = xen() else { return };
+    let g = Guest::create(mode);
+    let mut dom = attach(&xen, &g);
+    let mut track = match dom.track_dirty() {
+        Ok(t) => t,
+        Err(e @ Error::Unsupported { .. }) => {
+            assert!(
+                mode == "pv" && !xen.host_caps().expect("caps").shadow,
+                "{e}"
+            );
+            assert!(e.to_string().contains("shadow paging"), "{e}");
+            eprintln!("SKIP {mode} log-dirty: {e}");
+            return;
+        }
+        Err(e) => panic!("track_dirty: {e}"),
+    };
+    let frame_of = |dom: &mut Domain, name: &str| -> u64 {
+        let va = sym(dom, name);
+        if mode == "pv" {
+            va >> 12 // PV bitmap is by pseudo-physical frame; the guest has virtual == pseudo-physical
+        } else {
+            dom.translate(0, va).expect("translate").pa >> 12
+        }
+    };
+    let counter = frame_of(&mut dom, "known_counter");
+    let buffer = frame_of(&mut dom, "known_buffer");
+    track.clean().expect("clean");
+    let bp = dom.add_breakpoint_at("known_checkpoint");
+    let bp_ok = bp.is_ok();
+    xen.ctrl()
+        .domain_unpause(dom.id())
+        .expect("unpause created guest");
+    if bp_ok {
+        let ev = dom.wait_event(WAIT).expect("wait checkpoint");
+        assert!(matches!(ev, Event::Breakpoint { .. }), "{ev:?}");
+    } else {
+        // PV on a hypervisor without gdbsx: stop it by pausing a little later.
+        std::thread::sleep(Duration::from_millis(200));
+        dom.pause().expect("pause");
+    }
+    let dirty = track.peek().expect("peek");
+    assert!(
+        dirty.contains(&counter),
+        "counter frame {counter:#x} not in {dirty:x?}"
+    );
+    assert!(
+        !dirty.contains(&buffer),
+        "read-only buffer frame {buffer:#x} reported dirty"
+    );
+    drop(track);
+    dom.resume().expect("resume");
+    assert_clean_exit(wait_shutdown(&mut dom));
+}
+
+#[test]
+fn log_dirty_hvm() {
+    log_dirty("hvm");
+}
+
+#[test]
+fn log_dirty_pv() {
+    log_dirty("pv");
+}
+
+/// Helper process for `ctrl_c_restores_guest`: attaches, stops at a
+/// breakpoint and sleeps until interrupted.
+#[test]
+#[ignore = "helper run by ctrl_c_restores_guest in a child process"]
+fn ctrl_c_child() {
+    let Ok(name) = std::env::var("XENPROBE_TEST_GUEST") else {
+        eprintln!("ctrl_c_child is a helper of ctrl_c_restores_guest: nothing to do on its own");
+        return;
+    };
+    let xen = Xen::open().expect("open");
+    xenprobe::vmi::cleanup::restore_on_ctrl_c().expect("handler");
+    let mut dom = Domain::attach(&xen, name.as_str()).expect("attach");
+    dom.load_symbols(guests_dir().join("known-hvm"))
+        .expect("symbols");
+    dom.add_breakpoint_at("known_tick").expect("bp");
+    xen.ctrl()
+        .domain_unpause(dom.id())
+        .expect("unpause created guest");
+    let ev = dom.wait_event(WAIT).expect("wait");
+    assert!(matches!(ev, Event::Breakpoint { .. }), "{ev:?}");
+    println!("READY");
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// SIGINT to a process stopped at a breakpoint: the handler repairs the
+/// domain (bytes, ring, waiting vCPU, pauses) and the guest finishes.
+#[test]
+fn ctrl_c_restores_guest() {
+    use std::io::{BufRead, BufReader};
+    let Some(_xen) = xen() else { return };
+    let g = Guest::create("hvm");
+    let mut child = Command::new(std::env::current_exe().expect("exe"))
+        .args(["--exact", "ctrl_c_child", "--ignored", "--nocapture"])
+        .env("XENPROBE_TEST_GUEST", &g.name)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("stdout");
+    let ready = BufReader::new(stdout)
+        .lines()
+        .map_while(|l| l.ok())
+        .any(|l| l.contains("READY"));
+    assert!(ready, "child did not reach the breakpoint");
+    let t0 = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let status = child.wait().expect("child exit");
+    eprintln!("child exited {status:?} {:?} after SIGINT", t0.elapsed());
+    assert_eq!(status.code(), Some(130), "handler exits with 130");
+    let log = console(&g.name);
+    assert!(
+        log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
+        "guest did not finish normally after Ctrl-C:\n{log}"
+    );
+}
+
+/// Snapshot at the first `known_tick`, run to `known_checkpoint`, restore,
+/// three times: memory (guest writes and the harness's own), registers and
+/// breakpoint bytes come back; afterwards the guest still finishes normally.
+fn snapshot_restore(mode: &str) {
+    let Some(xen) = xen() else { return };
+    let g = Guest::create(mode);
+    let mut dom = attach(&xen, &g);
+    if mode == "pv" {
+        dom.pause().expect("pause");
+        let e = dom.take_snapshot().expect_err("PV snapshots");
+        assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+        eprintln!("SKIP pv snapshots: {e}");
+        return;
+    }
+    let tick = sym(&dom, "known_tick");
+    let mut orig = [0u8];
+    dom.read_virt(tick, &mut orig).expect("orig byte");
+    let bp_tick = dom.add_breakpoint(tick).expect("bp tick");
+    xen.ctrl()
+        .domain_unpause(dom.id())
+        .expect("unpause created guest");
+    let ev = dom.wait_event(WAIT).expect("wait tick");
+    assert!(
+        matches!(ev, Event::Breakpoint { id, .. } if id == bp_tick),
+        "{ev:?}"
+    );
+    let info = dom.take_snapshot().expect("take snapshot");
+    eprintln!(
+        "{mode}: snapshot of {} frames in {:?}",
+        info.frames, info.took
+    );
+    assert!(info.frames >= 8000, "a 32 MiB guest has about 8192 frames");
+    let regs0 = dom.regs(0).expect("regs at snapshot");
+    assert_eq!(regs0.rip, tick);
+    dom.remove_breakpoint(bp_tick).expect("remove tick bp");
+    let check = dom
+        .add_breakpoint_at("known_checkpoint")
+        .expect("bp checkpoint");
+    let counter = sym(&dom, "known_counter");
+    let result = sym(&dom, "known_result");
+    for round in 0..3 {
+        dom.resume().expect("resume");
+        let ev = dom.wait_event(WAIT).expect("wait checkpoint");
+        assert!(
+            matches!(ev, Event::Breakpoint { id, .. } if id == check),
+            "round {round}: {ev:?}"
+        );
+        assert_eq!(dom.read_u64(counter).expect("counter"), 10);
+        assert_eq!(dom.read_u64(result).expect("result"), 25);
+        dom.write_virt(result, &777u64.to_le_bytes())
+            .expect("harness write");
+        let t0 = Instant::now();
+        let stats = dom.restore_snapshot().expect("restore");
+        eprintln!(
+            "{mode}: round {round}: restore {stats:?} in {:?}",
+            t0.elapsed()
+        );
+        assert!(stats.written >= 1 && stats.dirty >= 1, "{stats:?}");
+        assert_eq!(dom.read_u64(counter).expect("counter"), 0, "round {round}");
+        assert_eq!(dom.read_u64(result).expect("result"), 0, "round {round}");
+        assert_eq!(
+            dom.regs(0).expect("regs"),
+            regs0,
+            "round {round}: registers"
+        );
+        let mut b = [0u8];
+        dom.read_virt(tick, &mut b).expect("tick byte");
+        assert_eq!(b[0], orig[0], "removed breakpoint stays removed");
+    }
+    assert_eq!(dom.breakpoint_hits(check).expect("hits"), 3);
+    dom.remove_breakpoint(check).expect("remove");
+    dom.resume().expect("resume");
+    assert_clean_exit(wait_shutdown(&mut dom));
+    let log = console(&g.name);
+    assert!(
+        log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
+        "guest did not finish normally after restores:\n{log}"
+    );
+}
+
+#[test]
+fn snapshot_restore_hvm() {
+    snapshot_restore("hvm");
+}
+
+#[test]
+fn snapshot_restore_pvh() {
+    snapshot_restore("pvh");
+}
+
+#[test]
+fn snapshot_restore_pv() {
+    snapshot_restore("pv");
+}
