@@ -49,7 +49,12 @@ pub fn main(args: TestArgs) -> Result<i32> {
             continue;
         }
         let runs: Vec<Vec<&str>> = match flavour {
-            Flavour::Stock => vec![vec!["test", "--workspace"]],
+            // The binaries first: live tests run `xenprobe` (the REPL, the stub),
+            // which `cargo test` builds only for tests of its own package.
+            Flavour::Stock => vec![
+                vec!["build", "--workspace", "--bins"],
+                vec!["test", "--workspace", "--no-fail-fast"],
+            ],
             // What the debug hypervisor adds: PV breakpoints, stepping,
             // log-dirty and the debug stub on PV guests.
             Flavour::Debug => vec![
@@ -85,7 +90,7 @@ pub fn main(args: TestArgs) -> Result<i32> {
             cmd.current_dir(ws::root())
                 .env("XENPROBE_XEN", flavour.name())
                 .args(&run);
-            if !args.cargo_args.is_empty() {
+            if !args.cargo_args.is_empty() && run[0] == "test" {
                 if !run.contains(&"--") {
                     cmd.arg("--");
                 }
@@ -96,7 +101,7 @@ pub fn main(args: TestArgs) -> Result<i32> {
                 run.join(" "),
                 flavour.name()
             );
-            let st = cmd.status().context("running cargo test")?;
+            let st = cmd.status().context("running cargo")?;
             if !st.success() {
                 failed.push(format!(
                     "cargo {} against the {} hypervisor",
