@@ -200,7 +200,17 @@ fn run_guest(guest: &str, mode: &str, input: Option<&[u8]>) -> Run {
     }
     let log = console_dir().join(format!("guest-{name}.log"));
     let _ = std::fs::remove_file(&log);
-    let out = Command::new("xl").args(&args).output().expect("run xl");
+    let mut out = Command::new("xl").args(&args).output().expect("run xl");
+    if !out.status.success() {
+        // `xl create` itself has been seen to crash now and then in the
+        // emulated lab (heap corruption in xl's forked monitor): once more.
+        eprintln!(
+            "xl create {name} failed, retrying once: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let _ = Command::new("xl").args(["destroy", &name]).output();
+        out = Command::new("xl").args(&args).output().expect("run xl");
+    }
     if !out.status.success() {
         return Run {
             name,

@@ -291,10 +291,15 @@ fn breakpoints(mode: &str) {
         BreakpointInsnKind::Int3 => 0xCC,
         BreakpointInsnKind::Icebp => 0xF1,
     };
-    // The planted byte is in memory; reads through the engine's disassembler hide it.
+    // The planted byte is in memory; virtual reads and the disassembler hide it.
+    let pa = dom.translate(0, tick).expect("translate").frame() + (tick & 0xfff);
     let mut byte = [0u8];
-    dom.read_virt(tick, &mut byte).expect("read bp byte");
+    dom.read_phys(pa, &mut byte).expect("read bp byte");
     assert_eq!(byte[0], opcode);
+    let mut seen = [0u8];
+    dom.read_virt(tick, &mut seen)
+        .expect("read through the breakpoint");
+    assert_ne!(seen[0], opcode, "read_virt shows the original byte");
     let dis = dom.disassemble(tick, 1).expect("disasm");
     assert!(
         !dis[0].2.contains("int") && !dis[0].2.contains("icebp"),

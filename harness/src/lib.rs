@@ -1,5 +1,6 @@
 //! xenprobe: look at a Xen guest from the hypervisor's side.
 pub mod arch;
+pub mod caps_report;
 pub mod repl;
 pub mod stub;
 pub mod testing;

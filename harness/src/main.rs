@@ -1,6 +1,7 @@
 //! `xenprobe`: debug Xen guests from dom0.
 //!
 //! - `xenprobe list`: the domains.
+//! - `xenprobe caps [DOMAIN] [--json]`: what this hypervisor allows, probed live.
 //! - `xenprobe repl [DOMAIN] [--symbols ELF]`: the interactive debugger.
 //! - `xenprobe gdbserver DOMAIN --port N [--bind ADDR] [--symbols ELF]`: a
 //!   GDB/LLDB remote stub (binds 127.0.0.1 unless told otherwise; in the lab
@@ -29,6 +30,15 @@ struct Cli {
 enum Cmd {
     /// List the domains.
     List,
+    /// What this hypervisor allows: tries each feature on a throwaway guest
+    /// of each type, or only on DOMAIN (left as found).
+    Caps {
+        /// Domain name or id to probe instead of throwaway guests.
+        domain: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Interactive debugger (commands on stdin when it is not a terminal).
     Repl {
         /// Domain name or id to attach to right away.
@@ -74,6 +84,15 @@ fn run(cli: Cli) -> Result<()> {
             let xen = Xen::open().context("opening Xen")?;
             for d in xen.domains()? {
                 println!("{:>5}  {:<24} {}", d.domid, d.name, d.kind);
+            }
+            Ok(())
+        }
+        Cmd::Caps { domain, json } => {
+            let report = xenprobe::caps_report::probe(domain.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.text());
             }
             Ok(())
         }

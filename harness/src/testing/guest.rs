@@ -92,9 +92,19 @@ impl GuestDomain {
         if let Some(mb) = memory_mb {
             cmd.arg(format!("memory={mb}"));
         }
-        let out = cmd
+        let mut out = cmd
             .output()
             .context("running `xl create` (is this a Xen dom0?)")?;
+        if !out.status.success() {
+            // `xl create` has been seen to crash now and then in the emulated
+            // lab (heap corruption in its forked monitor): once more.
+            tracing::warn!(
+                "xl create {name} failed, retrying once: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            let _ = Command::new("xl").args(["destroy", &name]).output();
+            out = cmd.output().context("running `xl create`")?;
+        }
         if !out.status.success() {
             bail!(
                 "xl create {} failed: {}",

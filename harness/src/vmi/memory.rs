@@ -195,7 +195,9 @@ impl Domain {
         self.write_virt_on(0, va, data)
     }
 
-    /// Reads guest-virtual memory as seen by `vcpu`.
+    /// Reads guest-virtual memory as seen by `vcpu`. Our breakpoints are
+    /// hidden: their addresses read as the guest's original bytes (as in a
+    /// debugger); `read_phys` shows what is really in memory.
     pub fn read_virt_on(&mut self, vcpu: u32, va: u64, buf: &mut [u8]) -> Result<()> {
         let mut done = 0;
         for (page, off, n) in chunks(va, buf.len()) {
@@ -203,6 +205,9 @@ impl Domain {
             self.mem
                 .read_phys(t.frame() + off as u64, &mut buf[done..done + n])?;
             done += n;
+        }
+        for (addr, orig) in self.bps.original_bytes_in(va, buf.len() as u64) {
+            buf[(addr - va) as usize] = orig;
         }
         Ok(())
     }
