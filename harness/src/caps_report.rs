@@ -140,6 +140,7 @@ fn xen_reason(e: &XenError) -> String {
 fn vmi_reason(e: &vmi::Error) -> String {
     match e {
         vmi::Error::Xen(x) => xen_reason(x),
+        vmi::Error::Unsupported { why, .. } => why.clone(),
         other => other.to_string(),
     }
 }
@@ -334,8 +335,7 @@ fn static_rows(dom: &Domain) -> [FeatureResult; 3] {
             no(
                 FEATURES[12],
                 format!(
-                    "XEN_DOMCTL_gdbsx_domstatus: {} (Xen {} was built without CONFIG_GDBSX)",
-                    errno_text(libc::ENOSYS),
+                    "XEN_DOMCTL_gdbsx_domstatus refused (ENOSYS/EOPNOTSUPP): Xen {} was built without CONFIG_GDBSX",
                     caps.host.xen_version
                 ),
             )
@@ -382,6 +382,13 @@ impl Throwaway {
 
 impl Drop for Throwaway {
     fn drop(&mut self) {
+        let exists = Command::new("xl")
+            .args(["domid", &self.name])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !exists {
+            return; // ran to its end (on_poweroff="destroy")
+        }
         if let Err(e) = xl(&["destroy", &self.name]) {
             tracing::warn!("{e:#}");
         }
@@ -412,6 +419,11 @@ fn probe_breakpoint(
     };
     xl(&["unpause", &guest.name])?;
     let ev = dom.wait_event(HIT_TIMEOUT)?;
+    let hint = if insn == Some("int3") && dom.capabilities().host.cpu_emulated() {
+        "; QEMU TCG does not report #BP (int3) to Xen"
+    } else {
+        ""
+    };
     let result = match ev {
         Event::Breakpoint { vcpu, id, .. } if id == bp => {
             let step = match dom.step(vcpu) {
@@ -424,14 +436,14 @@ fn probe_breakpoint(
         Event::Timeout => (
             no(
                 feature,
-                "the hit never reached xenprobe (no event within 10 s: the CPU did not report the exception to Xen)",
+                format!("the hit never reached xenprobe (no event within 10 s){hint}"),
             ),
             None,
         ),
         Event::Shutdown { reason } => (
             no(
                 feature,
-                format!("the hit never reached xenprobe: the guest took the exception itself and shut down ({reason:?})"),
+                format!("the hit never reached xenprobe: the guest took the exception itself and shut down ({reason:?}){hint}"),
             ),
             None,
         ),
@@ -474,7 +486,12 @@ fn probe_throwaway(xen: &Xen, images: &GuestImages, mode: Mode) -> anyhow::Resul
         (i, is, c, None)
     };
     let step = icebp_step.or(int3_step).unwrap_or_else(|| {
-        let why = [&icebp, &int3]
+        let routes = if kind.is_hvm_container() {
+            [&icebp, &int3]
+        } else {
+            [&int3, &icebp]
+        };
+        let why = routes
             .iter()
             .find_map(|f| f.reason.clone())
             .unwrap_or_default();

@@ -8,6 +8,7 @@ use super::ctrl::XenCtrl;
 use super::error::{check, Result, XenError};
 
 /// Host/hypervisor capabilities, probed once.
+/// See docs/xen-vmi.md#host-capabilities
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostCaps {
     /// "4.17.x" from `xc_version`.
@@ -85,6 +86,7 @@ const HYPERVISOR_DOMCTL: u64 = 36;
 
 impl XenCtrl {
     /// `xc_physinfo` capabilities, `xc_version` and the gdbsx probe.
+    /// See docs/xen-vmi.md#host-capabilities
     pub fn host_caps(&self) -> Result<HostCaps> {
         let mut pi = sys::xc_physinfo_t::default();
         // SAFETY: out pointer to a local.
@@ -126,6 +128,7 @@ impl XenCtrl {
     }
 
     /// `xc_monitor_get_capabilities` for a domain (0 for PV guests).
+    /// See docs/xen-vmi.md#host-capabilities
     pub fn monitor_caps(&self, domid: u32) -> Result<MonitorCaps> {
         let mut caps = 0u32;
         // SAFETY: out pointer to a local.
@@ -136,6 +139,7 @@ impl XenCtrl {
 
     /// Issues `XEN_DOMCTL_gdbsx_domstatus` on dom0 through privcmd: a
     /// hypervisor without `CONFIG_GDBSX` answers ENOSYS/EOPNOTSUPP.
+    /// See docs/xen-vmi.md#host-capabilities
     fn probe_gdbsx(&self) -> Result<bool> {
         let mut hb = sys::xc_hypercall_buffer_t {
             hbuf: std::ptr::null_mut(),

@@ -37,6 +37,7 @@ impl std::fmt::Debug for XenCtrl {
 }
 
 /// What `xc_domain_getinfo` says about one domain.
+/// See docs/xen-vmi.md#domain-info
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainInfo {
     /// Domain id.
@@ -97,6 +98,7 @@ impl DomainInfo {
 
 impl XenCtrl {
     /// Opens libxenctrl (`xc_interface_open`). Needs `/dev/xen/privcmd` and root.
+    /// See docs/xen-vmi.md#handles
     pub fn open() -> Result<Self> {
         // SAFETY: NULL loggers select the library defaults; flags 0.
         let p = unsafe { sys::xc_interface_open(std::ptr::null_mut(), std::ptr::null_mut(), 0) };
@@ -111,6 +113,7 @@ impl XenCtrl {
     }
 
     /// `xc_domain_getinfo` for exactly `domid`.
+    /// See docs/xen-vmi.md#domain-info
     pub fn domain_info(&self, domid: u32) -> Result<DomainInfo> {
         let mut info = sys::xc_dominfo_t::default();
         // SAFETY: one xc_dominfo_t of space for max_doms = 1.
@@ -125,6 +128,7 @@ impl XenCtrl {
     }
 
     /// All domains (`xc_domain_getinfo` in batches), dom0 included.
+    /// See docs/xen-vmi.md#domain-info
     pub fn domains(&self) -> Result<Vec<DomainInfo>> {
         const BATCH: usize = 64;
         let mut out = Vec::new();

@@ -8,6 +8,7 @@ use xen_sys as sys;
 use super::error::{check, Result, XenError};
 
 /// An open libxenevtchn handle; closed (and its ports unbound) on drop.
+/// See docs/xen-vmi.md#event-channels
 pub struct EventChannel {
     h: NonNull<sys::xenevtchn_handle>,
 }

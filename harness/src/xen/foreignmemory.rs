@@ -57,6 +57,7 @@ impl std::fmt::Debug for ForeignMemory {
 
 impl ForeignMemory {
     /// `xenforeignmemory_open`.
+    /// See docs/xen-vmi.md#handles
     pub fn open() -> Result<Self> {
         // SAFETY: NULL logger, flags 0.
         let p = unsafe { sys::xenforeignmemory_open(std::ptr::null_mut(), 0) };
@@ -68,6 +69,7 @@ impl ForeignMemory {
 
     /// Maps guest frames `gfns` of `domid` contiguously (`xenforeignmemory_map`).
     /// Fails if any frame cannot be mapped, naming the first bad frame's errno.
+    /// See docs/xen-vmi.md#guest-memory
     pub fn map(&self, domid: u32, prot: Prot, gfns: &[u64]) -> Result<Mapping> {
         let m = self.map_sparse(domid, prot, gfns)?;
         if let Some(e) = m.errs.iter().find(|&&e| e != 0) {
@@ -80,6 +82,7 @@ impl ForeignMemory {
     /// Like [`ForeignMemory::map`], but frames that cannot be mapped (holes,
     /// MMIO) are only marked invalid ([`Mapping::page_valid`]); accesses to
     /// them fail.
+    /// See docs/xen-vmi.md#guest-memory
     pub fn map_sparse(&self, domid: u32, prot: Prot, gfns: &[u64]) -> Result<Mapping> {
         if gfns.is_empty() {
             return Err(XenError::invalid("xenforeignmemory_map", "no frames"));
@@ -109,6 +112,7 @@ impl ForeignMemory {
 }
 
 /// A mapping of guest frames into this process; unmapped on drop.
+/// See docs/xen-vmi.md#guest-memory
 pub struct Mapping {
     fmem: ForeignMemory,
     ptr: NonNull<u8>,

@@ -116,6 +116,7 @@ impl HvmContext {
 
 impl XenCtrl {
     /// `xc_domain_hvm_getcontext`: the whole HVM context of a domain.
+    /// See docs/xen-vmi.md#hvm-registers
     pub fn hvm_context(&self, domid: u32) -> Result<HvmContext> {
         // SAFETY: NULL/0 asks for the size only.
         let size =
@@ -138,6 +139,7 @@ impl XenCtrl {
     }
 
     /// `xc_domain_hvm_setcontext`: loads a whole HVM context.
+    /// See docs/xen-vmi.md#hvm-registers
     pub fn set_hvm_context(&self, domid: u32, ctx: &HvmContext) -> Result<()> {
         let mut buf = ctx.buf.clone();
         // SAFETY: buf holds a context blob of the given length.
@@ -149,6 +151,7 @@ impl XenCtrl {
     }
 
     /// `xc_domain_hvm_getcontext_partial` for the CPU record of `vcpu`.
+    /// See docs/xen-vmi.md#hvm-registers
     pub fn hvm_cpu(&self, domid: u32, vcpu: u16) -> Result<HvmCpu> {
         let mut cpu = HvmCpu::default();
         // SAFETY: cpu is one hvm_hw_cpu of the size passed.

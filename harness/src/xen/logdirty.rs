@@ -28,6 +28,7 @@ impl XenCtrl {
     }
 
     /// `XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY`.
+    /// See docs/xen-vmi.md#log-dirty
     pub fn logdirty_enable(&self, domid: u32) -> Result<()> {
         self.shadow_op(
             domid,
@@ -37,6 +38,7 @@ impl XenCtrl {
     }
 
     /// `XEN_DOMCTL_SHADOW_OP_OFF`.
+    /// See docs/xen-vmi.md#log-dirty
     pub fn logdirty_off(&self, domid: u32) -> Result<()> {
         self.shadow_op(
             domid,
@@ -47,6 +49,7 @@ impl XenCtrl {
 }
 
 /// A dirty bitmap in hypercall-safe memory, one bit per guest frame.
+/// See docs/xen-vmi.md#log-dirty
 pub struct DirtyBitmap {
     xc: XenCtrl,
     domid: u32,
@@ -120,6 +123,7 @@ impl DirtyBitmap {
     }
 
     /// `SHADOW_OP_CLEAN`: fetch the bitmap and reset tracking.
+    /// See docs/xen-vmi.md#log-dirty
     pub fn clean(&mut self) -> Result<LogDirtyStats> {
         self.op(
             sys::XEN_DOMCTL_SHADOW_OP_CLEAN,
@@ -128,6 +132,7 @@ impl DirtyBitmap {
     }
 
     /// `SHADOW_OP_PEEK`: fetch the bitmap without resetting.
+    /// See docs/xen-vmi.md#log-dirty
     pub fn peek(&mut self) -> Result<LogDirtyStats> {
         self.op(sys::XEN_DOMCTL_SHADOW_OP_PEEK, "xc_logdirty_control(PEEK)")
     }

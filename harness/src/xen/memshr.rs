@@ -8,6 +8,7 @@ use super::error::{check, Result, XenError};
 
 impl XenCtrl {
     /// `xc_memshr_control`: enable memory sharing on a domain.
+    /// See docs/xen-vmi.md#vm-forks
     pub fn memshr_control(&self, domid: u32, enable: bool) -> Result<()> {
         // SAFETY: plain hypercall wrapper.
         check("xc_memshr_control", unsafe {
@@ -18,6 +19,7 @@ impl XenCtrl {
 
     /// Creates an empty HVM domain shaped like `parent` (same vCPU count,
     /// PVH or HVM emulation) to receive a fork; returns its domid.
+    /// See docs/xen-vmi.md#vm-forks
     pub fn fork_shell_create(&self, parent: &super::DomainInfo) -> Result<u32> {
         let mut cfg = sys::xen_domctl_createdomain {
             flags: sys::XEN_DOMCTL_CDF_hvm | sys::XEN_DOMCTL_CDF_hap,
@@ -40,6 +42,7 @@ impl XenCtrl {
     }
 
     /// `xc_memshr_fork`: make `child` (an empty shell) a fork of the paused `parent`.
+    /// See docs/xen-vmi.md#vm-forks
     pub fn memshr_fork(&self, parent: u32, child: u32) -> Result<()> {
         // SAFETY: plain hypercall wrapper.
         check("xc_memshr_fork", unsafe {
@@ -49,6 +52,7 @@ impl XenCtrl {
     }
 
     /// `xc_memshr_fork_reset`: reset a fork's vCPU state and memory to the parent's.
+    /// See docs/xen-vmi.md#vm-forks
     pub fn memshr_fork_reset(&self, child: u32) -> Result<()> {
         // SAFETY: plain hypercall wrapper.
         check("xc_memshr_fork_reset", unsafe {

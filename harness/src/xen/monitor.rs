@@ -119,12 +119,14 @@ pub struct VmEventResponse {
 
 impl VmEventResponse {
     /// Ask Xen to load these registers into the vCPU (`VM_EVENT_FLAG_SET_REGISTERS`).
+    /// See docs/xen-vmi.md#vm_event-ring
     pub fn set_registers(mut self, regs: &VmEventRegs) -> Self {
         self.raw.flags |= sys::VM_EVENT_FLAG_SET_REGISTERS;
         self.raw.data.regs.x86 = *regs;
         self
     }
     /// Toggle MTF single-stepping for the vCPU (`VM_EVENT_FLAG_TOGGLE_SINGLESTEP`).
+    /// See docs/xen-vmi.md#single-stepping
     pub fn toggle_singlestep(mut self) -> Self {
         self.raw.flags |= sys::VM_EVENT_FLAG_TOGGLE_SINGLESTEP;
         self
@@ -176,6 +178,7 @@ struct Options {
 /// the monitor options it enabled, unbinds the event channel, disables the
 /// ring (`xc_monitor_disable`, which also releases vCPUs still waiting for a
 /// response) and unmaps the ring page.
+/// See docs/xen-vmi.md#vm_event-ring
 pub struct MonitorRing {
     xc: XenCtrl,
     domid: u32,
@@ -203,6 +206,7 @@ impl std::fmt::Debug for MonitorRing {
 impl XenCtrl {
     /// `xc_monitor_disable` without a ring in hand: tears down a ring left by
     /// another (e.g. killed) process.
+    /// See docs/xen-vmi.md#vm_event-ring
     pub fn monitor_disable(&self, domid: u32) -> Result<()> {
         // SAFETY: plain hypercall wrapper.
         check("xc_monitor_disable", unsafe {
@@ -215,6 +219,7 @@ impl XenCtrl {
 impl MonitorRing {
     /// `xc_monitor_enable` + event channel bind + ring init. Fails with EBUSY
     /// when a ring already exists and EINVAL/EOPNOTSUPP on PV guests.
+    /// See docs/xen-vmi.md#vm_event-ring
     pub fn enable(xc: &XenCtrl, domid: u32) -> Result<Self> {
         let mut remote_port = 0u32;
         // SAFETY: out pointer to a local.
@@ -309,6 +314,7 @@ impl MonitorRing {
     }
 
     /// Puts a response on the ring and notifies Xen (`RING_PUSH_RESPONSES`).
+    /// See docs/xen-vmi.md#vm_event-ring
     pub fn put_response(&mut self, rsp: &VmEventResponse) -> Result<()> {
         let idx = self.ring.rsp_prod_pvt;
         // SAFETY: the slot lies in the page; writing plain data.
@@ -340,6 +346,7 @@ impl MonitorRing {
     }
 
     /// `xc_monitor_debug_exceptions(enable, sync)`.
+    /// See docs/xen-vmi.md#debug-exceptions-and-breakpoints
     pub fn set_debug_exceptions(&mut self, enable: bool, sync: bool) -> Result<()> {
         // SAFETY: plain hypercall wrapper.
         let rc =
@@ -350,6 +357,7 @@ impl MonitorRing {
     }
 
     /// `xc_monitor_singlestep` (MTF; Intel VT-x only).
+    /// See docs/xen-vmi.md#single-stepping
     pub fn set_singlestep(&mut self, enable: bool) -> Result<()> {
         // SAFETY: plain hypercall wrapper.
         let rc = unsafe { sys::xc_monitor_singlestep(self.xc.raw(), self.domid, enable) };
@@ -359,6 +367,7 @@ impl MonitorRing {
     }
 
     /// `xc_monitor_software_breakpoint` (int3 interception).
+    /// See docs/xen-vmi.md#debug-exceptions-and-breakpoints
     pub fn set_software_breakpoint(&mut self, enable: bool) -> Result<()> {
         // SAFETY: plain hypercall wrapper.
         let rc = unsafe { sys::xc_monitor_software_breakpoint(self.xc.raw(), self.domid, enable) };
@@ -368,6 +377,7 @@ impl MonitorRing {
     }
 
     /// `xc_monitor_get_capabilities`: bitmask of `1 << XEN_DOMCTL_MONITOR_EVENT_*`.
+    /// See docs/xen-vmi.md#host-capabilities
     pub fn capabilities(&self) -> Result<u32> {
         let mut caps = 0u32;
         // SAFETY: out pointer to a local.
@@ -381,6 +391,7 @@ impl MonitorRing {
     /// paused by vm_event, so this releases vCPUs left waiting by a ring that
     /// was torn down (`xc_monitor_disable` does not release them) and is a
     /// no-op for the others.
+    /// See docs/xen-vmi.md#vm_event-ring
     pub fn release_stuck_vcpus(&mut self, max_vcpu: u32) -> Result<()> {
         for vcpu in 0..=max_vcpu {
             let raw = sys::vm_event_response_t {

@@ -77,6 +77,7 @@ impl VcpuContext {
 
 impl XenCtrl {
     /// `xc_vcpu_getcontext`.
+    /// See docs/xen-vmi.md#pv-registers
     pub fn vcpu_context(&self, domid: u32, vcpu: u32) -> Result<VcpuContext> {
         let mut ctx = sys::vcpu_guest_context_any_t::default();
         // SAFETY: ctx is a full vcpu_guest_context_any_t.
@@ -86,6 +87,7 @@ impl XenCtrl {
     }
 
     /// `xc_vcpu_setcontext`.
+    /// See docs/xen-vmi.md#pv-registers
     pub fn set_vcpu_context(&self, domid: u32, vcpu: u32, ctx: &VcpuContext) -> Result<()> {
         let mut c = ctx.0;
         // SAFETY: c is a full vcpu_guest_context_any_t the library only reads.

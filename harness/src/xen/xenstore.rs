@@ -20,6 +20,7 @@ impl std::fmt::Debug for XenStore {
 
 impl XenStore {
     /// `xs_open(0)`.
+    /// See docs/xen-vmi.md#xenstore
     pub fn open() -> Result<Self> {
         // SAFETY: flags 0.
         let p = unsafe { sys::xs_open(0) };
@@ -28,6 +29,7 @@ impl XenStore {
     }
 
     /// `xs_read`: the value at `path`, `None` if the key does not exist.
+    /// See docs/xen-vmi.md#xenstore
     pub fn read(&self, path: &str) -> Result<Option<String>> {
         let cpath = CString::new(path).map_err(|_| XenError::invalid("xs_read", "NUL in path"))?;
         let mut len: libc::c_uint = 0;
