@@ -88,6 +88,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Caps { domain, json } => {
+            cleanup::restore_on_ctrl_c()?;
             let report = xenprobe::caps_report::probe(domain.as_deref())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

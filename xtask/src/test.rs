@@ -83,6 +83,15 @@ pub fn main(args: TestArgs) -> Result<i32> {
                     "--ignored",
                     "on_pv",
                 ],
+                vec![
+                    "test",
+                    "-p",
+                    "xtask",
+                    "--test",
+                    "caps_table",
+                    "--",
+                    "--ignored",
+                ],
             ],
         };
         for run in runs {

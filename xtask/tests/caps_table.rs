@@ -227,7 +227,11 @@ fn stock_table_matches_the_doc() {
     let pv_bp = feature(&r, "PV", "int3 breakpoints");
     assert!(!pv_bp.works, "PV int3 works on the stock hypervisor?");
     assert!(
-        pv_bp.reason.as_deref().unwrap_or("").contains("CONFIG_GDBSX"),
+        pv_bp
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("CONFIG_GDBSX"),
         "{pv_bp:?}"
     );
     for kind in ["PVH", "HVM"] {
@@ -263,7 +267,10 @@ fn caps_on_a_named_guest_leaves_it_as_found() {
     );
     assert!(created.status.success(), "xl create failed");
     let r = caps("stock", Some(&name));
-    let left = r.left.as_ref().expect("a named probe reports the guest's state");
+    let left = r
+        .left
+        .as_ref()
+        .expect("a named probe reports the guest's state");
     assert_eq!(left.paused_before, left.paused_after, "pause state changed");
     assert!(left.frames > 0, "no frames hashed");
     assert_eq!(left.hash_before, left.hash_after, "guest memory changed");
@@ -282,9 +289,52 @@ fn caps_on_a_named_guest_leaves_it_as_found() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let _ = in_dom0("stock", &["sh", "-c", &format!("xl destroy {name} || true")]);
+    let _ = in_dom0(
+        "stock",
+        &["sh", "-c", &format!("xl destroy {name} || true")],
+    );
     assert!(
         console.contains("KNOWN counter=10 state=3 result=25"),
         "the guest did not run normally after the probe; console:\n{console}"
     );
+}
+
+/// GitHub's anchor for a markdown heading.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn rustdoc_links_point_at_sections_of_the_doc() {
+    let doc = std::fs::read_to_string(doc_path()).expect("docs/xen-vmi.md is readable");
+    let anchors: Vec<String> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("## ").or_else(|| l.strip_prefix("### ")))
+        .map(anchor)
+        .collect();
+    let dir = workspace().join("harness/src/xen");
+    let mut links = 0;
+    for entry in std::fs::read_dir(&dir).expect("harness/src/xen is readable") {
+        let path = entry.expect("directory entry").path();
+        let src = std::fs::read_to_string(&path).expect("source is readable");
+        for (i, _) in src.match_indices("docs/xen-vmi.md#") {
+            let a: String = src[i + "docs/xen-vmi.md#".len()..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '-' || *c == '_')
+                .collect();
+            assert!(
+                anchors.contains(&a),
+                "{}: no section #{a} in docs/xen-vmi.md",
+                path.display()
+            );
+            links += 1;
+        }
+    }
+    assert!(links > 20, "only {links} rustdoc links to docs/xen-vmi.md");
 }
