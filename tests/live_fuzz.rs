@@ -27,35 +27,16 @@ use xenprobe_fuzz::session::{destroy, Session, TargetSpec};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn have_xen() -> bool {
-    if Path::new("/dev/xen/privcmd").exists() {
-        return true;
-    }
-    let why = "/dev/xen/privcmd is absent: not running in a Xen dom0 (run through the lab: cargo test -p xenprobe-tests --test live_fuzz)";
-    if std::env::var("XENPROBE_ALLOW_NO_XEN").as_deref() == Ok("1") {
-        eprintln!("SKIP: {why}");
-        return false;
-    }
-    panic!("{why}; set XENPROBE_ALLOW_NO_XEN=1 to skip");
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
 /// A copy of the sample guest's config under a unique name; clean exits are
 /// preserved (`on_poweroff="preserve"`) so the test can inspect the guest.
 fn guest(krate: &str, tag: &str) -> (TargetSpec, String, PathBuf) {
-    let image = root().join(format!("target/guests/{krate}-pvh"));
+    let image = xenprobe_tests::root().join(format!("target/guests/{krate}-pvh"));
     assert!(
         image.exists(),
         "{} is missing: run cargo xtask guests build",
         image.display()
     );
-    let work = root().join(format!("target/live-fuzz/{tag}"));
+    let work = xenprobe_tests::root().join(format!("target/live-fuzz/{tag}"));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).expect("create work dir");
     let name = format!("live-fuzz-{tag}");
@@ -89,7 +70,7 @@ fn assert_code_clean(name: &str, image: &Path, cover: &[String]) {
 
 #[test]
 fn tlv_campaign_finds_tlv1_replays_it_and_leaves_the_guest_clean() {
-    if !have_xen() {
+    if !xenprobe_tests::have_xen() {
         return;
     }
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -166,7 +147,7 @@ fn tlv_campaign_finds_tlv1_replays_it_and_leaves_the_guest_clean() {
 
 #[test]
 fn a_timeout_is_a_hang_and_a_triple_fault_a_crash() {
-    if !have_xen() {
+    if !xenprobe_tests::have_xen() {
         return;
     }
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());

@@ -33,28 +33,8 @@ const CONSOLE_GRACE: Duration = Duration::from_secs(5);
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-/// True when Xen is there; otherwise fails, or prints SKIP when allowed.
-fn have_xen() -> bool {
-    if Path::new("/dev/xen/privcmd").exists() {
-        return true;
-    }
-    let why = "/dev/xen/privcmd is absent: not running in a Xen dom0 (run through the lab: cargo test -p xenprobe-tests --test live_guests)";
-    if std::env::var("XENPROBE_ALLOW_NO_XEN").as_deref() == Ok("1") {
-        eprintln!("SKIP: {why}");
-        return false;
-    }
-    panic!("{why}; set XENPROBE_ALLOW_NO_XEN=1 to skip");
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
 fn guests_dir() -> PathBuf {
-    root().join("target/guests")
+    xenprobe_tests::root().join("target/guests")
 }
 
 /// The directory where xenconsoled writes `guest-NAME.log`, from its command line.
@@ -290,7 +270,7 @@ struct Bug {
 }
 
 fn bugs() -> Vec<Bug> {
-    let path = root().join("guests/BUGS.md");
+    let path = xenprobe_tests::root().join("guests/BUGS.md");
     let text = std::fs::read_to_string(&path).expect("read guests/BUGS.md");
     let bugs: Vec<Bug> = text
         .lines()
@@ -327,7 +307,7 @@ fn bugs() -> Vec<Bug> {
 
 #[test]
 fn every_guest_boots_in_every_mode() {
-    if !have_xen() {
+    if !xenprobe_tests::have_xen() {
         return;
     }
     let mut failures = Vec::new();
@@ -361,7 +341,7 @@ fn every_guest_boots_in_every_mode() {
 
 #[test]
 fn planted_bugs_crash_as_listed() {
-    if !have_xen() {
+    if !xenprobe_tests::have_xen() {
         return;
     }
     let mut failures = Vec::new();

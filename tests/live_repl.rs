@@ -29,18 +29,6 @@ fn xenprobe_bin() -> PathBuf {
     bin
 }
 
-fn in_dom0() -> bool {
-    if std::path::Path::new("/dev/xen/privcmd").exists() {
-        return true;
-    }
-    let why = "/dev/xen/privcmd is absent: not in a Xen dom0 (run through the lab)";
-    if std::env::var("XENPROBE_ALLOW_NO_XEN").as_deref() == Ok("1") {
-        eprintln!("SKIP: {why}");
-        return false;
-    }
-    panic!("{why}; set XENPROBE_ALLOW_NO_XEN=1 to skip");
-}
-
 /// A paused guest, destroyed on drop.
 struct Guest {
     name: String,
@@ -157,7 +145,7 @@ fn answer<'a>(out: &'a str, cmd: &str) -> &'a str {
 }
 
 fn scripted(mode: &str) {
-    if !in_dom0() {
+    if !xenprobe_tests::have_xen() {
         return;
     }
     let g = Guest::create(mode);
