@@ -511,20 +511,11 @@ fn write_mem(s: &mut Session, addr: u64, data: &[u8]) -> Result<(), ReplError> {
     Ok(res?)
 }
 
-/// Reads guest memory with the original bytes under breakpoints.
+/// Reads guest memory as the current vCPU sees it (the engine shows the
+/// guest's own bytes under breakpoints).
 fn read_mem(s: &mut Session, addr: u64, buf: &mut [u8]) -> Result<(), ReplError> {
     let vcpu = s.vcpu;
     s.dom()?.read_virt_on(vcpu, addr, buf)?;
-    let end = addr.saturating_add(buf.len() as u64);
-    let origs: Vec<(u64, u8)> = s
-        .bps
-        .values()
-        .filter(|b| b.addr >= addr && b.addr < end)
-        .map(|b| (b.addr, b.orig))
-        .collect();
-    for (a, o) in origs {
-        buf[(a - addr) as usize] = o;
-    }
     Ok(())
 }
 

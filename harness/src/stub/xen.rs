@@ -27,8 +27,6 @@ enum Watch {
 #[derive(Debug, Clone, Copy)]
 struct Planted {
     id: BreakpointId,
-    /// The guest's byte under the breakpoint instruction.
-    orig: u8,
     /// Set by the debugger.
     user: bool,
     /// Set by the stub itself.
@@ -90,19 +88,8 @@ impl XenDebuggee {
     }
 
     fn plant(&mut self, va: u64, user: bool, watch: Option<Watch>) -> Result<()> {
-        let dom = self.dom()?;
-        let mut orig = [0u8];
-        dom.read_virt(va, &mut orig)?;
-        let id = dom.add_breakpoint(va)?;
-        self.planted.insert(
-            va,
-            Planted {
-                id,
-                orig: orig[0],
-                user,
-                watch,
-            },
-        );
+        let id = self.dom()?.add_breakpoint(va)?;
+        self.planted.insert(va, Planted { id, user, watch });
         Ok(())
     }
 
@@ -166,10 +153,8 @@ impl Debuggee for XenDebuggee {
                 done
             }
         };
-        let end = va.saturating_add(n as u64);
-        for (&a, p) in self.planted.range(va..end) {
-            buf[(a - va) as usize] = p.orig;
-        }
+        // The engine's virtual reads already show the guest's own bytes
+        // under our breakpoints.
         Ok(n)
     }
 
