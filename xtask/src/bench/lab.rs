@@ -1,57 +1,17 @@
-//! `cargo xtask bench`: speed figures, each printed against a baseline
-//! measured in the same run.
+//! `cargo xtask bench lab`: lab start (cold and restored) and a warm
+//! command's round trip.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use clap::{Args, Subcommand};
 use xenlab_proto::Request;
 
+use super::{stats, Stats};
 use crate::lab::xen::Flavour;
 use crate::lab::{Lab, UpOptions};
 use crate::ws;
 
-#[derive(Args)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    what: What,
-}
-
-#[derive(Subcommand)]
-enum What {
-    /// Lab start (cold boot and restored state) and a warm command's round trip.
-    Lab {
-        /// Starts of each kind to measure.
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        #[arg(long, value_enum, default_value = "stock")]
-        xen: Flavour,
-    },
-}
-
-pub fn main(args: BenchArgs) -> Result<i32> {
-    match args.what {
-        What::Lab { runs, xen } => lab(runs.max(1), xen),
-    }
-}
-
-/// Median, min and max of a sample, in seconds.
-struct Stats {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-fn stats(mut v: Vec<f64>) -> Stats {
-    v.sort_by(f64::total_cmp);
-    Stats {
-        median: v[v.len() / 2],
-        min: v[0],
-        max: v[v.len() - 1],
-    }
-}
-
-fn lab(runs: usize, flavour: Flavour) -> Result<i32> {
+pub fn run(runs: usize, flavour: Flavour) -> Result<i32> {
     if crate::deps::on_real_dom0() {
         bail!("bench lab measures the QEMU lab; this machine is a Xen dom0");
     }
