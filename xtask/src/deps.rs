@@ -46,6 +46,7 @@ const LAB: &[Package] = &[
     pkg("xen-utils-4.17", "xl and the Xen daemons for dom0"),
     pkg("linux-image-amd64", "the dom0 kernel"),
     pkg("busybox-static", "dom0's userland"),
+    pkg("xz-utils", "decompressing the dom0 kernel ahead of boot"),
     bpo("qemu-system-x86", "QEMU that runs Xen (needs QEMU >= 8)"),
     bpo("qemu-system-xen", "the HVM device model inside dom0"),
 ];

@@ -17,7 +17,7 @@ pub const AGENT_PORT: u16 = 7000;
 
 /// A built dom0 image.
 pub struct Dom0 {
-    /// The dom0 kernel (Debian's `vmlinuz`).
+    /// The dom0 kernel (Debian's `vmlinuz`, decompressed: see `kernel.rs`).
     pub kernel: PathBuf,
     /// The initramfs.
     pub initramfs: PathBuf,
@@ -84,7 +84,7 @@ fi
 /// Builds (or reuses) the dom0 image in `dir`, with `agent` as the lab agent.
 pub fn build(dir: &Path, agent: &Path) -> Result<Dom0> {
     let kver = kernel_version()?;
-    let kernel = PathBuf::from(format!("/boot/vmlinuz-{kver}"));
+    let kernel = super::kernel::dom0_kernel(dir, Path::new(&format!("/boot/vmlinuz-{kver}")));
     let xen_lib = xen_lib_dir()?;
     let mut inputs = Inputs::default();
 
@@ -94,10 +94,7 @@ pub fn build(dir: &Path, agent: &Path) -> Result<Dom0> {
         let name = file_name(&e);
         inputs.add(&e, &format!("{}/bin/{name}", rel(&xen_lib)), 0o755);
     }
-    for e in read_dir(&xen_lib.join("boot"))? {
-        let name = file_name(&e);
-        inputs.add(&e, &format!("{}/boot/{name}", rel(&xen_lib)), 0o644);
-    }
+    // Not xen_lib/boot: its PVH shim (6 MB) serves `pvshim` guests, unused here.
     for e in read_dir(Path::new("/usr/bin"))? {
         if file_name(&e).starts_with("xenstore") {
             inputs.add(&e, &format!("usr/bin/{}", file_name(&e)), 0o755);

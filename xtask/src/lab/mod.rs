@@ -10,6 +10,7 @@ pub mod client;
 mod cpio;
 mod image;
 pub mod instance;
+mod kernel;
 mod qemu;
 mod qmp;
 mod saved;
