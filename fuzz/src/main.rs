@@ -9,6 +9,8 @@ use clap::Parser;
 use xenprobe_fuzz::campaign::{self, CampaignOptions};
 use xenprobe_fuzz::session::TargetSpec;
 
+mod debug;
+
 /// Snapshot-driven, coverage-guided fuzzing of a Xen guest (run in dom0).
 #[derive(Parser, Debug)]
 #[command(name = "xenprobe-fuzz")]
@@ -46,6 +48,17 @@ struct Args {
     /// Stop at the first crash of one of these kinds (comma-separated).
     #[arg(long, value_delimiter = ',')]
     stop_on: Vec<String>,
+    /// With --reproduce: stop the guest before the crash and serve the
+    /// GDB/LLDB stub there (see debug.rs).
+    #[arg(long, requires = "reproduce")]
+    debug: bool,
+    /// Address the debug stub listens on.
+    #[arg(long, default_value = "0.0.0.0:1234")]
+    debug_bind: std::net::SocketAddr,
+    /// HOST:PORT the debugger uses, printed in the command lines (the
+    /// host side of the lab's port forward).
+    #[arg(long)]
+    debug_connect: Option<String>,
 }
 
 /// Parses `90`, `90s`, `5m`, `1h`.
@@ -90,6 +103,13 @@ fn real_main() -> Result<i32> {
         target.sinks = a.sinks.clone();
     }
     target.timeout = Duration::from_millis(a.timeout_ms);
+    if let (Some(path), true) = (&a.reproduce, a.debug) {
+        let opts = debug::DebugOptions {
+            bind: a.debug_bind,
+            connect: a.debug_connect.clone(),
+        };
+        return debug::run(&target, path, &opts);
+    }
     if let Some(path) = &a.reproduce {
         let (report, saved) = campaign::reproduce(&target, path)?;
         return Ok(match (report, saved) {

@@ -635,6 +635,15 @@ impl Session {
     pub fn image(&self) -> &Path {
         &self.spec.image
     }
+
+    /// Hands the attached guest over as it is (stopped where the last run
+    /// ended, snapshot and breakpoints kept), releasing the session's own
+    /// mappings: for a debugger that takes over after a run.
+    pub fn into_domain(mut self) -> Option<Domain> {
+        self.input_maps.clear();
+        self.console = None;
+        self.dom.take()
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::testing::{GuestImages, Mode};
 use crate::vmi::{self, Domain, Event, GuestKind, Xen};
-use crate::xen::{DirtyBitmap, MonitorRing, XenError};
+use crate::xen::{DirtyBitmap, MemAccess, MonitorRing, XenError};
 
 /// How long a breakpoint probe waits for the hit.
 const HIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -263,7 +263,7 @@ fn probe_monitor(xen: &Xen, dom: &Domain, out: &mut Vec<FeatureResult>) {
         Err(e) => {
             let why = xen_reason(&e);
             out.push(no(FEATURES[3], why.clone()));
-            for f in [FEATURES[4], FEATURES[7], FEATURES[13]] {
+            for f in [FEATURES[4], FEATURES[7], FEATURES[11], FEATURES[13]] {
                 out.push(no(f, format!("needs vm_event: {why}")));
             }
             return;
@@ -295,7 +295,27 @@ fn probe_monitor(xen: &Xen, dom: &Domain, out: &mut Vec<FeatureResult>) {
         .set_software_breakpoint(true)
         .and_then(|()| ring.set_software_breakpoint(false));
     out.push(toggle(FEATURES[13], sw));
+    out.push(probe_mem_access(xen, dom));
     drop(ring); // xc_monitor_disable
+}
+
+/// mem_access (the watchpoints' route): sets frame 0 to the default access
+/// (rwx), which changes nothing but goes through Xen's checks.
+fn probe_mem_access(xen: &Xen, dom: &Domain) -> FeatureResult {
+    match xen.ctrl().set_mem_access(dom.id(), MemAccess::Rwx, 0, 1) {
+        Ok(()) => ok(FEATURES[11]),
+        Err(e) => {
+            let mut why = xen_reason(&e);
+            let host = &dom.capabilities().host;
+            if !host.is_intel() {
+                why.push_str(&format!(
+                    " (Xen's x86 mem_access needs Intel VT-x with EPT; this CPU is {})",
+                    host.cpu_vendor
+                ));
+            }
+            no(FEATURES[11], why)
+        }
+    }
 }
 
 /// Log-dirty: the raw call first (its errno is the reason), then the
@@ -321,14 +341,10 @@ fn probe_log_dirty(xen: &Xen, dom: &mut Domain) -> FeatureResult {
 }
 
 /// Host-level and not-implemented rows.
-fn static_rows(dom: &Domain) -> [FeatureResult; 3] {
+fn static_rows(dom: &Domain) -> [FeatureResult; 2] {
     let caps = dom.capabilities();
     [
         from_result(FEATURES[10], caps.vm_forks()),
-        no(
-            FEATURES[11],
-            "not implemented in xenprobe (Xen's xc_set_mem_access exists for HVM/PVH; not probed)",
-        ),
         if caps.host.gdbsx {
             ok(FEATURES[12])
         } else {

@@ -4,7 +4,10 @@
 //! or reuses the lab, and runs the fuzzer inside dom0; it creates the guest
 //! from `target/guests/<target>-<mode>.cfg` itself. The campaign directory
 //! `target/fuzz/<target>-<mode>/` (corpus/, crashes/, hangs/) is resumed by
-//! the next run. `--reproduce CRASH` replays one crash input instead.
+//! the next run. `--reproduce CRASH` replays one crash input instead;
+//! `--reproduce CRASH --debug` stops the guest before the crash and serves
+//! the GDB/LLDB stub there, reached from the host through the lab's
+//! forwarded port (the exact `lldb`/`gdb` command lines are printed).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,6 +47,15 @@ pub struct FuzzArgs {
     /// Build the fuzzer unoptimised (faster to build, slower to fuzz).
     #[arg(long)]
     debug_build: bool,
+    /// With --reproduce: stop the guest before the crash (on the faulting
+    /// instruction, or at the crash sink for panics) and serve the GDB/LLDB
+    /// stub there until the debugger detaches.
+    #[arg(long, requires = "reproduce")]
+    debug: bool,
+    /// dom0 port of the debug stub (default: the lab's forwarded dom0 port,
+    /// 1234 unless the lab was booted with `--forward HOST:GUEST`).
+    #[arg(long, requires = "debug")]
+    port: Option<u16>,
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -124,6 +136,9 @@ pub fn main(args: FuzzArgs) -> Result<i32> {
     }
     if let Some(c) = &args.reproduce {
         argv.extend(["--reproduce".into(), absolute(c).display().to_string()]);
+        if args.debug {
+            argv.extend(debug_args(args.port)?);
+        }
     } else {
         eprintln!(
             "xtask fuzz: {name} for {} in the lab; campaign directory {}",
@@ -132,4 +147,51 @@ pub fn main(args: FuzzArgs) -> Result<i32> {
         );
     }
     lab::run_in_dom0(&argv)
+}
+
+/// The fuzzer's `--debug` arguments: where the stub listens in dom0 and the
+/// address the host's debugger uses (the lab's forwarded port).
+fn debug_args(port: Option<u16>) -> Result<Vec<String>> {
+    if deps::on_real_dom0() {
+        let port = port.unwrap_or(1234);
+        return Ok(vec![
+            "--debug".into(),
+            "--debug-bind".into(),
+            format!("127.0.0.1:{port}"),
+        ]);
+    }
+    let (host, guest) = lab_forward()?;
+    let port = port.unwrap_or(guest);
+    let connect = if port == guest {
+        format!("127.0.0.1:{host}")
+    } else {
+        eprintln!(
+            "xtask fuzz: note: the lab forwards 127.0.0.1:{host} -> dom0:{guest}, not \
+             dom0:{port}; a host debugger cannot reach the stub (boot the lab with \
+             `cargo xtask lab down; cargo xtask lab up --forward HOST:{port}`)"
+        );
+        format!("dom0:{port}")
+    };
+    Ok(vec![
+        "--debug".into(),
+        "--debug-bind".into(),
+        format!("0.0.0.0:{port}"),
+        "--debug-connect".into(),
+        connect,
+    ])
+}
+
+/// Boots (or reuses) the lab of `XENPROBE_XEN` and returns its port forward:
+/// (host port on 127.0.0.1, dom0 port).
+pub(crate) fn lab_forward() -> Result<(u16, u16)> {
+    lab::run_in_dom0(&["true".into()])?;
+    let flavour = std::env::var("XENPROBE_XEN")
+        .ok()
+        .and_then(|v| <lab::xen::Flavour as clap::ValueEnum>::from_str(&v, true).ok())
+        .unwrap_or(lab::xen::Flavour::Stock);
+    let state = lab::Lab::new(flavour)
+        .running()
+        .context("the lab is not running")?
+        .state;
+    Ok((state.forward_host, state.forward_guest))
 }

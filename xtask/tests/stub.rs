@@ -280,6 +280,9 @@ fn gdb_session(guest: &str) {
     c.args(["180", "gdb", "-batch", "-nx"]);
     for ex in [
         format!("file {}", s.image.display()),
+        // GDB's default 2 s reply timeout is too short on a loaded 2-core
+        // host (replies then arrive late and desynchronise the session).
+        "set remotetimeout 30".into(),
         format!("target remote 127.0.0.1:{}", s.port),
         "info registers rip cr0 cr3 fs_base gs_base".into(),
         "break known_compute".into(),

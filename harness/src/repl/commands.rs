@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::arch::{reg_by_name, REGS};
-use crate::vmi::{Domain, Event, GuestKind};
+use crate::vmi::{Domain, Event, GuestKind, WatchKind};
 
 use super::expr::{eval, parse_num, split_deref};
 use super::session::{Bp, Session, SessionEnv, Snapshot};
@@ -49,8 +49,10 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("breakpoints", "list breakpoints"),
     (
         "watch",
-        "watch ADDR: data watchpoint (reports what the hypervisor allows)",
+        "watch ADDR: write watchpoint on 8 bytes (Xen mem_access; says why when unavailable)",
     ),
+    ("rwatch", "rwatch ADDR: read watchpoint"),
+    ("awatch", "awatch ADDR: read/write watchpoint"),
     ("stepi", "stepi [N]: one instruction"),
     ("nexti", "nexti: one instruction, calls run to their return"),
     ("finish", "run until the current function returns"),
@@ -216,13 +218,23 @@ pub fn execute(s: &mut Session, line: &str, out: &mut String) -> Result<Flow, Re
                 );
             }
         }
-        "watch" => {
-            // The engine exposes no debug-register watchpoints; say so.
-            let _ = eval_in(s, rest)?;
-            return Err(ReplError::Unsupported(
-                "watchpoints: the VMI engine has no debug-register (DR0-3/#DB) watchpoint support yet"
-                    .into(),
-            ));
+        "watch" | "rwatch" | "awatch" => {
+            let cmd = canonical(cmd);
+            let kind = match cmd {
+                "watch" => WatchKind::Write,
+                "rwatch" => WatchKind::Read,
+                _ => WatchKind::Access,
+            };
+            let va = eval_in(s, rest)?;
+            match s.dom()?.add_watchpoint(va, 8, kind) {
+                Ok(()) => {
+                    let _ = writeln!(out, "{cmd} {va:#x}{}", s.symbolize(va));
+                }
+                Err(crate::vmi::Error::Unsupported { why, .. }) => {
+                    return Err(ReplError::Unsupported(format!("{cmd}: {why}")))
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         "stepi" => {
             let n = if rest.is_empty() {

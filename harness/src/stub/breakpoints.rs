@@ -1,5 +1,10 @@
 //! Software breakpoints (`Z0`/`z0`), planted by the engine (int3 or ICEBP,
 //! whichever the host reports to Xen).
+//!
+//! Watchpoints (`Z2`-`Z4`, gdbstub's `HwWatchpoint`) are not offered: they
+//! need Xen's mem_access, which Xen 4.17 allows on Intel VT-x only (see
+//! [`crate::vmi::watchpoint`]); debuggers then fall back to saying the
+//! target does not support them.
 
 use gdbstub::target::ext::breakpoints::{Breakpoints, SwBreakpoint, SwBreakpointOps};
 use gdbstub::target::TargetResult;

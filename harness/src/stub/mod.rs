@@ -38,10 +38,16 @@
 //! Layout follows `gdbstub`'s: [`target`] is the core target, one file per
 //! protocol feature ([`breakpoints`], [`resume`] (continue and step),
 //! [`registers`] (single-register access), [`info`] (host/process/thread
-//! info)), [`event_loop`] waits for stops, [`xen`] adapts the VMI engine.
+//! info)), [`event_loop`] waits for stops, [`xen`] adapts the VMI engine,
+//! [`conn`] buffers the TCP connection (one segment per reply).
+//!
+//! [`serve_domain`] also serves a domain the caller keeps (`&mut Domain`):
+//! a failed guest test ([`crate::testing::debug`]) and the fuzzer's crash
+//! replay (`cargo xtask fuzz --reproduce CRASH --debug`) use it.
 
 pub mod backend;
 pub mod breakpoints;
+pub mod conn;
 pub mod event_loop;
 pub mod info;
 pub mod registers;
@@ -59,7 +65,7 @@ use gdbstub::stub::{DisconnectReason, GdbStub};
 
 pub use backend::{Debuggee, Stop};
 pub use target::StubTarget;
-pub use xen::XenDebuggee;
+pub use xen::{Attached, XenDebuggee};
 
 /// Errors of a stub session.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +105,9 @@ pub enum SessionEnd {
     ConnectionLost(String),
 }
 
+/// Packet buffer size: a 4 KiB memory read fits one packet.
+pub const PACKET_BUFFER: usize = 0x2000 + 64;
+
 /// Runs one protocol session on `conn`; the debuggee is *not* detached.
 pub fn run_session<D, C>(target: &mut StubTarget<D>, conn: C) -> SessionEnd
 where
@@ -106,7 +115,14 @@ where
     C: ConnectionExt,
     C::Error: std::fmt::Debug,
 {
-    let stub = GdbStub::new(conn);
+    // Room for a 4 KiB `m` reply (hex: 8 KiB) and its framing.
+    let stub = match GdbStub::builder(conn)
+        .packet_buffer_size(PACKET_BUFFER)
+        .build()
+    {
+        Ok(s) => s,
+        Err(e) => return SessionEnd::ConnectionLost(format!("gdbstub setup: {e:?}")),
+    };
     match stub.run_blocking::<event_loop::EventLoop<D, C>>(target) {
         Ok(DisconnectReason::Disconnect) => SessionEnd::Detached,
         Ok(DisconnectReason::Kill) => SessionEnd::Killed,
@@ -130,9 +146,10 @@ pub fn listen(addr: SocketAddr) -> Result<TcpListener, StubError> {
 /// `xenprobe gdbserver` runs, and what a "debug this crash" mode calls once
 /// it has brought the guest to the interesting instruction. `elf` (the guest
 /// image) lets the stub report the guest's exit code and crashes, and LLDB
-/// place the image.
-pub fn serve_domain(
-    dom: crate::vmi::Domain,
+/// place the image. `dom` is a [`crate::vmi::Domain`] (detached at the end)
+/// or a `&mut Domain` (breakpoints removed, guest left running).
+pub fn serve_domain<A: Attached>(
+    dom: A,
     addr: SocketAddr,
     elf: Option<&std::path::Path>,
     on_listen: impl FnOnce(SocketAddr),
@@ -181,7 +198,7 @@ pub fn serve_one<D: Debuggee>(
     let (stream, peer) = accept_while_alive(listener, &mut debuggee)?;
     tracing::info!(%peer, "debugger connected");
     let mut target = StubTarget::new(debuggee);
-    let end = run_session(&mut target, stream);
+    let end = run_session(&mut target, conn::BufferedConn::new(stream));
     tracing::info!(?end, "session ended");
     target.into_inner().detach()?;
     Ok(end)

@@ -5,6 +5,7 @@
 //! breakpoints, so that the debugger sees the real exit code (`W19` for 25)
 //! and a crash as a crash, while the domain still exists.
 
+use std::borrow::BorrowMut;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -33,14 +34,38 @@ struct Planted {
     watch: Option<Watch>,
 }
 
+/// How the stub holds the domain it serves: owned (`xenprobe gdbserver`,
+/// the fuzzer's crash replay: detached at the end) or borrowed (a failed
+/// guest test: its owner destroys the guest afterwards).
+pub trait Attached: BorrowMut<Domain> {
+    /// Lets the guest go once the debugger has left (the stub's breakpoints
+    /// are already removed).
+    fn release(self) -> Result<()>;
+}
+
+impl Attached for Domain {
+    fn release(self) -> Result<()> {
+        self.detach()
+    }
+}
+
+impl Attached for &mut Domain {
+    fn release(self) -> Result<()> {
+        if self.is_stopped() {
+            self.resume()?;
+        }
+        Ok(())
+    }
+}
+
 /// A Xen domain being debugged.
-pub struct XenDebuggee {
-    dom: Option<Domain>,
+pub struct XenDebuggee<A: Attached = Domain> {
+    dom: Option<A>,
     domid: u32,
     planted: BTreeMap<u64, Planted>,
 }
 
-impl std::fmt::Debug for XenDebuggee {
+impl<A: Attached> std::fmt::Debug for XenDebuggee<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("XenDebuggee")
             .field("domid", &self.domid)
@@ -49,13 +74,13 @@ impl std::fmt::Debug for XenDebuggee {
     }
 }
 
-impl XenDebuggee {
+impl<A: Attached> XenDebuggee<A> {
     /// Takes an attached domain and stops it. With `elf` (the guest image),
     /// the runtime's exit and crash functions are watched.
-    pub fn new(mut dom: Domain, elf: Option<&Path>) -> Result<Self> {
-        dom.pause()?;
+    pub fn new(mut dom: A, elf: Option<&Path>) -> Result<Self> {
+        dom.borrow_mut().pause()?;
         let mut me = Self {
-            domid: dom.id(),
+            domid: dom.borrow_mut().id(),
             dom: Some(dom),
             planted: BTreeMap::new(),
         };
@@ -84,6 +109,7 @@ impl XenDebuggee {
     fn dom(&mut self) -> Result<&mut Domain> {
         self.dom
             .as_mut()
+            .map(|d| d.borrow_mut())
             .ok_or_else(|| Error::State("the domain is detached".into()))
     }
 
@@ -116,7 +142,7 @@ impl XenDebuggee {
     }
 }
 
-impl Debuggee for XenDebuggee {
+impl<A: Attached> Debuggee for XenDebuggee<A> {
     fn vcpus(&mut self) -> Result<Vec<u32>> {
         Ok((0..=self.dom()?.max_vcpu()?).collect())
     }
@@ -232,8 +258,16 @@ impl Debuggee for XenDebuggee {
     }
 
     fn detach(&mut self) -> Result<()> {
+        let planted = std::mem::take(&mut self.planted);
         match self.dom.take() {
-            Some(dom) => dom.detach(),
+            Some(mut dom) => {
+                for p in planted.values() {
+                    if let Err(e) = dom.borrow_mut().remove_breakpoint(p.id) {
+                        tracing::warn!("removing breakpoint {}: {e}", p.id);
+                    }
+                }
+                dom.release()
+            }
             None => Ok(()),
         }
     }
@@ -243,7 +277,7 @@ impl Debuggee for XenDebuggee {
     }
 
     fn gone(&mut self) -> bool {
-        match self.dom.as_ref().map(|d| d.info()) {
+        match self.dom.as_ref().map(|d| d.borrow().info()) {
             None => true,
             Some(Ok(i)) => i.dying,
             Some(Err(e)) => {
@@ -254,7 +288,7 @@ impl Debuggee for XenDebuggee {
     }
 
     fn entry(&self) -> Option<u64> {
-        let syms = self.dom.as_ref()?.symbols().ok()?;
+        let syms = self.dom.as_ref()?.borrow().symbols().ok()?;
         Some(syms.entry())
     }
 }

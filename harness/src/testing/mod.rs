@@ -32,7 +32,10 @@
 //! The guest is destroyed after every test, also after a panic, a failed
 //! assertion or a timeout; a failure prints the registers, the code around RIP
 //! with its symbol and source line, and the guest's last console lines.
+//! With `XENPROBE_DEBUG=PORT`, a failed test's guest is first served to a
+//! debugger where it failed (see [`debug`]).
 
+pub mod debug;
 mod guest;
 mod runner;
 mod session;

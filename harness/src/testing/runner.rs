@@ -110,6 +110,15 @@ fn run_one(t: &GuestTest, mode: Mode, images: &GuestImages) -> Result<(), Failed
         Ok(Err(e)) => Err(e),
         Err(panic) => Err(anyhow::anyhow!("panicked: {}", panic_message(&panic))),
     };
+    if let Err(e) = &result {
+        let image = images.image(&t.guest, mode);
+        super::debug::serve_on_failure(
+            &mut session,
+            &format!("{}::{}", t.name, mode.name()),
+            &image,
+            e,
+        );
+    }
     result.map_err(|e| Failed::from(format!("{:#}", with_diagnostics(e, &mut session))))
 }
 

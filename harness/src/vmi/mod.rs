@@ -47,6 +47,9 @@
 //! - Log-dirty: [`Domain::track_dirty`] ([`DirtyTracking`]: clean/peek).
 //! - Snapshots (HVM/PVH): [`Domain::take_snapshot`], [`Domain::restore_snapshot`]
 //!   (copies back only frames log-dirty reports plus frames xenprobe wrote).
+//! - Watchpoints: [`Domain::watchpoint_support`] (probes Xen's mem_access
+//!   on the guest), [`Domain::add_watchpoint`] (see [`watchpoint`]: not
+//!   available on the lab's AMD host).
 //! - Cleanup: [`cleanup::restore_on_ctrl_c`]; stale state from a killed
 //!   process is repaired by the next [`Domain::attach`].
 //!
@@ -98,6 +101,7 @@ mod regs;
 pub mod snapshot;
 mod step;
 pub mod symbols;
+pub mod watchpoint;
 
 pub use breakpoint::{BreakpointId, BreakpointInfo, Condition};
 pub use caps::{BreakpointInsnKind, Capabilities, GuestKind, StepMethod};
@@ -109,3 +113,4 @@ pub use pagewalk::{PagingMode, Translation};
 pub use regs::{Registers, Segment, RFLAGS_TF};
 pub use snapshot::{RestoreStats, SnapshotInfo};
 pub use symbols::{SourceLine, Symbol, Symbols};
+pub use watchpoint::WatchKind;

@@ -51,7 +51,7 @@ impl DebugEventType {
 /// A request read from the ring, with the union decoded by `reason`.
 #[derive(Clone, Copy)]
 pub struct VmEventRequest {
-    raw: sys::vm_event_request_t,
+    pub(super) raw: sys::vm_event_request_t,
 }
 
 impl std::fmt::Debug for VmEventRequest {

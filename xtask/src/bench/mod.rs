@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use crate::lab::xen::Flavour;
 
 mod lab;
+mod stub;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -24,11 +25,15 @@ enum What {
         #[arg(long, value_enum, default_value = "stock")]
         xen: Flavour,
     },
+    /// The debug stub against the raw engine: memory read throughput (`m`
+    /// packets of 4 KiB) and the breakpoint-continue round trip through LLDB.
+    Stub,
 }
 
 pub fn main(args: BenchArgs) -> Result<i32> {
     match args.what {
         What::Lab { runs, xen } => lab::run(runs.max(1), xen),
+        What::Stub => stub::run(),
     }
 }
 

@@ -232,6 +232,14 @@ fn run(opts: &LabOptions, argv: &[String], interactive: bool) -> Result<i32> {
         "XENPROBE_CONSOLE_DIR".into(),
         lab.consoles().to_string_lossy().into_owned(),
     ));
+    // The port forward, for debug stubs that print the host's address.
+    env.push((
+        "XENPROBE_LAB_FORWARD".into(),
+        format!(
+            "{}:{}",
+            running.state.forward_host, running.state.forward_guest
+        ),
+    ));
     let req = Request {
         argv,
         env,
