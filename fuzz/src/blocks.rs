@@ -51,10 +51,21 @@ pub fn in_crate(name: &str, krate: &str) -> bool {
         || (name.starts_with("_R") && name.contains(&format!("_{tag}")))
 }
 
+/// An address range pattern `0xSTART-0xEND` (end exclusive).
+pub fn parse_range(p: &str) -> Option<(u64, u64)> {
+    let (a, b) = p.split_once('-')?;
+    let num = |s: &str| u64::from_str_radix(s.trim().strip_prefix("0x")?, 16).ok();
+    let (a, b) = (num(a)?, num(b)?);
+    (b > a).then_some((a, b))
+}
+
 /// Selects functions of the image: each pattern is an exact symbol name,
-/// `crate:NAME` (every function of that crate) or a substring of the name.
+/// `crate:NAME` (every function of that crate), a substring of the name,
+/// or an address range `0xSTART-0xEND` (taken as one code region).
 pub fn select_functions(elf: &[u8], patterns: &[String]) -> Result<Vec<Function>, BlocksError> {
     let obj = object::File::parse(elf).map_err(|e| BlocksError::Elf(e.to_string()))?;
+    let (ranges, patterns): (Vec<&String>, Vec<&String>) =
+        patterns.iter().partition(|p| parse_range(p).is_some());
     let mut out: Vec<Function> = obj
         .symbols()
         .filter(|s| s.kind() == SymbolKind::Text && s.size() > 0)
@@ -62,7 +73,7 @@ pub fn select_functions(elf: &[u8], patterns: &[String]) -> Result<Vec<Function>
             let name = s.name().ok()?;
             let hit = patterns.iter().any(|p| match p.strip_prefix("crate:") {
                 Some(k) => in_crate(name, k),
-                None => name == p || name.contains(p.as_str()),
+                None => name == p.as_str() || name.contains(p.as_str()),
             });
             hit.then(|| Function {
                 name: name.to_string(),
@@ -71,6 +82,18 @@ pub fn select_functions(elf: &[u8], patterns: &[String]) -> Result<Vec<Function>
             })
         })
         .collect();
+    for r in ranges {
+        if let Some((a, b)) = parse_range(r) {
+            // Functions wholly inside the range keep their names; the range
+            // itself covers the rest.
+            out.retain(|f| !(f.addr >= a && f.addr + f.size <= b));
+            out.push(Function {
+                name: format!("range@{a:#x}"),
+                addr: a,
+                size: b - a,
+            });
+        }
+    }
     out.sort_by_key(|f| f.addr);
     out.dedup_by_key(|f| f.addr);
     Ok(out)
@@ -252,6 +275,14 @@ mod tests {
         ];
         let t = comparison_tokens(&code, 0x1000);
         assert_eq!(t, vec![vec![0xee], b"XBCD".to_vec()]);
+    }
+
+    #[test]
+    fn ranges_parse() {
+        assert_eq!(parse_range("0x1000-0x1200"), Some((0x1000, 0x1200)));
+        assert_eq!(parse_range("0x1200-0x1000"), None);
+        assert_eq!(parse_range("tlv-record"), None);
+        assert_eq!(parse_range("crate:tlv"), None);
     }
 
     #[test]

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use libafl::corpus::{Corpus, InMemoryCorpus, InMemoryOnDiskCorpus};
-use libafl::events::NopEventManager;
+use libafl::events::{
+    EventConfig, EventFirer, EventReceiver, LlmpEventManagerBuilder, NopEventManager,
+    ProgressReporter, SendExiting,
+};
 use libafl::feedbacks::MaxMapFeedback;
 use libafl::fuzzer::{Evaluator, Fuzzer, HasObjective, StdFuzzer};
 use libafl::inputs::BytesInput;
@@ -18,11 +21,15 @@ use libafl::stages::StdMutationalStage;
 use libafl::state::{HasCorpus, HasExecutions, HasSolutions, StdState};
 use libafl::HasMetadata;
 use libafl_bolts::rands::StdRand;
+use libafl_bolts::shmem::{ShMemProvider, StdShMemProvider};
 use libafl_bolts::tuples::tuple_list;
 use libafl_bolts::tuples::Merge;
 
+use crate::confirm::{run_confirmed, ConfirmingExecutor};
 use crate::executor::XenExecutor;
 use crate::feedback::{load_crash, OutcomeFeedback};
+use crate::lcov::LineMap;
+use crate::progress::{write_reports, Finding, Progress, ReportInfo, Sample};
 use crate::report::{CrashReport, Outcome};
 use crate::session::{Session, TargetSpec};
 
@@ -43,7 +50,26 @@ pub struct CampaignOptions {
     pub progress: bool,
     /// RNG seed (None: from the clock).
     pub rng_seed: Option<u64>,
+    /// Extra dictionary tokens (besides those gathered from comparisons).
+    pub dictionary: Vec<Vec<u8>>,
+    /// Set when this process is one guest of a parallel campaign (`--jobs`).
+    pub job: Option<Job>,
 }
+
+/// One guest of a parallel campaign: it shares corpus/ and crashes/ with
+/// the others, exchanges new inputs through the LLMP broker on
+/// `broker_port`, and writes its reports into `job-<index>/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Job {
+    /// 1-based job number.
+    pub index: usize,
+    /// TCP port of the local LLMP broker.
+    pub broker_port: u16,
+}
+
+/// The LibAFL state of a campaign.
+pub type State =
+    StdState<InMemoryOnDiskCorpus<BytesInput>, BytesInput, StdRand, InMemoryCorpus<BytesInput>>;
 
 /// What a campaign did.
 #[derive(Debug, Clone)]
@@ -66,6 +92,11 @@ pub struct CampaignSummary {
     pub found: Vec<(PathBuf, Duration)>,
     /// Guest restarts after unexpected shutdowns.
     pub restarts: u32,
+    /// Corpus entries resumed from the campaign directory.
+    pub resumed: usize,
+    /// Seeds run at the start besides the resumed corpus (seed directory,
+    /// or the default seeds when there was nothing else).
+    pub seeded: usize,
 }
 
 impl CampaignSummary {
@@ -124,26 +155,141 @@ pub fn default_seeds() -> Vec<BytesInput> {
 /// Runs a campaign; the guest is left clean at the end.
 pub fn run(opts: &CampaignOptions) -> Result<CampaignSummary> {
     xenprobe::vmi::cleanup::restore_on_ctrl_c().context("installing the Ctrl-C handler")?;
+    if let Some(seeds) = opts.seeds.as_ref().filter(|s| !s.is_dir()) {
+        bail!("seed directory {} does not exist", seeds.display());
+    }
     let corpus_dir = opts.dir.join("corpus");
     std::fs::create_dir_all(&corpus_dir)
         .with_context(|| format!("creating {}", corpus_dir.display()))?;
     let session = Session::start(opts.target.clone()).context("starting the guest")?;
     let blocks = session.blocks.len();
-    let mut executor = XenExecutor::new(session);
-    let result = campaign(opts, &corpus_dir, blocks, &mut executor);
-    let finish = executor.into_session().finish();
+    // A timeout counts as a hang only when it repeats (see crate::confirm).
+    let mut executor = ConfirmingExecutor::new(XenExecutor::new(session), HANG_RETRIES);
+    let result = match opts.job {
+        None => campaign(
+            opts,
+            &corpus_dir,
+            &opts.dir,
+            blocks,
+            &mut executor,
+            &mut NopEventManager::new(),
+        ),
+        Some(job) => {
+            let report_dir = opts.dir.join(format!("job-{}", job.index));
+            std::fs::create_dir_all(&report_dir)
+                .with_context(|| format!("creating {}", report_dir.display()))?;
+            let shmem = StdShMemProvider::new().context("LLMP shared memory")?;
+            match LlmpEventManagerBuilder::new().build_on_port(
+                shmem,
+                job.broker_port,
+                EventConfig::from_name("xenprobe-fuzz"),
+            ) {
+                Ok(mut mgr) => {
+                    let r = campaign(
+                        opts,
+                        &corpus_dir,
+                        &report_dir,
+                        blocks,
+                        &mut executor,
+                        &mut mgr,
+                    );
+                    let _ = mgr.send_exiting();
+                    r
+                }
+                Err(e) => Err(anyhow::anyhow!(
+                    "connecting to the LLMP broker on port {}: {e}",
+                    job.broker_port
+                )),
+            }
+        }
+    };
+    let finish = executor.into_inner().into_session().finish();
     let summary = result?;
     finish.context("leaving the guest clean")?;
     Ok(summary)
 }
 
-fn campaign(
+/// Extra runs of an input that timed out before it counts as a hang.
+pub const HANG_RETRIES: u32 = 2;
+
+/// How often the report files are rewritten while a campaign runs.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Source lines of the instrumented blocks (None without DWARF or when the
+/// image's blocks differ from the session's).
+fn line_map(image: &Path, cover: &[String], blocks: usize) -> Option<LineMap> {
+    let t = Instant::now();
+    let (funcs, bl) = match crate::blocks::blocks_in_image(image, cover) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::warn!("no lcov report: {e}");
+            return None;
+        }
+    };
+    if bl.len() != blocks {
+        tracing::warn!(
+            "no lcov report: {} blocks in the image, {blocks} instrumented",
+            bl.len()
+        );
+        return None;
+    }
+    match LineMap::build(image, &funcs, &bl) {
+        Ok(m) => {
+            tracing::info!(took = ?t.elapsed(), lines = m.lines(), "source lines of the blocks");
+            Some(m)
+        }
+        Err(e) => {
+            tracing::warn!("no lcov report: {e}");
+            None
+        }
+    }
+}
+
+/// [`line_map`], cached in `cache` (keyed by the image's bytes and the
+/// cover patterns): a resumed campaign has it at once.
+fn cached_line_map(cache: &Path, image: &Path, cover: &[String], blocks: usize) -> Option<LineMap> {
+    let key = {
+        let mut k = std::fs::read(image).ok()?;
+        k.extend(cover.join("\n").bytes());
+        format!("{:016x}-{blocks}", crate::report::fnv1a(&k))
+    };
+    if let Ok(text) = std::fs::read_to_string(cache) {
+        if let Ok((k, m)) = serde_json::from_str::<(String, LineMap)>(&text) {
+            if k == key {
+                return Some(m);
+            }
+        }
+    }
+    let m = line_map(image, cover, blocks)?;
+    if let Ok(text) = serde_json::to_string(&(&key, &m)) {
+        let _ = std::fs::write(cache, text);
+    }
+    Some(m)
+}
+
+/// The campaign's title in reports: the campaign directory's name.
+fn title(opts: &CampaignOptions) -> String {
+    opts.dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| opts.target.image.display().to_string())
+}
+
+fn campaign<EM>(
     opts: &CampaignOptions,
     corpus_dir: &Path,
+    report_dir: &Path,
     blocks: usize,
-    executor: &mut XenExecutor,
-) -> Result<CampaignSummary> {
-    let mut feedback = MaxMapFeedback::new(executor.coverage_observer());
+    executor: &mut ConfirmingExecutor,
+    mgr: &mut EM,
+) -> Result<CampaignSummary>
+where
+    EM: EventFirer<BytesInput, State>
+        + ProgressReporter<State>
+        + SendExiting
+        + EventReceiver<BytesInput, State>,
+{
+    let mut feedback = MaxMapFeedback::new(executor.inner().coverage_observer());
     let mut objective = OutcomeFeedback::new(&opts.dir);
     let seed = opts.rng_seed.unwrap_or_else(libafl_bolts::current_nanos);
     let mut state = StdState::new(
@@ -153,14 +299,28 @@ fn campaign(
         &mut feedback,
         &mut objective,
     )?;
-    let tokens = crate::blocks::tokens_in_image(&opts.target.image, &opts.target.cover)?;
+    let mut tokens = crate::blocks::tokens_in_image(&opts.target.image, &opts.target.cover)?;
+    for t in &opts.dictionary {
+        if !tokens.contains(t) {
+            tokens.push(t.clone());
+        }
+    }
     let ntokens = tokens.len();
     let mut dict = Tokens::new();
     dict.add_tokens(tokens.iter());
     state.add_metadata(dict);
     let mut fuzzer = StdFuzzer::new(QueueScheduler::new(), feedback, objective);
-    let mut mgr = NopEventManager::new();
     let start = Instant::now();
+    // The DWARF lookups take seconds in the emulated dom0: done aside, the
+    // reports get lcov.info once they are ready.
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let (image, cover) = (opts.target.image.clone(), opts.target.cover.clone());
+    let cache = opts.dir.join(".lines.json");
+    std::thread::spawn(move || {
+        let _ = lines_tx.send(cached_line_map(&cache, &image, &cover, blocks));
+    });
+    let mut lines: Option<LineMap> = None;
+    let mut progress = Progress::default();
 
     let mut inputs = read_inputs(corpus_dir);
     let resumed = inputs.len();
@@ -170,14 +330,15 @@ fn campaign(
     if inputs.is_empty() {
         inputs = default_seeds();
     }
+    let seeded = inputs.len() - resumed;
     for input in inputs {
         // Every starting input joins the corpus (one-shot coverage breakpoints
         // make a re-run of an old input look uninteresting).
-        fuzzer.add_input(&mut state, executor, &mut mgr, input)?;
+        fuzzer.add_input(&mut state, executor, mgr, input)?;
     }
     if opts.progress {
         eprintln!(
-            "[xenprobe-fuzz] {} blocks instrumented, {} dictionary tokens from comparisons, {} corpus entries ({} resumed), snapshot restore by dirty pages",
+            "[xenprobe-fuzz] {} blocks instrumented, {} dictionary tokens, {} corpus entries ({} resumed), snapshot restore by dirty pages",
             blocks,
             ntokens,
             state.corpus().count(),
@@ -187,51 +348,98 @@ fn campaign(
     let mutator = HavocScheduledMutator::new(havoc_mutations().merge(tokens_mutations()));
     let mut stages = tuple_list!(StdMutationalStage::new(mutator));
     let mut found = Vec::new();
-    let mut last_print = Instant::now();
+    let mut last_sample: Option<Instant> = None;
+    let mut last_report: Option<Instant> = None;
     let mut seen_files = 0;
     loop {
-        if start.elapsed() >= opts.time || xenprobe::vmi::cleanup::interrupted() {
-            break;
-        }
-        fuzzer.fuzz_one(&mut stages, executor, &mut state, &mut mgr)?;
+        let done = start.elapsed() >= opts.time || xenprobe::vmi::cleanup::interrupted();
         let obj = fuzzer.objective();
         let mut stop = false;
         for f in &obj.new_files[seen_files..] {
             found.push((f.clone(), start.elapsed()));
             if let Ok(c) = load_crash(f) {
                 stop |= opts.stop_on.contains(&c.report.kind);
+                progress.findings.push(Finding {
+                    t: start.elapsed().as_secs_f64(),
+                    kind: c.report.kind,
+                    site: c.report.site,
+                    file: f.clone(),
+                });
             }
         }
         seen_files = obj.new_files.len();
-        if opts.progress && last_print.elapsed() >= Duration::from_secs(1) {
-            last_print = Instant::now();
+        let covered = executor.inner().session().covered();
+        if done || stop || last_sample.is_none_or(|l| l.elapsed() >= Duration::from_secs(1)) {
+            last_sample = Some(Instant::now());
             let t = start.elapsed().as_secs_f64();
-            eprint!(
-                "\r[{:>5.0}s] execs {} ({:.0}/s)  coverage {}/{}  corpus {}  crashes {}  hangs {}  stability n/a (one-shot coverage)  ",
+            let sample = Sample {
                 t,
-                state.executions(),
-                *state.executions() as f64 / t.max(1e-3),
-                executor.session().covered(),
-                blocks,
-                state.corpus().count(),
-                obj.crash_sites,
-                obj.hang_sites
-            );
-            let _ = std::io::stderr().flush();
+                execs: *state.executions(),
+                covered,
+                corpus: state.corpus().count(),
+                crashes: obj.crash_sites,
+                hangs: obj.hang_sites,
+            };
+            progress.samples.push(sample);
+            if opts.progress {
+                eprint!(
+                    "\r[{:>5.0}s] execs {} ({:.0}/s)  coverage {}/{}  corpus {}  crashes {}  hangs {}  stability n/a (one-shot coverage)  ",
+                    t,
+                    sample.execs,
+                    sample.execs as f64 / t.max(1e-3),
+                    covered,
+                    blocks,
+                    sample.corpus,
+                    sample.crashes,
+                    sample.hangs
+                );
+                let _ = std::io::stderr().flush();
+            }
         }
-        if stop {
+        let finished = done || stop;
+        if lines.is_none() {
+            lines = if finished {
+                // The last report waits for them (bounded).
+                lines_rx
+                    .recv_timeout(Duration::from_secs(30))
+                    .ok()
+                    .flatten()
+            } else {
+                lines_rx.try_recv().ok().flatten()
+            };
+        }
+        if finished || last_report.is_none_or(|l| l.elapsed() >= REPORT_EVERY) {
+            last_report = Some(Instant::now());
+            let info = ReportInfo {
+                title: title(opts),
+                image: &opts.target.image,
+                blocks,
+                covered: &obj.covered,
+                lines: lines.as_ref(),
+                resumed,
+                restarts: executor.inner().session().restarts(),
+                timings: executor.inner().session().timings,
+                finished,
+            };
+            if let Err(e) = write_reports(report_dir, &info, &progress) {
+                tracing::warn!("writing the reports into {}: {e}", report_dir.display());
+            }
+        }
+        if finished {
             break;
         }
+        fuzzer.fuzz_one(&mut stages, executor, &mut state, mgr)?;
     }
     if opts.progress {
-        let t = executor.session().timings;
+        let t = executor.inner().session().timings;
         eprintln!(
-            "\n[xenprobe-fuzz] time in restore {:.1} s, input writes {:.1} s, guest runs {:.1} s (resume {:.1} s, waits {:.1} s)",
+            "\n[xenprobe-fuzz] time in restore {:.1} s, input writes {:.1} s, guest runs {:.1} s (resume {:.1} s, waits {:.1} s); reports in {}",
             t[0].as_secs_f64(),
             t[1].as_secs_f64(),
             t[2].as_secs_f64(),
             t[3].as_secs_f64(),
-            t[4].as_secs_f64()
+            t[4].as_secs_f64(),
+            opts.dir.display()
         );
     }
     let obj = fuzzer.objective();
@@ -239,13 +447,15 @@ fn campaign(
     Ok(CampaignSummary {
         execs: *state.executions(),
         elapsed: start.elapsed(),
-        covered: executor.session().covered(),
+        covered: executor.inner().session().covered(),
         blocks,
         corpus: state.corpus().count(),
         crash_sites: obj.crash_sites,
         hang_sites: obj.hang_sites,
         found,
-        restarts: executor.session().restarts(),
+        restarts: executor.inner().session().restarts(),
+        resumed,
+        seeded,
     })
 }
 
@@ -271,9 +481,9 @@ pub fn reproduce(
             session.input_capacity()
         );
     }
-    let run = session.run(&input);
+    let run = run_confirmed(&mut session, &input, HANG_RETRIES);
     let finish = session.finish();
-    let (outcome, _) = run?;
+    let outcome = run?;
     finish.context("leaving the guest clean")?;
     let report = match outcome {
         Outcome::Ok => None,

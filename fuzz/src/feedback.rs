@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use libafl::executors::ExitKind;
 use libafl::feedbacks::{Feedback, StateInitializer};
 use libafl::inputs::{BytesInput, HasTargetBytes};
-use libafl::observers::{Observer, ObserversTuple};
+use libafl::observers::{MapObserver, Observer, ObserversTuple, StdMapObserver};
 use libafl::Error;
 use libafl_bolts::tuples::MatchName;
 use libafl_bolts::Named;
@@ -104,6 +104,10 @@ pub struct OutcomeFeedback {
     pub hang_sites: usize,
     /// Crash files written by this run.
     pub new_files: Vec<PathBuf>,
+    /// Blocks reached by any run of this process (index = coverage map
+    /// index), crashing runs included: the objective sees every run, the
+    /// corpus feedback only those that did not crash.
+    pub covered: Vec<bool>,
 }
 
 impl OutcomeFeedback {
@@ -117,6 +121,7 @@ impl OutcomeFeedback {
             crash_sites: 0,
             hang_sites: 0,
             new_files: Vec::new(),
+            covered: Vec::new(),
         };
         for (d, hang) in [(f.crashes.clone(), false), (f.hangs.clone(), true)] {
             let Ok(rd) = std::fs::read_dir(&d) else {
@@ -163,6 +168,17 @@ where
         observers: &OT,
         exit_kind: &ExitKind,
     ) -> Result<bool, Error> {
+        if let Some(map) = observers
+            .match_name::<StdMapObserver<'static, u8, false>>(crate::executor::COVERAGE_MAP)
+        {
+            let n = map.usable_count();
+            if self.covered.len() < n {
+                self.covered.resize(n, false);
+            }
+            for (i, c) in self.covered.iter_mut().enumerate().take(n) {
+                *c |= map.get(i) != 0;
+            }
+        }
         if *exit_kind == ExitKind::Ok {
             return Ok(false);
         }

@@ -8,11 +8,19 @@
 //! - [`executor::XenExecutor`]: the LibAFL executor; [`feedback`]: the
 //!   outcome observer and the crash-site objective that saves crash files.
 //! - [`campaign`]: a whole campaign (corpus directory, progress line,
-//!   resume) and crash replay.
+//!   resume) and crash replay; [`progress`]: its report files (summary,
+//!   coverage plot via [`plot`], [`lcov`] tracefile).
 
 pub mod blocks;
 pub mod campaign;
+pub mod config;
+pub mod confirm;
 pub mod executor;
 pub mod feedback;
+pub mod jobs;
+pub mod lcov;
+pub mod minimize;
+pub mod plot;
+pub mod progress;
 pub mod report;
 pub mod session;

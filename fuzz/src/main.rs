@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use xenprobe_fuzz::campaign::{self, CampaignOptions};
+use xenprobe_fuzz::campaign::{self, CampaignOptions, Job};
 use xenprobe_fuzz::session::TargetSpec;
+use xenprobe_fuzz::{config, jobs, minimize};
 
 mod debug;
 
@@ -16,11 +17,16 @@ mod debug;
 #[command(name = "xenprobe-fuzz")]
 struct Args {
     /// The guest's xl configuration (its name= is the domain name).
-    #[arg(long)]
-    cfg: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    cfg: Option<PathBuf>,
     /// The guest's ELF image.
-    #[arg(long)]
-    image: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    image: Option<PathBuf>,
+    /// A guest described in TOML (image, mode or xl config, ABI symbols,
+    /// sinks, coverage, timeout, seeds, dictionary; see fuzz/src/config.rs);
+    /// other options given on the command line override it.
+    #[arg(long, conflicts_with_all = ["cfg", "image"])]
+    config: Option<PathBuf>,
     /// Crate of the code under test (its functions get coverage breakpoints).
     #[arg(long, default_value = "tlv")]
     krate: String,
@@ -36,15 +42,38 @@ struct Args {
     /// Campaign duration (e.g. 60s, 5m, 1h, or seconds).
     #[arg(long, default_value = "60s")]
     time: String,
-    /// Per-run timeout in milliseconds (a run that takes longer is a hang).
-    #[arg(long, default_value_t = 500)]
-    timeout_ms: u64,
+    /// Per-run timeout in milliseconds (a run that takes longer is a hang;
+    /// default 500, or the config's).
+    #[arg(long)]
+    timeout_ms: Option<u64>,
     /// Extra seed directory.
     #[arg(long)]
     seeds: Option<PathBuf>,
     /// Replay this crash input once and print its report.
     #[arg(long)]
     reproduce: Option<PathBuf>,
+    /// With --reproduce: shrink the input while it crashes at the same site
+    /// and save it as NAME.min.input (and NAME.min.json).
+    #[arg(long, requires = "reproduce")]
+    minimize: bool,
+    /// RNG seed of the campaign (default: from the clock).
+    #[arg(long)]
+    rng_seed: Option<u64>,
+    /// Guests fuzzing in parallel (LLMP broker + N job processes; see
+    /// fuzz/src/jobs.rs).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// TCP port of the LLMP broker with --jobs.
+    #[arg(long, default_value_t = 1337)]
+    broker_port: u16,
+    /// With --jobs: connect this campaign's broker to another host's
+    /// broker (HOST:PORT; that broker must be built with the
+    /// `public-broker` feature).
+    #[arg(long)]
+    remote_broker: Option<std::net::SocketAddr>,
+    /// Internal: this process is job K of a --jobs campaign.
+    #[arg(long, hide = true)]
+    job: Option<usize>,
     /// Stop at the first crash of one of these kinds (comma-separated).
     #[arg(long, value_delimiter = ',')]
     stop_on: Vec<String>,
@@ -95,20 +124,55 @@ fn main() {
 
 fn real_main() -> Result<i32> {
     let a = Args::parse();
-    let mut target = TargetSpec::sample(&a.krate, a.cfg.clone(), a.image.clone());
+    let default_dir = |name: &str| PathBuf::from("target/fuzz").join(name);
+    let (mut target, mut seeds, dictionary, name) = match &a.config {
+        Some(path) => {
+            let stem = path
+                .file_stem()
+                .map_or("guest".into(), |s| s.to_string_lossy().into_owned());
+            let work = a.dir.clone().unwrap_or_else(|| default_dir(&stem));
+            let l = config::load(path, &work)?;
+            (l.target, l.seeds, l.dictionary, stem)
+        }
+        None => {
+            let (Some(cfg), Some(image)) = (a.cfg.clone(), a.image.clone()) else {
+                bail!("give --cfg and --image, or --config");
+            };
+            let mut t = TargetSpec::sample(&a.krate, cfg, image);
+            t.timeout = Duration::from_millis(500);
+            (t, None, Vec::new(), a.krate.clone())
+        }
+    };
     if !a.cover.is_empty() {
         target.cover = a.cover.clone();
     }
     if !a.sinks.is_empty() {
         target.sinks = a.sinks.clone();
     }
-    target.timeout = Duration::from_millis(a.timeout_ms);
+    if let Some(ms) = a.timeout_ms {
+        target.timeout = Duration::from_millis(ms.max(1));
+    }
+    if a.seeds.is_some() {
+        seeds = a.seeds.clone();
+    }
     if let (Some(path), true) = (&a.reproduce, a.debug) {
         let opts = debug::DebugOptions {
             bind: a.debug_bind,
             connect: a.debug_connect.clone(),
         };
         return debug::run(&target, path, &opts);
+    }
+    if let (Some(path), true) = (&a.reproduce, a.minimize) {
+        let m = minimize::minimize(&target, path, minimize::Budget::default())?;
+        print!("{}", m.report.render());
+        println!(
+            "minimized {} -> {} bytes in {} runs: {}",
+            m.original,
+            m.input.len(),
+            m.runs,
+            m.saved.display()
+        );
+        return Ok(0);
     }
     if let Some(path) = &a.reproduce {
         let (report, saved) = campaign::reproduce(&target, path)?;
@@ -133,21 +197,51 @@ fn real_main() -> Result<i32> {
             }
         });
     }
-    let dir = a
-        .dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("target/fuzz").join(&a.krate));
+    let dir = a.dir.clone().unwrap_or_else(|| default_dir(&name));
+    if a.jobs > 1 && a.job.is_none() {
+        xenprobe::vmi::cleanup::restore_on_ctrl_c()?;
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let mut args = jobs::child_args(&args);
+        if a.dir.is_none() {
+            args.extend(["--dir".into(), dir.display().to_string()]);
+        }
+        let failed = jobs::run(&args, a.jobs, a.broker_port, a.remote_broker, &dir)?;
+        println!(
+            "campaign {} ({} jobs): {}",
+            dir.display(),
+            a.jobs,
+            if failed == 0 {
+                "all jobs ended normally".to_string()
+            } else {
+                format!("{failed} jobs failed")
+            }
+        );
+        return Ok(i32::from(failed > 0));
+    }
+    let mut job = None;
+    if let Some(k) = a.job {
+        target.cfg = jobs::job_cfg(&target.cfg, &dir, k)?;
+        job = Some(Job {
+            index: k,
+            broker_port: a.broker_port,
+        });
+    }
     let opts = CampaignOptions {
         target,
         dir: dir.clone(),
         time: parse_duration(&a.time)?,
-        seeds: a.seeds.clone(),
+        seeds,
         stop_on: a.stop_on.clone(),
-        progress: true,
-        rng_seed: None,
+        progress: job.is_none(),
+        rng_seed: a.rng_seed.map(|s| s + a.job.unwrap_or(0) as u64),
+        dictionary,
+        job,
     };
     let summary = campaign::run(&opts)?;
-    println!("campaign {}: {}", dir.display(), summary.render());
+    match a.job {
+        Some(k) => println!("job {k}: {}", summary.render()),
+        None => println!("campaign {}: {}", dir.display(), summary.render()),
+    }
     for (f, t) in &summary.found {
         println!("  found after {:.1} s: {}", t.as_secs_f64(), f.display());
     }

@@ -35,12 +35,28 @@ pub struct FuzzArgs {
     /// Replay this crash input (a `.input` file under crashes/) and print its report.
     #[arg(long)]
     reproduce: Option<PathBuf>,
-    /// Parallel guests (only 1 for now).
+    /// With --reproduce: shrink the input while it crashes at the same site
+    /// (saved as NAME.min.input).
+    #[arg(long, requires = "reproduce")]
+    minimize: bool,
+    /// Fuzz your own guest described in TOML (see fuzz/examples/tlv.toml)
+    /// instead of a sample target.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Stop at the first crash of these kinds (comma-separated, e.g. panic,hang).
+    #[arg(long, value_delimiter = ',')]
+    stop_on: Vec<String>,
+    /// RNG seed of the campaign.
+    #[arg(long)]
+    rng_seed: Option<u64>,
+    /// Parallel guests: an LLMP broker and N job processes, each with its
+    /// own clone of the guest (NAME-jK), sharing corpus/ and crashes/.
     #[arg(long, default_value_t = 1)]
     jobs: u32,
-    /// Per-run timeout in milliseconds (longer runs are hangs).
-    #[arg(long, default_value_t = 500)]
-    timeout_ms: u64,
+    /// Per-run timeout in milliseconds (longer runs are hangs; default 500
+    /// or the config's).
+    #[arg(long)]
+    timeout_ms: Option<u64>,
     /// Extra seed directory.
     #[arg(long)]
     seeds: Option<PathBuf>,
@@ -69,7 +85,7 @@ fn absolute(p: &Path) -> PathBuf {
 }
 
 /// Builds `xenprobe-fuzz` into the main target directory (shared with dom0).
-fn build_fuzzer(release: bool) -> Result<PathBuf> {
+pub(crate) fn build_fuzzer(release: bool) -> Result<PathBuf> {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(ws::root())
         .env("CARGO_TARGET_DIR", ws::target_dir())
@@ -88,14 +104,14 @@ fn build_fuzzer(release: bool) -> Result<PathBuf> {
 }
 
 pub fn main(args: FuzzArgs) -> Result<i32> {
-    if !TARGETS.contains(&args.target.as_str()) {
+    if args.config.is_none() && !TARGETS.contains(&args.target.as_str()) {
         bail!(
-            "unknown fuzz target {:?}: the sample targets are {}",
+            "unknown fuzz target {:?}: the sample targets are {} (or use --config FILE)",
             args.target,
             TARGETS.join(", ")
         );
     }
-    if args.mode == Mode::Pv {
+    if args.config.is_none() && args.mode == Mode::Pv {
         eprintln!(
             "xtask fuzz: PV guests cannot be fuzzed yet. PV has no vm_event ring: breakpoints and \
              stops need the debug hypervisor's gdbsx path (`cargo xtask lab up --xen debug`) and \
@@ -103,45 +119,69 @@ pub fn main(args: FuzzArgs) -> Result<i32> {
         );
         return Ok(1);
     }
-    if args.jobs != 1 {
-        eprintln!(
-            "xtask fuzz: --jobs {} is not implemented yet (one guest per campaign for now)",
-            args.jobs
-        );
-        return Ok(1);
+    if args.jobs == 0 {
+        bail!("--jobs must be at least 1");
     }
     deps::ensure(deps::Need::Lab)?;
     guests::build()?;
     let bin = build_fuzzer(!args.debug_build)?;
-    let name = format!("{}-{}", args.target, args.mode.name());
     let gdir = ws::guests_dir();
+    let mut argv: Vec<String> = vec![bin.display().to_string()];
+    let name = match &args.config {
+        Some(c) => {
+            let c = absolute(c);
+            let stem = c
+                .file_stem()
+                .map_or("guest".into(), |s| s.to_string_lossy().into_owned());
+            argv.extend(["--config".into(), c.display().to_string()]);
+            stem
+        }
+        None => {
+            let name = format!("{}-{}", args.target, args.mode.name());
+            argv.extend([
+                "--cfg".into(),
+                gdir.join(format!("{name}.cfg")).display().to_string(),
+                "--image".into(),
+                gdir.join(&name).display().to_string(),
+                "--krate".into(),
+                args.target.clone(),
+            ]);
+            name
+        }
+    };
     let dir = ws::target_dir().join("fuzz").join(&name);
-    let mut argv: Vec<String> = vec![
-        bin.display().to_string(),
-        "--cfg".into(),
-        gdir.join(format!("{name}.cfg")).display().to_string(),
-        "--image".into(),
-        gdir.join(&name).display().to_string(),
-        "--krate".into(),
-        args.target.clone(),
+    argv.extend([
         "--dir".into(),
         dir.display().to_string(),
         "--time".into(),
         args.time.clone(),
-        "--timeout-ms".into(),
-        args.timeout_ms.to_string(),
-    ];
+    ]);
+    if let Some(ms) = args.timeout_ms {
+        argv.extend(["--timeout-ms".into(), ms.to_string()]);
+    }
     if let Some(s) = &args.seeds {
         argv.extend(["--seeds".into(), absolute(s).display().to_string()]);
+    }
+    if !args.stop_on.is_empty() {
+        argv.extend(["--stop-on".into(), args.stop_on.join(",")]);
+    }
+    if args.jobs > 1 {
+        argv.extend(["--jobs".into(), args.jobs.to_string()]);
+    }
+    if let Some(seed) = args.rng_seed {
+        argv.extend(["--rng-seed".into(), seed.to_string()]);
     }
     if let Some(c) = &args.reproduce {
         argv.extend(["--reproduce".into(), absolute(c).display().to_string()]);
         if args.debug {
             argv.extend(debug_args(args.port)?);
         }
+        if args.minimize {
+            argv.push("--minimize".into());
+        }
     } else {
         eprintln!(
-            "xtask fuzz: {name} for {} in the lab; campaign directory {}",
+            "xtask fuzz: {name} for {} in the lab; campaign directory {} (reports: summary.md, coverage.svg, lcov.info)",
             args.time,
             dir.display()
         );

@@ -6,6 +6,7 @@ use clap::{Args, Subcommand};
 
 use crate::lab::xen::Flavour;
 
+mod campaign;
 mod lab;
 mod stub;
 
@@ -28,12 +29,34 @@ enum What {
     /// The debug stub against the raw engine: memory read throughput (`m`
     /// packets of 4 KiB) and the breakpoint-continue round trip through LLDB.
     Stub,
+    /// Fuzz campaigns: execs/s with one guest and two, time to find each
+    /// planted bug up to depth 3 (median of seeded runs).
+    FuzzCampaign {
+        /// Sample targets (default: all three).
+        #[arg(long, value_delimiter = ',', default_value = "tlv,bytecode,imghdr")]
+        targets: Vec<String>,
+        /// Seeded runs per target for the time-to-find table.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Length of each execs/s campaign, seconds.
+        #[arg(long, default_value_t = 30)]
+        rate_secs: u64,
+        /// Budget of each time-to-find campaign, seconds.
+        #[arg(long, default_value_t = 600)]
+        find_secs: u64,
+    },
 }
 
 pub fn main(args: BenchArgs) -> Result<i32> {
     match args.what {
         What::Lab { runs, xen } => lab::run(runs.max(1), xen),
         What::Stub => stub::run(),
+        What::FuzzCampaign {
+            targets,
+            runs,
+            rate_secs,
+            find_secs,
+        } => campaign::run(&targets, runs.max(1), rate_secs, find_secs).map(|()| 0),
     }
 }
 

@@ -1,0 +1,358 @@
+//! `--config FILE`: a guest to fuzz described in TOML, for guests that are
+//! not xenprobe's samples. Every key but `image` is optional; relative paths
+//! are relative to the file's directory. See `fuzz/examples/tlv.toml`.
+//!
+//! ```toml
+//! image = "../../target/guests/tlv-pvh"  # ELF with symbols (and DWARF for lcov.info)
+//! mode = "pvh"                # pvh | hvm: the fuzzer writes the xl config ...
+//! # xl_cfg = "guest.cfg"      # ... or use this xl config (its name= is the domain)
+//! name = "fuzz-tlv"           # domain name with `mode` (default: the file's stem)
+//! memory_mb = 32
+//! input = "xenprobe_input"    # buffer symbol; its ELF size is the capacity
+//! input_len = "xenprobe_input_len"
+//! start = "xenprobe_fuzz_start"
+//! end = "xenprobe_fuzz_end"
+//! sinks = ["xenprobe_crash"]
+//! cover = ["xenprobe_target", "crate:tlv"]   # functions: name, substring, crate:NAME
+//! cover_ranges = ["0x101000-0x101400"]       # address ranges, end exclusive
+//! timeout_ms = 500
+//! seeds = "seeds"             # directory of seed inputs
+//! dictionary = ["ee", "58424344"]            # extra tokens, hex
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::session::TargetSpec;
+
+/// Errors reading a config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, an unknown key or a wrong type.
+    #[error("{path}: {source}")]
+    Toml {
+        /// File.
+        path: String,
+        /// Cause.
+        source: toml::de::Error,
+    },
+    /// Valid TOML that does not describe a usable guest.
+    #[error("{path}: {msg}")]
+    Invalid {
+        /// File.
+        path: String,
+        /// What is wrong.
+        msg: String,
+    },
+}
+
+/// The file's keys (see the module documentation).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GuestConfig {
+    /// The guest's ELF image.
+    pub image: PathBuf,
+    /// An xl config to create the guest from (exclusive with `mode`).
+    pub xl_cfg: Option<PathBuf>,
+    /// `pvh` or `hvm`: the fuzzer writes the xl config.
+    pub mode: Option<String>,
+    /// Domain name with `mode`.
+    pub name: Option<String>,
+    /// Guest memory with `mode`.
+    pub memory_mb: Option<u32>,
+    /// Input buffer symbol.
+    pub input: Option<String>,
+    /// Input length symbol (u64).
+    pub input_len: Option<String>,
+    /// Start point (snapshot).
+    pub start: Option<String>,
+    /// End point.
+    pub end: Option<String>,
+    /// Crash sinks.
+    pub sinks: Option<Vec<String>>,
+    /// Functions to cover.
+    pub cover: Option<Vec<String>>,
+    /// Address ranges to cover, `0xSTART-0xEND`.
+    pub cover_ranges: Option<Vec<String>>,
+    /// Per-run timeout.
+    pub timeout_ms: Option<u64>,
+    /// Seed directory.
+    pub seeds: Option<PathBuf>,
+    /// Extra dictionary tokens as hex strings.
+    pub dictionary: Option<Vec<String>>,
+}
+
+/// A loaded config: the target and the campaign settings it names.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The guest.
+    pub target: TargetSpec,
+    /// Seed directory, if any.
+    pub seeds: Option<PathBuf>,
+    /// Extra dictionary tokens.
+    pub dictionary: Vec<Vec<u8>>,
+    /// The domain name.
+    pub name: String,
+}
+
+fn hex(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim().trim_start_matches("0x");
+    if s.is_empty() || s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The xl config the fuzzer writes for `mode` (`pvh` or `hvm`).
+pub fn xl_config(name: &str, mode: &str, image: &Path, memory_mb: u32) -> Option<String> {
+    let boot = match mode {
+        "pvh" => format!("type=\"pvh\"\nkernel=\"{}\"\n", image.display()),
+        "hvm" => format!(
+            "type=\"hvm\"\nfirmware_override=\"{}\"\ndevice_model_version=\"qemu-xen\"\nvnc=0\nvga=\"none\"\nserial=\"pty\"\n",
+            image.display()
+        ),
+        _ => return None,
+    };
+    Some(format!(
+        "name=\"{name}\"\n{boot}memory={memory_mb}\nvcpus=1\non_poweroff=\"destroy\"\non_reboot=\"preserve\"\non_crash=\"preserve\"\n"
+    ))
+}
+
+/// `cfg` with its `name=` line replaced by `name` (parallel guests of one
+/// campaign run under distinct names).
+pub fn with_name(cfg: &str, name: &str) -> String {
+    let mut out: Vec<String> = cfg
+        .lines()
+        .filter(|l| l.split_once('=').is_none_or(|(k, _)| k.trim() != "name"))
+        .map(str::to_string)
+        .collect();
+    out.insert(0, format!("name=\"{name}\""));
+    out.join("\n") + "\n"
+}
+
+impl GuestConfig {
+    /// Parses TOML text.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Toml {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Turns the config into a target; `work` is where a generated xl
+    /// config is written (the campaign directory).
+    pub fn resolve(&self, path: &Path, work: &Path) -> Result<Loaded, ConfigError> {
+        let p = path.display().to_string();
+        let invalid = |msg: String| ConfigError::Invalid {
+            path: p.clone(),
+            msg,
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let abs = |f: &Path| -> PathBuf {
+            let j = if f.is_absolute() {
+                f.to_path_buf()
+            } else {
+                base.join(f)
+            };
+            std::path::absolute(&j).unwrap_or(j)
+        };
+        let image = abs(&self.image);
+        if !image.is_file() {
+            return Err(invalid(format!("image {} does not exist", image.display())));
+        }
+        let (cfg, name) = match (&self.xl_cfg, &self.mode) {
+            (Some(_), Some(_)) => return Err(invalid("give xl_cfg or mode, not both".into())),
+            (None, None) => return Err(invalid("give xl_cfg or mode (pvh, hvm)".into())),
+            (Some(c), None) => {
+                let c = abs(c);
+                let text = std::fs::read_to_string(&c).map_err(|source| ConfigError::Io {
+                    path: c.display().to_string(),
+                    source,
+                })?;
+                let name = crate::session::cfg_name(&text)
+                    .ok_or_else(|| invalid(format!("{} has no name=", c.display())))?;
+                (c, name)
+            }
+            (None, Some(mode)) => {
+                let name = self.name.clone().unwrap_or_else(|| {
+                    path.file_stem()
+                        .map_or("xenprobe-fuzz".into(), |s| s.to_string_lossy().into_owned())
+                });
+                let text = xl_config(&name, mode, &image, self.memory_mb.unwrap_or(32))
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "mode {mode:?}: use pvh or hvm (PV guests cannot be fuzzed: no vm_event ring)"
+                        ))
+                    })?;
+                std::fs::create_dir_all(work).map_err(|source| ConfigError::Io {
+                    path: work.display().to_string(),
+                    source,
+                })?;
+                let c = work.join(format!("{name}.cfg"));
+                std::fs::write(&c, text).map_err(|source| ConfigError::Io {
+                    path: c.display().to_string(),
+                    source,
+                })?;
+                (c, name)
+            }
+        };
+        let mut target = TargetSpec::sample("", cfg, image);
+        if let Some(v) = &self.input {
+            target.input_sym = v.clone();
+        }
+        if let Some(v) = &self.input_len {
+            target.len_sym = v.clone();
+        }
+        if let Some(v) = &self.start {
+            target.start_sym = v.clone();
+        }
+        if let Some(v) = &self.end {
+            target.end_sym = v.clone();
+        }
+        if let Some(v) = &self.sinks {
+            target.sinks = v.clone();
+        }
+        let mut cover = self.cover.clone().unwrap_or_default();
+        for r in self.cover_ranges.iter().flatten() {
+            if crate::blocks::parse_range(r).is_none() {
+                return Err(invalid(format!(
+                    "cover_ranges: {r:?} is not 0xSTART-0xEND with START < END"
+                )));
+            }
+            cover.push(r.clone());
+        }
+        if cover.is_empty() {
+            cover.push("xenprobe_target".into());
+        }
+        target.cover = cover;
+        if let Some(ms) = self.timeout_ms {
+            target.timeout = Duration::from_millis(ms.max(1));
+        }
+        let mut dictionary = Vec::new();
+        for t in self.dictionary.iter().flatten() {
+            dictionary.push(
+                hex(t).ok_or_else(|| invalid(format!("dictionary: {t:?} is not hex bytes")))?,
+            );
+        }
+        Ok(Loaded {
+            target,
+            seeds: self.seeds.as_deref().map(abs),
+            dictionary,
+            name,
+        })
+    }
+}
+
+/// Reads and resolves the config at `path` (see [`GuestConfig::resolve`]).
+pub fn load(path: &Path, work: &Path) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    GuestConfig::parse(&text, path)?.resolve(path, work)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("xenprobe-config-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("tmp");
+        d
+    }
+
+    #[test]
+    fn the_example_config_parses_and_names_an_abi_guest() {
+        let ex = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tlv.toml");
+        let text = std::fs::read_to_string(&ex).expect("example");
+        let c = GuestConfig::parse(&text, &ex).expect("parse");
+        assert_eq!(c.mode.as_deref(), Some("pvh"));
+        assert!(c.image.ends_with("tlv-pvh"));
+        assert!(c
+            .cover
+            .as_ref()
+            .is_some_and(|v| v.contains(&"crate:tlv".to_string())));
+    }
+
+    #[test]
+    fn resolves_paths_symbols_and_a_generated_xl_config() {
+        let d = tmp("resolve");
+        std::fs::write(d.join("img"), b"\x7fELF").expect("img");
+        std::fs::create_dir_all(d.join("seeds")).expect("seeds");
+        let path = d.join("my-guest.toml");
+        let text = r#"
+image = "img"
+mode = "hvm"
+start = "go"
+sinks = ["oops", "bad"]
+cover = ["parse"]
+cover_ranges = ["0x1000-0x1100"]
+timeout_ms = 250
+seeds = "seeds"
+dictionary = ["ee", "0x58424344"]
+"#;
+        let l = GuestConfig::parse(text, &path)
+            .expect("parse")
+            .resolve(&path, &d.join("work"))
+            .expect("resolve");
+        assert_eq!(l.name, "my-guest");
+        assert_eq!(l.target.start_sym, "go");
+        assert_eq!(l.target.end_sym, "xenprobe_fuzz_end");
+        assert_eq!(l.target.sinks, vec!["oops", "bad"]);
+        assert_eq!(l.target.cover, vec!["parse", "0x1000-0x1100"]);
+        assert_eq!(l.target.timeout, Duration::from_millis(250));
+        assert_eq!(l.dictionary, vec![vec![0xee], b"XBCD".to_vec()]);
+        assert_eq!(l.seeds.as_deref(), Some(d.join("seeds").as_path()));
+        let cfg = std::fs::read_to_string(&l.target.cfg).expect("cfg written");
+        assert!(cfg.starts_with("name=\"my-guest\"\ntype=\"hvm\"\nfirmware_override="));
+        assert!(cfg.contains(&format!("\"{}\"", d.join("img").display())));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn bad_configs_say_what_is_wrong() {
+        let d = tmp("bad");
+        std::fs::write(d.join("img"), b"x").expect("img");
+        let path = d.join("g.toml");
+        let err =
+            |text: &str| match GuestConfig::parse(text, &path).and_then(|c| c.resolve(&path, &d)) {
+                Ok(_) => panic!("accepted {text:?}"),
+                Err(e) => e.to_string(),
+            };
+        assert!(err("image = \"img\"\nmode = \"pvh\"\ntypo = 1\n").contains("typo"));
+        assert!(err("image = \"nope\"\nmode = \"pvh\"\n").contains("does not exist"));
+        assert!(err("image = \"img\"\n").contains("xl_cfg or mode"));
+        assert!(err("image = \"img\"\nmode = \"pv\"\n").contains("PV"));
+        assert!(
+            err("image = \"img\"\nmode = \"pvh\"\ncover_ranges = [\"0x2-0x1\"]\n")
+                .contains("cover_ranges")
+        );
+        assert!(err("image = \"img\"\nmode = \"pvh\"\ndictionary = [\"zz\"]\n").contains("hex"));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn renames_an_xl_config() {
+        let c = "name = \"a\"\ntype=\"pvh\"\n";
+        assert_eq!(with_name(c, "a-2"), "name=\"a-2\"\ntype=\"pvh\"\n");
+        assert_eq!(
+            crate::session::cfg_name(&with_name(c, "a-2")).as_deref(),
+            Some("a-2")
+        );
+    }
+}
