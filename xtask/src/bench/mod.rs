@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use crate::lab::xen::Flavour;
 
 mod lab;
+mod tests;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -24,11 +25,20 @@ enum What {
         #[arg(long, value_enum, default_value = "stock")]
         xen: Flavour,
     },
+    /// Time per guest test: snapshot isolation against a fresh boot per test.
+    Tests {
+        /// Tests in each run.
+        #[arg(long, default_value_t = 8)]
+        tests: usize,
+        #[arg(long, value_enum, default_value = "stock")]
+        xen: Flavour,
+    },
 }
 
 pub fn main(args: BenchArgs) -> Result<i32> {
     match args.what {
         What::Lab { runs, xen } => lab::run(runs.max(1), xen),
+        What::Tests { tests, xen } => tests::run(tests.max(2), xen),
     }
 }
 
