@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -136,11 +137,42 @@ impl GuestDomain {
         Ok(())
     }
 
-    /// The console output so far.
-    pub fn console(&self) -> String {
-        std::fs::read(&self.console_log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+    /// The console output from byte `offset` of the log on.
+    pub fn console_from(&self, offset: u64) -> String {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut buf = vec![];
+        if let Ok(mut f) = std::fs::File::open(&self.console_log) {
+            if f.seek(SeekFrom::Start(offset)).is_ok() {
+                let _ = f.read_to_end(&mut buf);
+            }
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Bytes in the console log so far.
+    pub fn console_len(&self) -> u64 {
+        std::fs::metadata(&self.console_log)
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    /// Waits until xenconsoled has stopped writing the log (no growth for
+    /// `quiet`, at most `max`); returns its length.
+    pub fn settle_console(&self, quiet: Duration, max: Duration) -> u64 {
+        let t0 = std::time::Instant::now();
+        let mut len = self.console_len();
+        let mut since = std::time::Instant::now();
+        while t0.elapsed() < max {
+            std::thread::sleep(Duration::from_millis(5));
+            let now = self.console_len();
+            if now != len {
+                len = now;
+                since = std::time::Instant::now();
+            } else if since.elapsed() >= quiet {
+                break;
+            }
+        }
+        len
     }
 
     /// Path of the guest's ELF image.

@@ -29,20 +29,50 @@
 //! for a mode is reported as ignored with the tag `[skip]`, and the reason is
 //! printed before the run (`skipped (PV breakpoints need a hypervisor built
 //! with CONFIG_GDBSX ...): name::pv`).
-//! The guest is destroyed after every test, also after a panic, a failed
-//! assertion or a timeout; a failure prints the registers, the code around RIP
-//! with its symbol and source line, and the guest's last console lines.
+//! A failure prints the registers, the code around RIP with its symbol and
+//! source line, and the guest's last console lines.
+//!
+//! # Isolation
+//!
+//! Tests that share a guest image, mode, memory size and start point share a
+//! booted guest: the first boots it, stops it at its first instruction (or at
+//! [`GuestTest::start_at`]) and takes a snapshot; every later test gets the
+//! guest restored to that snapshot (memory and vCPUs, no breakpoints, the
+//! console as it was), which it cannot tell from a fresh boot. A pooled
+//! guest's end (`xenprobe_exit`, `xenprobe_crash`) is held at its shutdown
+//! hypercall, so that [`Session::expect_exit`] and [`Session::expect_crash`]
+//! leave a domain that can be restored. After a failure, a panic or a
+//! timeout, when the guest really shut down, or where snapshots are not
+//! available (PV guests), the domain is destroyed and the next test boots a
+//! new one (`XENPROBE_LOG=xenprobe=debug` says why). Each test thread has its
+//! own guests. [`GuestTest::fresh_boot`] opts a test out;
+//! `XENPROBE_ISOLATION=fresh` boots a new domain for every test.
+//!
+//! # Snapshot assertions and property tests
+//!
+//! [`Session::regs_view`], [`Session::memory_view`], [`Session::console_view`]
+//! and [`Session::backtrace`] return serializable views, stable from boot to
+//! boot, for `insta` snapshots (redactions listed in [`RegsView`]'s module:
+//! PV `cr3`, no addresses, crate-relative source paths). [`prop`] runs
+//! proptest strategies over registers, memory and fuzz inputs at a stop,
+//! restoring a snapshot between cases, and prints a shrunk failure as code.
+//!
 //! With `XENPROBE_DEBUG=PORT`, a failed test's guest is first served to a
 //! debugger where it failed (see [`debug`]).
 
 pub mod debug;
 mod guest;
+mod pool;
+pub mod prop;
 mod runner;
 mod session;
+mod view;
 
 pub use guest::GuestImages;
-pub use runner::main;
+pub use pool::ISOLATION_ENV;
+pub use runner::{main, TIMES_ENV};
 pub use session::Session;
+pub use view::{crate_relative, demangle, ConsoleView, Frame, MemoryView, RegsView};
 
 use std::time::Duration;
 
@@ -125,6 +155,8 @@ pub struct GuestTest {
     pub(crate) needs: Vec<Need>,
     pub(crate) timeout: Duration,
     pub(crate) ignored: bool,
+    pub(crate) fresh_boot: bool,
+    pub(crate) start_at: Option<String>,
 }
 
 impl GuestTest {
@@ -140,6 +172,8 @@ impl GuestTest {
             needs: vec![],
             timeout: Duration::from_secs(120),
             ignored: false,
+            fresh_boot: false,
+            start_at: None,
         }
     }
 
@@ -176,6 +210,21 @@ impl GuestTest {
     /// Run only with `--ignored` / `--include-ignored`.
     pub fn ignore(mut self) -> Self {
         self.ignored = true;
+        self
+    }
+
+    /// Boot a new domain for this test instead of restoring a pooled guest's
+    /// snapshot (for tests that need a genuinely new domain).
+    pub fn fresh_boot(mut self) -> Self {
+        self.fresh_boot = true;
+        self
+    }
+
+    /// Start the test at `symbol` (the guest runs there before the test
+    /// gets it; pooled guests are snapshotted there) instead of at the
+    /// guest's first instruction. Needs breakpoints.
+    pub fn start_at(mut self, symbol: &str) -> Self {
+        self.start_at = Some(symbol.to_string());
         self
     }
 }

@@ -3,11 +3,13 @@
 use std::panic::AssertUnwindSafe;
 use std::process::ExitCode;
 use std::sync::mpsc;
+use std::sync::Arc;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
-use super::guest::{GuestDomain, GuestImages};
-use super::session::{with_diagnostics, Session};
+use super::guest::GuestImages;
+use super::pool::Pool;
+use super::session::with_diagnostics;
 use super::{GuestTest, Mode};
 use crate::vmi::caps::Capabilities;
 use crate::vmi::Xen;
@@ -25,20 +27,21 @@ pub fn main(tests: Vec<GuestTest>) -> ExitCode {
         .with_writer(std::io::stderr)
         .try_init();
     let host = probe_host();
-    let images = GuestImages::locate();
+    let images = GuestImages::locate().map_err(|e| format!("{e:#}"));
+    let pool = Arc::new(Pool::new(&tests, images));
     let mut trials = vec![];
     let mut skipped: Vec<(String, Vec<String>)> = vec![];
     for t in &tests {
         for &mode in &t.modes {
             let name = format!("{}::{}", t.name, mode.name());
             let test = t.clone();
-            let imgs = images.as_ref().map_err(|e| format!("{e:#}")).cloned();
+            let pool = pool.clone();
             let host_err = host.as_ref().err().cloned();
-            let mut trial = Trial::test(name, move || {
+            let mut trial = Trial::test(name.clone(), move || {
                 if let Some(e) = host_err {
                     return Err(e.into());
                 }
-                run_one(&test, mode, &imgs?)
+                run_one(&test, mode, &pool, &name)
             });
             let skip = host.as_ref().ok().and_then(|h| {
                 let caps = Capabilities::new(mode.kind(), h.clone());
@@ -61,7 +64,9 @@ pub fn main(tests: Vec<GuestTest>) -> ExitCode {
             println!("skipped ({why}):\n    {}", names.join("\n    "));
         }
     }
-    libtest_mimic::run(&args, trials).exit_code()
+    let conclusion = libtest_mimic::run(&args, trials);
+    pool.clear();
+    conclusion.exit_code()
 }
 
 /// What the running hypervisor offers, or why we cannot ask it.
@@ -79,12 +84,13 @@ fn probe_host() -> Result<crate::xen::HostCaps, String> {
         .map_err(|e| format!("cannot query the hypervisor: {e}"))
 }
 
-/// Boots the guest, runs the body with a watchdog, and cleans up.
-fn run_one(t: &GuestTest, mode: Mode, images: &GuestImages) -> Result<(), Failed> {
-    let guest =
-        GuestDomain::create(images, &t.guest, mode, t.memory_mb).map_err(|e| format!("{e:#}"))?;
-    let name = guest.name.clone();
-    let mut session = Session::attach(guest, mode).map_err(|e| format!("{e:#}"))?;
+/// Gets a guest from the pool, runs the body with a watchdog, and gives the
+/// guest back (kept after a pass, destroyed otherwise).
+fn run_one(t: &GuestTest, mode: Mode, pool: &Pool, test: &str) -> Result<(), Failed> {
+    let t0 = std::time::Instant::now();
+    let mut lease = pool.lease(t, mode, test).map_err(|e| format!("{e:#}"))?;
+    let session = &mut lease.session;
+    let name = session.name().to_string();
 
     // The watchdog destroys the domain when the test overruns: every engine
     // call the body is blocked in then fails, and the test ends.
@@ -100,7 +106,7 @@ fn run_one(t: &GuestTest, mode: Mode, images: &GuestImages) -> Result<(), Failed
         false
     });
     let body = t.body;
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| body(&mut session)));
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| body(session)));
     let _ = done.send(());
     let timed_out = watchdog.join().unwrap_or(false);
     let result = match outcome {
@@ -111,15 +117,44 @@ fn run_one(t: &GuestTest, mode: Mode, images: &GuestImages) -> Result<(), Failed
         Err(panic) => Err(anyhow::anyhow!("panicked: {}", panic_message(&panic))),
     };
     if let Err(e) = &result {
-        let image = images.image(&t.guest, mode);
+        let image = lease.session.guest.image().to_path_buf();
         super::debug::serve_on_failure(
-            &mut session,
+            &mut lease.session,
             &format!("{}::{}", t.name, mode.name()),
             &image,
             e,
         );
     }
-    result.map_err(|e| Failed::from(format!("{:#}", with_diagnostics(e, &mut session))))
+    let result =
+        result.map_err(|e| Failed::from(format!("{:#}", with_diagnostics(e, &mut lease.session))));
+    let restored = lease.restored;
+    pool.give_back(lease, result.is_ok(), test);
+    record_time(test, t0.elapsed(), restored);
+    result
+}
+
+/// `XENPROBE_TEST_TIMES=FILE`: each test appends `NAME<TAB>SECONDS<TAB>restored|booted`
+/// (its whole time: guest, body and clean-up; `cargo xtask bench tests` reads it).
+pub const TIMES_ENV: &str = "XENPROBE_TEST_TIMES";
+
+fn record_time(test: &str, took: std::time::Duration, restored: bool) {
+    use std::io::Write as _;
+    let Some(path) = std::env::var_os(TIMES_ENV) else {
+        return;
+    };
+    let how = if restored { "restored" } else { "booted" };
+    let line = format!("{test}\t{:.6}\t{how}\n", took.as_secs_f64());
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        tracing::warn!(
+            "cannot append to {}: {e}",
+            std::path::Path::new(&path).display()
+        );
+    }
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {

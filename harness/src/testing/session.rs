@@ -13,12 +13,29 @@ use crate::vmi::{Domain, Event, Registers, ShutdownReason, Xen};
 /// How long helpers wait for the guest by default.
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 
-/// A guest booted for one test (paused before its first instruction), attached.
+/// `SCHEDOP_shutdown`, the `sched_op` command a guest ends with.
+const SCHEDOP_SHUTDOWN: u64 = 2;
+/// `__HYPERVISOR_sched_op`: its stub is at `hypercall_page + 29 * 32`.
+const HYPERCALL_SCHED_OP: u64 = 29;
+
+/// A guest booted for one test (paused before its first instruction, or at
+/// the test's start symbol), attached.
 pub struct Session {
     // Field order matters: the engine detaches before the domain is destroyed.
-    dom: Domain,
-    guest: GuestDomain,
+    pub(crate) dom: Domain,
+    pub(crate) guest: GuestDomain,
     mode: Mode,
+    /// Console text from before the session's start point.
+    pub(crate) console_prefix: String,
+    /// Where this session's own output starts in the console log.
+    pub(crate) console_from: u64,
+    /// Hold the guest at its shutdown hypercall instead of letting it end
+    /// (pooled sessions: the domain is restored for the next test).
+    pub(crate) hold_ends: bool,
+    /// How the guest ended (or was held at its end).
+    pub(crate) ended: Option<ShutdownReason>,
+    /// The test replaced the domain's snapshot (property tests).
+    pub(crate) snapshot_replaced: bool,
 }
 
 impl Session {
@@ -32,7 +49,16 @@ impl Session {
         // Take over the pause `xl create -p` left: stopped by us, not by xl.
         dom.pause()?;
         guest.unpause_from_toolstack()?;
-        Ok(Session { dom, guest, mode })
+        Ok(Session {
+            dom,
+            guest,
+            mode,
+            console_prefix: String::new(),
+            console_from: 0,
+            hold_ends: false,
+            ended: None,
+            snapshot_replaced: false,
+        })
     }
 
     /// The engine's handle, for everything the helpers do not cover.
@@ -147,9 +173,11 @@ impl Session {
         Ok(())
     }
 
-    /// The guest's console output so far.
+    /// The guest's console output since it booted.
     pub fn console(&self) -> String {
-        self.guest.console()
+        let mut c = self.console_prefix.clone();
+        c.push_str(&self.guest.console_from(self.console_from));
+        c
     }
 
     /// Waits (the guest running) until the console contains `pattern`.
@@ -168,6 +196,13 @@ impl Session {
                     "{pattern:?} did not appear on the console within {:?}",
                     timeout
                 );
+            }
+            match self.dom.info() {
+                Ok(i) if i.shutdown || i.dying => {
+                    bail!("the guest ended before {pattern:?} appeared on the console")
+                }
+                Ok(_) => {}
+                Err(e) => bail!("the guest is gone before {pattern:?} appeared: {e}"),
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -205,9 +240,99 @@ impl Session {
         self.wait_console_settled(&want)
     }
 
-    /// Removes our breakpoints' hold and runs the guest until it shuts down.
+    /// Runs the guest until it ends. A pooled session stops it at its
+    /// shutdown hypercall (see [`Session::end_points`]) so that the domain can
+    /// be restored for the next test; otherwise the domain really shuts down.
     fn run_to_shutdown(&mut self) -> Result<ShutdownReason> {
+        if let Some(r) = self.ended {
+            return Ok(r);
+        }
+        let reason = match self.end_points() {
+            Some(points) if self.hold_ends => self.run_to_held_end(points)?,
+            _ => self.run_to_real_end()?,
+        };
+        self.ended = Some(reason);
+        Ok(reason)
+    }
+
+    /// `xenprobe_exit`, `xenprobe_crash` and the `sched_op` hypercall stub,
+    /// if the guest has them (xenprobe's guest runtime) and breakpoints work.
+    fn end_points(&self) -> Option<[u64; 3]> {
+        let syms = self.dom.symbols().ok()?;
+        let env = std::env::var(crate::vmi::caps::BREAKPOINT_ENV).ok();
+        self.dom
+            .capabilities()
+            .breakpoint_insn(env.as_deref())
+            .ok()?;
+        Some([
+            syms.lookup("xenprobe_exit")?,
+            syms.lookup("xenprobe_crash")?,
+            syms.lookup("hypercall_page")? + HYPERCALL_SCHED_OP * 32,
+        ])
+    }
+
+    /// Runs to the guest's shutdown hypercall and stops there: first to
+    /// `xenprobe_exit`/`xenprobe_crash` (the hypercall page is installed by
+    /// then), then to `sched_op(SCHEDOP_shutdown, &reason)`.
+    fn run_to_held_end(&mut self, [exit, crash, stub]: [u64; 3]) -> Result<ShutdownReason> {
         let t0 = Instant::now();
+        let rip = self.dom.regs(0)?.rip;
+        let inside = self
+            .dom
+            .symbols()
+            .ok()
+            .and_then(|s| s.symbolize(rip))
+            .map(|(f, _)| f.addr);
+        if !matches!(inside, Some(a) if a == exit || a == crash) {
+            let ids = [
+                self.dom.add_breakpoint(exit)?,
+                self.dom.add_breakpoint(crash)?,
+            ];
+            let hit = self.cont_until(
+                t0,
+                |e| matches!(e, Event::Breakpoint { id, .. } if ids.contains(id)),
+            );
+            for id in ids {
+                self.dom.remove_breakpoint(id)?;
+            }
+            if let Some(reason) = hit? {
+                return Ok(reason);
+            }
+        }
+        let id = self
+            .dom
+            .add_breakpoint_if(stub, |r| r.rdi == SCHEDOP_SHUTDOWN)?;
+        let hit = self.cont_until(
+            t0,
+            |e| matches!(e, Event::Breakpoint { id: h, .. } if *h == id),
+        );
+        self.dom.remove_breakpoint(id)?;
+        if let Some(reason) = hit? {
+            return Ok(reason);
+        }
+        let rsi = self.dom.regs(0)?.rsi;
+        let mut code = [0u8; 4];
+        self.dom.read_virt(rsi, &mut code)?;
+        let reason = match u32::from_le_bytes(code) {
+            0 => ShutdownReason::Poweroff,
+            1 => ShutdownReason::Reboot,
+            2 => ShutdownReason::Suspend,
+            3 => ShutdownReason::Crash,
+            4 => ShutdownReason::Watchdog,
+            5 => ShutdownReason::SoftReset,
+            o => ShutdownReason::Other(o),
+        };
+        tracing::debug!(guest = %self.guest.name, ?reason, "guest held at its shutdown hypercall");
+        Ok(reason)
+    }
+
+    /// Continues past other stops until `want` accepts an event (`None`) or
+    /// the guest really shuts down (`Some(reason)`).
+    fn cont_until(
+        &mut self,
+        t0: Instant,
+        want: impl Fn(&Event) -> bool,
+    ) -> Result<Option<ShutdownReason>> {
         loop {
             ensure!(
                 t0.elapsed() < DEFAULT_WAIT,
@@ -216,12 +341,21 @@ impl Session {
             let e = self.dom.cont(DEFAULT_WAIT)?;
             tracing::debug!(event = ?e, "waiting for the guest's end");
             match e {
-                Event::Shutdown { reason } => return Ok(reason),
+                e if want(&e) => return Ok(None),
+                Event::Shutdown { reason } => return Ok(Some(reason)),
                 Event::Timeout => bail!("the guest did not end within {DEFAULT_WAIT:?}"),
                 // Our own breakpoints on the way: go on.
                 Event::Breakpoint { .. } => continue,
                 other => bail!("the guest stopped for {other:?} before its end"),
             }
+        }
+    }
+
+    /// Lets the guest run until the domain shuts down.
+    fn run_to_real_end(&mut self) -> Result<ShutdownReason> {
+        match self.cont_until(Instant::now(), |_| false)? {
+            Some(reason) => Ok(reason),
+            None => bail!("the guest did not end"),
         }
     }
 

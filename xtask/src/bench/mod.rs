@@ -9,6 +9,7 @@ use crate::lab::xen::Flavour;
 mod campaign;
 mod lab;
 mod stub;
+mod tests;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -45,6 +46,14 @@ enum What {
         #[arg(long, default_value_t = 600)]
         find_secs: u64,
     },
+    /// Time per guest test: snapshot isolation against a fresh boot per test.
+    Tests {
+        /// Tests in each run.
+        #[arg(long, default_value_t = 8)]
+        tests: usize,
+        #[arg(long, value_enum, default_value = "stock")]
+        xen: Flavour,
+    },
 }
 
 pub fn main(args: BenchArgs) -> Result<i32> {
@@ -57,6 +66,7 @@ pub fn main(args: BenchArgs) -> Result<i32> {
             rate_secs,
             find_secs,
         } => campaign::run(&targets, runs.max(1), rate_secs, find_secs).map(|()| 0),
+        What::Tests { tests, xen } => tests::run(tests.max(2), xen),
     }
 }
 
