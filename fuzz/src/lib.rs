@@ -10,6 +10,7 @@
 //! - [`campaign`]: a whole campaign (corpus directory, progress line,
 //!   resume) and crash replay.
 
+pub mod bench;
 pub mod blocks;
 pub mod campaign;
 pub mod executor;

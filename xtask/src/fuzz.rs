@@ -41,6 +41,10 @@ pub struct FuzzArgs {
     /// Extra seed directory.
     #[arg(long)]
     seeds: Option<PathBuf>,
+    /// Persistent mode: restore memory only every N runs (and after every
+    /// crash, hang or new coverage; crashes are replayed before they count).
+    #[arg(long, default_value_t = 1)]
+    persistent: u32,
     /// Build the fuzzer unoptimised (faster to build, slower to fuzz).
     #[arg(long)]
     debug_build: bool,
@@ -118,6 +122,8 @@ pub fn main(args: FuzzArgs) -> Result<i32> {
         args.time.clone(),
         "--timeout-ms".into(),
         args.timeout_ms.to_string(),
+        "--persistent".into(),
+        args.persistent.max(1).to_string(),
     ];
     if let Some(s) = &args.seeds {
         argv.extend(["--seeds".into(), absolute(s).display().to_string()]);

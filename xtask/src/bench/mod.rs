@@ -6,6 +6,7 @@ use clap::{Args, Subcommand};
 
 use crate::lab::xen::Flavour;
 
+mod fuzz;
 mod lab;
 
 #[derive(Args)]
@@ -24,11 +25,18 @@ enum What {
         #[arg(long, value_enum, default_value = "stock")]
         xen: Flavour,
     },
+    /// Fuzzing speed: each reset strategy against the floor of the stack.
+    Fuzz(fuzz::FuzzBenchArgs),
 }
 
 pub fn main(args: BenchArgs) -> Result<i32> {
     match args.what {
         What::Lab { runs, xen } => lab::run(runs.max(1), xen),
+        What::Fuzz(args) => {
+            let code = fuzz::run(&args)?;
+            // (campaign section: the lead adds `campaign::run(&args)` here)
+            Ok(code)
+        }
     }
 }
 
