@@ -22,6 +22,7 @@ pub type Observers = (StdMapObserver<'static, u8, false>, (OutcomeObserver, ()))
 pub struct XenExecutor {
     session: Session,
     observers: Observers,
+    in_runs: std::time::Duration,
 }
 
 impl std::fmt::Debug for XenExecutor {
@@ -39,6 +40,7 @@ impl XenExecutor {
         Self {
             session,
             observers: (map, (OutcomeObserver::default(), ())),
+            in_runs: std::time::Duration::ZERO,
         }
     }
 
@@ -50,6 +52,12 @@ impl XenExecutor {
     /// The session (coverage counters, finish).
     pub fn session(&self) -> &Session {
         &self.session
+    }
+
+    /// Wall time spent inside [`Session::run`] (the rest of a campaign is
+    /// LibAFL's own work: mutation, feedback, corpus).
+    pub fn time_in_runs(&self) -> std::time::Duration {
+        self.in_runs
     }
 
     /// Gives the session back (to finish it).
@@ -83,10 +91,11 @@ where
     ) -> Result<ExitKind, Error> {
         *state.executions_mut() += 1;
         let bytes = input.target_bytes();
-        let (outcome, new_blocks) = self
-            .session
-            .run(&bytes)
-            .map_err(|e| Error::unknown(format!("running the guest: {e}")))?;
+        let t = std::time::Instant::now();
+        let run = self.session.run(&bytes);
+        self.in_runs += t.elapsed();
+        let (outcome, new_blocks) =
+            run.map_err(|e| Error::unknown(format!("running the guest: {e}")))?;
         for i in new_blocks {
             self.observers.0.set(i, 1);
         }

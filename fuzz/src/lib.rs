@@ -11,6 +11,7 @@
 //!   resume) and crash replay; [`progress`]: its report files (summary,
 //!   coverage plot via [`plot`], [`lcov`] tracefile).
 
+pub mod bench;
 pub mod blocks;
 pub mod campaign;
 pub mod config;

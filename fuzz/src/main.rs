@@ -88,6 +88,21 @@ struct Args {
     /// host side of the lab's port forward).
     #[arg(long)]
     debug_connect: Option<String>,
+    /// Persistent mode: restore memory only every N runs (and after every
+    /// crash, hang or new coverage); crashes are replayed from the snapshot.
+    #[arg(long, default_value_t = 1)]
+    persistent: u32,
+    /// Memory restore: `clean` (CLEAN the dirty bitmap every run) or
+    /// `peek:N` (PEEK every run, CLEAN every N).
+    #[arg(long, default_value = "peek:1000")]
+    restore: xenprobe::vmi::RestoreStrategy,
+    /// Load the whole vCPU context at each restore instead of resetting the
+    /// registers in the vm_event reply (needed for guests that use x87/SSE).
+    #[arg(long)]
+    full_context: bool,
+    /// Busy-poll the vm_event ring this many microseconds before blocking.
+    #[arg(long, default_value_t = 0)]
+    spin_us: u64,
 }
 
 /// Parses `90`, `90s`, `5m`, `1h`.
@@ -155,6 +170,12 @@ fn real_main() -> Result<i32> {
     if a.seeds.is_some() {
         seeds = a.seeds.clone();
     }
+    target.persistent = a.persistent.max(1);
+    target.restore.strategy = a.restore;
+    if a.full_context {
+        target.restore.registers = xenprobe::vmi::RegisterReset::Context;
+    }
+    target.event_spin = Duration::from_micros(a.spin_us);
     if let (Some(path), true) = (&a.reproduce, a.debug) {
         let opts = debug::DebugOptions {
             bind: a.debug_bind,

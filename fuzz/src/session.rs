@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use xenprobe::vmi::{BreakpointId, Domain, Event, GuestKind, ShutdownReason, Xen};
+use xenprobe::vmi::{
+    BreakpointId, Domain, Event, GuestKind, RestoreOptions, ShutdownReason, SnapshotCheck, Xen,
+};
 use xenprobe::xen::{ForeignMemory, Mapping, Prot};
 
 use crate::blocks::{self, Block};
@@ -55,6 +57,16 @@ pub struct TargetSpec {
     pub timeout: Duration,
     /// Discard the guest's console output between runs (see [`Session`]).
     pub discard_console: bool,
+    /// How the snapshot is restored (frames and registers).
+    pub restore: RestoreOptions,
+    /// Persistent mode: memory is restored only every this many runs (1:
+    /// every run), and always after a crash, a hang or new coverage; the
+    /// registers are reset every run. Crashes found on a memory that was not
+    /// restored are replayed from the snapshot before they count.
+    pub persistent: u32,
+    /// Busy-poll bound of the vm_event ring before blocking (see
+    /// [`Domain::set_event_spin`]).
+    pub event_spin: Duration,
 }
 
 impl TargetSpec {
@@ -71,6 +83,12 @@ impl TargetSpec {
             cover: vec!["xenprobe_target".into(), format!("crate:{krate}")],
             timeout: Duration::from_millis(500),
             discard_console: true,
+            restore: RestoreOptions {
+                strategy: xenprobe::vmi::RestoreStrategy::PeekCleanEvery(1000),
+                registers: xenprobe::vmi::RegisterReset::EventReply,
+            },
+            persistent: 1,
+            event_spin: Duration::ZERO,
         }
     }
 }
@@ -106,6 +124,21 @@ pub fn destroy(name: &str) {
         .status();
 }
 
+/// What the session did besides running inputs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Memory and registers restored.
+    pub full_restores: u64,
+    /// Registers only (persistent mode).
+    pub register_resets: u64,
+    /// Restores whose registers were reset in the vm_event reply.
+    pub regs_in_reply: u64,
+    /// Crashes or hangs of persistent runs replayed from the snapshot.
+    pub replays: u64,
+    /// ... that did not happen again from the snapshot (not reported).
+    pub unstable: u64,
+}
+
 enum Role {
     End,
     Sink,
@@ -133,7 +166,15 @@ pub struct Session {
     /// The guest's PV console ring page, mapped, while output is discarded.
     console: Option<Mapping>,
     fresh: bool,
+    /// Runs since memory was last at the snapshot.
+    since_reset: u32,
+    /// The next run must start from a full restore.
+    reset_next: bool,
     restarts: u32,
+    /// Restore and replay counters.
+    pub counters: Counters,
+    /// What the last restore did.
+    last_restore: Option<xenprobe::vmi::RestoreStats>,
     /// Time spent restoring, writing inputs, running (for the summary).
     pub timings: [Duration; 5],
     dom: Option<Domain>,
@@ -181,7 +222,11 @@ impl Session {
             prev_len: 0,
             console: None,
             fresh: true,
+            since_reset: 0,
+            reset_next: false,
             restarts: 0,
+            counters: Counters::default(),
+            last_restore: None,
             timings: [Duration::ZERO; 5],
             dom: None,
             xen,
@@ -221,6 +266,8 @@ impl Session {
         let cfg = self.spec.cfg.display().to_string();
         xl(&["create", "-q", "-p", &cfg])?;
         let mut dom = Domain::attach(&self.xen, self.name.as_str())?;
+        dom.set_restore_options(self.spec.restore);
+        dom.set_event_spin(self.spec.event_spin);
         if dom.kind() == GuestKind::Pv {
             drop(dom);
             destroy(&self.name);
@@ -305,7 +352,56 @@ impl Session {
         tracing::info!(frames = info.frames, took = ?info.took, "snapshot taken");
         self.dom = Some(dom);
         self.fresh = true;
+        self.since_reset = 0;
+        self.reset_next = false;
         Ok(())
+    }
+
+    /// What the last restore (full or registers only) did.
+    pub fn last_restore(&self) -> Option<xenprobe::vmi::RestoreStats> {
+        self.last_restore
+    }
+
+    /// Changes the restore options, the persistent interval and the
+    /// busy-poll bound; the next run starts from a full restore.
+    pub fn set_mode(&mut self, restore: RestoreOptions, persistent: u32, spin: Duration) {
+        self.spec.restore = restore;
+        self.spec.persistent = persistent.max(1);
+        self.spec.event_spin = spin;
+        if let Some(d) = self.dom.as_mut() {
+            d.set_restore_options(restore);
+            d.set_event_spin(spin);
+        }
+        self.reset_next = true;
+    }
+
+    /// Brings the guest to the snapshot before a run, fully or (persistent
+    /// mode) registers only. Returns whether memory is at the snapshot.
+    fn prepare(&mut self) -> Result<bool> {
+        if self.fresh {
+            self.fresh = false;
+            self.since_reset = 0;
+            self.reset_next = false;
+            return Ok(true);
+        }
+        let full = self.reset_next || self.since_reset + 1 >= self.spec.persistent.max(1);
+        let st = if full {
+            let st = self.dom()?.restore_snapshot()?;
+            self.counters.full_restores += 1;
+            self.since_reset = 0;
+            self.reset_next = false;
+            st
+        } else {
+            let st = self.dom()?.restore_registers()?;
+            self.counters.register_resets += 1;
+            self.since_reset += 1;
+            st
+        };
+        if st.regs_in_reply {
+            self.counters.regs_in_reply += 1;
+        }
+        self.last_restore = Some(st);
+        Ok(full)
     }
 
     fn write_virt(&mut self, va: u64, data: &[u8]) -> Result<()> {
@@ -377,14 +473,43 @@ impl Session {
         Ok(out)
     }
 
-    /// Runs one input from the snapshot. Returns the outcome and the
-    /// indices of blocks reached for the first time.
+    /// Runs one input from the snapshot (see [`TargetSpec::persistent`]).
+    /// Returns the outcome and the indices of blocks reached for the first
+    /// time. In persistent mode a crash or hang is replayed from a full
+    /// restore; if it does not happen again it is counted as unstable
+    /// ([`Counters::unstable`]) and reported as [`Outcome::Ok`].
     pub fn run(&mut self, input: &[u8]) -> Result<(Outcome, Vec<usize>)> {
         let t0 = std::time::Instant::now();
-        if !self.fresh {
-            self.dom()?.restore_snapshot()?;
+        let clean = self.prepare()?;
+        self.timings[0] += t0.elapsed();
+        let (outcome, mut blocks) = self.run_prepared(input)?;
+        if !matches!(outcome, Outcome::Ok) || !blocks.is_empty() {
+            self.reset_next = true;
         }
-        self.fresh = false;
+        if clean || matches!(outcome, Outcome::Ok) {
+            return Ok((outcome, blocks));
+        }
+        self.counters.replays += 1;
+        let t0 = std::time::Instant::now();
+        self.prepare()?;
+        self.timings[0] += t0.elapsed();
+        let (again, more) = self.run_prepared(input)?;
+        blocks.extend(more);
+        self.reset_next = true;
+        let same = matches!(
+            (&outcome, &again),
+            (Outcome::Crash(_), Outcome::Crash(_)) | (Outcome::Hang(_), Outcome::Hang(_))
+        );
+        if same {
+            Ok((again, blocks))
+        } else {
+            self.counters.unstable += 1;
+            tracing::info!("a persistent-mode crash did not replay from the snapshot: unstable");
+            Ok((Outcome::Ok, blocks))
+        }
+    }
+
+    fn run_prepared(&mut self, input: &[u8]) -> Result<(Outcome, Vec<usize>)> {
         let t1 = std::time::Instant::now();
         let data = &input[..input.len().min(self.input_cap)];
         self.write_virt(self.input_va, data)?;
@@ -400,11 +525,52 @@ impl Session {
         self.write_virt(self.len_va, &(data.len() as u64).to_le_bytes())?;
         self.drain_console()?;
         let t2 = std::time::Instant::now();
-        self.timings[0] += t1 - t0;
         self.timings[1] += t2 - t1;
         let result = self.run_to_stop();
         self.timings[2] += t2.elapsed();
         result
+    }
+
+    /// Puts the snapshot's own input bytes back (restores do not see the
+    /// session's writes).
+    fn unwrite_input(&mut self) -> Result<()> {
+        let orig = self.snapshot_bytes(self.input_va, self.prev_len)?;
+        self.write_virt(self.input_va, &orig)?;
+        let len = self.snapshot_bytes(self.len_va, 8)?;
+        self.write_virt(self.len_va, &len)?;
+        self.prev_len = 0;
+        Ok(())
+    }
+
+    /// Proves the reset exact: resets the guest the way the next run would
+    /// (a full restore, registers as configured), lets it run into a
+    /// temporary breakpoint at the start point (the snapshot's RIP) and
+    /// compares memory and vCPU 0 there with the snapshot.
+    pub fn check_reset(&mut self) -> Result<SnapshotCheck> {
+        let start = self.spec.start_sym.clone();
+        let id = self.dom()?.add_breakpoint_at(&start)?;
+        self.reset_next = true;
+        let result = (|| -> Result<SnapshotCheck> {
+            self.prepare()?;
+            self.unwrite_input()?;
+            let wait = self.spec.timeout.max(Duration::from_secs(5));
+            let dom = self.dom()?;
+            dom.resume()?;
+            match dom.wait_event(wait)? {
+                Event::Breakpoint { id: hit, .. } if hit == id => {}
+                other => {
+                    return Err(SessionError::Setup(format!(
+                        "after a reset the guest did not stop at {start}: {other:?}"
+                    )))
+                }
+            }
+            Ok(dom.check_snapshot()?)
+        })();
+        let removed = self.dom()?.remove_breakpoint(id);
+        self.reset_next = true;
+        let check = result?;
+        removed?;
+        Ok(check)
     }
 
     fn run_to_stop(&mut self) -> Result<(Outcome, Vec<usize>)> {
@@ -417,6 +583,7 @@ impl Session {
             let t = std::time::Instant::now();
             let ev = self.dom()?.wait_event(timeout)?;
             self.timings[4] += t.elapsed();
+            tracing::trace!(?ev, "event");
             match ev {
                 Event::Breakpoint { id, vcpu, addr, .. } => match self.roles.get(&id) {
                     Some(Role::End) => return Ok((Outcome::Ok, new_blocks)),
@@ -611,10 +778,7 @@ impl Session {
         let fresh = self.fresh;
         if !fresh {
             // The snapshot's own input (restore_snapshot does not see our writes).
-            let orig = self.snapshot_bytes(self.input_va, self.prev_len)?;
-            self.write_virt(self.input_va, &orig)?;
-            let len = self.snapshot_bytes(self.len_va, 8)?;
-            self.write_virt(self.len_va, &len)?;
+            self.unwrite_input()?;
         }
         self.input_maps.clear();
         self.console = None;

@@ -60,6 +60,10 @@ pub struct FuzzArgs {
     /// Extra seed directory.
     #[arg(long)]
     seeds: Option<PathBuf>,
+    /// Persistent mode: restore memory only every N runs (and after every
+    /// crash, hang or new coverage; crashes are replayed before they count).
+    #[arg(long, default_value_t = 1)]
+    persistent: u32,
     /// Build the fuzzer unoptimised (faster to build, slower to fuzz).
     #[arg(long)]
     debug_build: bool,
@@ -155,6 +159,8 @@ pub fn main(args: FuzzArgs) -> Result<i32> {
         dir.display().to_string(),
         "--time".into(),
         args.time.clone(),
+        "--persistent".into(),
+        args.persistent.max(1).to_string(),
     ]);
     if let Some(ms) = args.timeout_ms {
         argv.extend(["--timeout-ms".into(), ms.to_string()]);

@@ -30,6 +30,16 @@ pub static mut xenprobe_input: [u8; INPUT_CAP] = [0; INPUT_CAP];
 #[link_section = ".data.xenprobe_input_len"]
 pub static mut xenprobe_input_len: u64 = 0;
 
+/// Set when the guest was booted with `xenprobe.test=1` (see [`test_paths`]).
+static mut TEST_PATHS: bool = false;
+
+/// Whether test-only input paths are enabled (`xenprobe.test=1` on the
+/// command line, PV/PVH), e.g. tlv's FILL record; fuzz campaigns with the
+/// standard configs never reach them.
+pub fn test_paths() -> bool {
+    unsafe { addr_of!(TEST_PATHS).read_volatile() }
+}
+
 /// How many runs started (incremented by `xenprobe_fuzz_start`).
 #[no_mangle]
 pub static mut xenprobe_runs: u64 = 0;
@@ -84,6 +94,9 @@ pub fn decode_hex(hex: &str, out: &mut [u8]) -> Option<usize> {
 /// Runs one fuzz-target iteration per the ABI and returns the exit code (0).
 pub fn run(boot: &BootInfo, target: unsafe extern "C" fn(*const u8, usize)) -> i32 {
     let buf = unsafe { &mut *addr_of_mut!(xenprobe_input) };
+    if boot.arg("xenprobe.test") == Some("1") {
+        unsafe { addr_of_mut!(TEST_PATHS).write_volatile(true) };
+    }
     if let Some(hex) = boot.arg("xenprobe.input") {
         match decode_hex(hex, buf) {
             Some(n) => unsafe { addr_of_mut!(xenprobe_input_len).write_volatile(n as u64) },

@@ -4,6 +4,8 @@
 //! Records: 0x01 HELLO, 0x02 AUTH (4-byte key), 0x03 DATA, 0x04 RESET,
 //! 0x05 SKIP (u32 LE distance, then peeks the byte there), 0x06 STATS,
 //! 0x07 END, 0xEE VENDOR (vendor id, then vendor data); other types are ignored.
+//! Test-only (booted with `xenprobe.test=1`): 0x08 FILL writes one byte into
+//! each of `2 * value[0]` distinct pages, up to 510 dirty pages per run.
 //! Planted bugs: see guests/BUGS.md (TLV-1 .. TLV-3).
 #![no_std]
 #![no_main]
@@ -25,6 +27,10 @@ struct Session {
 }
 
 const AUTH_KEY: &[u8; 4] = b"xp!k";
+
+/// Pages written by FILL records.
+const FILL_PAGES: usize = 510;
+static mut FILL: [u8; FILL_PAGES * 4096] = [0; FILL_PAGES * 4096];
 const VENDORS: [&str; 4] = ["none", "xen", "qemu", "xenprobe"];
 
 fn record(
@@ -80,6 +86,14 @@ fn record(
             }
         }
         (0x07, _) => s.state = State::Closed,
+        (0x08, _) if xenprobe_rt::fuzz::test_paths() => {
+            let pages = (value.first().copied().unwrap_or(0) as usize * 2).min(FILL_PAGES);
+            let fill = core::ptr::addr_of_mut!(FILL) as *mut u8;
+            for i in 0..pages {
+                // SAFETY: i < FILL_PAGES; the buffer is FILL_PAGES pages long.
+                unsafe { fill.add(i * 4096 + pos % 4096).write_volatile(ty ^ i as u8) };
+            }
+        }
         (0xee, _) => {
             // Planted bug TLV-1: the vendor id indexes the table unchecked (and an
             // empty value indexes past it too).

@@ -300,8 +300,8 @@ impl Domain {
         let pending = std::mem::take(&mut self.pending);
         if let Backend::Monitor(ring) = &mut self.backend {
             for (_, p) in pending {
-                if let Some(req) = p.request {
-                    note(ring.put_response(&req.response()).map_err(Error::from));
+                if let Some(rsp) = p.response() {
+                    note(ring.put_response(&rsp).map_err(Error::from));
                 }
             }
         }

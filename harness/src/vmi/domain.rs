@@ -173,6 +173,9 @@ pub struct Domain {
     pub(crate) journal: Journal,
     pub(crate) symbols: Option<Symbols>,
     pub(crate) snapshot: Option<super::snapshot::Snapshot>,
+    pub(crate) restore_options: super::snapshot::RestoreOptions,
+    /// How long `wait_event` busy-polls the vm_event ring before blocking.
+    pub(crate) event_spin: std::time::Duration,
     /// vCPUs whose registers were written since their pending event (the
     /// event's register copy is stale for them).
     pub(crate) regs_changed: std::collections::HashSet<u32>,
@@ -224,6 +227,8 @@ impl Domain {
             bps: Breakpoints::default(),
             symbols: None,
             snapshot: None,
+            restore_options: Default::default(),
+            event_spin: std::time::Duration::ZERO,
             regs_changed: Default::default(),
             detached: false,
         };
@@ -288,8 +293,8 @@ impl Domain {
     pub(crate) fn release(&mut self) -> Result<()> {
         let pending = std::mem::take(&mut self.pending);
         for (_, p) in pending {
-            if let (Some(req), Backend::Monitor(ring)) = (p.request, &mut self.backend) {
-                ring.put_response(&req.response())?;
+            if let (Some(rsp), Backend::Monitor(ring)) = (p.response(), &mut self.backend) {
+                ring.put_response(&rsp)?;
             }
         }
         self.regs_changed.clear();
@@ -303,11 +308,13 @@ impl Domain {
 
     /// Registers of `vcpu`.
     pub fn regs(&self, vcpu: u32) -> Result<Registers> {
+        self.apply_register_reset()?;
         self.regs_backend.get(&self.xen.xc, self.domid, vcpu)
     }
 
     /// Writes the registers of `vcpu` (the domain should be stopped).
     pub fn set_regs(&mut self, vcpu: u32, regs: &Registers) -> Result<()> {
+        self.settle_register_reset()?;
         self.regs_backend
             .set(&self.xen.xc, self.domid, vcpu, regs)?;
         self.regs_changed.insert(vcpu);

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::xen::{DebugEventType, MonitorRing, VmEventRequest};
+use crate::xen::{DebugEventType, MonitorRing, VmEventRegs, VmEventRequest, VmEventResponse};
 use xen_sys as sys;
 
 use super::breakpoint::{BreakpointId, Icebp, Int3};
@@ -125,6 +125,20 @@ pub(crate) struct Pending {
     pub reason: StopReason,
     /// The event was handed to the user (else it sits in `queued`).
     pub delivered: bool,
+    /// Registers to load through the response (`VM_EVENT_FLAG_SET_REGISTERS`):
+    /// a snapshot restore that resets the vCPU in the reply.
+    pub reset_regs: Option<VmEventRegs>,
+}
+
+impl Pending {
+    /// The response that resumes this vCPU (with its register reset, if any).
+    pub fn response(&self) -> Option<VmEventResponse> {
+        let req = self.request.as_ref()?;
+        Some(match &self.reset_regs {
+            Some(r) => req.response().set_registers(r),
+            None => req.response(),
+        })
+    }
 }
 
 /// One raw thing observed while the guest runs.
@@ -205,9 +219,37 @@ impl Domain {
         }
     }
 
+    /// Busy-polls the vm_event ring for up to `spin` before each blocking
+    /// wait on its event channel (HVM/PVH). Zero (the default) always blocks.
+    /// Spinning saves the wake-up latency of a blocked waiter when runs are
+    /// short, at the price of a busy dom0 CPU while the guest runs.
+    pub fn set_event_spin(&mut self, spin: Duration) {
+        self.event_spin = spin;
+    }
+
+    /// The busy-poll bound set by [`Domain::set_event_spin`].
+    pub fn event_spin(&self) -> Duration {
+        self.event_spin
+    }
+
     /// Next raw observation before `deadline` (the guest must be running).
     pub(crate) fn next_raw(&mut self, deadline: Instant) -> Result<Option<Raw>> {
         let mut poll = Duration::from_micros(200);
+        if let (Backend::Monitor(ring), false) = (&mut self.backend, self.event_spin.is_zero()) {
+            let until = Instant::now()
+                + self
+                    .event_spin
+                    .min(deadline.saturating_duration_since(Instant::now()));
+            loop {
+                if let Some(req) = ring.get_request() {
+                    return Ok(Some(Raw::Request(req)));
+                }
+                if Instant::now() >= until {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
         loop {
             if super::cleanup::interrupted() {
                 return Err(Error::Interrupted);
@@ -264,6 +306,7 @@ impl Domain {
                 request,
                 reason,
                 delivered,
+                reset_regs: None,
             },
         );
         self.regs_changed.remove(&vcpu);

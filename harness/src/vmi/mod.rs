@@ -111,6 +111,8 @@ pub use events::{Event, ShutdownReason};
 pub use memory::DirtyTracking;
 pub use pagewalk::{PagingMode, Translation};
 pub use regs::{Registers, Segment, RFLAGS_TF};
-pub use snapshot::{RestoreStats, SnapshotInfo};
+pub use snapshot::{
+    RegisterReset, RestoreOptions, RestoreStats, RestoreStrategy, SnapshotCheck, SnapshotInfo,
+};
 pub use symbols::{SourceLine, Symbol, Symbols};
 pub use watchpoint::WatchKind;

@@ -14,12 +14,16 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
-use crate::xen::{HvmContext, Mapping, Prot, PAGE_SHIFT, PAGE_SIZE};
+use crate::xen::{HvmContext, HvmCpu, Mapping, Prot, VmEventRegs, PAGE_SHIFT, PAGE_SIZE};
 
 use super::caps::GuestKind;
 use super::domain::Domain;
 use super::error::{Error, Result};
+use super::events::StopReason;
 use super::memory::DirtyTracking;
+
+/// Bytes from the snapshot's RSP up that [`Domain::restore_registers`] restores.
+pub const STACK_KEEP: u64 = 512;
 
 /// Frames per persistent mapping chunk.
 const CHUNK: u64 = 4096;
@@ -45,6 +49,74 @@ pub(crate) fn scan_ranges(max_gpfn: u64) -> Vec<(u64, u64, bool)> {
     r
 }
 
+/// How a restore finds the frames to copy back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestoreStrategy {
+    /// CLEAN the dirty bitmap at every restore and copy back what it reports.
+    /// Every CLEAN re-protects guest memory, so the next run takes a nested
+    /// page fault per page it touches again.
+    #[default]
+    CleanEveryRun,
+    /// PEEK the bitmap (it keeps accumulating, nothing is re-protected) and
+    /// copy back every frame dirtied since the last CLEAN; CLEAN only every
+    /// `n` restores. Equally exact; cheaper when runs dirty the same few pages.
+    PeekCleanEvery(u32),
+}
+
+impl std::fmt::Display for RestoreStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::CleanEveryRun => write!(f, "clean every run"),
+            Self::PeekCleanEvery(n) => write!(f, "peek, clean every {n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for RestoreStrategy {
+    type Err = String;
+    /// `clean` or `peek:N` (`peek` alone: N = 1000).
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.split_once(':') {
+            None if s == "clean" => Ok(Self::CleanEveryRun),
+            None if s == "peek" => Ok(Self::PeekCleanEvery(1000)),
+            Some(("peek", n)) => n
+                .parse::<u32>()
+                .ok()
+                .filter(|&n| n > 0)
+                .map(Self::PeekCleanEvery)
+                .ok_or_else(|| format!("bad CLEAN interval {n:?} (a number > 0)")),
+            _ => Err(format!(
+                "unknown restore strategy {s:?} (clean, peek or peek:N)"
+            )),
+        }
+    }
+}
+
+/// How a restore brings the vCPU back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RegisterReset {
+    /// Load the snapshot's whole HVM context (`xc_domain_hvm_setcontext`).
+    #[default]
+    Context,
+    /// Reset the vCPU in the reply to its pending vm_event
+    /// (`VM_EVENT_FLAG_SET_REGISTERS`: general registers, RIP, RFLAGS), when
+    /// every other register the event reports (control, debug, segment
+    /// registers, CR2, EFER and the syscall MSRs) still equals the snapshot's;
+    /// else, or on a domain with several vCPUs, the whole context is loaded.
+    /// x87/SSE and local-APIC state are not in the event: they are reset only
+    /// by a context load (guests that use them need [`RegisterReset::Context`]).
+    EventReply,
+}
+
+/// Restore settings (see [`Domain::set_restore_options`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RestoreOptions {
+    /// Which frames are copied back.
+    pub strategy: RestoreStrategy,
+    /// How the vCPU state is reset.
+    pub registers: RegisterReset,
+}
+
 /// What a restore did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RestoreStats {
@@ -54,6 +126,10 @@ pub struct RestoreStats {
     pub written: usize,
     /// Frames copied back.
     pub restored: usize,
+    /// The dirty bitmap was cleaned (not only peeked).
+    pub cleaned: bool,
+    /// The vCPU is reset in the vm_event reply (no context load).
+    pub regs_in_reply: bool,
 }
 
 /// Size and timing of a snapshot.
@@ -65,6 +141,31 @@ pub struct SnapshotInfo {
     pub took: std::time::Duration,
 }
 
+/// The live domain compared with its snapshot ([`Domain::check_snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotCheck {
+    /// Frames compared.
+    pub frames: usize,
+    /// Frames whose contents differ from the snapshot (breakpoint bytes
+    /// compared as the original instruction bytes).
+    pub frames_differ: Vec<u64>,
+    /// Fields of vCPU 0's CPU record that differ (the TSC is not compared).
+    pub cpu_differ: Vec<&'static str>,
+    /// FNV-1a hash of all saved frames as they are now, and at the snapshot.
+    pub hash_now: u64,
+    /// Hash at the snapshot.
+    pub hash_snapshot: u64,
+}
+
+impl SnapshotCheck {
+    /// Memory and registers equal the snapshot.
+    pub fn exact(&self) -> bool {
+        self.frames_differ.is_empty()
+            && self.cpu_differ.is_empty()
+            && self.hash_now == self.hash_snapshot
+    }
+}
+
 /// A saved domain state (see the module docs).
 pub(crate) struct Snapshot {
     /// Persistent read-write mappings: (first gfn, mapping of CHUNK frames).
@@ -73,18 +174,165 @@ pub(crate) struct Snapshot {
     slot: HashMap<u64, usize>,
     data: Vec<u8>,
     cpu: HvmContext,
+    /// vCPU 0's registers as its vm_event reported them at the snapshot
+    /// (single-vCPU domains stopped at an event only).
+    event_regs: Option<VmEventRegs>,
     tracking: DirtyTracking,
+    /// Frames holding the top of vCPU 0's stack at the snapshot (see
+    /// [`Domain::restore_registers`]).
+    stack_gfns: Vec<u64>,
+    /// Restores since the last CLEAN.
+    since_clean: u32,
     info: SnapshotInfo,
 }
 
 impl Snapshot {
-    fn chunk_of(&mut self, gfn: u64) -> Option<(&mut Mapping, usize)> {
+    fn chunk_index(&self, gfn: u64) -> Option<(usize, usize)> {
         let start = gfn - gfn % CHUNK;
         let i = self.chunks.binary_search_by_key(&start, |(s, _)| *s).ok()?;
-        let (s, m) = &mut self.chunks[i];
-        Some((m, ((gfn - *s) as usize) * PAGE_SIZE))
+        Some((i, ((gfn - start) as usize) * PAGE_SIZE))
     }
 }
+
+/// The vCPU state a vm_event reports besides what the reply can set.
+fn same_control_state(a: &VmEventRegs, b: &VmEventRegs) -> bool {
+    let sel = |x: &xen_sys::vm_event_x86_selector_reg| (x.limit(), x.ar());
+    a.cr0 == b.cr0
+        && a.cr2 == b.cr2
+        && a.cr3 == b.cr3
+        && a.cr4 == b.cr4
+        && a.dr6 == b.dr6
+        && a.dr7 == b.dr7
+        && a.msr_efer == b.msr_efer
+        && a.msr_star == b.msr_star
+        && a.msr_lstar == b.msr_lstar
+        && a.sysenter_cs == b.sysenter_cs
+        && a.sysenter_esp == b.sysenter_esp
+        && a.sysenter_eip == b.sysenter_eip
+        && a.fs_base == b.fs_base
+        && a.gs_base == b.gs_base
+        && a.shadow_gs == b.shadow_gs
+        && a.gdtr_base == b.gdtr_base
+        && a.gdtr_limit == b.gdtr_limit
+        && (a.cs_sel, a.ss_sel, a.ds_sel, a.es_sel, a.fs_sel, a.gs_sel)
+            == (b.cs_sel, b.ss_sel, b.ds_sel, b.es_sel, b.fs_sel, b.gs_sel)
+        && (a.cs_base, a.ss_base, a.ds_base, a.es_base)
+            == (b.cs_base, b.ss_base, b.ds_base, b.es_base)
+        && [
+            sel(&a.cs),
+            sel(&a.ss),
+            sel(&a.ds),
+            sel(&a.es),
+            sel(&a.fs),
+            sel(&a.gs),
+        ] == [
+            sel(&b.cs),
+            sel(&b.ss),
+            sel(&b.ds),
+            sel(&b.es),
+            sel(&b.fs),
+            sel(&b.gs),
+        ]
+}
+
+/// Names of the CPU-record fields that differ (TSC excluded).
+pub(crate) fn cpu_differences(a: &HvmCpu, b: &HvmCpu) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    macro_rules! cmp {
+        ($($f:ident),*) => { $( if a.$f != b.$f { out.push(stringify!($f)); } )* };
+    }
+    cmp!(
+        fpu_regs,
+        rax,
+        rbx,
+        rcx,
+        rdx,
+        rbp,
+        rsi,
+        rdi,
+        rsp,
+        r8,
+        r9,
+        r10,
+        r11,
+        r12,
+        r13,
+        r14,
+        r15,
+        rip,
+        rflags,
+        cr0,
+        cr2,
+        cr3,
+        cr4,
+        dr0,
+        dr1,
+        dr2,
+        dr3,
+        dr6,
+        dr7,
+        cs_sel,
+        ds_sel,
+        es_sel,
+        fs_sel,
+        gs_sel,
+        ss_sel,
+        tr_sel,
+        ldtr_sel,
+        cs_limit,
+        ds_limit,
+        es_limit,
+        fs_limit,
+        gs_limit,
+        ss_limit,
+        tr_limit,
+        ldtr_limit,
+        idtr_limit,
+        gdtr_limit,
+        cs_base,
+        ds_base,
+        es_base,
+        fs_base,
+        gs_base,
+        ss_base,
+        tr_base,
+        ldtr_base,
+        idtr_base,
+        gdtr_base,
+        cs_arbytes,
+        ds_arbytes,
+        es_arbytes,
+        fs_arbytes,
+        gs_arbytes,
+        ss_arbytes,
+        tr_arbytes,
+        ldtr_arbytes,
+        sysenter_cs,
+        sysenter_esp,
+        sysenter_eip,
+        shadow_gs,
+        msr_flags,
+        msr_lstar,
+        msr_star,
+        msr_cstar,
+        msr_syscall_mask,
+        msr_efer,
+        msr_tsc_aux,
+        error_code,
+        flags
+    );
+    out
+}
+
+/// FNV-1a over a byte slice, continuing from `h`.
+fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 impl Domain {
     /// Saves the stopped domain's memory and vCPU state as the domain's
@@ -102,6 +350,7 @@ impl Domain {
             ));
         }
         let t0 = Instant::now();
+        self.settle_register_reset()?;
         self.snapshot = None;
         let mut tracking = self.track_dirty()?;
         let max_gpfn = self.xen.xc.domain_maximum_gpfn(self.domid)?;
@@ -136,7 +385,8 @@ impl Domain {
                 start += n;
             }
         }
-        let nr_pages = self.info()?.nr_pages as usize;
+        let info = self.info()?;
+        let nr_pages = info.nr_pages as usize;
         if slot.len() < nr_pages {
             tracing::warn!(
                 domid = self.domid,
@@ -152,6 +402,25 @@ impl Domain {
             }
         }
         let cpu = self.xen.xc.hvm_context(self.domid)?;
+        let event_regs = if info.max_vcpu_id == 0 && !self.regs_changed.contains(&0) {
+            self.pending
+                .get(&0)
+                .and_then(|p| p.request.as_ref())
+                .map(|r| r.regs())
+        } else {
+            None
+        };
+        let mut stack_gfns = Vec::new();
+        if let Some(c) = cpu.cpu(0) {
+            for va in [c.rsp, c.rsp.saturating_add(STACK_KEEP - 1)] {
+                if let Ok(t) = self.translate(0, va) {
+                    let gfn = t.frame() >> PAGE_SHIFT;
+                    if !stack_gfns.contains(&gfn) {
+                        stack_gfns.push(gfn);
+                    }
+                }
+            }
+        }
         tracking.clean()?;
         self.mem.written.clear();
         let info = SnapshotInfo {
@@ -163,14 +432,29 @@ impl Domain {
             slot,
             data,
             cpu,
+            event_regs,
             tracking,
+            stack_gfns,
+            since_clean: 0,
             info,
         });
         tracing::debug!(domid = self.domid, ?info, "snapshot taken");
         Ok(info)
     }
 
+    /// Chooses how later restores work (kept across snapshots).
+    pub fn set_restore_options(&mut self, options: RestoreOptions) {
+        self.restore_options = options;
+    }
+
+    /// The current restore settings.
+    pub fn restore_options(&self) -> RestoreOptions {
+        self.restore_options
+    }
+
     /// Brings the stopped domain back to its snapshot: memory and vCPU state.
+    /// With [`RegisterReset::EventReply`] the vCPU is reset when it resumes;
+    /// reading or writing its registers before that loads the context first.
     pub fn restore_snapshot(&mut self) -> Result<RestoreStats> {
         if !self.is_stopped() {
             return Err(Error::State(
@@ -181,50 +465,221 @@ impl Domain {
             .snapshot
             .take()
             .ok_or_else(|| Error::State("no snapshot taken".into()))?;
-        let result = self.restore_from(&mut snap);
+        let result = self
+            .restore_memory(&mut snap)
+            .and_then(|st| self.restore_vcpus(&snap, st));
         self.snapshot = Some(snap);
         result
     }
 
-    fn restore_from(&mut self, snap: &mut Snapshot) -> Result<RestoreStats> {
-        let dirty = snap.tracking.clean()?;
+    /// Resets the vCPU state to the snapshot's, and the page(s) holding the
+    /// top of its stack ([`STACK_KEEP`] bytes from the snapshot's RSP: a
+    /// snapshot taken at a function's entry has its return address there,
+    /// which the run's next call overwrites). Everything else keeps what the
+    /// runs wrote (persistent mode). Same register paths as a restore.
+    pub fn restore_registers(&mut self) -> Result<RestoreStats> {
+        if !self.is_stopped() {
+            return Err(Error::State(
+                "restore_registers() needs a stopped domain: pause() first".into(),
+            ));
+        }
+        let mut snap = self
+            .snapshot
+            .take()
+            .ok_or_else(|| Error::State("no snapshot taken".into()))?;
+        let gfns = snap.stack_gfns.clone();
+        let result = self
+            .copy_back(&mut snap, &gfns)
+            .map(|restored| RestoreStats {
+                dirty: 0,
+                written: 0,
+                restored,
+                cleaned: false,
+                regs_in_reply: false,
+            })
+            .and_then(|st| self.restore_vcpus(&snap, st));
+        self.snapshot = Some(snap);
+        result
+    }
+
+    fn restore_memory(&mut self, snap: &mut Snapshot) -> Result<RestoreStats> {
+        let clean = match self.restore_options.strategy {
+            RestoreStrategy::CleanEveryRun => true,
+            RestoreStrategy::PeekCleanEvery(n) => snap.since_clean + 1 >= n.max(1),
+        };
+        let dirty = if clean {
+            snap.since_clean = 0;
+            snap.tracking.clean()?
+        } else {
+            snap.since_clean += 1;
+            snap.tracking.peek()?
+        };
         let written: Vec<u64> = self.mem.written.drain().collect();
         let frames: BTreeSet<u64> = dirty.iter().chain(written.iter()).copied().collect();
-        let mut restored = 0;
-        for &gfn in &frames {
-            let Some(&s) = snap.slot.get(&gfn) else {
-                tracing::debug!(gfn, "dirty frame not in the snapshot: left as is");
-                continue;
-            };
-            let page = snap.data[s * PAGE_SIZE..(s + 1) * PAGE_SIZE].to_vec();
-            let Some((map, off)) = snap.chunk_of(gfn) else {
-                continue;
-            };
-            map.write(off, &page)?;
-            restored += 1;
-            // Breakpoints live in memory, not in the snapshot: plant them again.
-            let opcode = self.bps.insn.as_ref().map(|i| i.opcode());
-            for b in self
-                .bps
-                .list
-                .values()
-                .filter(|b| b.planted && b.pa >> PAGE_SHIFT == gfn)
-            {
-                if let Some(op) = opcode {
-                    map.write(off + (b.pa as usize & (PAGE_SIZE - 1)), &[op])?;
-                }
-            }
-        }
-        self.xen.xc.set_hvm_context(self.domid, &snap.cpu)?;
-        // Pending vm_event register copies no longer match the vCPUs.
-        let pending: Vec<u32> = self.pending.keys().copied().collect();
-        self.regs_changed.extend(pending);
+        let frames: Vec<u64> = frames.into_iter().collect();
+        let restored = self.copy_back(snap, &frames)?;
         self.mem.invalidate();
         self.mem.written.clear();
         Ok(RestoreStats {
             dirty: dirty.len(),
             written: written.len(),
             restored,
+            cleaned: clean,
+            regs_in_reply: false,
+        })
+    }
+
+    /// Copies `frames` back from the snapshot and plants the breakpoints
+    /// they hold again; returns how many were copied.
+    fn copy_back(&mut self, snap: &mut Snapshot, frames: &[u64]) -> Result<usize> {
+        let opcode = self.bps.insn.as_ref().map(|i| i.opcode());
+        let mut restored = 0;
+        for &gfn in frames {
+            let Some(&s) = snap.slot.get(&gfn) else {
+                tracing::debug!(gfn, "dirty frame not in the snapshot: left as is");
+                continue;
+            };
+            let Some((ci, off)) = snap.chunk_index(gfn) else {
+                continue;
+            };
+            let page = &snap.data[s * PAGE_SIZE..(s + 1) * PAGE_SIZE];
+            let map = &mut snap.chunks[ci].1;
+            map.write(off, page)?;
+            restored += 1;
+            // Breakpoints live in memory, not in the snapshot: plant them again.
+            if let Some(op) = opcode {
+                for b in self
+                    .bps
+                    .list
+                    .values()
+                    .filter(|b| b.planted && b.pa >> PAGE_SHIFT == gfn)
+                {
+                    map.write(off + (b.pa as usize & (PAGE_SIZE - 1)), &[op])?;
+                }
+            }
+        }
+        Ok(restored)
+    }
+
+    fn restore_vcpus(&mut self, snap: &Snapshot, mut st: RestoreStats) -> Result<RestoreStats> {
+        // A vCPU stopped on a breakpoint sits on it after the restore only
+        // if the snapshot's RIP is that breakpoint: else nothing to step over
+        // (and no register read to find out).
+        for (&vcpu, p) in self.pending.iter_mut() {
+            p.reset_regs = None;
+            if let StopReason::Breakpoint(id) = p.reason {
+                let saved_rip = u16::try_from(vcpu)
+                    .ok()
+                    .and_then(|v| snap.cpu.cpu(v))
+                    .map(|c| c.rip);
+                if self.bps.list.get(&id).map(|b| b.va) != saved_rip {
+                    p.reason = StopReason::Other;
+                }
+            }
+        }
+        let reply = match (self.restore_options.registers, &snap.event_regs) {
+            (RegisterReset::EventReply, Some(saved)) if self.pending.len() == 1 => self
+                .pending
+                .get_mut(&0)
+                .filter(|p| {
+                    p.request
+                        .as_ref()
+                        .is_some_and(|r| same_control_state(&r.regs(), saved))
+                })
+                .map(|p| p.reset_regs = Some(*saved))
+                .is_some(),
+            _ => false,
+        };
+        if !reply {
+            self.xen.xc.set_hvm_context(self.domid, &snap.cpu)?;
+        }
+        tracing::trace!(
+            domid = self.domid,
+            reply,
+            pending = self.pending.len(),
+            event_regs = snap.event_regs.is_some(),
+            "vCPU reset"
+        );
+        // Pending vm_event register copies no longer match the vCPUs.
+        let pending: Vec<u32> = self.pending.keys().copied().collect();
+        self.regs_changed.extend(pending);
+        self.mem.invalidate();
+        st.regs_in_reply = reply;
+        Ok(st)
+    }
+
+    /// A register reset waiting in a vm_event reply is loaded now with the
+    /// whole context (idempotent; the reply still resets the same values).
+    pub(crate) fn apply_register_reset(&self) -> Result<()> {
+        if self.pending.values().any(|p| p.reset_regs.is_some()) {
+            if let Some(snap) = &self.snapshot {
+                self.xen.xc.set_hvm_context(self.domid, &snap.cpu)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Like [`Domain::apply_register_reset`], and the replies become plain
+    /// (for callers about to change registers).
+    pub(crate) fn settle_register_reset(&mut self) -> Result<()> {
+        self.apply_register_reset()?;
+        for p in self.pending.values_mut() {
+            p.reset_regs = None;
+        }
+        Ok(())
+    }
+
+    /// Compares the stopped domain's memory (every saved frame) and vCPU 0's
+    /// CPU record with the snapshot.
+    pub fn check_snapshot(&mut self) -> Result<SnapshotCheck> {
+        if !self.is_stopped() {
+            return Err(Error::State(
+                "check_snapshot() needs a stopped domain: pause() first".into(),
+            ));
+        }
+        self.apply_register_reset()?;
+        let snap = self
+            .snapshot
+            .as_ref()
+            .ok_or_else(|| Error::State("no snapshot taken".into()))?;
+        let planted: Vec<(u64, u8)> = self
+            .bps
+            .list
+            .values()
+            .filter(|b| b.planted)
+            .map(|b| (b.pa, b.orig))
+            .collect();
+        let mut gfns: Vec<(u64, usize)> = snap.slot.iter().map(|(&g, &s)| (g, s)).collect();
+        gfns.sort_unstable();
+        let mut page = vec![0u8; PAGE_SIZE];
+        let (mut hash_now, mut hash_snapshot) = (FNV_OFFSET, FNV_OFFSET);
+        let mut frames_differ = Vec::new();
+        for &(gfn, s) in &gfns {
+            let Some((ci, off)) = snap.chunk_index(gfn) else {
+                continue;
+            };
+            snap.chunks[ci].1.read(off, &mut page)?;
+            for &(pa, orig) in planted.iter().filter(|(pa, _)| pa >> PAGE_SHIFT == gfn) {
+                page[pa as usize & (PAGE_SIZE - 1)] = orig;
+            }
+            let saved = &snap.data[s * PAGE_SIZE..(s + 1) * PAGE_SIZE];
+            if page != saved {
+                frames_differ.push(gfn);
+            }
+            hash_now = fnv1a(hash_now, &page);
+            hash_snapshot = fnv1a(hash_snapshot, saved);
+        }
+        let now = self.xen.xc.hvm_cpu(self.domid, 0)?;
+        let cpu_differ = match snap.cpu.cpu(0) {
+            Some(saved) => cpu_differences(&now, &saved),
+            None => vec!["cpu record missing from the snapshot"],
+        };
+        Ok(SnapshotCheck {
+            frames: gfns.len(),
+            frames_differ,
+            cpu_differ,
+            hash_now,
+            hash_snapshot,
         })
     }
 
@@ -242,6 +697,47 @@ impl Domain {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restore_strategies_parse() {
+        assert_eq!("clean".parse(), Ok(RestoreStrategy::CleanEveryRun));
+        assert_eq!("peek".parse(), Ok(RestoreStrategy::PeekCleanEvery(1000)));
+        assert_eq!("peek:7".parse(), Ok(RestoreStrategy::PeekCleanEvery(7)));
+        assert!("peek:0".parse::<RestoreStrategy>().is_err());
+        assert!("dirty".parse::<RestoreStrategy>().is_err());
+    }
+
+    #[test]
+    fn cpu_differences_name_fields_but_ignore_the_tsc() {
+        let a = HvmCpu::default();
+        let mut b = a;
+        b.tsc = 12345;
+        assert!(cpu_differences(&a, &b).is_empty());
+        b.rip = 1;
+        b.cr3 = 2;
+        assert_eq!(cpu_differences(&a, &b), vec!["rip", "cr3"]);
+    }
+
+    #[test]
+    fn the_reply_path_needs_the_same_control_state() {
+        let a = VmEventRegs::default();
+        let mut b = a;
+        b.rax = 1;
+        b.rip = 2;
+        b.rflags = 3;
+        assert!(same_control_state(&a, &b), "the reply sets these");
+        b.cr2 = 0x1000;
+        assert!(!same_control_state(&a, &b));
+        let mut c = a;
+        c.fs.set_limit(0xfff);
+        assert!(!same_control_state(&a, &c));
+    }
+
+    #[test]
+    fn fnv1a_matches_the_reference() {
+        assert_eq!(fnv1a(FNV_OFFSET, b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(FNV_OFFSET, b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
 
     #[test]
     fn scan_ranges_follow_the_hvm_layout() {

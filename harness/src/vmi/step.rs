@@ -47,6 +47,7 @@ impl Domain {
             ));
         }
         self.ensure_debug()?;
+        self.settle_register_reset()?;
         let rip = self.single_step(vcpu)?;
         Ok(Event::Step { vcpu, rip })
     }
@@ -156,8 +157,8 @@ impl Domain {
     /// domain stopped with `vcpu` pending as a step.
     fn run_until_step(&mut self, vcpu: u32) -> Result<u64> {
         if let Some(p) = self.pending.remove(&vcpu) {
-            if let (Some(req), Backend::Monitor(ring)) = (p.request, &mut self.backend) {
-                ring.put_response(&req.response())?;
+            if let (Some(rsp), Backend::Monitor(ring)) = (p.response(), &mut self.backend) {
+                ring.put_response(&rsp)?;
             }
         }
         self.unpause_all()?;
@@ -176,6 +177,7 @@ impl Domain {
                         request: None,
                         reason: StopReason::Step,
                         delivered: true,
+                        reset_regs: None,
                     },
                 );
                 Ok(rip)
@@ -232,6 +234,7 @@ impl Domain {
                                 request: Some(req),
                                 reason,
                                 delivered: false,
+                                reset_regs: None,
                             },
                         );
                         self.queued.push_back(event);

@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use crate::lab::xen::Flavour;
 
 mod campaign;
+mod fuzz;
 mod lab;
 mod stub;
 mod tests;
@@ -54,6 +55,8 @@ enum What {
         #[arg(long, value_enum, default_value = "stock")]
         xen: Flavour,
     },
+    /// Fuzzing speed: each reset strategy against the floor of the stack.
+    Fuzz(fuzz::FuzzBenchArgs),
 }
 
 pub fn main(args: BenchArgs) -> Result<i32> {
@@ -67,6 +70,7 @@ pub fn main(args: BenchArgs) -> Result<i32> {
             find_secs,
         } => campaign::run(&targets, runs.max(1), rate_secs, find_secs).map(|()| 0),
         What::Tests { tests, xen } => tests::run(tests.max(2), xen),
+        What::Fuzz(args) => fuzz::run(&args),
     }
 }
 

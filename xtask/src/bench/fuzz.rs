@@ -1,0 +1,149 @@
+//! `cargo xtask bench fuzz`: execution speed of the fuzzer on each sample
+//! parser, every reset strategy against the floor of the stack measured in
+//! the same run on the same guest (`xenprobe-fuzz-bench`, run in dom0 of a
+//! lab of the bench's own).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use xenlab_proto::Request;
+
+use crate::guests::Mode;
+use crate::lab::xen::Flavour;
+use crate::lab::{Lab, UpOptions};
+use crate::{deps, guests, ws};
+
+/// The fuzz-target guests.
+const TARGETS: &[&str] = &["tlv", "bytecode", "imghdr"];
+
+/// Options of `bench fuzz` (the reset-strategy section).
+#[derive(Args, Debug, Clone)]
+pub struct FuzzBenchArgs {
+    /// Sample parsers to measure (comma-separated; default: tlv).
+    #[arg(long, value_delimiter = ',', default_value = "tlv")]
+    pub targets: Vec<String>,
+    /// Guest type.
+    #[arg(long, value_enum, default_value = "pvh")]
+    pub mode: Mode,
+    /// Rounds per strategy (the table shows medians).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Seconds per strategy per round.
+    #[arg(long, default_value_t = 3.0)]
+    pub batch_secs: f64,
+    /// Busy-poll bound (microseconds) of the spin rows; 0: no spin rows.
+    #[arg(long, default_value_t = 2000)]
+    pub spin_us: u64,
+    /// Seconds of the LibAFL-overhead row; 0: skip it.
+    #[arg(long, default_value_t = 10)]
+    pub libafl_secs: u64,
+    #[arg(long, value_enum, default_value = "stock")]
+    pub xen: Flavour,
+}
+
+fn build_bench() -> Result<PathBuf> {
+    let st = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(ws::root())
+        .env("CARGO_TARGET_DIR", ws::target_dir())
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "xenprobe-fuzz",
+            "--bin",
+            "xenprobe-fuzz-bench",
+        ])
+        .status()
+        .context("running cargo build for xenprobe-fuzz-bench")?;
+    if !st.success() {
+        bail!("building xenprobe-fuzz-bench failed");
+    }
+    Ok(ws::target_dir().join("release").join("xenprobe-fuzz-bench"))
+}
+
+/// The reset-strategy section: one table per target.
+pub fn run(args: &FuzzBenchArgs) -> Result<i32> {
+    for t in &args.targets {
+        if !TARGETS.contains(&t.as_str()) {
+            bail!(
+                "unknown fuzz target {t:?}: the sample targets are {}",
+                TARGETS.join(", ")
+            );
+        }
+    }
+    if args.mode == Mode::Pv {
+        bail!("the fuzzer supports PVH and HVM guests (PV has no vm_event ring)");
+    }
+    deps::ensure(deps::Need::Lab)?;
+    guests::build()?;
+    let bin = build_bench()?;
+    let lab = if deps::on_real_dom0() {
+        None
+    } else {
+        Some(Lab::at(
+            args.xen,
+            ws::lab_dir().join(format!("bench-fuzz-{}", args.xen.name())),
+        ))
+    };
+    let running = match &lab {
+        Some(l) => Some(l.up(&UpOptions {
+            forward: (None, 1234),
+            timeout: Duration::from_secs(300),
+            cold: false,
+            saved_states: true,
+        })?),
+        None => None,
+    };
+    let gdir = ws::guests_dir();
+    let mut failed = 0;
+    for t in &args.targets {
+        let name = format!("{t}-{}", args.mode.name());
+        let argv: Vec<String> = vec![
+            bin.display().to_string(),
+            "--cfg".into(),
+            gdir.join(format!("{name}.cfg")).display().to_string(),
+            "--image".into(),
+            gdir.join(&name).display().to_string(),
+            "--krate".into(),
+            t.clone(),
+            "--rounds".into(),
+            args.rounds.max(1).to_string(),
+            "--batch-secs".into(),
+            args.batch_secs.to_string(),
+            "--spin-us".into(),
+            args.spin_us.to_string(),
+            "--libafl-secs".into(),
+            args.libafl_secs.to_string(),
+        ];
+        eprintln!("bench fuzz: {name} ({} rounds)", args.rounds);
+        let code = match &running {
+            Some(r) => {
+                let req = Request {
+                    argv,
+                    env: vec![("XENPROBE_LOG".into(), "error".into())],
+                    cwd: ws::root().display().to_string(),
+                    stdin: false,
+                };
+                r.agent
+                    .run(&req, None, &mut std::io::stdout(), &mut std::io::stderr())?
+            }
+            None => Command::new(&argv[0])
+                .args(&argv[1..])
+                .env("XENPROBE_LOG", "error")
+                .status()?
+                .code()
+                .unwrap_or(1),
+        };
+        if code != 0 {
+            eprintln!("bench fuzz: {name} failed (exit status {code})");
+            failed += 1;
+        }
+    }
+    if let Some(l) = &lab {
+        l.down()?;
+    }
+    Ok(i32::from(failed > 0))
+}
