@@ -4,7 +4,7 @@
 //!
 //! Without a domain, a sample `known` guest of each type is created with
 //! `xl create -p` (images from `target/guests`, see
-//! [`GuestImages`](crate::testing::GuestImages)), probed and destroyed. With
+//! [`GuestImages`]), probed and destroyed. With
 //! a domain, only features that leave the guest as it was are tried (no
 //! breakpoints, no steps: those run guest code); the domain's pause state
 //! and a hash of the frames the probe touches are compared before and after.

@@ -6,6 +6,11 @@
 //! DONE on the bytes of "go!", `known_compute(3, 4)` returns 3 * 7 + 4 = 25, which
 //! becomes `known_result` and the exit code (`EXIT 25`). A debugger that changes
 //! `rdi`/`rsi` at `known_compute` changes the result and the exit code.
+//!
+//! Idle option: with `known.spin=1` on the command line (PV/PVH:
+//! `extra="known.spin=1"`) or `known_spin` set non-zero before it runs, the
+//! guest prints `KNOWN spinning` and loops, writing nothing, until
+//! `known_spin` is 0 (for probing a running guest, e.g. `xenprobe caps DOMAIN`).
 #![no_std]
 #![no_main]
 #![allow(non_upper_case_globals)]
@@ -41,6 +46,13 @@ pub const ARMED: u32 = 1;
 pub const RUNNING: u32 = 2;
 pub const DONE: u32 = 3;
 pub const ERROR: u32 = 0xff;
+
+/// Non-zero: the guest idles in a loop at the start of `main` (reading only
+/// this variable) until a debugger writes 0; then it runs as usual. Set by
+/// `known.spin=1` on the command line (`extra="known.spin=1"` in the xl
+/// config, PV and PVH) or by writing it before the guest runs (any mode).
+#[no_mangle]
+pub static mut known_spin: u64 = 0;
 
 /// Called `known_ticks` times with 0, 1, 2, ...; returns the new counter value.
 #[no_mangle]
@@ -81,7 +93,16 @@ pub extern "C" fn known_checkpoint() {
     black_box(());
 }
 
-fn main(_boot: &xenprobe_rt::BootInfo) -> i32 {
+fn main(boot: &xenprobe_rt::BootInfo) -> i32 {
+    if boot.arg("known.spin") == Some("1") {
+        unsafe { addr_of_mut!(known_spin).write_volatile(1) };
+    }
+    if unsafe { addr_of!(known_spin).read_volatile() } != 0 {
+        println!("KNOWN spinning (write 0 to known_spin to go on)");
+        while unsafe { addr_of!(known_spin).read_volatile() } != 0 {
+            core::hint::spin_loop();
+        }
+    }
     for i in 0..black_box(known_ticks) {
         known_tick(i);
     }

@@ -282,15 +282,13 @@ impl Domain {
         }
         self.detached = true;
         unregister(self.domid);
-        let gone = matches!(self.xen.xc.domain_info(self.domid), Err(ref e) if e.raw_errno() == Some(libc::ESRCH));
-        if gone {
-            self.journal.delete();
+        if self.vanished() {
+            self.forget_vanished();
             return Ok(());
         }
         let mut first_err: Option<Error> = None;
         let mut note = |r: Result<()>| {
             if let Err(e) = r {
-                tracing::warn!("detach: {e}");
                 first_err.get_or_insert(e);
             }
         };
@@ -322,10 +320,40 @@ impl Domain {
             note(self.xen.xc.domain_unpause(self.domid).map_err(Error::from));
             self.pause_count -= 1;
         }
-        if first_err.is_none() {
+        if first_err.is_some() && self.vanished() {
+            // The domain shut down or was destroyed while we detached:
+            // nothing is left to repair (ESRCH from the calls above).
+            self.forget_vanished();
+            return Ok(());
+        }
+        if let Some(e) = &first_err {
+            tracing::warn!(domid = self.domid, "detach: {e}");
+        } else {
             self.journal.delete();
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// The domain no longer exists or is being destroyed: a detach has
+    /// nothing to restore.
+    fn vanished(&self) -> bool {
+        match self.xen.xc.domain_info(self.domid) {
+            Err(e) => e.raw_errno() == Some(libc::ESRCH),
+            Ok(i) => i.dying,
+        }
+    }
+
+    /// Drops every handle on a vanished domain without calling Xen on it.
+    fn forget_vanished(&mut self) {
+        tracing::debug!(domid = self.domid, "domain gone: detached without repairs");
+        self.pending.clear();
+        self.queued.clear();
+        self.snapshot = None;
+        self.backend = Backend::None;
+        self.mem.invalidate();
+        self.mem.unmap_all();
+        self.pause_count = 0;
+        self.journal.delete();
     }
 }
 

@@ -46,7 +46,14 @@
 //!   (resume + wait), [`Domain::step`].
 //! - Log-dirty: [`Domain::track_dirty`] ([`DirtyTracking`]: clean/peek).
 //! - Snapshots (HVM/PVH): [`Domain::take_snapshot`], [`Domain::restore_snapshot`]
-//!   (copies back only frames log-dirty reports plus frames xenprobe wrote).
+//!   (copies back only frames log-dirty reports plus frames xenprobe wrote;
+//!   [`RestoreOptions`]: CLEAN every run or PEEK with CLEAN every N, registers
+//!   in the vm_event reply);
+//!   [`Domain::save_snapshot_file`] / [`Domain::load_snapshot_file`] (to a
+//!   file and into a fresh domain of the same config);
+//!   [`Domain::memory_image`] (a copy of all guest memory, to compare).
+//! - Snapshot backends: [`SnapshotBackend`] ([`fork::LogDirtyBackend`],
+//!   [`fork::VmForkBackend`] where Xen forks VMs).
 //! - Watchpoints: [`Domain::watchpoint_support`] (probes Xen's mem_access
 //!   on the guest), [`Domain::add_watchpoint`] (see [`watchpoint`]: not
 //!   available on the lab's AMD host).
@@ -77,7 +84,12 @@
 //! - TF is hidden from `pushf` during a step; an interrupt taken during a
 //!   step still sees TF in its frame.
 //! - "Physical" addresses of PV guests are machine addresses.
-//! - Snapshots: HVM/PVH only; the frame scan follows libxl's x86 layout.
+//! - Snapshots (in memory and in files): HVM/PVH only; the frame scan
+//!   follows libxl's x86 layout. Snapshot files load into a domain made
+//!   from the same xl config only.
+//! - A running guest's memory outside its own image was seen changing with
+//!   no probe attached (PVH, busy lab); compare running guests by their
+//!   image, stopped guests with [`Domain::memory_image`].
 //! - Guest memory mappings are cached (512 frames) across runs; a guest
 //!   that balloons pages out would leave stale mappings.
 //! - Not verified in the lab (no hardware for it): int3 with the HVM
@@ -95,10 +107,12 @@ pub mod cleanup;
 mod domain;
 mod error;
 mod events;
+pub mod fork;
 mod memory;
 pub mod pagewalk;
 mod regs;
 pub mod snapshot;
+pub mod snapshot_file;
 mod step;
 pub mod symbols;
 pub mod watchpoint;
@@ -108,11 +122,13 @@ pub use caps::{BreakpointInsnKind, Capabilities, GuestKind, StepMethod};
 pub use domain::{Domain, DomainRef, DomainSummary, Xen};
 pub use error::{Error, Result};
 pub use events::{Event, ShutdownReason};
-pub use memory::DirtyTracking;
+pub use fork::SnapshotBackend;
+pub use memory::{DirtyTracking, MemoryImage};
 pub use pagewalk::{PagingMode, Translation};
 pub use regs::{Registers, Segment, RFLAGS_TF};
 pub use snapshot::{
     RegisterReset, RestoreOptions, RestoreStats, RestoreStrategy, SnapshotCheck, SnapshotInfo,
 };
+pub use snapshot_file::SnapshotFileMeta;
 pub use symbols::{SourceLine, Symbol, Symbols};
 pub use watchpoint::WatchKind;

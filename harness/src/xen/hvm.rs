@@ -10,6 +10,10 @@ use xen_sys as sys;
 use super::ctrl::XenCtrl;
 use super::error::{check, Result, XenError};
 
+/// `HVM_PARAM_MONITOR_RING_PFN`: the guest frame of the vm_event monitor
+/// ring (taken out of the guest's physmap while a ring is enabled).
+pub const HVM_PARAM_MONITOR_RING_PFN: u32 = sys::HVM_PARAM_MONITOR_RING_PFN;
+
 /// Typecode of the per-vCPU CPU record (`HVM_SAVE_CODE(CPU)`).
 pub const HVM_SAVE_CODE_CPU: u16 = 2;
 const HVM_SAVE_CODE_END: u16 = 0;
@@ -148,6 +152,16 @@ impl XenCtrl {
         };
         check("xc_domain_hvm_setcontext", rc)?;
         Ok(())
+    }
+
+    /// `xc_hvm_param_get`: one HVM parameter (`HVM_PARAM_*`) of a domain.
+    /// See docs/xen-vmi.md#hvm-registers
+    pub fn hvm_param(&self, domid: u32, param: u32) -> Result<u64> {
+        let mut v = 0u64;
+        // SAFETY: out pointer to a local.
+        let rc = unsafe { sys::xc_hvm_param_get(self.raw(), domid, param, &mut v) };
+        check("xc_hvm_param_get", rc)?;
+        Ok(v)
     }
 
     /// `xc_domain_hvm_getcontext_partial` for the CPU record of `vcpu`.

@@ -28,7 +28,7 @@ pub use ctrl::{DomainInfo, XenCtrl};
 pub use error::{Result, XenError};
 pub use evtchn::EventChannel;
 pub use foreignmemory::{ForeignMemory, Mapping, Prot};
-pub use hvm::{HvmContext, HvmCpu, HVM_SAVE_CODE_CPU};
+pub use hvm::{HvmContext, HvmCpu, HVM_PARAM_MONITOR_RING_PFN, HVM_SAVE_CODE_CPU};
 pub use logdirty::{DirtyBitmap, LogDirtyStats};
 pub use memaccess::{MemAccess, MemAccessHit};
 pub use monitor::{DebugEventType, MonitorRing, VmEventRegs, VmEventRequest, VmEventResponse};

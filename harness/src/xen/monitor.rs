@@ -428,17 +428,19 @@ impl Drop for MonitorRing {
             let _ = self.set_software_breakpoint(false);
         }
         if let Err(e) = self.drain() {
-            tracing::warn!(domid = self.domid, "draining vm_event ring: {e}");
+            if e.raw_errno() != Some(libc::ESRCH) {
+                tracing::warn!(domid = self.domid, "draining vm_event ring: {e}");
+            }
         }
         let _ = self.evtchn.unbind(self.port);
         // SAFETY: the ring is ours; the page was mapped by xc_monitor_enable.
         unsafe {
             if sys::xc_monitor_disable(self.xc.raw(), self.domid) < 0 {
-                tracing::warn!(
-                    domid = self.domid,
-                    "xc_monitor_disable: {}",
-                    std::io::Error::last_os_error()
-                );
+                let e = std::io::Error::last_os_error();
+                // ESRCH: the domain is gone, and its ring with it.
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    tracing::warn!(domid = self.domid, "xc_monitor_disable: {e}");
+                }
             }
             libc::munmap(self.sring.as_ptr().cast(), PAGE_SIZE);
         }

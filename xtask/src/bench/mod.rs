@@ -11,6 +11,7 @@ mod fuzz;
 mod lab;
 mod stub;
 mod tests;
+mod vmi;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -57,6 +58,26 @@ enum What {
     },
     /// Fuzzing speed: each reset strategy against the floor of the stack.
     Fuzz(fuzz::FuzzBenchArgs),
+    /// VMI engine operations against the raw libxc calls (runs in dom0).
+    Vmi {
+        /// Batches per median (each batch repeats a call for >= 250 ms).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Size of the small guest in MiB.
+        #[arg(long, default_value_t = 128)]
+        small_mib: u64,
+        /// Size of the big guest in MiB. The issue asks for 1 GiB, but the
+        /// lab's dom0 has 1 GiB and a snapshot keeps a copy of all guest
+        /// memory in dom0: 512 MiB is the largest that fits beside dom0's
+        /// own use.
+        #[arg(long, default_value_t = 512)]
+        big_mib: u64,
+        #[arg(long, value_enum, default_value = "stock")]
+        xen: Flavour,
+        /// Measure a debug build (faster to build, slower to run).
+        #[arg(long)]
+        debug_build: bool,
+    },
 }
 
 pub fn main(args: BenchArgs) -> Result<i32> {
@@ -71,6 +92,19 @@ pub fn main(args: BenchArgs) -> Result<i32> {
         } => campaign::run(&targets, runs.max(1), rate_secs, find_secs).map(|()| 0),
         What::Tests { tests, xen } => tests::run(tests.max(2), xen),
         What::Fuzz(args) => fuzz::run(&args),
+        What::Vmi {
+            runs,
+            small_mib,
+            big_mib,
+            xen,
+            debug_build,
+        } => vmi::run(&vmi::VmiOptions {
+            runs: runs.max(1),
+            small_mib,
+            big_mib,
+            xen,
+            debug_build,
+        }),
     }
 }
 

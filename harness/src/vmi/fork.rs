@@ -1,0 +1,165 @@
+//! Snapshot backends: restoring dirty pages (log-dirty) or resetting a VM
+//! fork, behind one small trait.
+//!
+//! - [`LogDirtyBackend`]: the domain's own in-memory snapshot
+//!   ([`Domain::take_snapshot`] / [`Domain::restore_snapshot`]); works on
+//!   every HVM/PVH host with HAP or shadow paging. The workload runs in the
+//!   snapshotted domain itself.
+//! - [`VmForkBackend`]: `xc_memshr_fork` makes a child domain that shares
+//!   the paused parent's memory copy-on-write; `xc_memshr_fork_reset` throws
+//!   the child's private pages and vCPU state away. The workload runs in the
+//!   child (attach to it by id); the parent stays paused. Xen 4.17 forks
+//!   HVM/PVH guests on Intel VT-x with HAP only (not in the QEMU lab, which
+//!   emulates an AMD CPU): [`VmForkBackend::probe`] says why not.
+
+use crate::xen::XenCtrl;
+
+use super::domain::{Domain, Xen};
+use super::error::{Error, Result};
+
+/// A way to save a stopped domain's state and bring a workload back to it.
+pub trait SnapshotBackend {
+    /// Short name for reports ("log-dirty", "vm-fork").
+    fn name(&self) -> &'static str;
+    /// Saves the stopped `dom`. Returns the id of the domain the workload
+    /// must run in: `dom` itself, or a new domain (a fork) to attach to.
+    fn take(&mut self, dom: &mut Domain) -> Result<u32>;
+    /// Brings `workload` (the domain [`SnapshotBackend::take`] named) back
+    /// to the saved memory and vCPU state; it is left stopped.
+    fn restore(&mut self, workload: &mut Domain) -> Result<()>;
+}
+
+/// Restores the pages log-dirty reports (the domain's own snapshot).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LogDirtyBackend;
+
+impl SnapshotBackend for LogDirtyBackend {
+    fn name(&self) -> &'static str {
+        "log-dirty"
+    }
+    fn take(&mut self, dom: &mut Domain) -> Result<u32> {
+        dom.take_snapshot()?;
+        Ok(dom.id())
+    }
+    fn restore(&mut self, workload: &mut Domain) -> Result<()> {
+        workload.pause()?;
+        workload.restore_snapshot()?;
+        Ok(())
+    }
+}
+
+/// VM forks (`xc_memshr_fork` / `xc_memshr_fork_reset`); the child is
+/// destroyed on drop.
+#[derive(Debug)]
+pub struct VmForkBackend {
+    xc: XenCtrl,
+    child: Option<u32>,
+}
+
+impl VmForkBackend {
+    /// A backend that has not forked yet.
+    pub fn new(xen: &Xen) -> Self {
+        Self {
+            xc: xen.xc.clone(),
+            child: None,
+        }
+    }
+
+    /// Whether `dom` can be forked here. When the rules say no (PV, not
+    /// Intel VT-x with HAP) the hypervisor is asked anyway, and the error
+    /// names both the rule and what Xen answered. `dom` is paused for the
+    /// try and left as it was.
+    pub fn probe(xen: &Xen, dom: &Domain) -> Result<()> {
+        let rule = match dom.capabilities().vm_forks() {
+            Ok(()) => return Ok(()),
+            Err(Error::Unsupported { why, .. }) => why,
+            Err(e) => return Err(e),
+        };
+        if !dom.kind().is_hvm_container() {
+            return Err(Error::unsupported("VM forks", rule));
+        }
+        let answer = match try_fork(&xen.xc, dom.id()) {
+            Ok(()) => "yet a fork succeeded: the rule is out of date".to_string(),
+            Err(e) => format!("Xen answered: {e}"),
+        };
+        Err(Error::unsupported("VM forks", format!("{rule}; {answer}")))
+    }
+
+    /// The fork, once taken.
+    pub fn child(&self) -> Option<u32> {
+        self.child
+    }
+}
+
+/// Forks `parent` into a throwaway shell and destroys it again.
+fn try_fork(xc: &XenCtrl, parent: u32) -> Result<()> {
+    xc.domain_pause(parent)?;
+    let result = (|| -> Result<()> {
+        let info = xc.domain_info(parent)?;
+        let child = xc.fork_shell_create(&info)?;
+        let forked = xc.memshr_fork(parent, child);
+        if let Err(e) = xc.domain_destroy(child) {
+            tracing::warn!(child, "destroying the fork probe's shell: {e}");
+        }
+        Ok(forked?)
+    })();
+    xc.domain_unpause(parent)?;
+    result
+}
+
+impl SnapshotBackend for VmForkBackend {
+    fn name(&self) -> &'static str {
+        "vm-fork"
+    }
+
+    fn take(&mut self, dom: &mut Domain) -> Result<u32> {
+        dom.capabilities().vm_forks()?;
+        if !dom.is_stopped() {
+            return Err(Error::State(
+                "forking needs a stopped domain: pause() first".into(),
+            ));
+        }
+        if let Some(old) = self.child.take() {
+            let _ = self.xc.domain_destroy(old);
+        }
+        let info = dom.info()?;
+        let child = self.xc.fork_shell_create(&info)?;
+        if let Err(e) = self.xc.memshr_fork(dom.id(), child) {
+            let _ = self.xc.domain_destroy(child);
+            return Err(e.into());
+        }
+        self.child = Some(child);
+        tracing::debug!(parent = dom.id(), child, "forked");
+        Ok(child)
+    }
+
+    fn restore(&mut self, workload: &mut Domain) -> Result<()> {
+        match self.child {
+            Some(c) if c == workload.id() => {}
+            _ => {
+                return Err(Error::State(format!(
+                    "domain {} is not this backend's fork",
+                    workload.id()
+                )))
+            }
+        }
+        workload.pause()?;
+        self.xc.memshr_fork_reset(workload.id())?;
+        // Every vCPU and page is the parent's again.
+        let pending: Vec<u32> = workload.pending.keys().copied().collect();
+        workload.regs_changed.extend(pending);
+        workload.mem.invalidate();
+        workload.mem.written.clear();
+        Ok(())
+    }
+}
+
+impl Drop for VmForkBackend {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.take() {
+            if let Err(e) = self.xc.domain_destroy(c) {
+                tracing::warn!(child = c, "destroying the fork: {e}");
+            }
+        }
+    }
+}
