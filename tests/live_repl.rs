@@ -11,24 +11,6 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-fn xenprobe_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("XENPROBE_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|d| d.join("xenprobe"))
-        .expect("target dir");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build -p xenprobe` (or set XENPROBE_BIN)",
-        bin.display()
-    );
-    bin
-}
-
 /// A paused guest, destroyed on drop.
 struct Guest {
     name: String,
@@ -77,7 +59,7 @@ impl Drop for Guest {
 /// Runs the REPL on `g`: `first` commands, then `xl unpause` (the guest was
 /// created paused; the REPL holds its own pause), then `rest`.
 fn session(g: &Guest, first: &[&str], rest: &[String]) -> String {
-    let mut child = Command::new(xenprobe_bin())
+    let mut child = Command::new(xenprobe_tests::xenprobe_bin())
         .args(["repl", &g.name, "--symbols"])
         .arg(&g.image)
         .stdin(Stdio::piped())

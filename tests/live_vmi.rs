@@ -1025,24 +1025,6 @@ fn console_now(name: &str) -> String {
     .unwrap_or_default()
 }
 
-fn xenprobe_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("XENPROBE_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|d| d.join("xenprobe"))
-        .expect("target dir");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build -p xenprobe` (or set XENPROBE_BIN)",
-        bin.display()
-    );
-    bin
-}
-
 /// Hash of the guest image's loaded segments (code, read-only data, data,
 /// bss with the boot stack) as they are in the running guest's memory,
 /// read page by page through libxenforeignmemory without pausing it.
@@ -1112,7 +1094,7 @@ fn caps_on_running_guest(mode: &str) {
     let image0 = image_hash(&xen, domid, &g.image);
     assert!(!xen.ctrl().domain_info(domid).expect("info").paused);
 
-    let out = Command::new(xenprobe_bin())
+    let out = Command::new(xenprobe_tests::xenprobe_bin())
         .args(["caps", &g.name, "--json"])
         .output()
         .expect("run xenprobe caps");

@@ -24,3 +24,22 @@ pub fn root() -> PathBuf {
         .expect("tests/ has a parent")
         .to_path_buf()
 }
+
+/// The `xenprobe` binary next to the test binary (`XENPROBE_BIN` overrides).
+pub fn xenprobe_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("XENPROBE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|d| d.join("xenprobe"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build -p xenprobe` (or set XENPROBE_BIN)",
+        bin.display()
+    );
+    bin
+}

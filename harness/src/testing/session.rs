@@ -458,31 +458,7 @@ impl<const N: usize> Plain for [u8; N] {
 
 /// The registers as a stable, readable block (also used for snapshots).
 pub fn format_regs(r: &Registers) -> String {
-    let g = [
-        ("rax", r.rax),
-        ("rbx", r.rbx),
-        ("rcx", r.rcx),
-        ("rdx", r.rdx),
-        ("rsi", r.rsi),
-        ("rdi", r.rdi),
-        ("rbp", r.rbp),
-        ("rsp", r.rsp),
-        ("r8", r.r8),
-        ("r9", r.r9),
-        ("r10", r.r10),
-        ("r11", r.r11),
-        ("r12", r.r12),
-        ("r13", r.r13),
-        ("r14", r.r14),
-        ("r15", r.r15),
-        ("rip", r.rip),
-        ("rflags", r.rflags),
-        ("cr0", r.cr0),
-        ("cr2", r.cr2),
-        ("cr3", r.cr3),
-        ("cr4", r.cr4),
-        ("efer", r.efer),
-    ];
+    let g = r.named();
     let mut s = String::new();
     for (i, (n, v)) in g.iter().enumerate() {
         let _ = write!(s, "{n:>6} {v:#018x}");

@@ -27,30 +27,8 @@ impl RegsView {
     pub fn new(r: &Registers, mode: Mode) -> Self {
         let hex = |v: u64| format!("{v:#x}");
         let mut v = vec![];
-        for (n, x) in [
-            ("rax", r.rax),
-            ("rbx", r.rbx),
-            ("rcx", r.rcx),
-            ("rdx", r.rdx),
-            ("rsi", r.rsi),
-            ("rdi", r.rdi),
-            ("rbp", r.rbp),
-            ("rsp", r.rsp),
-            ("r8", r.r8),
-            ("r9", r.r9),
-            ("r10", r.r10),
-            ("r11", r.r11),
-            ("r12", r.r12),
-            ("r13", r.r13),
-            ("r14", r.r14),
-            ("r15", r.r15),
-            ("rip", r.rip),
-            ("rflags", r.rflags),
-            ("cr0", r.cr0),
-            ("cr3", r.cr3),
-            ("cr4", r.cr4),
-            ("efer", r.efer),
-        ] {
+        // cr2 (the last page-fault address) is not part of the view.
+        for (n, x) in r.named().into_iter().filter(|(n, _)| *n != "cr2") {
             v.push((n, hex(x)));
         }
         v.push(("cs", hex(r.cs.selector.into())));

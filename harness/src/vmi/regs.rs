@@ -74,6 +74,29 @@ pub struct Registers {
 }
 
 impl Registers {
+    /// Names of [`Registers::gprs`], in the same order.
+    pub const GPR_NAMES: [&'static str; 16] = [
+        "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12",
+        "r13", "r14", "r15",
+    ];
+
+    /// The general registers, RIP, RFLAGS, CR0/2/3/4 and EFER with their
+    /// names, in that order (for printing).
+    pub fn named(&self) -> Vec<(&'static str, u64)> {
+        let mut v: Vec<(&'static str, u64)> =
+            Self::GPR_NAMES.iter().copied().zip(self.gprs()).collect();
+        v.extend([
+            ("rip", self.rip),
+            ("rflags", self.rflags),
+            ("cr0", self.cr0),
+            ("cr2", self.cr2),
+            ("cr3", self.cr3),
+            ("cr4", self.cr4),
+            ("efer", self.efer),
+        ]);
+        v
+    }
+
     /// General-purpose registers in the order gdb's amd64 target uses
     /// (rax, rbx, rcx, rdx, rsi, rdi, rbp, rsp, r8..r15).
     pub fn gprs(&self) -> [u64; 16] {

@@ -20,34 +20,13 @@ use super::caps::GuestKind;
 use super::domain::Domain;
 use super::error::{Error, Result};
 use super::events::StopReason;
-use super::memory::DirtyTracking;
+use super::memory::{hvm_frame_ranges, DirtyTracking};
 
 /// Bytes from the snapshot's RSP up that [`Domain::restore_registers`] restores.
 pub const STACK_KEEP: u64 = 512;
 
 /// Frames per persistent mapping chunk.
 const CHUNK: u64 = 4096;
-
-/// Guest-frame ranges to save: (first, last, stop at the first empty chunk).
-///
-/// Scanning every frame up to the highest one costs about 5 us per hole in
-/// the emulated lab (seconds for the 4 GiB an HVM p2m spans), so the scan
-/// follows the x86 HVM/PVH layout libxl builds: RAM from frame 0 up to the
-/// first empty 16 MiB chunk, the special/ACPI frames just below 4 GiB
-/// (0xfc000-0xfefff), and RAM above 4 GiB if the guest has any.
-pub(crate) fn scan_ranges(max_gpfn: u64) -> Vec<(u64, u64, bool)> {
-    const SPECIAL_FIRST: u64 = 0xfc000;
-    const SPECIAL_LAST: u64 = 0xfefff;
-    const HIGH_FIRST: u64 = 0x100000;
-    let mut r = vec![(0, max_gpfn.min(SPECIAL_FIRST - 1), true)];
-    if max_gpfn >= SPECIAL_FIRST {
-        r.push((SPECIAL_FIRST, max_gpfn.min(SPECIAL_LAST), false));
-    }
-    if max_gpfn >= HIGH_FIRST {
-        r.push((HIGH_FIRST, max_gpfn, false));
-    }
-    r
-}
 
 /// How a restore finds the frames to copy back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -357,7 +336,7 @@ impl Domain {
         let mut chunks = Vec::new();
         let mut slot = HashMap::new();
         let mut data = Vec::new();
-        for (from, to, stop_at_hole) in scan_ranges(max_gpfn) {
+        for (from, to, stop_at_hole) in hvm_frame_ranges(max_gpfn) {
             let mut start = from;
             while start <= to {
                 let n = CHUNK.min(to + 1 - start);
@@ -741,13 +720,13 @@ mod tests {
 
     #[test]
     fn scan_ranges_follow_the_hvm_layout() {
-        assert_eq!(scan_ranges(0x1fff), vec![(0, 0x1fff, true)]);
+        assert_eq!(hvm_frame_ranges(0x1fff), vec![(0, 0x1fff, true)]);
         assert_eq!(
-            scan_ranges(0xfeffc),
+            hvm_frame_ranges(0xfeffc),
             vec![(0, 0xfbfff, true), (0xfc000, 0xfeffc, false)]
         );
         assert_eq!(
-            scan_ranges(0x12_0000),
+            hvm_frame_ranges(0x12_0000),
             vec![
                 (0, 0xfbfff, true),
                 (0xfc000, 0xfefff, false),
