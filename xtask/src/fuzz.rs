@@ -90,21 +90,42 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// Builds `xenprobe-fuzz` into the main target directory (shared with dom0).
 pub(crate) fn build_fuzzer(release: bool) -> Result<PathBuf> {
+    build_fuzz_bin("xenprobe-fuzz", release)
+}
+
+/// Builds binary `bin` of the fuzz crate into the main target directory
+/// (shared with dom0) and returns its path.
+pub(crate) fn build_fuzz_bin(bin: &str, release: bool) -> Result<PathBuf> {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(ws::root())
         .env("CARGO_TARGET_DIR", ws::target_dir())
-        .args(["build", "-p", "xenprobe-fuzz", "--bin", "xenprobe-fuzz"]);
+        .args(["build", "-p", "xenprobe-fuzz", "--bin", bin]);
     if release {
         cmd.arg("--release");
     }
     let st = cmd
         .status()
-        .context("running cargo build for xenprobe-fuzz")?;
+        .with_context(|| format!("running cargo build for {bin}"))?;
     if !st.success() {
-        bail!("building xenprobe-fuzz failed");
+        bail!("building {bin} failed");
     }
     let profile = if release { "release" } else { "debug" };
-    Ok(ws::target_dir().join(profile).join("xenprobe-fuzz"))
+    Ok(ws::target_dir().join(profile).join(bin))
+}
+
+/// The fuzzer arguments naming sample guest `target` in `mode` (`pv`,
+/// `pvh`, `hvm`): its xl config, its image and its crate.
+pub(crate) fn sample_args(target: &str, mode: &str) -> Vec<String> {
+    let gdir = ws::guests_dir();
+    let name = format!("{target}-{mode}");
+    vec![
+        "--cfg".into(),
+        gdir.join(format!("{name}.cfg")).display().to_string(),
+        "--image".into(),
+        gdir.join(&name).display().to_string(),
+        "--krate".into(),
+        target.into(),
+    ]
 }
 
 pub fn main(args: FuzzArgs) -> Result<i32> {
@@ -129,7 +150,6 @@ pub fn main(args: FuzzArgs) -> Result<i32> {
     deps::ensure(deps::Need::Lab)?;
     guests::build()?;
     let bin = build_fuzzer(!args.debug_build)?;
-    let gdir = ws::guests_dir();
     let mut argv: Vec<String> = vec![bin.display().to_string()];
     let name = match &args.config {
         Some(c) => {
@@ -141,16 +161,8 @@ pub fn main(args: FuzzArgs) -> Result<i32> {
             stem
         }
         None => {
-            let name = format!("{}-{}", args.target, args.mode.name());
-            argv.extend([
-                "--cfg".into(),
-                gdir.join(format!("{name}.cfg")).display().to_string(),
-                "--image".into(),
-                gdir.join(&name).display().to_string(),
-                "--krate".into(),
-                args.target.clone(),
-            ]);
-            name
+            argv.extend(sample_args(&args.target, args.mode.name()));
+            format!("{}-{}", args.target, args.mode.name())
         }
     };
     let dir = ws::target_dir().join("fuzz").join(&name);

@@ -65,23 +65,16 @@ fn found_after(dir: &Path, kind: &str, site: &str) -> Option<f64> {
 
 fn campaign(bin: &Path, target: &str, dir: &Path, secs: u64, jobs: u32, seed: u64) -> Result<i32> {
     let _ = std::fs::remove_dir_all(dir);
-    let gdir = ws::guests_dir();
-    let name = format!("{target}-pvh");
-    let mut argv: Vec<String> = vec![
-        bin.display().to_string(),
-        "--cfg".into(),
-        gdir.join(format!("{name}.cfg")).display().to_string(),
-        "--image".into(),
-        gdir.join(&name).display().to_string(),
-        "--krate".into(),
-        target.into(),
+    let mut argv: Vec<String> = vec![bin.display().to_string()];
+    argv.extend(crate::fuzz::sample_args(target, "pvh"));
+    argv.extend([
         "--dir".into(),
         dir.display().to_string(),
         "--time".into(),
         format!("{secs}s"),
         "--rng-seed".into(),
         seed.to_string(),
-    ];
+    ]);
     if jobs > 1 {
         argv.extend(["--jobs".into(), jobs.to_string()]);
     }

@@ -3,11 +3,10 @@
 //! the same run on the same guest (`xenprobe-fuzz-bench`, run in dom0 of a
 //! lab of the bench's own).
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use xenlab_proto::Request;
 
@@ -44,26 +43,6 @@ pub struct FuzzBenchArgs {
     pub xen: Flavour,
 }
 
-fn build_bench() -> Result<PathBuf> {
-    let st = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(ws::root())
-        .env("CARGO_TARGET_DIR", ws::target_dir())
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "xenprobe-fuzz",
-            "--bin",
-            "xenprobe-fuzz-bench",
-        ])
-        .status()
-        .context("running cargo build for xenprobe-fuzz-bench")?;
-    if !st.success() {
-        bail!("building xenprobe-fuzz-bench failed");
-    }
-    Ok(ws::target_dir().join("release").join("xenprobe-fuzz-bench"))
-}
-
 /// The reset-strategy section: one table per target.
 pub fn run(args: &FuzzBenchArgs) -> Result<i32> {
     for t in &args.targets {
@@ -79,7 +58,7 @@ pub fn run(args: &FuzzBenchArgs) -> Result<i32> {
     }
     deps::ensure(deps::Need::Lab)?;
     guests::build()?;
-    let bin = build_bench()?;
+    let bin = crate::fuzz::build_fuzz_bin("xenprobe-fuzz-bench", true)?;
     let lab = if deps::on_real_dom0() {
         None
     } else {
@@ -97,18 +76,12 @@ pub fn run(args: &FuzzBenchArgs) -> Result<i32> {
         })?),
         None => None,
     };
-    let gdir = ws::guests_dir();
     let mut failed = 0;
     for t in &args.targets {
         let name = format!("{t}-{}", args.mode.name());
-        let argv: Vec<String> = vec![
-            bin.display().to_string(),
-            "--cfg".into(),
-            gdir.join(format!("{name}.cfg")).display().to_string(),
-            "--image".into(),
-            gdir.join(&name).display().to_string(),
-            "--krate".into(),
-            t.clone(),
+        let mut argv: Vec<String> = vec![bin.display().to_string()];
+        argv.extend(crate::fuzz::sample_args(t, args.mode.name()));
+        argv.extend([
             "--rounds".into(),
             args.rounds.max(1).to_string(),
             "--batch-secs".into(),
@@ -117,7 +90,7 @@ pub fn run(args: &FuzzBenchArgs) -> Result<i32> {
             args.spin_us.to_string(),
             "--libafl-secs".into(),
             args.libafl_secs.to_string(),
-        ];
+        ]);
         eprintln!("bench fuzz: {name} ({} rounds)", args.rounds);
         let code = match &running {
             Some(r) => {
