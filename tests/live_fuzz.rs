@@ -533,6 +533,7 @@ fn fuzz_bin() -> PathBuf {
 }
 
 #[test]
+#[ignore = "a job process dies with SIGSEGV in 2 of the last 5 CI runs (after a crash is sent over LLMP); under investigation, issue 6: run with --ignored"]
 fn two_jobs_share_one_campaign_through_llmp() {
     if !xenprobe_tests::have_xen() {
         return;
