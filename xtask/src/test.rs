@@ -56,7 +56,8 @@ pub fn main(args: TestArgs) -> Result<i32> {
                 vec!["test", "--workspace", "--no-fail-fast"],
             ],
             // What the debug hypervisor adds: PV breakpoints, stepping,
-            // log-dirty and the debug stub on PV guests.
+            // log-dirty (PV snapshots restore by it) and the debug stub on
+            // PV guests.
             Flavour::Debug => vec![
                 vec![
                     "test",
@@ -66,6 +67,8 @@ pub fn main(args: TestArgs) -> Result<i32> {
                     "live_vmi",
                     "--test",
                     "live_suite",
+                    "--test",
+                    "live_snapshot",
                     "--",
                     "pv",
                     "--skip",

@@ -313,6 +313,7 @@ impl Domain {
         }
         self.backend = Backend::None;
         self.snapshot = None;
+        self.pv_snapshot = None;
         self.queued.clear();
         self.mem.invalidate();
         self.mem.unmap_all();
@@ -349,6 +350,7 @@ impl Domain {
         self.pending.clear();
         self.queued.clear();
         self.snapshot = None;
+        self.pv_snapshot = None;
         self.backend = Backend::None;
         self.mem.invalidate();
         self.mem.unmap_all();

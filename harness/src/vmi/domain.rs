@@ -173,6 +173,7 @@ pub struct Domain {
     pub(crate) journal: Journal,
     pub(crate) symbols: Option<Symbols>,
     pub(crate) snapshot: Option<super::snapshot::Snapshot>,
+    pub(crate) pv_snapshot: Option<super::snapshot_pv::PvSnapshot>,
     pub(crate) restore_options: super::snapshot::RestoreOptions,
     /// How long `wait_event` busy-polls the vm_event ring before blocking.
     pub(crate) event_spin: std::time::Duration,
@@ -207,8 +208,10 @@ impl Domain {
         super::cleanup::recover(xen, domid, &summary.name)?;
         let caps = Capabilities::new(kind, xen.host_caps()?);
         let regs_backend: Box<dyn RegisterBackend> = match kind {
-            GuestKind::Pv => Box::new(PvRegisters),
-            GuestKind::Pvh | GuestKind::Hvm => Box::new(HvmRegisters),
+            GuestKind::Pv => Box::<PvRegisters>::default(),
+            GuestKind::Pvh | GuestKind::Hvm => Box::new(HvmRegisters::new(
+                xen.xc.domain_info(domid)?.max_vcpu_id + 1,
+            )),
         };
         tracing::debug!(domid, %kind, "attached");
         let mut dom = Self {
@@ -227,6 +230,7 @@ impl Domain {
             bps: Breakpoints::default(),
             symbols: None,
             snapshot: None,
+            pv_snapshot: None,
             restore_options: Default::default(),
             event_spin: std::time::Duration::ZERO,
             regs_changed: Default::default(),
@@ -299,6 +303,7 @@ impl Domain {
         }
         self.regs_changed.clear();
         self.mem.invalidate();
+        self.regs_backend.forget();
         while self.pause_count > 0 {
             self.xen.xc.domain_unpause(self.domid)?;
             self.pause_count -= 1;
@@ -306,20 +311,30 @@ impl Domain {
         Ok(())
     }
 
-    /// Registers of `vcpu`.
+    /// Registers of `vcpu`. While the domain is stopped the state read is
+    /// cached (until it resumes), so a following [`Domain::set_regs`] is one
+    /// hypercall.
     pub fn regs(&self, vcpu: u32) -> Result<Registers> {
         self.apply_register_reset()?;
-        self.regs_backend.get(&self.xen.xc, self.domid, vcpu)
+        self.regs_backend
+            .get(&self.xen.xc, self.domid, vcpu, self.is_stopped())
     }
 
     /// Writes the registers of `vcpu` (the domain should be stopped).
     pub fn set_regs(&mut self, vcpu: u32, regs: &Registers) -> Result<()> {
         self.settle_register_reset()?;
         self.regs_backend
-            .set(&self.xen.xc, self.domid, vcpu, regs)?;
+            .set(&self.xen.xc, self.domid, vcpu, regs, self.is_stopped())?;
         self.regs_changed.insert(vcpu);
         self.mem.invalidate();
         Ok(())
+    }
+
+    /// Drops the vCPU state cached while the domain is stopped (the next
+    /// read asks Xen). Needed only after changing a vCPU behind the engine
+    /// (raw libxc calls); resuming drops it anyway.
+    pub fn forget_registers(&self) {
+        self.regs_backend.forget();
     }
 
     /// Loads the guest's ELF image for symbol lookups.

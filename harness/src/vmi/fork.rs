@@ -149,6 +149,7 @@ impl SnapshotBackend for VmForkBackend {
         let pending: Vec<u32> = workload.pending.keys().copied().collect();
         workload.regs_changed.extend(pending);
         workload.mem.invalidate();
+        workload.regs_backend.forget();
         workload.mem.written.clear();
         Ok(())
     }

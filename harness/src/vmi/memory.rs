@@ -1,9 +1,9 @@
 //! Guest memory: physical and virtual reads/writes of any length.
 //!
-//! Every access to guest frames goes through [`GuestMemory::with_frame`],
-//! which maps one frame, uses it and unmaps it. A later persistent
-//! read-write mapping of all guest memory (for snapshots and fuzzing) only
-//! has to change that one function.
+//! Every access to guest frames goes through [`GuestMemory::with_frame`]:
+//! while a snapshot exists, through its persistent read-write mapping of
+//! all guest RAM ([`WholeMap`]); otherwise through cached single-frame
+//! mappings.
 //!
 //! "Physical" means what the guest's page tables contain: guest frame
 //! numbers for HVM/PVH, machine frame numbers for PV (PV page tables hold
@@ -30,6 +30,32 @@ pub(crate) struct GuestMemory {
     pub(crate) written: HashSet<u64>,
     /// Cached single-frame mappings: (frame, writable) -> mapping.
     maps: RefCell<HashMap<(u64, bool), Mapping>>,
+    /// Persistent read-write mappings of all guest RAM (HVM/PVH, while a
+    /// snapshot exists).
+    pub(crate) whole: RefCell<Option<WholeMap>>,
+}
+
+/// Persistent read-write mappings of a guest's frames, [`WHOLE_CHUNK`]
+/// frames each (frames absent from the guest are holes in them).
+pub(crate) struct WholeMap {
+    /// (first gfn, mapping), sorted by gfn.
+    pub(crate) chunks: Vec<(u64, Mapping)>,
+}
+
+/// Frames per persistent mapping of a [`WholeMap`].
+pub(crate) const WHOLE_CHUNK: u64 = 4096;
+
+impl WholeMap {
+    /// Chunk index and byte offset of `gfn`, if it is mapped.
+    pub(crate) fn locate(&self, gfn: u64) -> Option<(usize, usize)> {
+        let start = gfn - gfn % WHOLE_CHUNK;
+        let i = self.chunks.binary_search_by_key(&start, |(s, _)| *s).ok()?;
+        let page = (gfn - start) as usize;
+        self.chunks[i]
+            .1
+            .page_valid(page)
+            .then_some((i, page * PAGE_SIZE))
+    }
 }
 
 /// Frames kept mapped by [`GuestMemory`] before the cache is emptied.
@@ -60,6 +86,7 @@ impl GuestMemory {
             paging: HashMap::new(),
             written: HashSet::new(),
             maps: RefCell::new(HashMap::new()),
+            whole: RefCell::new(None),
         }
     }
 
@@ -69,8 +96,8 @@ impl GuestMemory {
         self.paging.clear();
     }
 
-    /// Maps the frame holding `pa` (or reuses a cached mapping), runs `f` on
-    /// it with the offset of `pa`.
+    /// Maps the frame holding `pa` (or reuses the whole-memory mapping or a
+    /// cached one), runs `f` on the mapping with the offset of `pa` in it.
     ///
     /// Mappings stay cached across guest runs: a foreign mapping keeps
     /// pointing at the same guest frame. Read-only and read-write mappings
@@ -84,6 +111,11 @@ impl GuestMemory {
     ) -> Result<T> {
         let gfn = pa >> PAGE_SHIFT;
         let off = (pa as usize) & (PAGE_SIZE - 1);
+        if let Some(w) = self.whole.borrow_mut().as_mut() {
+            if let Some((ci, base)) = w.locate(gfn) {
+                return Ok(f(&mut w.chunks[ci].1, base + off)?);
+            }
+        }
         let mut maps = self.maps.borrow_mut();
         let writable = prot == Prot::ReadWrite;
         let key = if !writable && maps.contains_key(&(gfn, true)) {
@@ -104,16 +136,17 @@ impl GuestMemory {
         }
     }
 
-    /// Unmaps every cached frame.
+    /// Unmaps every cached frame and the whole-memory mapping.
     pub(crate) fn unmap_all(&self) {
         self.maps.borrow_mut().clear();
+        self.whole.replace(None);
     }
 
     pub(crate) fn read_phys(&self, pa: u64, buf: &mut [u8]) -> Result<()> {
         let mut done = 0;
         for (page, off, n) in chunks(pa, buf.len()) {
             let dst = &mut buf[done..done + n];
-            self.with_frame(page, Prot::Read, |m, _| m.read(off, dst))?;
+            self.with_frame(page, Prot::Read, |m, at| m.read(at + off, dst))?;
             done += n;
         }
         Ok(())
@@ -124,7 +157,7 @@ impl GuestMemory {
         for (page, off, n) in chunks(pa, data.len()) {
             let src = &data[done..done + n];
             self.written.insert(page >> PAGE_SHIFT);
-            self.with_frame(page, Prot::ReadWrite, |m, _| m.write(off, src))?;
+            self.with_frame(page, Prot::ReadWrite, |m, at| m.write(at + off, src))?;
             done += n;
         }
         Ok(())

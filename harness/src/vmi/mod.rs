@@ -113,6 +113,7 @@ pub mod pagewalk;
 mod regs;
 pub mod snapshot;
 pub mod snapshot_file;
+mod snapshot_pv;
 mod step;
 pub mod symbols;
 pub mod watchpoint;

@@ -2,31 +2,36 @@
 //! restore it many times by copying back only what changed.
 //!
 //! Take: log-dirty on, every guest frame copied once through a persistent
-//! read-write mapping of all guest memory, the full HVM context saved, the
-//! dirty bitmap cleaned. Restore: the frames log-dirty reports plus the
+//! read-write mapping of all guest memory (kept for restores and for all
+//! memory accesses while the snapshot exists; see
+//! [`super::memory::WholeMap`]), the full HVM context saved, the dirty
+//! bitmap cleaned. Frames that are all zero are not stored (a fresh
+//! guest's memory is mostly zero), so a 1 GiB guest's snapshot takes little
+//! more than the memory the guest really uses. Restore: the frames log-dirty reports plus the
 //! frames xenprobe itself wrote through foreign mappings (log-dirty does not
 //! see those) are copied back, breakpoints are planted again, and the HVM
 //! context is loaded. Breakpoint bytes are kept out of the saved copy.
 //!
-//! PV guests are not supported: their frames are machine frames and a
-//! snapshot would need the guest's p2m table.
+//! PV guests: see [`super::snapshot_pv`] (by machine frame, restores by
+//! comparing all memory).
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
-use crate::xen::{HvmContext, HvmCpu, Mapping, Prot, VmEventRegs, PAGE_SHIFT, PAGE_SIZE};
+use crate::xen::{HvmContext, HvmCpu, Prot, VmEventRegs, PAGE_SHIFT, PAGE_SIZE};
 
 use super::caps::GuestKind;
 use super::domain::Domain;
 use super::error::{Error, Result};
 use super::events::StopReason;
-use super::memory::{hvm_frame_ranges, DirtyTracking};
+use super::memory::{hvm_frame_ranges, DirtyTracking, WholeMap, WHOLE_CHUNK};
 
 /// Bytes from the snapshot's RSP up that [`Domain::restore_registers`] restores.
 pub const STACK_KEEP: u64 = 512;
 
-/// Frames per persistent mapping chunk.
-const CHUNK: u64 = 4096;
+/// Slot of a frame that was all zero at the snapshot (not stored).
+const ZERO: usize = usize::MAX;
+static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
 /// How a restore finds the frames to copy back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -116,6 +121,8 @@ pub struct RestoreStats {
 pub struct SnapshotInfo {
     /// Guest frames saved.
     pub frames: usize,
+    /// Of these, frames that were all zero (not stored).
+    pub zero_frames: usize,
     /// Time taken to take it.
     pub took: std::time::Duration,
 }
@@ -128,6 +135,10 @@ pub struct SnapshotCheck {
     /// Frames whose contents differ from the snapshot (breakpoint bytes
     /// compared as the original instruction bytes).
     pub frames_differ: Vec<u64>,
+    /// PV page-table frames that differ from the snapshot only in the
+    /// accessed/dirty bits the CPU sets as the guest runs (dom0 cannot
+    /// write PV page tables; not in `frames_differ`, hashed as saved).
+    pub frames_ad_only: Vec<u64>,
     /// Fields of vCPU 0's CPU record that differ (the TSC is not compared).
     pub cpu_differ: Vec<&'static str>,
     /// FNV-1a hash of all saved frames as they are now, and at the snapshot.
@@ -147,9 +158,7 @@ impl SnapshotCheck {
 
 /// A saved domain state (see the module docs).
 pub(crate) struct Snapshot {
-    /// Persistent read-write mappings: (first gfn, mapping of CHUNK frames).
-    chunks: Vec<(u64, Mapping)>,
-    /// gfn -> index into `data` pages.
+    /// gfn -> index into `data` pages, or [`ZERO`].
     slot: HashMap<u64, usize>,
     data: Vec<u8>,
     cpu: HvmContext,
@@ -166,10 +175,12 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    fn chunk_index(&self, gfn: u64) -> Option<(usize, usize)> {
-        let start = gfn - gfn % CHUNK;
-        let i = self.chunks.binary_search_by_key(&start, |(s, _)| *s).ok()?;
-        Some((i, ((gfn - start) as usize) * PAGE_SIZE))
+    /// The saved contents of a frame, if it was saved.
+    fn page(&self, gfn: u64) -> Option<&[u8]> {
+        match *self.slot.get(&gfn)? {
+            ZERO => Some(&ZERO_PAGE),
+            s => Some(&self.data[s * PAGE_SIZE..(s + 1) * PAGE_SIZE]),
+        }
     }
 }
 
@@ -315,31 +326,30 @@ const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 impl Domain {
     /// Saves the stopped domain's memory and vCPU state as the domain's
-    /// snapshot (replacing an earlier one). HVM and PVH only.
+    /// snapshot (replacing an earlier one). PV: see [`super::snapshot_pv`].
     pub fn take_snapshot(&mut self) -> Result<SnapshotInfo> {
-        if self.kind == GuestKind::Pv {
-            return Err(Error::unsupported(
-                "snapshots",
-                "PV snapshots are not implemented (PV frames are machine frames; a snapshot needs the guest's p2m)",
-            ));
-        }
         if !self.is_stopped() {
             return Err(Error::State(
                 "take_snapshot() needs a stopped domain: pause() first".into(),
             ));
+        }
+        if self.kind == GuestKind::Pv {
+            return self.take_pv_snapshot();
         }
         let t0 = Instant::now();
         self.settle_register_reset()?;
         self.snapshot = None;
         let mut tracking = self.track_dirty()?;
         let max_gpfn = self.xen.xc.domain_maximum_gpfn(self.domid)?;
+        self.mem.unmap_all();
         let mut chunks = Vec::new();
         let mut slot = HashMap::new();
         let mut data = Vec::new();
+        let mut zero_frames = 0;
         for (from, to, stop_at_hole) in hvm_frame_ranges(max_gpfn) {
             let mut start = from;
             while start <= to {
-                let n = CHUNK.min(to + 1 - start);
+                let n = WHOLE_CHUNK.min(to + 1 - start);
                 let gfns: Vec<u64> = (start..start + n).collect();
                 let map = self
                     .xen
@@ -353,8 +363,13 @@ impl Domain {
                     }
                     any = true;
                     map.read(i * PAGE_SIZE, &mut page)?;
-                    slot.insert(gfn, data.len() / PAGE_SIZE);
-                    data.extend_from_slice(&page);
+                    if page == ZERO_PAGE {
+                        slot.insert(gfn, ZERO);
+                        zero_frames += 1;
+                    } else {
+                        slot.insert(gfn, data.len() / PAGE_SIZE);
+                        data.extend_from_slice(&page);
+                    }
                 }
                 if any {
                     chunks.push((start, map));
@@ -364,9 +379,19 @@ impl Domain {
                 start += n;
             }
         }
+        data.shrink_to_fit();
+        self.mem.whole.replace(Some(WholeMap { chunks }));
         let info = self.info()?;
         let nr_pages = info.nr_pages as usize;
-        if slot.len() < nr_pages {
+        // A vm_event ring's frame is out of the guest's physmap while the
+        // ring is on, but still counts in the domain's pages.
+        let ring_out = matches!(self.backend, super::events::Backend::Monitor(_))
+            && self
+                .xen
+                .xc
+                .hvm_param(self.domid, crate::xen::HVM_PARAM_MONITOR_RING_PFN)
+                .is_ok_and(|pfn| pfn != 0 && !slot.contains_key(&pfn));
+        if slot.len() + usize::from(ring_out) < nr_pages {
             tracing::warn!(
                 domid = self.domid,
                 saved = slot.len(),
@@ -374,9 +399,10 @@ impl Domain {
                 "snapshot saved fewer frames than the domain has"
             );
         }
-        // Keep breakpoint bytes out of the saved copy.
+        // Keep breakpoint bytes out of the saved copy (a breakpoint's
+        // frame is never all zero: it holds the breakpoint byte).
         for b in self.bps.list.values().filter(|b| b.planted) {
-            if let Some(&s) = slot.get(&(b.pa >> PAGE_SHIFT)) {
+            if let Some(&s) = slot.get(&(b.pa >> PAGE_SHIFT)).filter(|&&s| s != ZERO) {
                 data[s * PAGE_SIZE + (b.pa as usize & (PAGE_SIZE - 1))] = b.orig;
             }
         }
@@ -404,10 +430,10 @@ impl Domain {
         self.mem.written.clear();
         let info = SnapshotInfo {
             frames: slot.len(),
+            zero_frames,
             took: t0.elapsed(),
         };
         self.snapshot = Some(Snapshot {
-            chunks,
             slot,
             data,
             cpu,
@@ -440,6 +466,9 @@ impl Domain {
                 "restore_snapshot() needs a stopped domain: pause() first".into(),
             ));
         }
+        if self.kind == GuestKind::Pv {
+            return self.restore_pv_snapshot();
+        }
         let mut snap = self
             .snapshot
             .take()
@@ -460,6 +489,12 @@ impl Domain {
         if !self.is_stopped() {
             return Err(Error::State(
                 "restore_registers() needs a stopped domain: pause() first".into(),
+            ));
+        }
+        if self.kind == GuestKind::Pv {
+            return Err(Error::unsupported(
+                "register-only restore",
+                "persistent mode restores HVM/PVH guests only; PV restores compare all memory anyway",
             ));
         }
         let mut snap = self
@@ -512,17 +547,20 @@ impl Domain {
     /// they hold again; returns how many were copied.
     fn copy_back(&mut self, snap: &mut Snapshot, frames: &[u64]) -> Result<usize> {
         let opcode = self.bps.insn.as_ref().map(|i| i.opcode());
+        let mut whole = self.mem.whole.borrow_mut();
+        let Some(whole) = whole.as_mut() else {
+            return Err(Error::State("the snapshot's memory mapping is gone".into()));
+        };
         let mut restored = 0;
         for &gfn in frames {
-            let Some(&s) = snap.slot.get(&gfn) else {
+            let Some(page) = snap.page(gfn) else {
                 tracing::debug!(gfn, "dirty frame not in the snapshot: left as is");
                 continue;
             };
-            let Some((ci, off)) = snap.chunk_index(gfn) else {
+            let Some((ci, off)) = whole.locate(gfn) else {
                 continue;
             };
-            let page = &snap.data[s * PAGE_SIZE..(s + 1) * PAGE_SIZE];
-            let map = &mut snap.chunks[ci].1;
+            let map = &mut whole.chunks[ci].1;
             map.write(off, page)?;
             restored += 1;
             // Breakpoints live in memory, not in the snapshot: plant them again.
@@ -570,6 +608,7 @@ impl Domain {
             _ => false,
         };
         if !reply {
+            self.regs_backend.forget();
             self.xen.xc.set_hvm_context(self.domid, &snap.cpu)?;
         }
         tracing::trace!(
@@ -592,6 +631,7 @@ impl Domain {
     pub(crate) fn apply_register_reset(&self) -> Result<()> {
         if self.pending.values().any(|p| p.reset_regs.is_some()) {
             if let Some(snap) = &self.snapshot {
+                self.regs_backend.forget();
                 self.xen.xc.set_hvm_context(self.domid, &snap.cpu)?;
             }
         }
@@ -616,6 +656,9 @@ impl Domain {
                 "check_snapshot() needs a stopped domain: pause() first".into(),
             ));
         }
+        if self.kind == GuestKind::Pv {
+            return self.check_pv_snapshot();
+        }
         self.apply_register_reset()?;
         let snap = self
             .snapshot
@@ -628,20 +671,24 @@ impl Domain {
             .filter(|b| b.planted)
             .map(|b| (b.pa, b.orig))
             .collect();
-        let mut gfns: Vec<(u64, usize)> = snap.slot.iter().map(|(&g, &s)| (g, s)).collect();
+        let mut gfns: Vec<u64> = snap.slot.keys().copied().collect();
         gfns.sort_unstable();
         let mut page = vec![0u8; PAGE_SIZE];
         let (mut hash_now, mut hash_snapshot) = (FNV_OFFSET, FNV_OFFSET);
         let mut frames_differ = Vec::new();
-        for &(gfn, s) in &gfns {
-            let Some((ci, off)) = snap.chunk_index(gfn) else {
+        let whole = self.mem.whole.borrow();
+        let Some(whole) = whole.as_ref() else {
+            return Err(Error::State("the snapshot's memory mapping is gone".into()));
+        };
+        for &gfn in &gfns {
+            let (Some((ci, off)), Some(saved)) = (whole.locate(gfn), snap.page(gfn)) else {
+                frames_differ.push(gfn);
                 continue;
             };
-            snap.chunks[ci].1.read(off, &mut page)?;
+            whole.chunks[ci].1.read(off, &mut page)?;
             for &(pa, orig) in planted.iter().filter(|(pa, _)| pa >> PAGE_SHIFT == gfn) {
                 page[pa as usize & (PAGE_SIZE - 1)] = orig;
             }
-            let saved = &snap.data[s * PAGE_SIZE..(s + 1) * PAGE_SIZE];
             if page != saved {
                 frames_differ.push(gfn);
             }
@@ -656,6 +703,7 @@ impl Domain {
         Ok(SnapshotCheck {
             frames: gfns.len(),
             frames_differ,
+            frames_ad_only: Vec::new(),
             cpu_differ,
             hash_now,
             hash_snapshot,
@@ -664,12 +712,17 @@ impl Domain {
 
     /// The current snapshot's size, if one was taken.
     pub fn snapshot_info(&self) -> Option<SnapshotInfo> {
-        self.snapshot.as_ref().map(|s| s.info)
+        self.snapshot
+            .as_ref()
+            .map(|s| s.info)
+            .or_else(|| self.pv_snapshot.as_ref().map(|s| s.info))
     }
 
     /// Forgets the snapshot (log-dirty off, mappings released).
     pub fn drop_snapshot(&mut self) {
         self.snapshot = None;
+        self.pv_snapshot = None;
+        self.mem.unmap_all();
     }
 }
 

@@ -95,7 +95,7 @@ fn snapshots_supported(dom: &Domain, what: &'static str) -> Result<()> {
     if dom.kind == GuestKind::Pv {
         return Err(Error::unsupported(
             what,
-            "PV snapshots are not implemented (PV frames are machine frames; a snapshot needs the guest's p2m)",
+            "snapshot files are HVM/PVH only: a PV snapshot is kept by machine frame, and a new domain gets other machine frames (loading one needs the guest's p2m, which the sample guests do not publish)",
         ));
     }
     if !dom.is_stopped() {
@@ -273,6 +273,7 @@ impl Domain {
                 self.mem.write_phys(pa, &[op])?;
             }
         }
+        self.regs_backend.forget();
         self.xen
             .xc
             .set_hvm_context(self.domid, &HvmContext::from_bytes(ctx))?;

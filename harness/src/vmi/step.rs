@@ -187,6 +187,7 @@ impl Domain {
 
     fn unpause_all(&mut self) -> Result<()> {
         self.mem.invalidate();
+        self.regs_backend.forget();
         while self.pause_count > 0 {
             self.xen.xc.domain_unpause(self.domid)?;
             self.pause_count -= 1;
@@ -293,6 +294,7 @@ impl Domain {
             ring.put_response(&step.response().set_registers(&after))?;
         }
         self.mem.invalidate();
+        self.regs_backend.forget();
         Ok(true)
     }
 }

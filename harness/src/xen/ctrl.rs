@@ -68,6 +68,8 @@ pub struct DomainInfo {
     pub nr_online_vcpus: u32,
     /// Memory limit in KiB.
     pub max_memkb: u64,
+    /// Machine frame of the domain's shared-info page (written by Xen).
+    pub shared_info_frame: u64,
 }
 
 impl DomainInfo {
@@ -87,6 +89,7 @@ impl DomainInfo {
             max_vcpu_id: i.max_vcpu_id,
             nr_online_vcpus: i.nr_online_vcpus,
             max_memkb: i.max_memkb,
+            shared_info_frame: i.shared_info_frame,
         }
     }
 

@@ -5,6 +5,31 @@ use xen_sys as sys;
 use super::ctrl::XenCtrl;
 use super::error::{check, Result, XenError};
 
+extern "C" {
+    // Exported by libxenctrl 4.17 (XEN_DOMCTL_getpageframeinfo3) but
+    // declared only in its private header.
+    fn xc_get_pfn_type_batch(
+        xch: *mut sys::xc_interface,
+        dom: u32,
+        num: libc::c_uint,
+        arr: *mut sys::xen_pfn_t,
+    ) -> libc::c_int;
+}
+
+/// What a machine frame is to a PV domain ([`XenCtrl::pv_frame_types`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PvFrameType {
+    /// Not the domain's (or broken / allocate-only).
+    Absent,
+    /// An ordinary page of the domain.
+    Normal,
+    /// One of the domain's page tables (dom0 may map it read-only only).
+    PageTable,
+}
+
+/// Frames per `XEN_DOMCTL_getpageframeinfo3` call (Xen's limit).
+pub const FRAME_TYPE_BATCH: usize = 1024;
+
 impl XenCtrl {
     /// `xc_domain_pause`: the domain stops until a matching unpause (counted).
     /// See docs/xen-vmi.md#pause-and-unpause
@@ -69,6 +94,67 @@ impl XenCtrl {
         let rc = unsafe { sys::xc_domain_maximum_gpfn(self.raw(), domid, &mut gpfn) };
         check("xc_domain_maximum_gpfn", rc)?;
         Ok(gpfn)
+    }
+
+    /// `xc_maximum_ram_page`: the highest machine frame of RAM.
+    /// See docs/xen-vmi.md#guest-memory
+    pub fn maximum_ram_page(&self) -> Result<u64> {
+        let mut max: libc::c_ulong = 0;
+        // SAFETY: out pointer to a local.
+        let rc = unsafe { sys::xc_maximum_ram_page(self.raw(), &mut max) };
+        check("xc_maximum_ram_page", rc)?;
+        Ok(max as u64)
+    }
+
+    /// `XEN_DOMCTL_getpageframeinfo3` (`xc_get_pfn_type_batch`): the type of
+    /// each machine frame in `mfns` (at most [`FRAME_TYPE_BATCH`]) for the
+    /// PV domain `domid`; frames it does not own are [`PvFrameType::Absent`].
+    /// See docs/xen-vmi.md#guest-memory
+    pub fn pv_frame_types(&self, domid: u32, mfns: &[u64]) -> Result<Vec<PvFrameType>> {
+        if mfns.len() > FRAME_TYPE_BATCH {
+            return Err(XenError::invalid(
+                "xc_get_pfn_type_batch",
+                "more than 1024 frames",
+            ));
+        }
+        let mut arr: Vec<sys::xen_pfn_t> = mfns.to_vec();
+        // SAFETY: arr holds mfns.len() entries, read and written in place.
+        let rc = unsafe {
+            xc_get_pfn_type_batch(
+                self.raw(),
+                domid,
+                arr.len() as libc::c_uint,
+                arr.as_mut_ptr(),
+            )
+        };
+        check("xc_get_pfn_type_batch", rc)?;
+        const SHIFT: u64 = 28;
+        Ok(arr
+            .iter()
+            .map(|&t| match (t >> SHIFT) & 0xf {
+                0 => PvFrameType::Normal,
+                1..=4 | 8..=12 => PvFrameType::PageTable,
+                _ => PvFrameType::Absent,
+            })
+            .collect())
+    }
+
+    /// `xc_machphys_mfn_list`: the machine frames of the machine-to-phys
+    /// table (M2P), one per 2 MiB extent; map each extent's 512 frames from
+    /// `DOMID_XEN` to read it (`xc_map_m2p` does the same).
+    /// See docs/xen-vmi.md#guest-memory
+    pub fn machphys_mfn_list(&self) -> Result<Vec<u64>> {
+        let max_mfn = self.maximum_ram_page()?;
+        // One extent holds 2 MiB / 8 bytes = 2^18 entries; libxenctrl
+        // fails unless asked for exactly as many as Xen has (as xc_map_m2p).
+        let extents = (max_mfn * 8).div_ceil(1 << 21).max(1);
+        let mut list: Vec<sys::xen_pfn_t> = vec![0; extents as usize];
+        // SAFETY: list has `extents` entries.
+        let rc = unsafe {
+            sys::xc_machphys_mfn_list(self.raw(), extents as libc::c_ulong, list.as_mut_ptr())
+        };
+        check("xc_machphys_mfn_list", rc)?;
+        Ok(list)
     }
 
     /// `xc_domain_nr_gpfns`: size of the guest's physical address space in frames.

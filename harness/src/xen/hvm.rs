@@ -16,6 +16,8 @@ pub const HVM_PARAM_MONITOR_RING_PFN: u32 = sys::HVM_PARAM_MONITOR_RING_PFN;
 
 /// Typecode of the per-vCPU CPU record (`HVM_SAVE_CODE(CPU)`).
 pub const HVM_SAVE_CODE_CPU: u16 = 2;
+/// Typecode of the save header record, which a loaded context must start with.
+const HVM_SAVE_CODE_HEADER: u16 = 1;
 const HVM_SAVE_CODE_END: u16 = 0;
 const DESC: usize = size_of::<sys::hvm_save_descriptor>();
 
@@ -108,6 +110,34 @@ impl HvmContext {
         // SAFETY: dst has room for one HvmCpu; unaligned write of plain data.
         unsafe { std::ptr::write_unaligned(dst.as_mut_ptr().cast::<HvmCpu>(), *cpu) };
         true
+    }
+
+    /// The save header record (descriptor and data), if present.
+    pub fn header(&self) -> Option<Vec<u8>> {
+        let r = self.find(HVM_SAVE_CODE_HEADER, 0)?;
+        Some(self.buf[r.offset - DESC..r.offset + r.length].to_vec())
+    }
+
+    /// A context of `header` (from [`HvmContext::header`]) and the given CPU
+    /// records only, ended by the END record: loading it with
+    /// `xc_domain_hvm_setcontext` sets these vCPUs' CPU state and nothing
+    /// else (Xen takes down every vCPU without a record in a loaded
+    /// context, so include every vCPU that is up).
+    pub fn with_cpus(header: &[u8], cpus: &[(u16, HvmCpu)]) -> Self {
+        let rec = size_of::<HvmCpu>();
+        let mut buf = Vec::with_capacity(header.len() + cpus.len() * (DESC + rec) + DESC);
+        buf.extend_from_slice(header);
+        for (vcpu, cpu) in cpus {
+            buf.extend_from_slice(&HVM_SAVE_CODE_CPU.to_le_bytes());
+            buf.extend_from_slice(&vcpu.to_le_bytes());
+            buf.extend_from_slice(&(rec as u32).to_le_bytes());
+            let at = buf.len();
+            buf.resize(at + rec, 0);
+            // SAFETY: buf[at..] has room for one HvmCpu; unaligned write of plain data.
+            unsafe { std::ptr::write_unaligned(buf[at..].as_mut_ptr().cast::<HvmCpu>(), *cpu) };
+        }
+        buf.extend_from_slice(&[0u8; DESC]);
+        Self { buf }
     }
 
     /// (typecode, instance, length) of every record, in order.
@@ -242,6 +272,23 @@ mod tests {
         assert_eq!(ctx.cpu(0).map(|c| c.rip), Some(0x1000));
         assert_eq!(ctx.as_bytes().len(), before.as_bytes().len());
         assert!(!ctx.set_cpu(9, &c1));
+    }
+
+    #[test]
+    fn a_cpu_only_context_keeps_the_header_and_the_records_given() {
+        let ctx = synthetic();
+        let header = ctx.header().expect("header");
+        assert_eq!(header.len(), DESC + 24);
+        let mut c1 = ctx.cpu(1).expect("cpu1");
+        c1.rbx = 42;
+        let small = HvmContext::with_cpus(&header, &[(1, c1)]);
+        assert_eq!(
+            small.record_list(),
+            vec![(1, 0, 24), (HVM_SAVE_CODE_CPU, 1, size_of::<HvmCpu>())]
+        );
+        assert_eq!(small.cpu(1).map(|c| c.rbx), Some(42));
+        assert!(small.cpu(0).is_none());
+        assert!(small.as_bytes().ends_with(&[0u8; DESC]));
     }
 
     #[test]

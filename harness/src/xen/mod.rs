@@ -25,6 +25,10 @@ mod xenstore;
 
 pub use cap::{HostCaps, MonitorCaps};
 pub use ctrl::{DomainInfo, XenCtrl};
+pub use domain::{PvFrameType, FRAME_TYPE_BATCH};
+
+/// `DOMID_XEN`: the hypervisor as a domain (owner of the M2P table).
+pub const DOMID_XEN: u32 = 0x7FF2;
 pub use error::{Result, XenError};
 pub use evtchn::EventChannel;
 pub use foreignmemory::{ForeignMemory, Mapping, Prot};

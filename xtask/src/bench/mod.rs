@@ -66,11 +66,9 @@ enum What {
         /// Size of the small guest in MiB.
         #[arg(long, default_value_t = 128)]
         small_mib: u64,
-        /// Size of the big guest in MiB. The issue asks for 1 GiB, but the
-        /// lab's dom0 has 1 GiB and a snapshot keeps a copy of all guest
-        /// memory in dom0: 512 MiB is the largest that fits beside dom0's
-        /// own use.
-        #[arg(long, default_value_t = 512)]
+        /// Size of the big guest in MiB (the issue's 1 GiB: snapshots keep
+        /// only non-zero frames, so they fit beside dom0's 1 GiB).
+        #[arg(long, default_value_t = 1024)]
         big_mib: u64,
         #[arg(long, value_enum, default_value = "stock")]
         xen: Flavour,
