@@ -66,6 +66,8 @@ pub fn main(args: TestArgs) -> Result<i32> {
                     "live_vmi",
                     "--test",
                     "live_suite",
+                    "--test",
+                    "live_watch",
                     "--",
                     "pv",
                     "--skip",
