@@ -180,7 +180,9 @@ fn run_until(
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match dom.wait_event(left)? {
             Event::Breakpoint { id, vcpu, .. } if want.contains(&id) => return Ok((id, vcpu)),
-            Event::Breakpoint { .. } | Event::Step { .. } => dom.resume()?,
+            Event::Breakpoint { .. } | Event::Step { .. } | Event::Watchpoint { .. } => {
+                dom.resume()?
+            }
             Event::Debug { rip, detail, .. } => {
                 bail!("the replay stopped on a debug event at {rip:#x} ({detail}) first")
             }

@@ -603,7 +603,7 @@ impl Session {
                     }
                     None => self.dom()?.resume()?,
                 },
-                Event::Step { .. } => self.dom()?.resume()?,
+                Event::Step { .. } | Event::Watchpoint { .. } => self.dom()?.resume()?,
                 Event::Debug { vcpu, rip, detail } => {
                     let r = self.report_at("debug-trap", vcpu, rip, detail)?;
                     return Ok((Outcome::Crash(r), new_blocks));

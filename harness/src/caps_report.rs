@@ -26,7 +26,7 @@ use crate::xen::{DirtyBitmap, MemAccess, MonitorRing, XenError};
 const HIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The features, in table order.
-pub const FEATURES: [&str; 14] = [
+pub const FEATURES: [&str; 15] = [
     "pause / unpause",
     "registers (read, write back)",
     "memory (read, write back)",
@@ -41,6 +41,7 @@ pub const FEATURES: [&str; 14] = [
     "mem_access watchpoints",
     "PV debugger interface (gdbsx)",
     "software-breakpoint monitor",
+    "debug-register watchpoints",
 ];
 
 /// One feature on one guest type.
@@ -476,6 +477,57 @@ fn probe_breakpoint(
     Ok(result)
 }
 
+/// A write watchpoint (debug registers) on `known_counter`, armed at the
+/// first `known_tick`: works when the next tick's write is reported as a
+/// watchpoint hit with the counter going from 0 to 1.
+fn probe_watchpoint(xen: &Xen, images: &GuestImages, mode: Mode) -> anyhow::Result<FeatureResult> {
+    let feature = FEATURES[14];
+    let guest = Throwaway::create(images, mode, "watch")?;
+    let mut dom = Domain::attach(xen, guest.name.as_str())?;
+    dom.load_symbols(images.image("known", mode))?;
+    if let Err(e) = dom.watchpoint_support() {
+        return Ok(no(feature, vmi_reason(&e)));
+    }
+    let bp = match dom.add_breakpoint_at("known_tick") {
+        Ok(bp) => bp,
+        Err(e) => {
+            return Ok(no(
+                feature,
+                format!("needs a breakpoint first: {}", vmi_reason(&e)),
+            ))
+        }
+    };
+    xl(&["unpause", &guest.name])?;
+    let result = match dom.wait_event(HIT_TIMEOUT)? {
+        Event::Breakpoint { id, .. } if id == bp => {
+            dom.remove_breakpoint(bp)?;
+            let counter = dom.symbol("known_counter")?;
+            match dom.add_watchpoint(counter, 8, vmi::WatchKind::Write) {
+                Err(e) => no(feature, vmi_reason(&e)),
+                Ok(w) => match dom.cont(HIT_TIMEOUT)? {
+                    Event::Watchpoint { id, old, new, .. }
+                        if id == w && old == 0u64.to_le_bytes() && new == 1u64.to_le_bytes() =>
+                    {
+                        ok(feature)
+                    }
+                    Event::Timeout => no(
+                        feature,
+                        "the hit never reached xenprobe (no event within 10 s)",
+                    ),
+                    other => no(feature, format!("unexpected event {other:?}")),
+                },
+            }
+        }
+        other => no(
+            feature,
+            format!("needs a breakpoint hit first, got {other:?}"),
+        ),
+    };
+    dom.detach()?;
+    drop(guest);
+    Ok(result)
+}
+
 fn probe_throwaway(xen: &Xen, images: &GuestImages, mode: Mode) -> anyhow::Result<GuestReport> {
     let mut features = Vec::new();
     let guest = Throwaway::create(images, mode, "basic")?;
@@ -514,6 +566,7 @@ fn probe_throwaway(xen: &Xen, images: &GuestImages, mode: Mode) -> anyhow::Resul
         no(FEATURES[8], format!("needs a breakpoint hit first: {why}"))
     });
     features.extend([int3, icebp, step]);
+    features.push(probe_watchpoint(xen, images, mode)?);
     Ok(GuestReport {
         kind: kind.to_string(),
         domain: format!("known-{}", mode.name()),
@@ -542,7 +595,7 @@ fn probe_named(xen: &Xen, target: &str) -> anyhow::Result<(GuestReport, LeftAsFo
     features.push(probe_log_dirty(xen, &mut dom));
     features.extend(static_rows(&dom));
     let skipped = "not tried on a named domain (it would run guest code under a breakpoint); run `xenprobe caps` without a domain";
-    for f in [FEATURES[5], FEATURES[6], FEATURES[8]] {
+    for f in [FEATURES[5], FEATURES[6], FEATURES[8], FEATURES[14]] {
         features.push(no(f, skipped));
     }
     dom.pause()?;

@@ -69,6 +69,8 @@ pub fn main(args: TestArgs) -> Result<i32> {
                     "live_suite",
                     "--test",
                     "live_snapshot",
+                    "--test",
+                    "live_watch",
                     "--",
                     "pv",
                     "--skip",

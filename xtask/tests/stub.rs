@@ -381,6 +381,154 @@ fn lldb_session(guest: &str) {
     );
 }
 
+/// GDB `watch` on the guest's counter: hardware watchpoints (Z2) on the
+/// guest's debug registers, two hits with old and new values, then a clean
+/// run to the exit code.
+fn gdb_watch_session(guest: &str) {
+    if !have("gdb") {
+        eprintln!("SKIP gdb watch {guest}: no gdb on the host (apt-get install gdb)");
+        return;
+    }
+    let _lock = PORT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let s = Served::start(guest, "gdbw");
+    let mut c = Command::new("timeout");
+    c.args(["180", "gdb", "-batch", "-nx"]);
+    for ex in [
+        format!("file {}", s.image.display()),
+        "set remotetimeout 30".into(),
+        format!("target remote 127.0.0.1:{}", s.port),
+        "break known_tick".into(),
+        "continue".into(),
+        "delete".into(),
+        "watch known::known_counter".into(),
+        "continue".into(),
+        "continue".into(),
+        "info registers rip".into(),
+        "bt".into(),
+        "delete".into(),
+        "continue".into(),
+    ] {
+        c.arg("-ex").arg(ex);
+    }
+    let out = run_client(c);
+    let log = s.finish();
+    eprintln!("--- stub log\n{log}");
+    assert!(
+        out.contains("Hardware watchpoint 2: known::known_counter"),
+        "a hardware watchpoint:\n{out}"
+    );
+    assert!(
+        out.contains("Old value = 0\nNew value = 1")
+            && out.contains("Old value = 1\nNew value = 2"),
+        "two hits with old and new values:\n{out}"
+    );
+    assert!(out.contains("exited with code 031"), "exit code 25:\n{out}");
+    // The backtrace ends at the guest's entry (its CFI marks the outermost frame).
+    let frames: Vec<&str> = out.lines().filter(|l| l.starts_with('#')).collect();
+    assert!(
+        frames.first().is_some_and(|f| f.contains("known_tick"))
+            && frames
+                .last()
+                .is_some_and(|f| f.contains(entry_symbol(guest)))
+            && !frames.iter().any(|f| f.contains("??")),
+        "backtrace from known_tick to {}: {frames:#?}",
+        entry_symbol(guest)
+    );
+    let console = s.console();
+    assert!(
+        console.contains("KNOWN counter=10 ") && console.contains("EXIT 25"),
+        "the guest ran to its end without a #DB: {console}"
+    );
+}
+
+/// The guest's 64-bit entry: the outermost frame of every backtrace.
+fn entry_symbol(guest: &str) -> &'static str {
+    if guest.ends_with("-pv") {
+        "_start_pv"
+    } else {
+        "_start64"
+    }
+}
+
+/// LLDB `watchpoint set variable`: the same through LLDB's gdb-remote.
+fn lldb_watch_session(guest: &str) {
+    if !have("lldb") {
+        eprintln!("SKIP lldb watch {guest}: no lldb on the host (apt-get install lldb)");
+        return;
+    }
+    let _lock = PORT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let s = Served::start(guest, "lldbw");
+    let mut c = Command::new("timeout");
+    c.args(["180", "lldb", "--batch", "--no-lldbinit"]);
+    for o in [
+        format!("target create {}", s.image.display()),
+        format!("gdb-remote 127.0.0.1:{}", s.port),
+        "breakpoint set -n known_tick".into(),
+        "continue".into(),
+        "breakpoint delete -f".into(),
+        "watchpoint set variable known_counter".into(),
+        "continue".into(),
+        "continue".into(),
+        "thread backtrace".into(),
+        "watchpoint list".into(),
+        "watchpoint delete -f".into(),
+        "continue".into(),
+    ] {
+        c.arg("-o").arg(o);
+    }
+    let out = run_client(c);
+    let log = s.finish();
+    eprintln!("--- stub log\n{log}");
+    assert!(out.contains("Watchpoint created"), "{out}");
+    assert!(out.contains("stop reason = watchpoint 1"), "{out}");
+    assert!(
+        out.contains("old value: 0") && out.contains("new value: 1"),
+        "first hit with values:\n{out}"
+    );
+    assert!(out.contains("new value: 2"), "second hit:\n{out}");
+    let frames: Vec<&str> = out
+        .lines()
+        .filter(|l| {
+            l.trim_start()
+                .trim_start_matches("* ")
+                .starts_with("frame #")
+        })
+        .collect();
+    assert!(
+        frames
+            .last()
+            .is_some_and(|f| f.contains(entry_symbol(guest))),
+        "backtrace ends at {}: {frames:#?}",
+        entry_symbol(guest)
+    );
+    assert!(out.contains("exited with status = 25"), "{out}");
+    let console = s.console();
+    assert!(
+        console.contains("KNOWN counter=10 ") && console.contains("EXIT 25"),
+        "the guest ran to its end without a #DB: {console}"
+    );
+}
+
+#[test]
+fn gdb_watch_on_pvh() {
+    gdb_watch_session("known-pvh");
+}
+
+#[test]
+fn gdb_watch_on_hvm() {
+    gdb_watch_session("known-hvm");
+}
+
+#[test]
+fn lldb_watch_on_pvh() {
+    lldb_watch_session("known-pvh");
+}
+
+#[test]
+fn lldb_watch_on_hvm() {
+    lldb_watch_session("known-hvm");
+}
+
 #[test]
 fn gdb_on_pvh() {
     gdb_session("known-pvh");
@@ -407,4 +555,6 @@ fn lldb_on_hvm() {
 fn gdb_and_lldb_on_pv() {
     gdb_session("known-pv");
     lldb_session("known-pv");
+    gdb_watch_session("known-pv");
+    lldb_watch_session("known-pv");
 }

@@ -52,15 +52,15 @@ global_asm!(
 // and the stack guard page can stay unmapped).
 global_asm!(
     r#"
-    .section .text.boot, "ax"
+    .section .text.boot, "ax"; .cfi_sections .debug_frame
     .code64
     .global _start_pv
-_start_pv:
+_start_pv: .cfi_startproc; .cfi_undefined rip // outermost frame: debuggers stop here
     lea __stack_top(%rip), %rsp
     xor %ebp, %ebp
     mov %rsi, %rdi
     call xenprobe_rt_pv_entry
-1:  jmp 1b
+1:  jmp 1b; .cfi_endproc
 
     .code32
     .global _start32
@@ -83,7 +83,7 @@ _start32:
     ljmp $0x08, $_start64
 
     .code64
-_start64:
+_start64: .cfi_startproc; .cfi_undefined rip // outermost frame (no return address)
     mov $0x10, %eax
     mov %eax, %ds
     mov %eax, %es
@@ -94,7 +94,7 @@ _start64:
     xor %ebp, %ebp
     mov %esi, %edi
     call xenprobe_rt_hvm_entry
-1:  jmp 1b
+1:  jmp 1b; .cfi_endproc
 
     .section .data.boot_pt, "aw"
     .balign 4096

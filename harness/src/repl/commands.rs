@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::arch::{reg_by_name, REGS};
-use crate::vmi::{Domain, Event, GuestKind, WatchKind};
+use crate::vmi::{Domain, Event, GuestKind, WatchKind, WatchpointId};
 
 use super::expr::{eval, parse_num, split_deref};
 use super::session::{Bp, Session, SessionEnv, Snapshot};
@@ -49,10 +49,19 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("breakpoints", "list breakpoints"),
     (
         "watch",
-        "watch ADDR: write watchpoint on 8 bytes (Xen mem_access; says why when unavailable)",
+        "watch ADDR|SYMBOL [LEN] [w|rw]: watchpoint (debug registers; LEN default: the \
+         symbol's size, else 8)",
     ),
-    ("rwatch", "rwatch ADDR: read watchpoint"),
-    ("awatch", "awatch ADDR: read/write watchpoint"),
+    (
+        "rwatch",
+        "rwatch ADDR: read watchpoint (x86 cannot: says why)",
+    ),
+    (
+        "awatch",
+        "awatch ADDR [LEN]: read/write watchpoint (= watch ADDR LEN rw)",
+    ),
+    ("watchpoints", "list watchpoints"),
+    ("unwatch", "unwatch N|all: delete watchpoints"),
     ("stepi", "stepi [N]: one instruction"),
     ("nexti", "nexti: one instruction, calls run to their return"),
     ("finish", "run until the current function returns"),
@@ -218,22 +227,36 @@ pub fn execute(s: &mut Session, line: &str, out: &mut String) -> Result<Flow, Re
                 );
             }
         }
-        "watch" | "rwatch" | "awatch" => {
-            let cmd = canonical(cmd);
-            let kind = match cmd {
-                "watch" => WatchKind::Write,
-                "rwatch" => WatchKind::Read,
-                _ => WatchKind::Access,
+        "watch" | "rwatch" | "awatch" => watch(s, canonical(cmd), rest, out)?,
+        "watchpoints" => {
+            for w in s.dom()?.watchpoints() {
+                let _ = writeln!(
+                    out,
+                    "{}: {:#x}{} len {} {} (hits {}, debug registers {:?})",
+                    w.id.0,
+                    w.va,
+                    s.symbolize(w.va),
+                    w.len,
+                    kind_name(w.kind),
+                    w.hits,
+                    w.slots
+                );
+            }
+        }
+        "unwatch" => {
+            let dom = s.dom()?;
+            let ids: Vec<WatchpointId> = if rest == "all" {
+                dom.watchpoints().iter().map(|w| w.id).collect()
+            } else {
+                let n = parse_num(rest).map_err(|_| usage("unwatch N|all"))?;
+                vec![WatchpointId(n as u32)]
             };
-            let va = eval_in(s, rest)?;
-            match s.dom()?.add_watchpoint(va, 8, kind) {
-                Ok(()) => {
-                    let _ = writeln!(out, "{cmd} {va:#x}{}", s.symbolize(va));
-                }
-                Err(crate::vmi::Error::Unsupported { why, .. }) => {
-                    return Err(ReplError::Unsupported(format!("{cmd}: {why}")))
-                }
-                Err(e) => return Err(e.into()),
+            if !dom.is_stopped() {
+                return Err(usage("the domain runs: pause first"));
+            }
+            for id in ids {
+                dom.remove_watchpoint(id)?;
+                let _ = writeln!(out, "deleted {id}");
             }
         }
         "stepi" => {
@@ -258,6 +281,93 @@ pub fn execute(s: &mut Session, line: &str, out: &mut String) -> Result<Flow, Re
         other => return Err(usage(format!("unknown command {other:?} (try `help`)"))),
     }
     Ok(Flow::Continue)
+}
+
+fn kind_name(k: WatchKind) -> &'static str {
+    match k {
+        WatchKind::Write => "w",
+        WatchKind::Read => "r",
+        WatchKind::Access => "rw",
+    }
+}
+
+/// `watch ADDR|SYMBOL [LEN] [w|rw]` (and `rwatch`/`awatch ADDR [LEN]`).
+fn watch(s: &mut Session, cmd: &str, rest: &str, out: &mut String) -> Result<(), ReplError> {
+    let mut words: Vec<&str> = rest.split_whitespace().collect();
+    let mut kind = match cmd {
+        "rwatch" => WatchKind::Read,
+        "awatch" => WatchKind::Access,
+        _ => WatchKind::Write,
+    };
+    if let Some(k) = words.last().and_then(|w| match *w {
+        "w" => Some(WatchKind::Write),
+        "r" => Some(WatchKind::Read),
+        "rw" | "a" => Some(WatchKind::Access),
+        _ => None,
+    }) {
+        kind = k;
+        words.pop();
+    }
+    let mut len = None;
+    if words.len() > 1 {
+        if let Some(n) = words.last().and_then(|w| parse_num(w).ok()) {
+            len = Some(n);
+            words.pop();
+        }
+    }
+    let target = words.join(" ");
+    let va = eval_in(s, &target)?;
+    let len = match len {
+        Some(l) => l,
+        None => s
+            .dom()?
+            .symbols()
+            .ok()
+            .and_then(|syms| syms.get(target.trim()))
+            .map(|sym| sym.size)
+            .filter(|&n| (1..=8).contains(&n))
+            .unwrap_or(8),
+    };
+    let dom = s.dom()?;
+    if !dom.is_stopped() {
+        return Err(usage("the domain runs: pause first"));
+    }
+    let named = dom
+        .symbols()
+        .ok()
+        .and_then(|syms| syms.get(target.trim()))
+        .is_some_and(|sym| sym.addr == va);
+    match dom.add_watchpoint(va, len, kind) {
+        Ok(id) => {
+            let label = if named {
+                format!(" <{}>", target.trim())
+            } else {
+                s.symbolize(va)
+            };
+            let _ = writeln!(
+                out,
+                "watchpoint {}: {va:#x}{label} len {len} {}",
+                id.0,
+                kind_name(kind)
+            );
+            Ok(())
+        }
+        Err(crate::vmi::Error::Unsupported { why, .. }) => {
+            Err(ReplError::Unsupported(format!("{cmd}: {why}")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The watched bytes as a number (little endian) when they fit, else hex bytes.
+fn watched_value(b: &[u8]) -> String {
+    if b.len() <= 8 {
+        let mut v = [0u8; 8];
+        v[..b.len()].copy_from_slice(b);
+        format!("{:#x}", u64::from_le_bytes(v))
+    } else {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
 }
 
 fn eval_in(s: &mut Session, src: &str) -> Result<u64, ReplError> {
@@ -433,6 +543,25 @@ fn cont(s: &mut Session, limit: Option<Duration>, out: &mut String) -> Result<()
                     out,
                     "breakpoint {label} at {addr:#x}{} (vcpu {vcpu}, hit {hits})",
                     s.symbolize(addr)
+                );
+                return where_am_i(s, out);
+            }
+            Event::Watchpoint {
+                vcpu,
+                id,
+                addr,
+                hits,
+                old,
+                new,
+            } => {
+                s.vcpu = vcpu;
+                let _ = writeln!(
+                    out,
+                    "watchpoint {} at {addr:#x}{} (vcpu {vcpu}, hit {hits}): old {} new {}",
+                    id.0,
+                    s.symbolize(addr),
+                    watched_value(&old),
+                    watched_value(&new)
                 );
                 return where_am_i(s, out);
             }

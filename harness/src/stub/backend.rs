@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::vmi::{Registers, Result};
+use crate::vmi::{Error, Registers, Result, WatchKind};
 
 /// Why the debuggee stopped, in debugger terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +18,15 @@ pub enum Stop {
     Step {
         /// vCPU.
         vcpu: u32,
+    },
+    /// A vCPU accessed a watched range (the access is done).
+    Watch {
+        /// vCPU.
+        vcpu: u32,
+        /// First byte of the watched range that was hit.
+        addr: u64,
+        /// The watchpoint's kind.
+        kind: WatchKind,
     },
     /// A debug event the debugger did not ask for (SIGTRAP).
     Trap {
@@ -57,6 +66,19 @@ pub trait Debuggee {
     fn insert_breakpoint(&mut self, va: u64) -> Result<bool>;
     /// Removes a software breakpoint (false if none was there).
     fn remove_breakpoint(&mut self, va: u64) -> Result<bool>;
+    /// Arms a hardware watchpoint (false if an identical one exists).
+    fn insert_watchpoint(&mut self, va: u64, len: u64, kind: WatchKind) -> Result<bool> {
+        let _ = (va, len, kind);
+        Err(Error::Unsupported {
+            feature: "watchpoints",
+            why: "this debuggee has no watchpoints".into(),
+        })
+    }
+    /// Disarms a hardware watchpoint (false if none matched).
+    fn remove_watchpoint(&mut self, va: u64, len: u64, kind: WatchKind) -> Result<bool> {
+        let _ = (va, len, kind);
+        Ok(false)
+    }
     /// Lets the debuggee run.
     fn resume(&mut self) -> Result<()>;
     /// Runs one instruction on `vcpu` (the debuggee is stopped).

@@ -7,8 +7,9 @@ use gdbstub::common::Signal;
 use gdbstub::conn::{Connection, ConnectionExt};
 use gdbstub::stub::run_blocking::{BlockingEventLoop, Event, WaitForStopReasonError};
 use gdbstub::stub::MultiThreadStopReason;
+use gdbstub::target::ext::breakpoints::WatchKind as GdbWatchKind;
 
-use crate::vmi::Error;
+use crate::vmi::{Error, WatchKind};
 
 use super::backend::{Debuggee, Stop};
 use super::target::{tid_of, StubTarget};
@@ -23,6 +24,15 @@ pub struct EventLoop<D, C>(std::marker::PhantomData<(D, C)>);
 pub fn stop_reason(stop: Stop) -> MultiThreadStopReason<u64> {
     match stop {
         Stop::Breakpoint { vcpu } => MultiThreadStopReason::SwBreak(tid_of(vcpu)),
+        Stop::Watch { vcpu, addr, kind } => MultiThreadStopReason::Watch {
+            tid: tid_of(vcpu),
+            kind: match kind {
+                WatchKind::Write => GdbWatchKind::Write,
+                WatchKind::Read => GdbWatchKind::Read,
+                WatchKind::Access => GdbWatchKind::ReadWrite,
+            },
+            addr,
+        },
         Stop::Step { vcpu } | Stop::Trap { vcpu } => MultiThreadStopReason::SignalWithThread {
             tid: tid_of(vcpu),
             signal: Signal::SIGTRAP,

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::vmi::{BreakpointId, Domain, Error, Event, Registers, Result, ShutdownReason};
+use crate::vmi::{
+    BreakpointId, Domain, Error, Event, Registers, Result, ShutdownReason, WatchKind, WatchpointId,
+};
 
 use super::backend::{Debuggee, Stop};
 
@@ -63,6 +65,8 @@ pub struct XenDebuggee<A: Attached = Domain> {
     dom: Option<A>,
     domid: u32,
     planted: BTreeMap<u64, Planted>,
+    /// The debugger's watchpoints by (address, length, kind).
+    watches: Vec<((u64, u64, WatchKind), WatchpointId)>,
 }
 
 impl<A: Attached> std::fmt::Debug for XenDebuggee<A> {
@@ -83,6 +87,7 @@ impl<A: Attached> XenDebuggee<A> {
             domid: dom.borrow_mut().id(),
             dom: Some(dom),
             planted: BTreeMap::new(),
+            watches: Vec::new(),
         };
         if let Some(elf) = elf {
             let dom = me.dom()?;
@@ -131,6 +136,15 @@ impl<A: Attached> XenDebuggee<A> {
                 Some(Planted { .. }) => Stop::Crashed,
             },
             Event::Step { vcpu, .. } => Stop::Step { vcpu },
+            Event::Watchpoint { vcpu, id, addr, .. } => Stop::Watch {
+                vcpu,
+                addr,
+                kind: self
+                    .watches
+                    .iter()
+                    .find(|(_, w)| *w == id)
+                    .map_or(WatchKind::Write, |((_, _, k), _)| *k),
+            },
             Event::Debug { vcpu, .. } => Stop::Trap { vcpu },
             Event::Shutdown { reason } => match reason {
                 ShutdownReason::Poweroff => Stop::Exited(0),
@@ -228,6 +242,24 @@ impl<A: Attached> Debuggee for XenDebuggee<A> {
         Ok(true)
     }
 
+    fn insert_watchpoint(&mut self, va: u64, len: u64, kind: WatchKind) -> Result<bool> {
+        if self.watches.iter().any(|(k, _)| *k == (va, len, kind)) {
+            return Ok(false);
+        }
+        let id = self.dom()?.add_watchpoint(va, len, kind)?;
+        self.watches.push(((va, len, kind), id));
+        Ok(true)
+    }
+
+    fn remove_watchpoint(&mut self, va: u64, len: u64, kind: WatchKind) -> Result<bool> {
+        let Some(i) = self.watches.iter().position(|(k, _)| *k == (va, len, kind)) else {
+            return Ok(false);
+        };
+        let (_, id) = self.watches.remove(i);
+        self.dom()?.remove_watchpoint(id)?;
+        Ok(true)
+    }
+
     fn resume(&mut self) -> Result<()> {
         self.dom()?.resume()
     }
@@ -259,8 +291,17 @@ impl<A: Attached> Debuggee for XenDebuggee<A> {
 
     fn detach(&mut self) -> Result<()> {
         let planted = std::mem::take(&mut self.planted);
+        let watches = std::mem::take(&mut self.watches);
         match self.dom.take() {
             Some(mut dom) => {
+                if !watches.is_empty() {
+                    dom.borrow_mut().pause()?;
+                }
+                for (_, id) in watches {
+                    if let Err(e) = dom.borrow_mut().remove_watchpoint(id) {
+                        tracing::warn!("removing {id}: {e}");
+                    }
+                }
                 for p in planted.values() {
                     if let Err(e) = dom.borrow_mut().remove_breakpoint(p.id) {
                         tracing::warn!("removing breakpoint {}: {e}", p.id);

@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use super::domain::{Domain, Xen};
 use super::error::{Error, Result};
 use super::events::Backend;
+use super::regs::{HvmRegisters, PvRegisters, RegisterBackend};
+use super::watchpoint::SavedDebugRegs;
 
 /// Environment variable overriding the journal directory.
 pub const RUN_DIR_ENV: &str = "XENPROBE_RUN_DIR";
@@ -47,6 +49,9 @@ struct JournalData {
     monitor: bool,
     debugging: bool,
     breakpoints: Vec<JournalBreakpoint>,
+    /// The guest's own debug registers per vCPU while watchpoints are armed.
+    #[serde(default)]
+    debugregs: Vec<(u32, SavedDebugRegs)>,
 }
 
 /// The on-disk record of what an attached xenprobe changed in a domain.
@@ -99,6 +104,12 @@ impl Journal {
 
     pub(crate) fn remove_breakpoint(&mut self, pa: u64) -> Result<()> {
         self.data.breakpoints.retain(|b| b.pa != pa);
+        self.save()
+    }
+
+    /// Records the guest's debug registers (empty: none of ours armed).
+    pub(crate) fn set_debug_regs(&mut self, regs: Vec<(u32, SavedDebugRegs)>) -> Result<()> {
+        self.data.debugregs = regs;
         self.save()
     }
 
@@ -176,6 +187,19 @@ pub fn recover(xen: &Xen, domid: u32, name: &str) -> Result<bool> {
             mem.read_phys(b.pa, &mut cur)?;
             if cur[0] == b.opcode {
                 mem.write_phys(b.pa, &[b.orig])?;
+            }
+        }
+        if !data.debugregs.is_empty() {
+            let kind = super::domain::kind_of(&xc.domain_info(domid)?);
+            let backend: Box<dyn RegisterBackend> = if kind.is_hvm_container() {
+                Box::new(HvmRegisters)
+            } else {
+                Box::new(PvRegisters)
+            };
+            for (vcpu, saved) in &data.debugregs {
+                let mut r = backend.get(xc, domid, *vcpu)?;
+                saved.restore_into(&mut r, kind.is_hvm_container());
+                backend.set(xc, domid, *vcpu, &r)?;
             }
         }
         if data.monitor {
@@ -294,6 +318,7 @@ impl Domain {
         };
         note(self.pause());
         note(self.unplant_all());
+        note(self.remove_all_watchpoints());
         // Answer pending events, then drop the ring (options off, disable, unmap).
         let pending = std::mem::take(&mut self.pending);
         if let Backend::Monitor(ring) = &mut self.backend {

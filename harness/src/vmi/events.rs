@@ -12,6 +12,7 @@ use super::breakpoint::{BreakpointId, Icebp, Int3};
 use super::caps::{BreakpointInsnKind, GuestKind, BREAKPOINT_ENV};
 use super::domain::Domain;
 use super::error::{Error, Result};
+use super::watchpoint::WatchpointId;
 
 /// Why a domain shut down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +64,22 @@ pub enum Event {
         /// Hits so far, this one included.
         hits: u64,
     },
+    /// A watched range was accessed; the access is done (RIP is past the
+    /// instruction). `old`/`new` are the watched bytes before and after.
+    Watchpoint {
+        /// vCPU.
+        vcpu: u32,
+        /// Which watchpoint.
+        id: WatchpointId,
+        /// Its first byte.
+        addr: u64,
+        /// Hits so far, this one included.
+        hits: u64,
+        /// The watched bytes at the previous hit (or when armed).
+        old: Vec<u8>,
+        /// The watched bytes now.
+        new: Vec<u8>,
+    },
     /// A single step finished.
     Step {
         /// vCPU.
@@ -93,6 +110,7 @@ impl Event {
     fn vcpu(&self) -> Option<u32> {
         match self {
             Event::Breakpoint { vcpu, .. }
+            | Event::Watchpoint { vcpu, .. }
             | Event::Step { vcpu, .. }
             | Event::Debug { vcpu, .. } => Some(*vcpu),
             _ => None,
@@ -324,6 +342,13 @@ impl Domain {
     pub(crate) fn decide(&mut self, req: &VmEventRequest) -> Result<Decision> {
         let vcpu = req.vcpu();
         let rip = req.regs().rip;
+        if let (sys::VM_EVENT_REASON_DEBUG_EXCEPTION, Some((DebugEventType::HwException, ..))) =
+            (req.reason(), req.debug())
+        {
+            if let Some(h) = self.watch_hit(vcpu)? {
+                return Ok(Decision::Stop(StopReason::Other, h.into_event(vcpu)));
+            }
+        }
         let insn_kind = self.bps.insn.as_ref().map(|i| i.kind());
         let bp_event = match (req.reason(), req.debug()) {
             (sys::VM_EVENT_REASON_DEBUG_EXCEPTION, Some((DebugEventType::PrivSwException, ..))) => {
@@ -375,6 +400,11 @@ impl Domain {
     /// The domain paused itself for the debugger (PV): find the vCPU at a breakpoint.
     pub(crate) fn decide_pv_stop(&mut self) -> Result<(u32, Decision)> {
         let max = self.max_vcpu()?;
+        for vcpu in 0..=max {
+            if let Some(h) = self.watch_hit(vcpu)? {
+                return Ok((vcpu, Decision::Stop(StopReason::Other, h.into_event(vcpu))));
+            }
+        }
         let mut first_rip = 0;
         for vcpu in 0..=max {
             let mut regs = match self.regs(vcpu) {

@@ -54,9 +54,10 @@
 //!   [`Domain::memory_image`] (a copy of all guest memory, to compare).
 //! - Snapshot backends: [`SnapshotBackend`] ([`fork::LogDirtyBackend`],
 //!   [`fork::VmForkBackend`] where Xen forks VMs).
-//! - Watchpoints: [`Domain::watchpoint_support`] (probes Xen's mem_access
-//!   on the guest), [`Domain::add_watchpoint`] (see [`watchpoint`]: not
-//!   available on the lab's AMD host).
+//! - Watchpoints on debug registers: [`Domain::add_watchpoint`],
+//!   [`Domain::remove_watchpoint`], [`Domain::watchpoints`], hits as
+//!   [`Event::Watchpoint`] (see [`watchpoint`]); [`Domain::mem_access_support`]
+//!   probes the other route (Intel only).
 //! - Cleanup: [`cleanup::restore_on_ctrl_c`]; stale state from a killed
 //!   process is repaired by the next [`Domain::attach`].
 //!
@@ -132,4 +133,4 @@ pub use snapshot::{
 };
 pub use snapshot_file::SnapshotFileMeta;
 pub use symbols::{SourceLine, Symbol, Symbols};
-pub use watchpoint::WatchKind;
+pub use watchpoint::{WatchKind, WatchRoute, WatchpointId, WatchpointInfo};
