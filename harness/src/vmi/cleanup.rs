@@ -192,14 +192,14 @@ pub fn recover(xen: &Xen, domid: u32, name: &str) -> Result<bool> {
         if !data.debugregs.is_empty() {
             let kind = super::domain::kind_of(&xc.domain_info(domid)?);
             let backend: Box<dyn RegisterBackend> = if kind.is_hvm_container() {
-                Box::new(HvmRegisters)
+                Box::new(HvmRegisters::new(xc.domain_info(domid)?.max_vcpu_id + 1))
             } else {
-                Box::new(PvRegisters)
+                Box::<PvRegisters>::default()
             };
             for (vcpu, saved) in &data.debugregs {
-                let mut r = backend.get(xc, domid, *vcpu)?;
+                let mut r = backend.get(xc, domid, *vcpu, true)?;
                 saved.restore_into(&mut r, kind.is_hvm_container());
-                backend.set(xc, domid, *vcpu, &r)?;
+                backend.set(xc, domid, *vcpu, &r, true)?;
             }
         }
         if data.monitor {
