@@ -277,6 +277,30 @@ mod tests {
         assert_eq!(t, vec![vec![0xee], b"XBCD".to_vec()]);
     }
 
+    /// A function of this test binary comparing against magic values.
+    #[inline(never)]
+    fn magic_compare(x: u32, y: u16) -> bool {
+        std::hint::black_box(x) == 0x4443_4258 || std::hint::black_box(y) == 0x7a79
+    }
+
+    #[test]
+    fn gathers_tokens_from_a_function_of_a_real_elf() {
+        // The test binary is the sample ELF: its `magic_compare` compares
+        // against "XBCD" and "yz"; the dictionary of that function holds both.
+        assert!(magic_compare(0x4443_4258, 0));
+        let exe = std::env::current_exe().expect("exe");
+        let pattern = vec!["blocks5tests13magic_compare".to_string()];
+        let funcs = select_functions(&std::fs::read(&exe).expect("read"), &pattern).expect("funcs");
+        assert_eq!(funcs.len(), 1, "{funcs:?}");
+        let t = tokens_in_image(&exe, &pattern).expect("tokens");
+        assert!(t.contains(&b"XBCD".to_vec()), "{t:02x?}");
+        assert!(t.contains(&b"yz".to_vec()), "{t:02x?}");
+        // Nothing selected, nothing gathered.
+        assert!(tokens_in_image(&exe, &["no-such-function-xyz".into()])
+            .expect("tokens")
+            .is_empty());
+    }
+
     #[test]
     fn ranges_parse() {
         assert_eq!(parse_range("0x1000-0x1200"), Some((0x1000, 0x1200)));

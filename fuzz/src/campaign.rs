@@ -472,12 +472,12 @@ pub fn reproduce(
     // Keep the console output of a replay: it is the guest's own report.
     let mut target = target.clone();
     target.discard_console = false;
+    let guest_len = crate::structured::guest_bytes(target.input_format.as_ref(), &input).len();
     let mut session = Session::start(target).context("starting the guest")?;
-    if input.len() > session.input_capacity() {
+    if guest_len > session.input_capacity() {
         bail!(
-            "{} has {} bytes; the guest's buffer holds {}",
+            "{} makes {guest_len} bytes of guest input; the guest's buffer holds {}",
             input_path.display(),
-            input.len(),
             session.input_capacity()
         );
     }

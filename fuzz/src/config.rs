@@ -18,6 +18,7 @@
 //! timeout_ms = 500
 //! seeds = "seeds"             # directory of seed inputs
 //! dictionary = ["ee", "58424344"]            # extra tokens, hex
+//! input_format = "raw"        # or a structured format (src/structured.rs)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -90,6 +91,8 @@ pub struct GuestConfig {
     pub seeds: Option<PathBuf>,
     /// Extra dictionary tokens as hex strings.
     pub dictionary: Option<Vec<String>>,
+    /// `raw` or a structured input format (see [`crate::structured::by_name`]).
+    pub input_format: Option<String>,
 }
 
 /// A loaded config: the target and the campaign settings it names.
@@ -241,6 +244,10 @@ impl GuestConfig {
         if let Some(ms) = self.timeout_ms {
             target.timeout = Duration::from_millis(ms.max(1));
         }
+        if let Some(f) = &self.input_format {
+            target.input_format =
+                crate::structured::by_name(f).map_err(|e| invalid(format!("input_format: {e}")))?;
+        }
         let mut dictionary = Vec::new();
         for t in self.dictionary.iter().flatten() {
             dictionary.push(
@@ -305,6 +312,7 @@ cover_ranges = ["0x1000-0x1100"]
 timeout_ms = 250
 seeds = "seeds"
 dictionary = ["ee", "0x58424344"]
+input_format = "tlv-records"
 "#;
         let l = GuestConfig::parse(text, &path)
             .expect("parse")
@@ -318,6 +326,7 @@ dictionary = ["ee", "0x58424344"]
         assert_eq!(l.target.timeout, Duration::from_millis(250));
         assert_eq!(l.dictionary, vec![vec![0xee], b"XBCD".to_vec()]);
         assert_eq!(l.seeds.as_deref(), Some(d.join("seeds").as_path()));
+        assert_eq!(l.target.input_format.map(|f| f.name()), Some("tlv-records"));
         let cfg = std::fs::read_to_string(&l.target.cfg).expect("cfg written");
         assert!(cfg.starts_with("name=\"my-guest\"\ntype=\"hvm\"\nfirmware_override="));
         assert!(cfg.contains(&format!("\"{}\"", d.join("img").display())));
@@ -343,6 +352,10 @@ dictionary = ["ee", "0x58424344"]
                 .contains("cover_ranges")
         );
         assert!(err("image = \"img\"\nmode = \"pvh\"\ndictionary = [\"zz\"]\n").contains("hex"));
+        assert!(
+            err("image = \"img\"\nmode = \"pvh\"\ninput_format = \"json\"\n")
+                .contains("input_format: unknown input format")
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -93,14 +93,15 @@ pub fn run(target: &TargetSpec, input_path: &Path, opts: &DebugOptions) -> Resul
         std::fs::read(input_path).with_context(|| format!("reading {}", input_path.display()))?;
     let mut spec = target.clone();
     spec.discard_console = false;
+    let guest_len =
+        xenprobe_fuzz::structured::guest_bytes(spec.input_format.as_ref(), &input).len();
     let mut session = Session::start(spec.clone()).context("starting the guest")?;
-    if input.len() > session.input_capacity() {
+    if guest_len > session.input_capacity() {
         let cap = session.input_capacity();
         session.finish().context("leaving the guest clean")?;
         bail!(
-            "{} has {} bytes; the guest's buffer holds {cap}",
+            "{} makes {guest_len} bytes of guest input; the guest's buffer holds {cap}",
             input_path.display(),
-            input.len(),
         );
     }
     let (outcome, _) = session.run(&input).context("replaying the input")?;

@@ -12,6 +12,13 @@
 //! jobs). Each job writes its reports into `job-K/`; this process prints
 //! the broker's totals and writes a `summary.md` over the jobs.
 //!
+//! A job that dies before the campaign's time is up (a signal, a failed
+//! guest) is started again, up to [`MAX_RESTARTS`] times, with the time
+//! left: it resumes from the shared corpus, like LibAFL's restarting event
+//! manager does for its clients; the restarts are printed and listed in
+//! `summary.md`. A job that dies for good has its guest repaired from the
+//! job's journal (breakpoint bytes, vm_event ring, pauses).
+//!
 //! LibAFL's `Launcher` does the same with `fork()`; forking a process that
 //! holds Xen handles is not something to rely on, so the jobs are fresh
 //! processes and the broker is started directly. Across hosts: a broker
@@ -40,8 +47,9 @@ use libafl_bolts::tuples::tuple_list;
 use crate::config::with_name;
 use crate::session::cfg_name;
 
-/// The arguments of this process without `--jobs`, `--broker-port` and
-/// `--remote-broker` (and their values).
+/// The arguments of this process without `--jobs`, `--broker-port`,
+/// `--remote-broker` and `--time` (and their values): each job gets its own
+/// `--time` (the time left when it starts).
 pub fn child_args(args: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     let mut skip = false;
@@ -51,11 +59,11 @@ pub fn child_args(args: &[String]) -> Vec<String> {
             continue;
         }
         // The parent's own options: the jobs get --job/--broker-port instead.
-        if ["--jobs", "--broker-port", "--remote-broker"].contains(&a.as_str()) {
+        if ["--jobs", "--broker-port", "--remote-broker", "--time"].contains(&a.as_str()) {
             skip = true;
             continue;
         }
-        if ["--jobs=", "--broker-port=", "--remote-broker="]
+        if ["--jobs=", "--broker-port=", "--remote-broker=", "--time="]
             .iter()
             .any(|p| a.starts_with(p))
         {
@@ -80,16 +88,69 @@ pub fn job_cfg(cfg: &Path, dir: &Path, index: usize) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Runs the broker and `jobs` clients (this executable with `args` and
-/// `--job K --broker-port PORT`) until every client has ended; returns the
-/// number of clients that failed.
+/// Times a job is started again after it died before the campaign's end.
+pub const MAX_RESTARTS: u32 = 3;
+
+/// A job that died and was started again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restart {
+    /// Job number.
+    pub job: usize,
+    /// How it ended (e.g. `signal: 11 (SIGSEGV) (core dumped)`).
+    pub status: String,
+    /// Campaign time when it ended.
+    pub after: Duration,
+}
+
+/// How the jobs of a parallel campaign ended.
+#[derive(Debug, Clone, Default)]
+pub struct JobsOutcome {
+    /// Jobs that did not end normally in the end (restarts used up, or too
+    /// little time left to start again).
+    pub failed: usize,
+    /// Jobs that died and were started again.
+    pub restarts: Vec<Restart>,
+}
+
+/// What to do with a job that ended with `success` after its start number
+/// `restarts`, with `left` campaign time remaining.
+fn after_exit(success: bool, restarts: u32, left: Duration) -> JobEnd {
+    if success {
+        JobEnd::Done
+    } else if restarts < MAX_RESTARTS && left >= MIN_TIME_TO_RESTART {
+        JobEnd::Restart
+    } else {
+        JobEnd::Failed
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobEnd {
+    Done,
+    Restart,
+    Failed,
+}
+
+/// A job is not started again with less campaign time than this left.
+const MIN_TIME_TO_RESTART: Duration = Duration::from_secs(5);
+
+/// `--time` for a job started with `left` campaign time remaining.
+fn time_arg(left: Duration) -> String {
+    format!("{}s", left.as_secs_f64().ceil().max(1.0) as u64)
+}
+
+/// Runs the broker and `jobs` clients (this executable with `args`,
+/// `--time` and `--job K --broker-port PORT`) for `time`, until every
+/// client has ended; a client that dies early is started again (see the
+/// module documentation).
 pub fn run(
     args: &[String],
     jobs: usize,
     port: u16,
     remote: Option<SocketAddr>,
     dir: &Path,
-) -> Result<usize> {
+    time: Duration,
+) -> Result<JobsOutcome> {
     if jobs < 2 {
         bail!("--jobs needs at least 2 (got {jobs})");
     }
@@ -141,35 +202,96 @@ pub fn run(
         "[xenprobe-fuzz] LLMP broker on 127.0.0.1:{port}; starting {jobs} jobs (guests NAME-j1..NAME-j{jobs}), reports in {}/job-K/",
         dir.display()
     );
-    let mut children: Vec<(usize, Child)> = Vec::new();
-    for k in 1..=jobs {
-        let child = Command::new(&exe)
+    let start = Instant::now();
+    let spawn = |k: usize| -> Result<Child> {
+        let left = time.saturating_sub(start.elapsed());
+        Command::new(&exe)
             .args(args)
+            .args(["--time", &time_arg(left)])
             .args(["--job", &k.to_string(), "--broker-port", &port.to_string()])
             .spawn()
-            .with_context(|| format!("starting job {k}"))?;
-        children.push((k, child));
+            .with_context(|| format!("starting job {k}"))
+    };
+    // (job, process, restarts so far); None once the job has ended for good.
+    let mut running: Vec<(usize, Option<Child>, u32)> = Vec::new();
+    for k in 1..=jobs {
+        running.push((k, Some(spawn(k)?), 0));
         // Guests boot one after the other (xl create holds a lock anyway).
         std::thread::sleep(Duration::from_millis(300));
     }
-    let mut failed = 0;
-    for (k, mut c) in children {
-        match c.wait() {
-            Ok(st) if st.success() => {}
-            Ok(st) => {
-                eprintln!("[xenprobe-fuzz] job {k} ended with {st}");
-                failed += 1;
-            }
-            Err(e) => {
-                eprintln!("[xenprobe-fuzz] job {k}: {e}");
-                failed += 1;
+    let mut outcome = JobsOutcome::default();
+    while running.iter().any(|(_, c, _)| c.is_some()) {
+        std::thread::sleep(Duration::from_millis(200));
+        for (k, slot, restarts) in running.iter_mut() {
+            let Some(child) = slot.as_mut() else { continue };
+            let status = match child.try_wait() {
+                Ok(None) => continue,
+                Ok(Some(st)) => st,
+                Err(e) => {
+                    eprintln!("[xenprobe-fuzz] job {k}: {e}");
+                    outcome.failed += 1;
+                    *slot = None;
+                    continue;
+                }
+            };
+            // After Ctrl-C/SIGTERM the jobs stop too: none is started again.
+            let left = if xenprobe::vmi::cleanup::interrupted() {
+                Duration::ZERO
+            } else {
+                time.saturating_sub(start.elapsed())
+            };
+            match after_exit(status.success(), *restarts, left) {
+                JobEnd::Done => *slot = None,
+                JobEnd::Failed => {
+                    eprintln!("[xenprobe-fuzz] job {k} ended with {status}");
+                    outcome.failed += 1;
+                    *slot = None;
+                    repair_guest(dir, *k);
+                }
+                JobEnd::Restart => {
+                    *restarts += 1;
+                    eprintln!(
+                        "[xenprobe-fuzz] job {k} ended with {status} after {:.1} s; starting it again ({} of {MAX_RESTARTS}, {} left)",
+                        start.elapsed().as_secs_f64(),
+                        *restarts,
+                        time_arg(left)
+                    );
+                    outcome.restarts.push(Restart {
+                        job: *k,
+                        status: status.to_string(),
+                        after: start.elapsed(),
+                    });
+                    *slot = Some(spawn(*k)?);
+                }
             }
         }
     }
-    if let Err(e) = write_overview(dir, jobs) {
+    if let Err(e) = write_overview(dir, jobs, &outcome.restarts) {
         tracing::warn!("writing {}/summary.md: {e}", dir.display());
     }
-    Ok(failed)
+    Ok(outcome)
+}
+
+/// Leaves the guest of a job that died clean: replays the journal the job
+/// kept of its breakpoints and vm_event ring (original bytes back, ring torn
+/// down, vCPUs released, pauses undone; see `xenprobe::vmi::cleanup`).
+fn repair_guest(dir: &Path, index: usize) {
+    let cfg = dir.join(format!("job-{index}/guest.cfg"));
+    let Some(name) = std::fs::read_to_string(&cfg)
+        .ok()
+        .and_then(|t| cfg_name(&t))
+    else {
+        return;
+    };
+    let repaired = xenprobe::vmi::Xen::open().and_then(|xen| {
+        let dom = xen.find(name.as_str())?;
+        xenprobe::vmi::cleanup::recover(&xen, dom.domid, &name)
+    });
+    match repaired {
+        Ok(true) => eprintln!("[xenprobe-fuzz] repaired the guest {name} the dead job left behind"),
+        Ok(false) => {}
+        Err(e) => eprintln!("[xenprobe-fuzz] repairing the guest {name} of job {index}: {e}"),
+    }
 }
 
 /// A value in a job's `summary.md` table (`| key | value |`).
@@ -182,7 +304,7 @@ fn field<'a>(summary: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// `summary.md` of a parallel campaign: one row per job, totals.
-fn write_overview(dir: &Path, jobs: usize) -> std::io::Result<()> {
+fn write_overview(dir: &Path, jobs: usize, restarts: &[Restart]) -> std::io::Result<()> {
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -232,6 +354,18 @@ fn write_overview(dir: &Path, jobs: usize) -> std::io::Result<()> {
         count("crashes"),
         count("hangs")
     );
+    if !restarts.is_empty() {
+        let _ = writeln!(o, "\nJobs started again after they died:\n");
+        for r in restarts {
+            let _ = writeln!(
+                o,
+                "- job {} ended with {} at {:.1} s",
+                r.job,
+                r.status,
+                r.after.as_secs_f64()
+            );
+        }
+    }
     std::fs::write(dir.join("summary.md"), o)
 }
 
@@ -256,7 +390,51 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        assert_eq!(child_args(&a), vec!["--cfg", "x", "--time", "5s"]);
+        assert_eq!(child_args(&a), vec!["--cfg", "x"]);
+        let b: Vec<String> = ["--time=9s", "--krate", "tlv"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(child_args(&b), vec!["--krate", "tlv"]);
+    }
+
+    #[test]
+    fn a_dead_job_is_restarted_while_time_and_restarts_are_left() {
+        let lots = Duration::from_secs(60);
+        assert_eq!(after_exit(true, 0, lots), JobEnd::Done);
+        assert_eq!(after_exit(true, 0, Duration::ZERO), JobEnd::Done);
+        assert_eq!(after_exit(false, 0, lots), JobEnd::Restart);
+        assert_eq!(after_exit(false, MAX_RESTARTS - 1, lots), JobEnd::Restart);
+        assert_eq!(after_exit(false, MAX_RESTARTS, lots), JobEnd::Failed);
+        assert_eq!(after_exit(false, 0, Duration::from_secs(2)), JobEnd::Failed);
+        assert_eq!(time_arg(Duration::from_millis(12_300)), "13s");
+        assert_eq!(time_arg(Duration::ZERO), "1s");
+    }
+
+    #[test]
+    fn the_overview_lists_restarts() {
+        let d = std::env::temp_dir().join(format!("xenprobe-overview-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("job-1")).expect("tmp");
+        std::fs::write(
+            d.join("job-1/summary.md"),
+            "| executions | 300 |\n| execs/s | 150.0 |\n",
+        )
+        .expect("job summary");
+        let r = Restart {
+            job: 2,
+            status: "signal: 11 (SIGSEGV)".into(),
+            after: Duration::from_millis(4500),
+        };
+        write_overview(&d, 2, &[r]).expect("overview");
+        let o = std::fs::read_to_string(d.join("summary.md")).expect("summary");
+        assert!(o.contains("| 1 | ? | 300 | 150.0 |"), "{o}");
+        assert!(o.contains("| 2 | no report |"), "{o}");
+        assert!(
+            o.contains("- job 2 ended with signal: 11 (SIGSEGV) at 4.5 s"),
+            "{o}"
+        );
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - [`campaign`]: a whole campaign (corpus directory, progress line,
 //!   resume) and crash replay; [`progress`]: its report files (summary,
 //!   coverage plot via [`plot`], [`lcov`] tracefile).
+//! - [`structured`]: structured inputs (a type deriving `arbitrary::Arbitrary`
+//!   serialised into the guest).
 
 pub mod bench;
 pub mod blocks;
@@ -25,3 +27,4 @@ pub mod plot;
 pub mod progress;
 pub mod report;
 pub mod session;
+pub mod structured;

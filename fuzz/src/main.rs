@@ -100,6 +100,12 @@ struct Args {
     /// registers in the vm_event reply (needed for guests that use x87/SSE).
     #[arg(long)]
     full_context: bool,
+    /// Input format: `raw` bytes, or a structured format whose `arbitrary`
+    /// type is built from the fuzzer's bytes and serialised into the guest
+    /// (`tlv-records`; see fuzz/src/structured.rs). Corpus and crash files
+    /// stay raw bytes: replay them with the same format.
+    #[arg(long)]
+    input_format: Option<String>,
     /// Busy-poll the vm_event ring this many microseconds before blocking.
     #[arg(long, default_value_t = 0)]
     spin_us: u64,
@@ -176,6 +182,9 @@ fn real_main() -> Result<i32> {
         target.restore.registers = xenprobe::vmi::RegisterReset::Context;
     }
     target.event_spin = Duration::from_micros(a.spin_us);
+    if let Some(f) = &a.input_format {
+        target.input_format = xenprobe_fuzz::structured::by_name(f).map_err(anyhow::Error::msg)?;
+    }
     if let (Some(path), true) = (&a.reproduce, a.debug) {
         let opts = debug::DebugOptions {
             bind: a.debug_bind,
@@ -196,6 +205,11 @@ fn real_main() -> Result<i32> {
         return Ok(0);
     }
     if let Some(path) = &a.reproduce {
+        if let Some(f) = &target.input_format {
+            let raw = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            println!("input ({}): {}", f.name(), f.describe(&raw));
+        }
         let (report, saved) = campaign::reproduce(&target, path)?;
         return Ok(match (report, saved) {
             (None, _) => {
@@ -226,18 +240,23 @@ fn real_main() -> Result<i32> {
         if a.dir.is_none() {
             args.extend(["--dir".into(), dir.display().to_string()]);
         }
-        let failed = jobs::run(&args, a.jobs, a.broker_port, a.remote_broker, &dir)?;
+        let time = parse_duration(&a.time)?;
+        let out = jobs::run(&args, a.jobs, a.broker_port, a.remote_broker, &dir, time)?;
+        let restarted = match out.restarts.len() {
+            0 => String::new(),
+            n => format!(" ({n} restarts of jobs that died, see summary.md)"),
+        };
         println!(
-            "campaign {} ({} jobs): {}",
+            "campaign {} ({} jobs): {}{restarted}",
             dir.display(),
             a.jobs,
-            if failed == 0 {
+            if out.failed == 0 {
                 "all jobs ended normally".to_string()
             } else {
-                format!("{failed} jobs failed")
+                format!("{} jobs failed", out.failed)
             }
         );
-        return Ok(i32::from(failed > 0));
+        return Ok(i32::from(out.failed > 0));
     }
     let mut job = None;
     if let Some(k) = a.job {

@@ -97,7 +97,8 @@ pub fn minimize(target: &TargetSpec, input_path: &Path, budget: Budget) -> Resul
     let input =
         std::fs::read(input_path).with_context(|| format!("reading {}", input_path.display()))?;
     let mut session = Session::start(target.clone()).context("starting the guest")?;
-    let result = shrink_in(&mut session, input_path, input, budget);
+    let guest_len = crate::structured::guest_bytes(target.input_format.as_ref(), &input).len();
+    let result = shrink_in(&mut session, input_path, input, guest_len, budget);
     let finish = session.finish();
     let m = result?;
     finish.context("leaving the guest clean")?;
@@ -108,13 +109,13 @@ fn shrink_in(
     session: &mut Session,
     input_path: &Path,
     input: Vec<u8>,
+    guest_len: usize,
     budget: Budget,
 ) -> Result<Minimized> {
-    if input.len() > session.input_capacity() {
+    if guest_len > session.input_capacity() {
         bail!(
-            "{} has {} bytes; the guest's buffer holds {}",
+            "{} makes {guest_len} bytes of guest input; the guest's buffer holds {}",
             input_path.display(),
-            input.len(),
             session.input_capacity()
         );
     }

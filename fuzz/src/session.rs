@@ -13,6 +13,7 @@ use xenprobe::xen::{ForeignMemory, Mapping, Prot};
 
 use crate::blocks::{self, Block};
 use crate::report::{self, CrashReport, Frame, Outcome};
+use crate::structured::InputFormat;
 
 /// Errors of a fuzzing session.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +68,10 @@ pub struct TargetSpec {
     /// Busy-poll bound of the vm_event ring before blocking (see
     /// [`Domain::set_event_spin`]).
     pub event_spin: Duration,
+    /// Structured inputs: the fuzzer's bytes are decoded into this format's
+    /// type and serialised into the guest (None: raw bytes; see
+    /// [`crate::structured`]).
+    pub input_format: Option<InputFormat>,
 }
 
 impl TargetSpec {
@@ -89,6 +94,7 @@ impl TargetSpec {
             },
             persistent: 1,
             event_spin: Duration::ZERO,
+            input_format: None,
         }
     }
 }
@@ -479,6 +485,8 @@ impl Session {
     /// restore; if it does not happen again it is counted as unstable
     /// ([`Counters::unstable`]) and reported as [`Outcome::Ok`].
     pub fn run(&mut self, input: &[u8]) -> Result<(Outcome, Vec<usize>)> {
+        let encoded = crate::structured::guest_bytes(self.spec.input_format.as_ref(), input);
+        let input: &[u8] = &encoded;
         let t0 = std::time::Instant::now();
         let clean = self.prepare()?;
         self.timings[0] += t0.elapsed();

@@ -64,6 +64,12 @@ pub struct FuzzArgs {
     /// crash, hang or new coverage; crashes are replayed before they count).
     #[arg(long, default_value_t = 1)]
     persistent: u32,
+    /// Input format: `raw` (default) or a structured format whose
+    /// `arbitrary` type the fuzzer's bytes build (`tlv-records` for tlv; see
+    /// fuzz/src/structured.rs). Its campaign directory is
+    /// `target/fuzz/<target>-<mode>-<format>/`.
+    #[arg(long)]
+    input_format: Option<String>,
     /// Build the fuzzer unoptimised (faster to build, slower to fuzz).
     #[arg(long)]
     debug_build: bool,
@@ -164,6 +170,15 @@ pub fn main(args: FuzzArgs) -> Result<i32> {
             argv.extend(sample_args(&args.target, args.mode.name()));
             format!("{}-{}", args.target, args.mode.name())
         }
+    };
+    // Corpus files are the fuzzer's raw bytes: a structured format reads
+    // them differently, so it gets a campaign directory of its own.
+    let name = match args.input_format.as_deref() {
+        Some(f) if f != "raw" => {
+            argv.extend(["--input-format".into(), f.to_string()]);
+            format!("{name}-{f}")
+        }
+        _ => name,
     };
     let dir = ws::target_dir().join("fuzz").join(&name);
     argv.extend([
