@@ -213,8 +213,10 @@ impl Lab {
         };
         let forward_guest = opts.forward.1;
         std::fs::create_dir_all(self.consoles())?;
+        // One dom0 vCPU: with two, dom0 lost memory under guest churn in
+        // this lab (README, "The lab's CPU configuration"; tests/live_lab.rs).
         let mut xen_cmdline = String::from(
-            "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=2 \
+            "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=1 \
              console_timestamps=boot noreboot",
         );
         if let Ok(extra) = std::env::var("XENPROBE_XEN_CMDLINE") {
@@ -238,7 +240,10 @@ impl Lab {
             agent: (free_port()?, AGENT_PORT),
             forward: (forward_host, forward_guest),
             memory: "3G",
-            cpus: 2,
+            cpus: std::env::var("XENPROBE_LAB_CPUS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
             incoming: None,
         };
         // Everything that makes a saved state invalid.

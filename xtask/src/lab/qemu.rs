@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 pub enum Accel {
     /// Hardware virtualization (needs nested virtualization for Xen's HVM guests).
     Kvm,
-    /// Software emulation (multi-threaded TCG); `-cpu max` emulates AMD SVM with NPT.
+    /// Software emulation (TCG, see [`tcg_threads`]); `-cpu max` emulates AMD SVM with NPT.
     Tcg,
 }
 
@@ -103,7 +103,12 @@ impl Machine<'_> {
             .arg(self.cpus.to_string());
         match self.accel {
             Accel::Kvm => c.args(["-accel", "kvm", "-cpu", "host"]),
-            Accel::Tcg => c.args(["-accel", "tcg,thread=multi", "-cpu", "max"]),
+            Accel::Tcg => c.args([
+                "-accel",
+                &format!("tcg,thread={}", tcg_threads()),
+                "-cpu",
+                "max",
+            ]),
         };
         c.args(["-display", "none", "-no-reboot", "-monitor", "none"]);
         c.arg("-serial")
@@ -142,8 +147,12 @@ impl Machine<'_> {
     /// a restored lab gets its own).
     pub fn key_text(&self) -> String {
         format!(
-            "accel={} mem={} cpus={} xen={} [{}] dom0={} [{}] initramfs={} share={}",
+            "accel={}{} mem={} cpus={} xen={} [{}] dom0={} [{}] initramfs={} share={}",
             self.accel.name(),
+            match self.accel {
+                Accel::Tcg => format!(" thread={}", tcg_threads()),
+                Accel::Kvm => String::new(),
+            },
             self.memory,
             self.cpus,
             self.xen_elf.display(),
@@ -153,6 +162,17 @@ impl Machine<'_> {
             self.initramfs.display(),
             self.share.display()
         )
+    }
+}
+
+/// TCG's threading: `single` (one thread runs every vCPU, holding QEMU's
+/// big lock) unless `XENPROBE_TCG=multi` asks for a thread per vCPU. Single
+/// is the default because multi-threaded TCG slowed to a crawl on a busy
+/// 2-core host (README, "The lab's CPU configuration").
+pub fn tcg_threads() -> &'static str {
+    match std::env::var("XENPROBE_TCG").ok().as_deref() {
+        Some("multi") => "multi",
+        _ => "single",
     }
 }
 
