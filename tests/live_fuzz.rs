@@ -35,7 +35,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use xenprobe::vmi::{Domain, ShutdownReason, Xen};
 use xenprobe_fuzz::blocks;
@@ -638,47 +638,14 @@ fn two_jobs_share_one_campaign_through_llmp() {
         .expect("run xenprobe-fuzz --jobs 2");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    // The lab's dom0 corrupts process memory while guests are attached
-    // (issue 2: seen here as SIGSEGV/SIGABRT "malloc(): ... corrupted" of a
-    // job). A job killed by a signal must be handled: started again while
-    // time is left, or its guest repaired; anything else fails the test.
-    let died: Vec<usize> = (1..=2)
-        .filter(|k| stderr.contains(&format!("job {k} ended with signal")))
+    // A job that dies is a bug (ours, or the lab's: see live_lab); the
+    // restart path itself is tested by killing a job on purpose below.
+    let died: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("ended with"))
         .collect();
-    let dead_for_good: Vec<usize> = died
-        .iter()
-        .copied()
-        .filter(|k| {
-            stderr.lines().any(|l| {
-                l.contains(&format!("job {k} ended with signal"))
-                    && !l.contains("starting it again")
-            })
-        })
-        .collect();
-    if !died.is_empty() {
-        eprintln!(
-            "JOBS KILLED BY A SIGNAL in this run (lab memory corruption, issue 2): {died:?}\n{}",
-            stderr
-                .lines()
-                .filter(|l| l.contains("ended with")
-                    || l.contains("corrupted")
-                    || l.contains("repaired"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-    }
-    assert!(
-        out.status.success() || !dead_for_good.is_empty(),
-        "{stdout}\n{stderr}"
-    );
-    for k in &dead_for_good {
-        assert!(
-            stderr.contains(&format!(
-                "repaired the guest {name}-j{k} the dead job left behind"
-            )),
-            "job {k} died and its guest was not repaired:\n{stderr}"
-        );
-    }
+    assert!(died.is_empty(), "a job died: {died:?}\n{stderr}");
+    assert!(out.status.success(), "{stdout}\n{stderr}");
     // Both jobs connected to the broker.
     assert!(stderr.contains("clients: 2"), "{stderr}");
     let overview = std::fs::read_to_string(dir.join("summary.md")).expect("summary.md");
@@ -696,12 +663,9 @@ fn two_jobs_share_one_campaign_through_llmp() {
     for k in 1..=2 {
         let s = std::fs::read_to_string(dir.join(format!("job-{k}/summary.md")))
             .unwrap_or_else(|e| panic!("job-{k}/summary.md: {e}"));
-        if !dead_for_good.contains(&k) {
-            assert!(s.contains("Final report."), "{s}");
-            assert!(!s.contains("| executions | 0 |"), "{s}");
-        }
-        // Each job's guest ran under its own name and was left clean (by
-        // the job, or repaired by the parent after the job died).
+        assert!(s.contains("Final report."), "{s}");
+        assert!(!s.contains("| executions | 0 |"), "{s}");
+        // Each job's guest ran under its own name and was left clean.
         let jname = format!("{name}-j{k}");
         assert_code_clean(&jname, &spec.image, &spec.cover);
         destroy(&jname);
@@ -711,4 +675,88 @@ fn two_jobs_share_one_campaign_through_llmp() {
         "{overview}"
     );
     assert!(corpus_files(&dir.join("corpus")) > 0);
+}
+
+/// The pid of the `--jobs` client `--job K` whose campaign directory is `dir`.
+fn job_pid(dir: &std::path::Path, k: usize) -> Option<u32> {
+    let want_dir = dir.display().to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<String> = cmd
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_job = args
+            .windows(2)
+            .any(|w| w[0] == "--job" && w[1] == k.to_string());
+        (is_job && args.iter().any(|a| a == &want_dir)).then_some(pid)
+    })
+}
+
+/// `--jobs`: a client killed mid-campaign (SIGKILL, as by the OOM killer) is
+/// started again with the time left, resumes on its guest (left with
+/// breakpoints planted: the new client's attach repairs it), and the
+/// campaign reports the restart.
+#[test]
+fn a_killed_job_is_started_again() {
+    if !xenprobe_tests::have_xen() {
+        return;
+    }
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (spec, name, work) = guest("tlv", "restart");
+    let dir = work.join("campaign");
+    let child = std::process::Command::new(fuzz_bin())
+        .arg("--cfg")
+        .arg(&spec.cfg)
+        .arg("--image")
+        .arg(&spec.image)
+        .args(["--krate", "tlv", "--time", "50s", "--timeout-ms", "400"])
+        .args(["--jobs", "2", "--broker-port", "1442", "--rng-seed", "9"])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run xenprobe-fuzz --jobs 2");
+    // Kill job 1 once it has run for a while (its guest is attached then).
+    let deadline = Instant::now() + Duration::from_secs(35);
+    let pid = loop {
+        let ran = std::fs::read_to_string(dir.join("job-1/summary.md"))
+            .is_ok_and(|s| !s.contains("| executions | 0 |"));
+        if let (true, Some(pid)) = (ran, job_pid(&dir, 1)) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "job 1 never ran");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let out = child.wait_with_output().expect("campaign output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("job 1 ended with signal: 9") && l.contains("starting it again")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("job 2 ended with"), "{stderr}");
+    let overview = std::fs::read_to_string(dir.join("summary.md")).expect("summary.md");
+    assert!(
+        overview.contains("Jobs started again after they died"),
+        "{overview}"
+    );
+    for k in 1..=2 {
+        let s = std::fs::read_to_string(dir.join(format!("job-{k}/summary.md")))
+            .unwrap_or_else(|e| panic!("job-{k}/summary.md: {e}"));
+        assert!(s.contains("Final report."), "job {k}: {s}");
+        let jname = format!("{name}-j{k}");
+        assert_code_clean(&jname, &spec.image, &spec.cover);
+        destroy(&jname);
+    }
 }
