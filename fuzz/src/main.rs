@@ -100,9 +100,11 @@ struct Args {
     /// registers in the vm_event reply (needed for guests that use x87/SSE).
     #[arg(long)]
     full_context: bool,
-    /// Busy-poll the vm_event ring this many microseconds before blocking.
-    #[arg(long, default_value_t = 0)]
-    spin_us: u64,
+    /// Busy-poll the vm_event ring this many microseconds before blocking
+    /// (default: 2000 with one guest, 0 with --jobs: spinning job processes
+    /// would take the CPUs the guests need).
+    #[arg(long)]
+    spin_us: Option<u64>,
 }
 
 /// Parses `90`, `90s`, `5m`, `1h`.
@@ -175,7 +177,12 @@ fn real_main() -> Result<i32> {
     if a.full_context {
         target.restore.registers = xenprobe::vmi::RegisterReset::Context;
     }
-    target.event_spin = Duration::from_micros(a.spin_us);
+    let parallel = a.jobs > 1 || a.job.is_some();
+    target.event_spin = Duration::from_micros(a.spin_us.unwrap_or(if parallel {
+        0
+    } else {
+        xenprobe_fuzz::session::DEFAULT_SPIN_US
+    }));
     if let (Some(path), true) = (&a.reproduce, a.debug) {
         let opts = debug::DebugOptions {
             bind: a.debug_bind,
