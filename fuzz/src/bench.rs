@@ -245,7 +245,8 @@ fn run_batch(
     let t = Instant::now();
     let mut not_ok = 0;
     let mut n = 0;
-    while n < execs && (n == 0 || t.elapsed() < batch) {
+    // The clock is read every 16 runs only (a system call in dom0).
+    while n < execs && (n % 16 != 0 || n == 0 || t.elapsed() < batch) {
         let (o, _) = s.run(&inputs[n % inputs.len()])?;
         not_ok += usize::from(!matches!(o, Outcome::Ok));
         n += 1;

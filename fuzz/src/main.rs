@@ -106,9 +106,11 @@ struct Args {
     /// stay raw bytes: replay them with the same format.
     #[arg(long)]
     input_format: Option<String>,
-    /// Busy-poll the vm_event ring this many microseconds before blocking.
-    #[arg(long, default_value_t = 0)]
-    spin_us: u64,
+    /// Busy-poll the vm_event ring this many microseconds before blocking
+    /// (default: 2000 with one guest, 0 with --jobs: spinning job processes
+    /// would take the CPUs the guests need).
+    #[arg(long)]
+    spin_us: Option<u64>,
 }
 
 /// Parses `90`, `90s`, `5m`, `1h`.
@@ -181,10 +183,15 @@ fn real_main() -> Result<i32> {
     if a.full_context {
         target.restore.registers = xenprobe::vmi::RegisterReset::Context;
     }
-    target.event_spin = Duration::from_micros(a.spin_us);
     if let Some(f) = &a.input_format {
         target.input_format = xenprobe_fuzz::structured::by_name(f).map_err(anyhow::Error::msg)?;
     }
+    let parallel = a.jobs > 1 || a.job.is_some();
+    target.event_spin = Duration::from_micros(a.spin_us.unwrap_or(if parallel {
+        0
+    } else {
+        xenprobe_fuzz::session::DEFAULT_SPIN_US
+    }));
     if let (Some(path), true) = (&a.reproduce, a.debug) {
         let opts = debug::DebugOptions {
             bind: a.debug_bind,

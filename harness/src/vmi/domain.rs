@@ -178,6 +178,11 @@ pub struct Domain {
     pub(crate) restore_options: super::snapshot::RestoreOptions,
     /// How long `wait_event` busy-polls the vm_event ring before blocking.
     pub(crate) event_spin: std::time::Duration,
+    /// The domain has a single vCPU (`max_vcpu_id == 0`).
+    pub(crate) single_vcpu: bool,
+    /// Stop a single-vCPU ring domain by holding its vCPU at the event
+    /// instead of also pausing the domain (see [`Domain::set_hold_stops`]).
+    pub(crate) hold_stops: bool,
     /// vCPUs whose registers were written since their pending event (the
     /// event's register copy is stale for them).
     pub(crate) regs_changed: std::collections::HashSet<u32>,
@@ -235,6 +240,8 @@ impl Domain {
             pv_snapshot: None,
             restore_options: Default::default(),
             event_spin: std::time::Duration::ZERO,
+            single_vcpu: summary.info.max_vcpu_id == 0,
+            hold_stops: false,
             regs_changed: Default::default(),
             detached: false,
         };
@@ -275,7 +282,13 @@ impl Domain {
 
     /// True while the domain is stopped by us (pause or an event).
     pub fn is_stopped(&self) -> bool {
-        self.pause_count > 0
+        self.pause_count > 0 || self.held()
+    }
+
+    /// The only vCPU waits for our vm_event reply and the domain is not
+    /// paused (a stop made with [`Domain::set_hold_stops`] on).
+    pub(crate) fn held(&self) -> bool {
+        self.pending.values().any(|p| p.held)
     }
 
     /// Stops the whole domain (nested calls are counted once: a stopped

@@ -146,6 +146,9 @@ pub(crate) struct Pending {
     /// Registers to load through the response (`VM_EVENT_FLAG_SET_REGISTERS`):
     /// a snapshot restore that resets the vCPU in the reply.
     pub reset_regs: Option<VmEventRegs>,
+    /// The stop holds the domain's only vCPU at this event without a domain
+    /// pause ([`Domain::set_hold_stops`]): answering it lets the guest run.
+    pub held: bool,
 }
 
 impl Pending {
@@ -156,6 +159,68 @@ impl Pending {
             Some(r) => req.response().set_registers(r),
             None => req.response(),
         })
+    }
+}
+
+/// Unanswered ring checks between two clock reads while busy-polling
+/// (reading the clock is a system call in a PV dom0).
+const SPIN_CHECKS: u32 = 32;
+
+/// The longest single blocking wait on the event channel: a lost
+/// notification costs at most this.
+const MAX_BLOCK: Duration = Duration::from_millis(50);
+
+/// A timeout that becomes a deadline only when it is needed: an event
+/// already on the ring, or announced during the first blocking wait, is
+/// taken without reading the clock. A wait woken early by a stale
+/// notification may end up to one blocking wait ([`MAX_BLOCK`]) late.
+pub(crate) struct Deadline {
+    timeout: Duration,
+    at: Option<Instant>,
+    /// Time known to have passed before the clock was first read.
+    passed: Duration,
+    /// The first wait went without the clock.
+    lazy_used: bool,
+}
+
+impl Deadline {
+    /// `timeout` from now (the clock is read when first needed).
+    pub fn after(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            at: None,
+            passed: Duration::ZERO,
+            lazy_used: false,
+        }
+    }
+
+    /// Time left at `now` (starts the deadline on first use).
+    fn left_at(&mut self, now: Instant) -> Duration {
+        let at = *self
+            .at
+            .get_or_insert(now + self.timeout.saturating_sub(self.passed));
+        at.saturating_duration_since(now)
+    }
+
+    /// Time left now.
+    fn left(&mut self) -> Duration {
+        self.left_at(Instant::now())
+    }
+
+    /// Time left, without the clock the first time (the whole timeout).
+    fn left_lazy(&mut self) -> Duration {
+        if self.at.is_none() && !self.lazy_used {
+            self.lazy_used = true;
+            return self.timeout;
+        }
+        self.left()
+    }
+
+    /// A wait before the first clock read took (at least) `d`.
+    fn waited(&mut self, d: Duration) {
+        if self.at.is_none() {
+            self.passed += d;
+        }
     }
 }
 
@@ -245,38 +310,81 @@ impl Domain {
         self.event_spin = spin;
     }
 
+    /// Stops at events without pausing the domain when it has one vCPU and
+    /// a vm_event ring (HVM/PVH): the vCPU already waits for the reply, so
+    /// the `xc_domain_pause`/`unpause` pair around every event is left out.
+    /// The engine treats the domain as stopped all the same; only Xen's
+    /// domain flags differ (`xl list` shows it running). Off by default;
+    /// the fuzzer turns it on. Turning it off while a stop is held pauses
+    /// the domain.
+    pub fn set_hold_stops(&mut self, on: bool) -> Result<()> {
+        self.hold_stops = on;
+        if !on && self.held() {
+            if self.pause_count == 0 {
+                self.xen.xc.domain_pause(self.domid)?;
+                self.pause_count = 1;
+            }
+            for p in self.pending.values_mut() {
+                p.held = false;
+            }
+        }
+        Ok(())
+    }
+
     /// The busy-poll bound set by [`Domain::set_event_spin`].
     pub fn event_spin(&self) -> Duration {
         self.event_spin
     }
 
     /// Next raw observation before `deadline` (the guest must be running).
-    pub(crate) fn next_raw(&mut self, deadline: Instant) -> Result<Option<Raw>> {
+    /// A request already on the ring is taken without any system call; then
+    /// the ring is busy-polled for up to the spin bound, then the event
+    /// channel is waited on.
+    pub(crate) fn next_raw(&mut self, deadline: &mut Deadline) -> Result<Option<Raw>> {
         let mut poll = Duration::from_micros(200);
-        if let (Backend::Monitor(ring), false) = (&mut self.backend, self.event_spin.is_zero()) {
-            let until = Instant::now()
-                + self
-                    .event_spin
-                    .min(deadline.saturating_duration_since(Instant::now()));
-            loop {
-                if let Some(req) = ring.get_request() {
-                    return Ok(Some(Raw::Request(req)));
+        if let Backend::Monitor(ring) = &mut self.backend {
+            if let Some(req) = ring.get_request() {
+                return Ok(Some(Raw::Request(req)));
+            }
+            if !self.event_spin.is_zero() {
+                let now = Instant::now();
+                let until = now + self.event_spin.min(deadline.left_at(now));
+                loop {
+                    for _ in 0..SPIN_CHECKS {
+                        if let Some(req) = ring.get_request() {
+                            return Ok(Some(Raw::Request(req)));
+                        }
+                        std::hint::spin_loop();
+                    }
+                    if Instant::now() >= until {
+                        break;
+                    }
                 }
-                if Instant::now() >= until {
-                    break;
-                }
-                std::hint::spin_loop();
             }
         }
         loop {
             if super::cleanup::interrupted() {
                 return Err(Error::Interrupted);
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = if matches!(self.backend, Backend::Monitor(_)) {
+                deadline.left_lazy()
+            } else {
+                deadline.left()
+            };
             match &mut self.backend {
                 Backend::Monitor(ring) => {
-                    if let Some(req) = ring.wait_request(left.min(Duration::from_millis(100)))? {
+                    let wait = left.min(MAX_BLOCK);
+                    let woken = ring.wait_notification(wait)?;
+                    if let Some(req) = ring.get_request() {
                         return Ok(Some(Raw::Request(req)));
+                    }
+                    if !woken {
+                        deadline.waited(wait);
+                    }
+                    if woken && !left.is_zero() {
+                        // The notification of a request already taken (a
+                        // spin or a check found it first): wait again.
+                        continue;
                     }
                 }
                 Backend::Gdbsx => {
@@ -300,7 +408,7 @@ impl Domain {
             if let Some(r) = self.shutdown_state()? {
                 return Ok(Some(Raw::Shutdown(r)));
             }
-            if Instant::now() >= deadline {
+            if left.is_zero() || deadline.left().is_zero() {
                 return Ok(None);
             }
         }
@@ -314,7 +422,11 @@ impl Domain {
         reason: StopReason,
         delivered: bool,
     ) -> Result<()> {
-        if self.pause_count == 0 {
+        // One vCPU waiting for our reply: nothing else runs (hold stops).
+        let held = self.hold_stops
+            && self.single_vcpu
+            && request.as_ref().is_some_and(|r| r.vcpu_paused());
+        if self.pause_count == 0 && !held {
             self.xen.xc.domain_pause(self.domid)?;
             self.pause_count = 1;
         }
@@ -325,6 +437,7 @@ impl Domain {
                 reason,
                 delivered,
                 reset_regs: None,
+                held: held && self.pause_count == 0,
             },
         );
         self.regs_changed.remove(&vcpu);
@@ -492,9 +605,9 @@ impl Domain {
                 "the domain is stopped: call resume() before wait_event()".into(),
             ));
         }
-        let deadline = Instant::now() + timeout;
+        let mut deadline = Deadline::after(timeout);
         loop {
-            let (vcpu, request, decision) = match self.next_raw(deadline)? {
+            let (vcpu, request, decision) = match self.next_raw(&mut deadline)? {
                 None => return Ok(Event::Timeout),
                 Some(Raw::Shutdown(reason)) => return Ok(Event::Shutdown { reason }),
                 Some(Raw::Request(req)) => (req.vcpu(), Some(req), self.decide(&req)?),
@@ -531,6 +644,26 @@ mod tests {
         assert_eq!(ShutdownReason::from_code(3), ShutdownReason::Crash);
         assert_eq!(ShutdownReason::from_code(1), ShutdownReason::Reboot);
         assert_eq!(ShutdownReason::from_code(42), ShutdownReason::Other(42));
+    }
+
+    #[test]
+    fn a_deadline_reads_the_clock_only_when_needed() {
+        let mut d = Deadline::after(Duration::from_millis(500));
+        assert_eq!(
+            d.left_lazy(),
+            Duration::from_millis(500),
+            "first wait: no clock"
+        );
+        assert!(d.at.is_none());
+        d.waited(Duration::from_millis(50));
+        let left = d.left();
+        assert!(d.at.is_some());
+        assert!(left <= Duration::from_millis(450), "{left:?}");
+        assert!(left > Duration::from_millis(300), "{left:?}");
+        assert!(d.left_lazy() <= left, "later waits use the clock");
+        let mut z = Deadline::after(Duration::ZERO);
+        assert!(z.left_lazy().is_zero());
+        assert!(z.left().is_zero());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! TF is hidden from the guest: it is set only for the step, cleared after,
 //! and a `pushf` executed under it gets TF cleared in the pushed copy.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use iced_x86::{Code, Decoder, DecoderOptions};
 use xen_sys as sys;
@@ -15,7 +15,7 @@ use super::breakpoint::BreakpointId;
 use super::caps::StepMethod;
 use super::domain::Domain;
 use super::error::{Error, Result};
-use super::events::{Backend, Decision, Event, Raw, StopReason};
+use super::events::{Backend, Deadline, Decision, Event, Raw, StopReason};
 use super::regs::RFLAGS_TF;
 
 /// Set to any value to disable the fast (vm_event-register) step-over path.
@@ -178,6 +178,7 @@ impl Domain {
                         reason: StopReason::Step,
                         delivered: true,
                         reset_regs: None,
+                        held: false,
                     },
                 );
                 Ok(rip)
@@ -199,9 +200,9 @@ impl Domain {
     /// (HVM/PVH, left unanswered) or `None` when a PV domain paused for the
     /// debugger. Other events are recorded and queued.
     fn wait_for_step(&mut self, vcpu: u32) -> Result<Option<VmEventRequest>> {
-        let deadline = Instant::now() + STEP_TIMEOUT;
+        let mut deadline = Deadline::after(STEP_TIMEOUT);
         loop {
-            match self.next_raw(deadline)? {
+            match self.next_raw(&mut deadline)? {
                 None => {
                     self.pause()?;
                     return Err(Error::State(format!(
@@ -236,6 +237,7 @@ impl Domain {
                                 reason,
                                 delivered: false,
                                 reset_regs: None,
+                                held: false,
                             },
                         );
                         self.queued.push_back(event);

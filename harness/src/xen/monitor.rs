@@ -345,6 +345,12 @@ impl MonitorRing {
         }
     }
 
+    /// Blocks up to `timeout` on the ring's event channel; true when a
+    /// notification came (the request it announced may already be taken).
+    pub fn wait_notification(&mut self, timeout: Duration) -> Result<bool> {
+        Ok(self.evtchn.wait(timeout)?.is_some())
+    }
+
     /// `xc_monitor_debug_exceptions(enable, sync)`.
     /// See docs/xen-vmi.md#debug-exceptions-and-breakpoints
     pub fn set_debug_exceptions(&mut self, enable: bool, sync: bool) -> Result<()> {
