@@ -92,12 +92,15 @@ fn run_one(t: &GuestTest, mode: Mode, pool: &Pool, test: &str) -> Result<(), Fai
     let session = &mut lease.session;
     let name = session.name().to_string();
 
-    // The watchdog destroys the domain when the test overruns: every engine
-    // call the body is blocked in then fails, and the test ends.
+    // The watchdog ends a test that overruns: every later session call
+    // fails, and the domain is destroyed, so that an engine call the body is
+    // blocked in fails too.
     let (done, watch) = mpsc::channel::<()>();
     let timeout = t.timeout;
+    let overrun = session.overrun.clone();
     let watchdog = std::thread::spawn(move || {
         if watch.recv_timeout(timeout) == Err(mpsc::RecvTimeoutError::Timeout) {
+            overrun.store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = std::process::Command::new("xl")
                 .args(["destroy", &name])
                 .output();

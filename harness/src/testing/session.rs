@@ -2,6 +2,8 @@
 //! assertions.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -36,9 +38,22 @@ pub struct Session {
     pub(crate) ended: Option<ShutdownReason>,
     /// The test replaced the domain's snapshot (property tests).
     pub(crate) snapshot_replaced: bool,
+    /// Set by the runner's watchdog when the test overran its timeout: from
+    /// then on every call fails (register reads may be served from a cache
+    /// and memory through a mapping that outlives the destroyed domain, so
+    /// the engine alone would not notice).
+    pub(crate) overrun: Arc<AtomicBool>,
 }
 
 impl Session {
+    /// Fails once the runner's watchdog has ended the test.
+    fn alive(&self) -> Result<()> {
+        if self.overrun.load(Ordering::SeqCst) {
+            bail!("the test overran its timeout: its guest was destroyed");
+        }
+        Ok(())
+    }
+
     /// Attaches to `guest` and loads its symbols.
     pub(crate) fn attach(guest: GuestDomain, mode: Mode) -> Result<Self> {
         let xen = Xen::open().context("opening Xen's interfaces")?;
@@ -58,6 +73,7 @@ impl Session {
             hold_ends: false,
             ended: None,
             snapshot_replaced: false,
+            overrun: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -84,6 +100,7 @@ impl Session {
     /// Runs until `symbol` is reached (a temporary breakpoint) and returns the
     /// registers there; the guest stays stopped.
     pub fn run_to(&mut self, symbol: &str) -> Result<Registers> {
+        self.alive()?;
         let addr = self.dom.symbol(symbol)?;
         let existing = self
             .dom
@@ -109,6 +126,7 @@ impl Session {
 
     /// Resumes and waits for the next event (default timeout).
     pub fn cont(&mut self) -> Result<Event> {
+        self.alive()?;
         Ok(self.dom.cont(DEFAULT_WAIT)?)
     }
 
@@ -123,6 +141,7 @@ impl Session {
 
     /// Single-steps vCPU 0; returns the new RIP.
     pub fn step(&mut self) -> Result<u64> {
+        self.alive()?;
         match self.dom.step(0)? {
             Event::Step { rip, .. } => Ok(rip),
             other => bail!("step ended with {other:?}"),
@@ -131,16 +150,19 @@ impl Session {
 
     /// The registers of vCPU 0.
     pub fn regs(&self) -> Result<Registers> {
+        self.alive()?;
         Ok(self.dom.regs(0)?)
     }
 
     /// Replaces the registers of vCPU 0.
     pub fn set_regs(&mut self, regs: &Registers) -> Result<()> {
+        self.alive()?;
         Ok(self.dom.set_regs(0, regs)?)
     }
 
     /// Reads `len` bytes at `symbol`.
     pub fn read_bytes(&mut self, symbol: &str, len: usize) -> Result<Vec<u8>> {
+        self.alive()?;
         let addr = self.dom.symbol(symbol)?;
         let mut buf = vec![0u8; len];
         self.dom.read_virt(addr, &mut buf)?;
@@ -149,6 +171,7 @@ impl Session {
 
     /// Reads the variable `symbol` as a `T` (a plain integer or byte array).
     pub fn read_var<T: Plain>(&mut self, symbol: &str) -> Result<T> {
+        self.alive()?;
         self.check_size::<T>(symbol)?;
         let bytes = self.read_bytes(symbol, std::mem::size_of::<T>())?;
         Ok(T::from_le(&bytes))
@@ -156,6 +179,7 @@ impl Session {
 
     /// Writes `value` into the variable `symbol`.
     pub fn write_var<T: Plain>(&mut self, symbol: &str, value: T) -> Result<()> {
+        self.alive()?;
         self.check_size::<T>(symbol)?;
         let addr = self.dom.symbol(symbol)?;
         self.dom.write_virt(addr, &value.to_le())?;
@@ -182,6 +206,7 @@ impl Session {
 
     /// Waits (the guest running) until the console contains `pattern`.
     pub fn wait_console(&mut self, pattern: &str, timeout: Duration) -> Result<String> {
+        self.alive()?;
         if self.dom.is_stopped() {
             self.dom.resume()?;
         }
@@ -211,6 +236,7 @@ impl Session {
     /// Lets the guest run to its end and checks it powered off with `code`
     /// (the runtime prints `EXIT <code>` before powering off).
     pub fn expect_exit(&mut self, code: i32) -> Result<()> {
+        self.alive()?;
         match self.run_to_shutdown()? {
             // With on_poweroff="destroy" the toolstack may destroy the domain
             // before we see it powered off: the console tells the exit code.
@@ -231,6 +257,7 @@ impl Session {
     /// Lets the guest run to its end and checks it crashed with `kind`
     /// (`panic`, `page-fault`, ...: the runtime's `CRASH <kind>` line).
     pub fn expect_crash(&mut self, kind: &str) -> Result<String> {
+        self.alive()?;
         let reason = self.run_to_shutdown()?;
         ensure!(
             matches!(reason, ShutdownReason::Crash | ShutdownReason::Reboot),
