@@ -33,6 +33,17 @@ use crate::progress::{write_reports, Finding, Progress, ReportInfo, Sample};
 use crate::report::{CrashReport, Outcome};
 use crate::session::{Session, TargetSpec};
 
+/// Whether every `KIND` / `KIND@SITE` of `wanted` (non-empty) is among `findings`.
+fn all_found(wanted: &[String], findings: &[Finding]) -> bool {
+    !wanted.is_empty()
+        && wanted.iter().all(|w| {
+            let (kind, site) = w.split_once('@').unwrap_or((w, ""));
+            findings
+                .iter()
+                .any(|f| f.kind == kind && f.site.contains(site))
+        })
+}
+
 /// Options of a campaign.
 #[derive(Debug, Clone)]
 pub struct CampaignOptions {
@@ -46,6 +57,10 @@ pub struct CampaignOptions {
     pub seeds: Option<PathBuf>,
     /// Stop as soon as a crash whose kind is in this list is found (tests).
     pub stop_on: Vec<String>,
+    /// Stop once every one of these has been found: `KIND` or `KIND@SITE`
+    /// (a crash of that kind whose site contains SITE). Benchmarks use it
+    /// to time the planted bugs without spending the whole budget.
+    pub stop_when_found: Vec<String>,
     /// Print a progress line to stderr.
     pub progress: bool,
     /// RNG seed (None: from the clock).
@@ -368,6 +383,7 @@ where
             }
         }
         seen_files = obj.new_files.len();
+        stop |= all_found(&opts.stop_when_found, &progress.findings);
         let covered = executor.inner().session().covered();
         if done || stop || last_sample.is_none_or(|l| l.elapsed() >= Duration::from_secs(1)) {
             last_sample = Some(Instant::now());
@@ -490,4 +506,32 @@ pub fn reproduce(
         Outcome::Crash(r) | Outcome::Hang(r) => Some(r),
     };
     Ok((report, saved))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stops_when_every_wanted_crash_is_found() {
+        let f = |kind: &str, site: &str| Finding {
+            t: 1.0,
+            kind: kind.into(),
+            site: site.into(),
+            file: PathBuf::new(),
+        };
+        let found = vec![
+            f("panic", "panic@tlv.rs:1:1"),
+            f("hang", "hang@xenprobe_fuzz_end"),
+        ];
+        let want = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(all_found(&want(&["panic"]), &found));
+        assert!(all_found(&want(&["panic@tlv.rs", "hang"]), &found));
+        assert!(
+            !all_found(&want(&["hang@bytecode"]), &found),
+            "site must match"
+        );
+        assert!(!all_found(&want(&["panic", "page-fault"]), &found));
+        assert!(!all_found(&[], &found), "nothing wanted: never stops");
+    }
 }

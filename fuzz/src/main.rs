@@ -77,6 +77,10 @@ struct Args {
     /// Stop at the first crash of one of these kinds (comma-separated).
     #[arg(long, value_delimiter = ',')]
     stop_on: Vec<String>,
+    /// Stop once a crash of each of these is found: KIND or KIND@SITE (a
+    /// crash of that kind whose site contains SITE), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    stop_when_found: Vec<String>,
     /// With --reproduce: stop the guest before the crash and serve the
     /// GDB/LLDB stub there (see debug.rs).
     #[arg(long, requires = "reproduce")]
@@ -279,6 +283,7 @@ fn real_main() -> Result<i32> {
         time: parse_duration(&a.time)?,
         seeds,
         stop_on: a.stop_on.clone(),
+        stop_when_found: a.stop_when_found.clone(),
         progress: job.is_none(),
         rng_seed: a.rng_seed.map(|s| s + a.job.unwrap_or(0) as u64),
         dictionary,

@@ -34,12 +34,21 @@ fn yield_cpu() {
     unsafe { hypercall(xen::hc::SCHED_OP, xen::SCHEDOP_YIELD, 0, 0, 0, 0) };
 }
 
-/// Writes bytes to the console.
-pub fn write_bytes(mut b: &[u8]) {
+/// Writes bytes to the console and tells xenconsoled.
+pub fn write_bytes(b: &[u8]) {
+    if put_bytes(b) {
+        notify();
+    }
+}
+
+/// Puts bytes on the console ring without telling xenconsoled unless the
+/// ring is full (each notification is a hypercall, and a `println!` writes
+/// its pieces one by one). Returns true when a notification is due.
+fn put_bytes(mut b: &[u8]) -> bool {
     let ring = unsafe { RING } as *mut xen::XenconsInterface;
     if ring.is_null() {
         emergency_write(b);
-        return;
+        return false;
     }
     let out = unsafe { core::ptr::addr_of_mut!((*ring).output) } as *mut u8;
     let prod_p = unsafe { core::ptr::addr_of_mut!((*ring).out_prod) };
@@ -54,7 +63,7 @@ pub fn write_bytes(mut b: &[u8]) {
             yield_cpu();
             spins += 1;
             if spins > 2_000_000 {
-                return; // nobody drains the ring: drop output rather than hang
+                return false; // nobody drains the ring: drop output rather than hang
             }
             continue;
         }
@@ -67,7 +76,7 @@ pub fn write_bytes(mut b: &[u8]) {
         unsafe { prod_p.write_volatile(prod.wrapping_add(n as u32)) };
         b = &b[n..];
     }
-    notify();
+    true
 }
 
 /// Waits (bounded) until xenconsoled has read everything written so far.
@@ -102,18 +111,26 @@ pub fn emergency_write(b: &[u8]) {
     };
 }
 
-struct Console;
+/// Formatting sink of one `print!`: collects whether anything was written.
+struct Console {
+    due: bool,
+}
 
 impl Write for Console {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        write_bytes(s.as_bytes());
+        self.due |= put_bytes(s.as_bytes());
         Ok(())
     }
 }
 
+/// One `print!`: its pieces go on the ring, then one notification.
 #[doc(hidden)]
 pub fn _print(args: fmt::Arguments) {
-    let _ = Console.write_fmt(args);
+    let mut c = Console { due: false };
+    let _ = c.write_fmt(args);
+    if c.due {
+        notify();
+    }
 }
 
 /// A `fmt::Write` into a fixed buffer (truncates silently).

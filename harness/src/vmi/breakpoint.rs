@@ -4,12 +4,13 @@
 //! ([`BreakpointInsnKind`]); [`BreakpointInsn`] is the seam between its two
 //! implementations: int3 (0xCC) and ICEBP (0xF1).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::caps::BreakpointInsnKind;
 use super::domain::Domain;
 use super::error::{Error, Result};
 use super::regs::Registers;
+use crate::xen::PAGE_SHIFT;
 
 /// Identifies a breakpoint of one [`Domain`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -101,16 +102,48 @@ pub struct BreakpointInfo {
 #[derive(Default)]
 pub(crate) struct Breakpoints {
     next: u32,
+    /// Add and remove through [`Breakpoints::insert`] and
+    /// [`Breakpoints::remove`] (they keep the indexes).
     pub list: BTreeMap<BreakpointId, Breakpoint>,
     pub insn: Option<Box<dyn BreakpointInsn>>,
+    by_va: HashMap<u64, BreakpointId>,
+    by_frame: HashMap<u64, Vec<BreakpointId>>,
 }
 
 impl Breakpoints {
     pub fn at(&self, va: u64) -> Option<BreakpointId> {
-        self.list
-            .iter()
-            .find(|(_, b)| b.va == va)
-            .map(|(&id, _)| id)
+        self.by_va.get(&va).copied()
+    }
+
+    pub fn insert(&mut self, id: BreakpointId, b: Breakpoint) {
+        self.by_va.insert(b.va, id);
+        self.by_frame
+            .entry(b.pa >> PAGE_SHIFT)
+            .or_default()
+            .push(id);
+        self.list.insert(id, b);
+    }
+
+    pub fn remove(&mut self, id: BreakpointId) -> Option<Breakpoint> {
+        let b = self.list.remove(&id)?;
+        self.by_va.remove(&b.va);
+        if let Some(v) = self.by_frame.get_mut(&(b.pa >> PAGE_SHIFT)) {
+            v.retain(|&x| x != id);
+            if v.is_empty() {
+                self.by_frame.remove(&(b.pa >> PAGE_SHIFT));
+            }
+        }
+        Some(b)
+    }
+
+    /// Planted breakpoints in guest frame `gfn`: (offset in the frame, id).
+    pub fn planted_in_frame(&self, gfn: u64) -> impl Iterator<Item = &Breakpoint> + '_ {
+        self.by_frame
+            .get(&gfn)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.list.get(id))
+            .filter(|b| b.planted)
     }
 
     /// Original bytes of planted breakpoints in `[va, va+len)`.
@@ -180,7 +213,7 @@ impl Domain {
         // Journal first: a crash after planting must find the original byte.
         self.journal.add_breakpoint(va, pa, orig[0], opcode)?;
         self.mem.write_phys(pa, &[opcode])?;
-        self.bps.list.insert(
+        self.bps.insert(
             id,
             Breakpoint {
                 va,
@@ -199,8 +232,7 @@ impl Domain {
     pub fn remove_breakpoint(&mut self, id: BreakpointId) -> Result<()> {
         let bp = self
             .bps
-            .list
-            .remove(&id)
+            .remove(id)
             .ok_or_else(|| Error::Breakpoint(format!("no breakpoint {id}")))?;
         if bp.planted {
             self.mem.write_phys(bp.pa, &[bp.orig])?;
@@ -288,7 +320,7 @@ mod tests {
         let mut b = Breakpoints::default();
         for (va, planted) in [(0x1000u64, true), (0x1005, false), (0x2000, true)] {
             let id = b.next_id();
-            b.list.insert(
+            b.insert(
                 id,
                 Breakpoint {
                     va,
@@ -302,6 +334,18 @@ mod tests {
         }
         assert_eq!(b.at(0x2000), Some(BreakpointId(3)));
         assert_eq!(b.at(0x2001), None);
+        let in_frame =
+            |b: &Breakpoints, gfn| b.planted_in_frame(gfn).map(|x| x.va).collect::<Vec<_>>();
+        assert_eq!(
+            in_frame(&b, 0x101),
+            vec![0x1000],
+            "unplanted 0x1005 left out"
+        );
+        assert_eq!(in_frame(&b, 0x102), vec![0x2000]);
+        assert!(b.remove(BreakpointId(3)).is_some());
+        assert_eq!(b.at(0x2000), None, "removal updates the address index");
+        assert!(in_frame(&b, 0x102).is_empty(), "and the frame index");
+        assert!(b.remove(BreakpointId(3)).is_none());
         assert_eq!(b.original_bytes_in(0x1000, 0x1000), vec![(0x1000, 0x55)]);
         assert_eq!(
             b.original_bytes_in(0x1001, 0xfff).len(),

@@ -363,9 +363,6 @@ impl MemoryImage {
 /// and RAM above 4 GiB if the guest has any. Snapshots and memory images
 /// both scan these.
 pub(crate) fn hvm_frame_ranges(max_gpfn: u64) -> Vec<(u64, u64, bool)> {
-    const SPECIAL_FIRST: u64 = 0xfc000;
-    const SPECIAL_LAST: u64 = 0xfefff;
-    const HIGH_FIRST: u64 = 0x100000;
     let mut r = vec![(0, max_gpfn.min(SPECIAL_FIRST - 1), true)];
     if max_gpfn >= SPECIAL_FIRST {
         r.push((SPECIAL_FIRST, max_gpfn.min(SPECIAL_LAST), false));
@@ -375,6 +372,14 @@ pub(crate) fn hvm_frame_ranges(max_gpfn: u64) -> Vec<(u64, u64, bool)> {
     }
     r
 }
+
+/// First frame of the region under 4 GiB where Xen puts HVM/PVH special
+/// pages (console, xenstore, vm_event rings, ...).
+pub(crate) const SPECIAL_FIRST: u64 = 0xfc000;
+/// Last frame of that region.
+pub(crate) const SPECIAL_LAST: u64 = 0xfefff;
+/// First frame above 4 GiB.
+pub(crate) const HIGH_FIRST: u64 = 0x100000;
 
 /// Present frames among `ranges`, found by mapping them `chunk` at a time.
 /// Calls `f(gfn, page)` for each, in order.
@@ -475,6 +480,23 @@ impl DirtyTracking {
     pub fn peek(&mut self) -> Result<Vec<u64>> {
         self.bitmap.peek()?;
         Ok(self.bitmap.dirty_pfns())
+    }
+
+    /// Frames covered: `0..pages`.
+    pub fn pages(&self) -> u64 {
+        self.bitmap.pages()
+    }
+
+    /// Reports only frames `0..pages` from now on (a smaller bitmap). Xen
+    /// fills every word of the bitmap on each call, zeroing the ranges with
+    /// no dirty frame one by one: for an HVM/PVH guest whose bitmap reaches
+    /// its special pages just under 4 GiB, that costs more than the whole
+    /// rest of a restore.
+    pub fn limit(&mut self, pages: u64) -> Result<()> {
+        if pages < self.bitmap.pages() {
+            self.bitmap = crate::xen::DirtyBitmap::new(&self.xc, self.domid, pages.max(1))?;
+        }
+        Ok(())
     }
 }
 

@@ -24,7 +24,9 @@ use super::caps::GuestKind;
 use super::domain::Domain;
 use super::error::{Error, Result};
 use super::events::StopReason;
-use super::memory::{hvm_frame_ranges, DirtyTracking, WholeMap, WHOLE_CHUNK};
+use super::memory::{
+    hvm_frame_ranges, DirtyTracking, WholeMap, HIGH_FIRST, SPECIAL_FIRST, WHOLE_CHUNK,
+};
 
 /// Bytes from the snapshot's RSP up that [`Domain::restore_registers`] restores.
 pub const STACK_KEEP: u64 = 512;
@@ -171,6 +173,9 @@ pub(crate) struct Snapshot {
     stack_gfns: Vec<u64>,
     /// Restores since the last CLEAN.
     since_clean: u32,
+    /// Saved frames beyond the log-dirty bitmap (special pages under
+    /// 4 GiB): compared and restored on every full restore.
+    untracked: Vec<u64>,
     info: SnapshotInfo,
 }
 
@@ -314,6 +319,47 @@ pub(crate) fn cpu_differences(a: &HvmCpu, b: &HvmCpu) -> Vec<&'static str> {
     out
 }
 
+/// Most special frames (under 4 GiB) left outside log-dirty tracking.
+const MAX_UNTRACKED: usize = 64;
+
+/// Shrinks `tracking` to the frames below the special-page region when the
+/// snapshot's frames there are few and none lies above 4 GiB; returns the
+/// saved frames left outside (restored by comparison instead), without
+/// `backend` frames (ioreq pages, vm_event rings): Xen and dom0 write those,
+/// never the guest, and a restore must not touch them (a ring enabled
+/// after the snapshot lives in such a frame).
+fn limit_tracking(
+    tracking: &mut DirtyTracking,
+    slot: &HashMap<u64, usize>,
+    backend: &[u64],
+) -> Result<Vec<u64>> {
+    if slot.keys().any(|&g| g >= HIGH_FIRST) {
+        return Ok(Vec::new());
+    }
+    let mut above: Vec<u64> = slot
+        .keys()
+        .copied()
+        .filter(|&g| g >= SPECIAL_FIRST && !backend.contains(&g))
+        .collect();
+    if above.len() > MAX_UNTRACKED {
+        return Ok(Vec::new());
+    }
+    let end = slot
+        .keys()
+        .copied()
+        .filter(|&g| g < SPECIAL_FIRST)
+        .max()
+        .map_or(1, |g| g + 1);
+    tracking.limit(end)?;
+    above.sort_unstable();
+    tracing::debug!(
+        tracked = end,
+        untracked = above.len(),
+        "log-dirty bitmap limited to RAM; special frames compared on restore"
+    );
+    Ok(above)
+}
+
 /// FNV-1a over a byte slice, continuing from `h`.
 fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
     for &b in bytes {
@@ -426,6 +472,12 @@ impl Domain {
                 }
             }
         }
+        let backend: Vec<u64> = crate::xen::HVM_PARAMS_BACKEND_FRAMES
+            .iter()
+            .filter_map(|&p| self.xen.xc.hvm_param(self.domid, p).ok())
+            .filter(|&gfn| gfn != 0)
+            .collect();
+        let untracked = limit_tracking(&mut tracking, &slot, &backend)?;
         tracking.clean()?;
         self.mem.written.clear();
         let info = SnapshotInfo {
@@ -441,6 +493,7 @@ impl Domain {
             tracking,
             stack_gfns,
             since_clean: 0,
+            untracked,
             info,
         });
         tracing::debug!(domid = self.domid, ?info, "snapshot taken");
@@ -529,7 +582,12 @@ impl Domain {
             snap.tracking.peek()?
         };
         let written: Vec<u64> = self.mem.written.drain().collect();
-        let frames: BTreeSet<u64> = dirty.iter().chain(written.iter()).copied().collect();
+        let frames: BTreeSet<u64> = dirty
+            .iter()
+            .chain(written.iter())
+            .chain(snap.untracked.iter())
+            .copied()
+            .collect();
         let frames: Vec<u64> = frames.into_iter().collect();
         let restored = self.copy_back(snap, &frames)?;
         self.mem.invalidate();
@@ -561,16 +619,11 @@ impl Domain {
                 continue;
             };
             let map = &mut whole.chunks[ci].1;
-            map.write(off, page)?;
+            map.write_changed(off, page)?;
             restored += 1;
             // Breakpoints live in memory, not in the snapshot: plant them again.
             if let Some(op) = opcode {
-                for b in self
-                    .bps
-                    .list
-                    .values()
-                    .filter(|b| b.planted && b.pa >> PAGE_SHIFT == gfn)
-                {
+                for b in self.bps.planted_in_frame(gfn) {
                     map.write(off + (b.pa as usize & (PAGE_SIZE - 1)), &[op])?;
                 }
             }

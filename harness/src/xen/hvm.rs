@@ -14,6 +14,16 @@ use super::error::{check, Result, XenError};
 /// ring (taken out of the guest's physmap while a ring is enabled).
 pub const HVM_PARAM_MONITOR_RING_PFN: u32 = sys::HVM_PARAM_MONITOR_RING_PFN;
 
+/// HVM params naming frames that Xen or dom0 write and the guest never
+/// does: ioreq pages and the paging, monitor and sharing vm_event rings.
+pub const HVM_PARAMS_BACKEND_FRAMES: [u32; 5] = [
+    sys::HVM_PARAM_IOREQ_PFN,
+    sys::HVM_PARAM_BUFIOREQ_PFN,
+    sys::HVM_PARAM_PAGING_RING_PFN,
+    sys::HVM_PARAM_MONITOR_RING_PFN,
+    sys::HVM_PARAM_SHARING_RING_PFN,
+];
+
 /// Typecode of the per-vCPU CPU record (`HVM_SAVE_CODE(CPU)`).
 pub const HVM_SAVE_CODE_CPU: u16 = 2;
 /// Typecode of the save header record, which a loaded context must start with.

@@ -32,7 +32,9 @@ pub const DOMID_XEN: u32 = 0x7FF2;
 pub use error::{Result, XenError};
 pub use evtchn::EventChannel;
 pub use foreignmemory::{ForeignMemory, Mapping, Prot};
-pub use hvm::{HvmContext, HvmCpu, HVM_PARAM_MONITOR_RING_PFN, HVM_SAVE_CODE_CPU};
+pub use hvm::{
+    HvmContext, HvmCpu, HVM_PARAMS_BACKEND_FRAMES, HVM_PARAM_MONITOR_RING_PFN, HVM_SAVE_CODE_CPU,
+};
 pub use logdirty::{DirtyBitmap, LogDirtyStats};
 pub use memaccess::{MemAccess, MemAccessHit};
 pub use monitor::{DebugEventType, MonitorRing, VmEventRegs, VmEventRequest, VmEventResponse};

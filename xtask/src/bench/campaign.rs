@@ -63,7 +63,26 @@ fn found_after(dir: &Path, kind: &str, site: &str) -> Option<f64> {
         .reduce(f64::min)
 }
 
-fn campaign(bin: &Path, target: &str, dir: &Path, secs: u64, jobs: u32, seed: u64) -> Result<i32> {
+/// The planted bugs of `target` as `--stop-when-found` entries.
+fn bug_stops(target: &str) -> Vec<String> {
+    BUGS.iter()
+        .filter(|b| b.1 == target)
+        .map(|&(_, _, kind, site)| match site {
+            "" => kind.to_string(),
+            s => format!("{kind}@{s}"),
+        })
+        .collect()
+}
+
+fn campaign(
+    bin: &Path,
+    target: &str,
+    dir: &Path,
+    secs: u64,
+    jobs: u32,
+    seed: u64,
+    stop_when_found: &[String],
+) -> Result<i32> {
     let _ = std::fs::remove_dir_all(dir);
     let mut argv: Vec<String> = vec![bin.display().to_string()];
     argv.extend(crate::fuzz::sample_args(target, "pvh"));
@@ -77,6 +96,9 @@ fn campaign(bin: &Path, target: &str, dir: &Path, secs: u64, jobs: u32, seed: u6
     ]);
     if jobs > 1 {
         argv.extend(["--jobs".into(), jobs.to_string()]);
+    }
+    if !stop_when_found.is_empty() {
+        argv.extend(["--stop-when-found".into(), stop_when_found.join(",")]);
     }
     lab::run_in_dom0(&argv)
 }
@@ -101,8 +123,8 @@ pub fn run(targets: &[String], runs: usize, rate_secs: u64, find_secs: u64) -> R
     for t in targets {
         let one = root.join(format!("{t}-rate-1"));
         let two = root.join(format!("{t}-rate-2"));
-        campaign(&bin, t, &one, rate_secs, 1, 1)?;
-        campaign(&bin, t, &two, rate_secs, 2, 1)?;
+        campaign(&bin, t, &one, rate_secs, 1, 1, &[])?;
+        campaign(&bin, t, &two, rate_secs, 2, 1, &[])?;
         let (r1, r2) = (execs_per_sec(&one), execs_per_sec(&two));
         let ratio = match (r1, r2) {
             (Some(a), Some(b)) if a > 0.0 => Some(b / a),
@@ -123,7 +145,8 @@ pub fn run(targets: &[String], runs: usize, rate_secs: u64, find_secs: u64) -> R
     for t in targets {
         for r in 0..runs {
             let dir = root.join(format!("{t}-find-{r}"));
-            campaign(&bin, t, &dir, find_secs, 1, 100 + r as u64)?;
+            // Each run stops once all of the target's bugs are found.
+            campaign(&bin, t, &dir, find_secs, 1, 100 + r as u64, &bug_stops(t))?;
             for (i, (_, bt, kind, site)) in BUGS.iter().enumerate() {
                 if bt == t {
                     times[i].push(found_after(&dir, kind, site));
@@ -190,6 +213,10 @@ mod tests {
         )
         .expect("write");
         assert_eq!(execs_per_sec(&d), Some(45.5));
+        assert_eq!(
+            bug_stops("bytecode"),
+            vec!["invalid-opcode", "divide-error", "hang@bytecode"]
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 }
