@@ -13,14 +13,13 @@
 //! (see README, "The lab's CPU configuration"); a longer soak:
 //! `XENPROBE_LAB_CHECK_SECS=600 cargo test -p xenprobe-tests --test live_lab -- --nocapture`.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use xenprobe::vmi::{Domain, Xen};
 use xenprobe::xen::{ForeignMemory, Prot, PAGE_SIZE};
+use xenprobe_tests::Guest;
 
 const GUEST_MIB: u64 = 32;
 
@@ -66,22 +65,6 @@ fn dom0_memcheck(mib: usize, stop: &AtomicBool, t0: Instant) -> (u64, u64) {
     (bad, passes)
 }
 
-fn xl(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("xl")
-        .args(args)
-        .output()
-        .map_err(|e| format!("run xl: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "xl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
 /// All frames of a domain's RAM (absent ones as None).
 fn ram(fmem: &ForeignMemory, domid: u32) -> Vec<Option<Vec<u8>>> {
     let frames = GUEST_MIB * 256;
@@ -125,29 +108,21 @@ fn diff_frames(name: &str, a: &[Option<Vec<u8>>], b: &[Option<Vec<u8>>]) -> u64 
 }
 
 /// One idle guest: created, spinning, RAM compared; Err on a lab failure.
-fn idle_guest(xen: &Xen, fmem: &ForeignMemory, mode: &str, n: u32) -> Result<u64, String> {
-    let dir = xenprobe_tests::root().join("target/guests");
-    let image: PathBuf = dir.join(format!("known-{mode}"));
-    let name = format!("labcheck-{mode}-{}-{n}", std::process::id());
-    let mut argv = vec![
-        "create".to_string(),
-        "-p".into(),
-        "-q".into(),
-        dir.join(format!("known-{mode}.cfg")).display().to_string(),
-        format!("name=\"{name}\""),
-        format!("memory={GUEST_MIB}"),
-    ];
+fn idle_guest(xen: &Xen, fmem: &ForeignMemory, mode: &str) -> Result<u64, String> {
+    let memory = format!("memory={GUEST_MIB}");
+    let mut overrides = vec![memory.as_str()];
     if mode != "hvm" {
-        argv.push("extra=\"known.spin=1\"".into());
+        overrides.push("extra=\"known.spin=1\"");
     }
-    xl(&argv.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let g = Guest::try_create_with("labcheck", mode, &overrides)?;
+    let name = g.name();
     let result = (|| -> Result<u64, String> {
         let e = |e: xenprobe::vmi::Error| format!("{name}: {e}");
-        let domid = xen.find(name.as_str()).map_err(e)?.domid;
+        let domid = xen.find(name).map_err(e)?.domid;
         if mode == "hvm" {
             // No command line for HVM: set the variable before it runs.
             let mut dom = Domain::attach(xen, domid).map_err(e)?;
-            dom.load_symbols(&image).map_err(e)?;
+            dom.load_symbols(g.image()).map_err(e)?;
             let spin = dom.symbol("known_spin").map_err(e)?;
             dom.write_virt(spin, &1u64.to_le_bytes()).map_err(e)?;
             dom.detach().map_err(e)?;
@@ -166,9 +141,9 @@ fn idle_guest(xen: &Xen, fmem: &ForeignMemory, mode: &str, n: u32) -> Result<u64
         if info.shutdown || info.crashed {
             return Err(format!("{name}: stopped while idling: {info:?}"));
         }
-        Ok(diff_frames(&name, &before, &after))
+        Ok(diff_frames(name, &before, &after))
     })();
-    let destroyed = xl(&["destroy", &name]);
+    let destroyed = g.destroy();
     let changed = result?;
     destroyed?;
     Ok(changed)
@@ -192,7 +167,7 @@ fn memory_stays_intact_while_guests_come_and_go() {
     let (mut guests, mut changed, mut failures) = (0u32, 0u64, Vec::new());
     while t0.elapsed() < Duration::from_secs(secs) || guests < 2 {
         for mode in ["pvh", "hvm"] {
-            match idle_guest(&xen, &fmem, mode, guests) {
+            match idle_guest(&xen, &fmem, mode) {
                 Ok(c) => changed += c,
                 Err(e) => failures.push(e),
             }

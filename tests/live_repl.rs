@@ -6,62 +6,34 @@
 //! Run: `cargo build -p xenprobe && cargo test -p xenprobe-tests --test live_repl`.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// A paused guest, destroyed on drop.
-struct Guest {
-    name: String,
-    image: PathBuf,
-}
+use xenprobe_tests::Guest;
 
-impl Guest {
-    fn create(mode: &str) -> Guest {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guests");
-        let image = dir.join(format!("known-{mode}"));
-        let cfg = dir.join(format!("known-{mode}.cfg"));
-        assert!(
-            cfg.exists(),
-            "{} missing: cargo xtask guests build",
-            cfg.display()
-        );
-        let name = format!("repl-{mode}-{}", std::process::id());
-        let ok = (0..3).any(|_| {
-            let st = Command::new("xl")
-                .arg("create")
-                .arg("-p")
-                .arg(&cfg)
-                .arg(format!("name=\"{name}\""))
-                .status()
-                .is_ok_and(|s| s.success());
-            if !st {
-                let _ = Command::new("xl").args(["destroy", &name]).status();
-                std::thread::sleep(Duration::from_secs(1));
-            }
-            st
-        });
-        assert!(ok, "xl create {name} failed");
-        Guest { name, image }
+/// A paused `known` guest; `xl create` is tried three times (a leftover of
+/// a failed try destroyed, 1 s between tries).
+fn create_guest(mode: &str) -> Guest {
+    let g = Guest::new("repl", mode, &[]);
+    let mut err = String::new();
+    for _ in 0..3 {
+        match g.try_xl_create() {
+            Ok(()) => return g,
+            Err(e) => err = e,
+        }
+        let _ = g.destroy();
+        std::thread::sleep(Duration::from_secs(1));
     }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        let _ = Command::new("xl")
-            .args(["destroy", &self.name])
-            .stderr(Stdio::null())
-            .status();
-    }
+    panic!("xl create {} failed: {err}", g.name());
 }
 
 /// Runs the REPL on `g`: `first` commands, then `xl unpause` (the guest was
 /// created paused; the REPL holds its own pause), then `rest`.
 fn session(g: &Guest, first: &[&str], rest: &[String]) -> String {
     let mut child = Command::new(xenprobe_tests::xenprobe_bin())
-        .args(["repl", &g.name, "--symbols"])
-        .arg(&g.image)
+        .args(["repl", g.name(), "--symbols"])
+        .arg(g.image())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -94,7 +66,7 @@ fn session(g: &Guest, first: &[&str], rest: &[String]) -> String {
         }
     }
     let st = Command::new("xl")
-        .args(["unpause", &g.name])
+        .args(["unpause", g.name()])
         .status()
         .expect("xl");
     assert!(st.success(), "xl unpause");
@@ -130,7 +102,7 @@ fn scripted(mode: &str) {
     if !xenprobe_tests::have_xen() {
         return;
     }
-    let g = Guest::create(mode);
+    let g = create_guest(mode);
     let first = [
         "info",
         "break known_tick if rdi == 3",
@@ -238,7 +210,7 @@ fn watch_session(mode: &str) {
     if !xenprobe_tests::have_xen() {
         return;
     }
-    let g = Guest::create(mode);
+    let g = create_guest(mode);
     let rest: Vec<String> = [
         "continue 60",
         "watch known_counter",

@@ -12,212 +12,22 @@
 //! compared (default every 25 rounds, and always after the last).
 
 use std::path::PathBuf;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use xenprobe::vmi::{
-    fork, Domain, Error, Event, MemoryImage, Registers, ShutdownReason, SnapshotBackend, Xen,
+    fork, Domain, Error, MemoryImage, Registers, ShutdownReason, SnapshotBackend, Xen,
 };
+use xenprobe_tests::{same_memory, sym, wait_breakpoint, wait_shutdown, xen, Guest};
 
-const WAIT: Duration = Duration::from_secs(60);
 /// Restore rounds by default: 1,000 take minutes in the emulated lab under
 /// load (~0.1-0.4 s a round); `XENPROBE_SNAPSHOT_ROUNDS=1000` runs the full count.
 const DEFAULT_ROUNDS: u64 = 50;
-
-fn xen() -> Option<Xen> {
-    if !xenprobe_tests::have_xen() {
-        return None;
-    }
-    Some(Xen::open().expect("open Xen handles"))
-}
-
-fn guests_dir() -> PathBuf {
-    xenprobe_tests::root().join("target/guests")
-}
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// A `known` guest made by `xl create -p`, destroyed on drop.
-struct Guest {
-    name: String,
-    cfg: PathBuf,
-    image: PathBuf,
-}
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-impl Guest {
-    fn create(mode: &str) -> Guest {
-        let name = format!(
-            "snap-{mode}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        );
-        let g = Guest {
-            name,
-            cfg: guests_dir().join(format!("known-{mode}.cfg")),
-            image: guests_dir().join(format!("known-{mode}")),
-        };
-        g.xl_create();
-        g
-    }
-
-    /// (Re)creates the domain under this guest's name, paused.
-    fn xl_create(&self) {
-        assert!(
-            self.cfg.exists(),
-            "{} missing: run `cargo xtask guests build`",
-            self.cfg.display()
-        );
-        let out = Command::new("xl")
-            .arg("create")
-            .arg("-p")
-            .arg(&self.cfg)
-            .arg(format!("name=\"{}\"", self.name))
-            .output()
-            .expect("run xl create");
-        assert!(
-            out.status.success(),
-            "xl create {}: {}",
-            self.cfg.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn attach(&self, xen: &Xen) -> Domain {
-        let mut dom = Domain::attach(xen, self.name.as_str()).expect("attach by name");
-        dom.load_symbols(&self.image).expect("load guest symbols");
-        dom
-    }
-
-    fn destroy(&self) {
-        let _ = Command::new("xl").arg("destroy").arg(&self.name).output();
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        self.destroy();
-    }
-}
-
-fn sym(dom: &Domain, name: &str) -> u64 {
-    dom.symbol(name).expect(name)
-}
-
-fn wait_bp(dom: &mut Domain, what: &str) {
-    let ev = dom.wait_event(WAIT).expect("wait");
-    assert!(
-        matches!(ev, Event::Breakpoint { .. }),
-        "{what}: expected a breakpoint, got {ev:?}"
-    );
-}
-
-fn wait_shutdown(dom: &mut Domain) -> ShutdownReason {
-    loop {
-        match dom.wait_event(WAIT).expect("wait for shutdown") {
-            Event::Shutdown { reason } => return reason,
-            Event::Timeout => continue,
-            other => panic!("expected shutdown, got {other:?}"),
-        }
-    }
-}
-
-/// The guest's console log as written by xenconsoled in the lab.
-fn console_path(name: &str) -> Option<PathBuf> {
-    let labs = xenprobe_tests::root().join("target/xenlab");
-    let file = format!("guest-{name}.log");
-    [
-        labs.join("stock/consoles"),
-        labs.join("debug/consoles"),
-        PathBuf::from("/var/log/xen/console"),
-    ]
-    .into_iter()
-    .map(|d| d.join(&file))
-    .find(|p| p.exists())
-}
-
-fn console_after(name: &str, want: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = console_path(name)
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .unwrap_or_default();
-        if text.contains(want) || Instant::now() > deadline {
-            return text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Asserts that `dom`'s memory equals `want` frame for frame, all of it. A
-/// difference is described as inside the guest's image (code, data, bss with
-/// its stack and page tables: all the memory the `known` guest uses;
-/// guest-physical = virtual for PVH/HVM) or outside it (RAM the guest never
-/// touches: there, only something outside the guest can have written; in a
-/// lab whose dom0 had two vCPUs it happened, see README "The lab's CPU
-/// configuration").
-fn same_memory(dom: &Domain, want: &MemoryImage, what: &str) {
-    let now = dom.memory_image().expect("memory image");
-    if &now == want {
-        return;
-    }
-    let first = sym(dom, "__image_start") >> 12;
-    let last = (sym(dom, "__image_end") - 1) >> 12;
-    let (inside, outside): (Vec<u64>, Vec<u64>) = now
-        .diff(want)
-        .into_iter()
-        .partition(|f| (first..=last).contains(f));
-    // Where in the first frames, and the bytes before -> after.
-    let describe = |frames: &[u64]| {
-        let mut detail = String::new();
-        for &f in frames.iter().take(4) {
-            if let (Some(a), Some(b)) = (now.frame(f), want.frame(f)) {
-                let offs: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
-                let sym = dom.symbols().ok().and_then(|s| {
-                    s.symbolize(f << 12)
-                        .map(|(s, o)| format!("{}+{o:#x}", s.name))
-                });
-                let bytes: Vec<String> = offs
-                    .iter()
-                    .take(8)
-                    .map(|&i| format!("{i:#x}: {:02x}->{:02x}", b[i], a[i]))
-                    .collect();
-                detail += &format!(
-                    "\n  frame {f:#x} ({}): {} bytes differ [{}]",
-                    sym.unwrap_or_default(),
-                    offs.len(),
-                    bytes.join(", ")
-                );
-            }
-        }
-        detail
-    };
-    if !outside.is_empty() {
-        panic!(
-            "{what}: {} frames outside the guest image changed behind the engine \
-             (not written by the guest): {:x?}{}",
-            outside.len(),
-            &outside[..outside.len().min(32)],
-            describe(&outside)
-        );
-    }
-    if !inside.is_empty() {
-        panic!(
-            "{what}: memory differs in {} frames of the guest image ({} vs {} frames): {:x?}{}",
-            inside.len(),
-            now.frames(),
-            want.frames(),
-            &inside[..inside.len().min(32)],
-            describe(&inside)
-        );
-    }
 }
 
 /// Runs a fresh guest to the first `known_tick` (breakpoint removed there)
@@ -228,7 +38,7 @@ fn to_first_tick(xen: &Xen, g: &Guest) -> Domain {
     xen.ctrl()
         .domain_unpause(dom.id())
         .expect("unpause created guest");
-    wait_bp(&mut dom, "first known_tick");
+    wait_breakpoint(&mut dom, "first known_tick");
     dom.remove_breakpoint(tick).expect("remove tick bp");
     dom
 }
@@ -242,7 +52,7 @@ fn restore_rounds(mode: &str) {
     let Some(xen) = xen() else { return };
     let rounds = env_num("XENPROBE_SNAPSHOT_ROUNDS", DEFAULT_ROUNDS);
     let compare_every = env_num("XENPROBE_SNAPSHOT_COMPARE_EVERY", 25).max(1);
-    let g = Guest::create(mode);
+    let g = Guest::create("snap", mode);
     if mode == "pv" {
         pv_restore_rounds(&xen, &g, env_num("XENPROBE_SNAPSHOT_ROUNDS", PV_ROUNDS));
         return;
@@ -273,7 +83,7 @@ fn restore_rounds(mode: &str) {
     let mut dirty_max = 0;
     for round in 1..=rounds {
         dom.resume().expect("resume");
-        wait_bp(&mut dom, "known_checkpoint");
+        wait_breakpoint(&mut dom, "known_checkpoint");
         if round == 1 {
             assert_eq!(dom.read_u64(counter).expect("counter"), 10, "guest ran");
             assert!(!dom.memory_image().expect("memory").diff(&mem0).is_empty());
@@ -302,7 +112,7 @@ fn restore_rounds(mode: &str) {
         matches!(reason, ShutdownReason::Poweroff | ShutdownReason::Destroyed),
         "{reason:?}"
     );
-    let log = console_after(&g.name, "EXIT");
+    let log = g.console_after("EXIT");
     assert!(
         log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
         "guest did not finish normally after the restores:\n{log}"
@@ -314,7 +124,7 @@ fn restore_rounds(mode: &str) {
 /// guest's physmap, but which still counts in the domain's pages) with one.
 fn snapshot_frame_count(mode: &str) {
     let Some(xen) = xen() else { return };
-    let g = Guest::create(mode);
+    let g = Guest::create("snap", mode);
     let mut dom = g.attach(&xen);
     dom.pause().expect("pause");
     let nr_pages = dom.info().expect("info").nr_pages as usize;
@@ -375,7 +185,7 @@ fn pv_restore_rounds(xen: &Xen, g: &Guest, rounds: u64) {
         .domain_unpause(dom.id())
         .expect("unpause created guest");
     dom.resume().expect("resume");
-    let log = console_after(&g.name, "KNOWN spinning");
+    let log = g.console_after("KNOWN spinning");
     assert!(log.contains("KNOWN spinning"), "guest did not boot:\n{log}");
     dom.pause().expect("pause");
     let regs0 = dom.regs(0).expect("regs");
@@ -423,7 +233,7 @@ fn pv_restore_rounds(xen: &Xen, g: &Guest, rounds: u64) {
             dom.write_virt(spin, &0u64.to_le_bytes())
                 .expect("clear spin");
             dom.resume().expect("resume");
-            wait_bp(&mut dom, "known_checkpoint");
+            wait_breakpoint(&mut dom, "known_checkpoint");
             assert_eq!(dom.read_u64(counter).expect("counter"), 10, "guest ran");
         } else {
             dom.resume().expect("resume");
@@ -476,7 +286,7 @@ fn pv_restore_rounds(xen: &Xen, g: &Guest, rounds: u64) {
     dom.write_virt(spin, &0u64.to_le_bytes())
         .expect("clear known_spin");
     dom.detach().expect("detach (resumes the guest)");
-    let log = console_after(&g.name, "EXIT");
+    let log = g.console_after("EXIT");
     assert!(
         log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
         "guest did not finish normally after the restores:\n{log}"
@@ -505,8 +315,8 @@ fn restore_rounds_pv() {
 /// an in-memory restore brings it back, and it finishes with the same exit.
 fn file_round_trip(mode: &str) {
     let Some(xen) = xen() else { return };
-    let g = Guest::create(mode);
-    let file = TempFile(std::env::temp_dir().join(format!("{}.xpsnap", g.name)));
+    let g = Guest::create("snap", mode);
+    let file = TempFile(std::env::temp_dir().join(format!("{}.xpsnap", g.name())));
     let path = &file.0;
     if mode == "pv" {
         let mut dom = g.attach(&xen);
@@ -531,16 +341,17 @@ fn file_round_trip(mode: &str) {
     dom.add_breakpoint_at("known_checkpoint").expect("bp");
     let mem0_bp = dom.memory_image().expect("memory");
     dom.resume().expect("resume");
-    wait_bp(&mut dom, "known_checkpoint (original)");
+    wait_breakpoint(&mut dom, "known_checkpoint (original)");
     let mem_check = dom.memory_image().expect("memory");
     dom.detach().expect("detach");
-    g.destroy();
-    if let Some(p) = console_path(&g.name) {
+    // Detached, it may already have run to its end (on_poweroff="destroy").
+    let _ = g.destroy();
+    if let Some(p) = g.console_path() {
         let _ = std::fs::remove_file(p);
     }
 
     // A domain of another size or type is refused, nothing written.
-    let other = Guest::create(if mode == "hvm" { "pvh" } else { "hvm" });
+    let other = Guest::create("snap", if mode == "hvm" { "pvh" } else { "hvm" });
     let mut od = other.attach(&xen);
     od.pause().expect("pause");
     let e = od
@@ -569,7 +380,7 @@ fn file_round_trip(mode: &str) {
     xen.ctrl()
         .domain_unpause(dom.id())
         .expect("unpause created guest");
-    wait_bp(&mut dom, "known_checkpoint (loaded)");
+    wait_breakpoint(&mut dom, "known_checkpoint (loaded)");
     same_memory(
         &dom,
         &mem_check,
@@ -580,7 +391,7 @@ fn file_round_trip(mode: &str) {
     assert_eq!(dom.regs(0).expect("regs"), regs0);
     same_memory(&dom, &mem0_bp, "memory with the breakpoint");
     dom.resume().expect("resume");
-    wait_bp(&mut dom, "known_checkpoint (after restore)");
+    wait_breakpoint(&mut dom, "known_checkpoint (after restore)");
     let bps: Vec<_> = dom.breakpoints().into_iter().map(|b| b.id).collect();
     for id in bps {
         dom.remove_breakpoint(id).expect("remove");
@@ -591,7 +402,7 @@ fn file_round_trip(mode: &str) {
         matches!(reason, ShutdownReason::Poweroff | ShutdownReason::Destroyed),
         "{reason:?}"
     );
-    let log = console_after(&g.name, "EXIT");
+    let log = g.console_after("EXIT");
     assert!(
         log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
         "loaded guest did not finish like the original:\n{log}"
@@ -628,7 +439,7 @@ fn snapshot_file_round_trip_pv() {
 /// workload's domain back to the snapshot's registers and memory.
 fn backends(mode: &str) {
     let Some(xen) = xen() else { return };
-    let g = Guest::create(mode);
+    let g = Guest::create("snap", mode);
     let mut dom = to_first_tick(&xen, &g);
     dom.add_breakpoint_at("known_checkpoint").expect("bp");
     let regs0 = dom.regs(0).expect("regs");
@@ -651,7 +462,7 @@ fn backends(mode: &str) {
             let mut vf = fork::VmForkBackend::new(&xen);
             let child = vf.take(&mut dom).expect("fork");
             let mut cd = Domain::attach(&xen, child).expect("attach fork");
-            cd.load_symbols(&g.image).expect("symbols");
+            cd.load_symbols(g.image()).expect("symbols");
             cd.add_breakpoint_at("known_checkpoint").expect("bp");
             exercise_backend(&mut vf, &mut cd, regs0);
         }
@@ -669,7 +480,7 @@ fn exercise_backend(b: &mut dyn SnapshotBackend, dom: &mut Domain, regs0: Regist
     let mem0 = dom.memory_image().expect("memory");
     for round in 0..3 {
         dom.resume().expect("resume");
-        wait_bp(dom, "known_checkpoint");
+        wait_breakpoint(dom, "known_checkpoint");
         b.restore(dom).expect("restore");
         assert_eq!(dom.regs(0).expect("regs"), regs0, "{name}: round {round}");
         same_memory(dom, &mem0, &format!("{name}: round {round}"));

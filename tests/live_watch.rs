@@ -8,85 +8,15 @@
 //! Run: `cargo test -p xenprobe-tests --test live_watch` (add `XENPROBE_XEN=debug`
 //! for PV).
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use xenprobe::vmi::{Domain, Error, Event, ShutdownReason, WatchKind, Xen};
-
-const WAIT: Duration = Duration::from_secs(60);
-
-fn xen() -> Option<Xen> {
-    xenprobe_tests::have_xen().then(|| Xen::open().expect("open Xen handles"))
-}
-
-fn guests_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guests")
-}
-
-/// A guest made by `xl create -p`, destroyed on drop.
-struct Guest {
-    name: String,
-    image: PathBuf,
-}
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-impl Guest {
-    fn create(mode: &str) -> Guest {
-        let cfg = guests_dir().join(format!("known-{mode}.cfg"));
-        assert!(
-            cfg.exists(),
-            "{} missing: cargo xtask guests build",
-            cfg.display()
-        );
-        let name = format!(
-            "watch-{mode}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        );
-        let out = Command::new("xl")
-            .arg("create")
-            .arg("-p")
-            .arg(&cfg)
-            .arg(format!("name=\"{name}\""))
-            .output()
-            .expect("run xl create");
-        assert!(
-            out.status.success(),
-            "xl create {}: {}",
-            cfg.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Guest {
-            name,
-            image: guests_dir().join(format!("known-{mode}")),
-        }
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        let _ = Command::new("xl").arg("destroy").arg(&self.name).output();
-    }
-}
+use xenprobe::vmi::{Domain, Error, Event, ShutdownReason, WatchKind};
+use xenprobe_tests::{wait_shutdown, xen, Guest, WAIT};
 
 fn u64_of(b: &[u8]) -> u64 {
     let mut v = [0u8; 8];
     v[..b.len()].copy_from_slice(b);
     u64::from_le_bytes(v)
-}
-
-fn wait_shutdown(dom: &mut Domain) -> ShutdownReason {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match dom.wait_event(WAIT).expect("wait for shutdown") {
-            Event::Shutdown { reason } => return reason,
-            Event::Timeout if Instant::now() < deadline => continue,
-            other => panic!("expected shutdown, got {other:?}"),
-        }
-    }
 }
 
 /// Debug registers of vCPU 0 (DR0-3, DR7).
@@ -115,9 +45,8 @@ fn assert_restored(mode: &str, dom: &Domain, guest: [u64; 5]) {
 
 fn watchpoints(mode: &str) {
     let Some(xen) = xen() else { return };
-    let g = Guest::create(mode);
-    let mut dom = Domain::attach(&xen, g.name.as_str()).expect("attach");
-    dom.load_symbols(&g.image).expect("symbols");
+    let g = Guest::create("watch", mode);
+    let mut dom = g.attach(&xen);
     let counter = dom.symbol("known_counter").expect("known_counter");
     let state = dom.symbol("known_state").expect("known_state");
     let tick = dom.symbol("known_tick").expect("known_tick");
@@ -232,7 +161,7 @@ fn watchpoints(mode: &str) {
     // Detach with the watch armed: the guest's registers come back, the
     // guest runs to its clean end without seeing a #DB.
     dom.detach().expect("detach");
-    let mut dom = Domain::attach(&xen, g.name.as_str()).expect("attach again");
+    let mut dom = Domain::attach(&xen, g.name()).expect("attach again");
     dom.pause().expect("pause");
     assert_restored(mode, &dom, guest_drs);
     dom.resume().expect("resume");
@@ -263,11 +192,10 @@ fn watchpoints_pv() {
 /// the journal and the guest runs to its normal end without a #DB.
 fn recovers_from_abandoned_watch(mode: &str) {
     let Some(xen) = xen() else { return };
-    let g = Guest::create(mode);
+    let g = Guest::create("watch", mode);
     let guest_drs;
     {
-        let mut dom = Domain::attach(&xen, g.name.as_str()).expect("attach");
-        dom.load_symbols(&g.image).expect("symbols");
+        let mut dom = g.attach(&xen);
         let bp = dom.add_breakpoint_at("known_tick").expect("breakpoint");
         dom.resume().expect("resume");
         xen.ctrl()
@@ -289,7 +217,7 @@ fn recovers_from_abandoned_watch(mode: &str) {
         // Vanish: the watchpoint stays armed, a vCPU waits for its answer.
         std::mem::forget(dom);
     }
-    let mut dom = Domain::attach(&xen, g.name.as_str()).expect("attach repairs");
+    let mut dom = Domain::attach(&xen, g.name()).expect("attach repairs");
     dom.pause().expect("pause");
     assert_restored(mode, &dom, guest_drs);
     dom.resume().expect("resume");

@@ -1,6 +1,14 @@
 //! Shared helpers for the live-guest suites.
 
+mod domain;
+mod guest;
+
 use std::path::{Path, PathBuf};
+
+use xenprobe::vmi::Xen;
+
+pub use domain::{same_memory, sym, wait_breakpoint, wait_shutdown, WAIT};
+pub use guest::Guest;
 
 /// True in a Xen dom0. Elsewhere the test fails with the reason, or, when
 /// `XENPROBE_ALLOW_NO_XEN=1`, prints `SKIP` and returns false.
@@ -15,6 +23,16 @@ pub fn have_xen() -> bool {
         return false;
     }
     panic!("{why}; set XENPROBE_ALLOW_NO_XEN=1 to skip");
+}
+
+/// Xen's handles in a dom0; None (test skipped) where [`have_xen`] says so.
+pub fn xen() -> Option<Xen> {
+    have_xen().then(|| Xen::open().expect("open Xen handles"))
+}
+
+/// Where `cargo xtask guests build` puts the sample guests.
+pub fn guests_dir() -> PathBuf {
+    root().join("target/guests")
 }
 
 /// The workspace root.
