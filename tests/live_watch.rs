@@ -13,6 +13,10 @@ use std::time::Instant;
 use xenprobe::vmi::{Domain, Error, Event, ShutdownReason, WatchKind};
 use xenprobe_tests::{wait_shutdown, xen, Guest, WAIT};
 
+/// The guest stays (shut down, inspectable) after its end: once the harness
+/// lets go, a fast guest may finish before the test looks at its registers.
+const KEEP: &[&str] = &["on_poweroff=\"preserve\""];
+
 fn u64_of(b: &[u8]) -> u64 {
     let mut v = [0u8; 8];
     v[..b.len()].copy_from_slice(b);
@@ -45,7 +49,7 @@ fn assert_restored(mode: &str, dom: &Domain, guest: [u64; 5]) {
 
 fn watchpoints(mode: &str) {
     let Some(xen) = xen() else { return };
-    let g = Guest::create("watch", mode);
+    let g = Guest::create_with("watch", mode, KEEP);
     let mut dom = g.attach(&xen);
     let counter = dom.symbol("known_counter").expect("known_counter");
     let state = dom.symbol("known_state").expect("known_state");
@@ -192,7 +196,7 @@ fn watchpoints_pv() {
 /// the journal and the guest runs to its normal end without a #DB.
 fn recovers_from_abandoned_watch(mode: &str) {
     let Some(xen) = xen() else { return };
-    let g = Guest::create("watch", mode);
+    let g = Guest::create_with("watch", mode, KEEP);
     let guest_drs;
     {
         let mut dom = g.attach(&xen);
