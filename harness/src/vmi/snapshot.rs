@@ -110,7 +110,9 @@ pub struct RestoreStats {
     pub dirty: usize,
     /// Frames written by xenprobe since the last take/restore.
     pub written: usize,
-    /// Frames copied back.
+    /// Frames brought back to the snapshot (dirty, written by xenprobe, and
+    /// the special frames outside log-dirty tracking; only the words that
+    /// differ are stored).
     pub restored: usize,
     /// The dirty bitmap was cleaned (not only peeked).
     pub cleaned: bool,
