@@ -78,42 +78,19 @@ impl Guest {
                 self.cfg.display()
             ));
         }
-        let out = Command::new("xl")
-            .arg("create")
-            .arg("-p")
-            .arg(&self.cfg)
-            .arg(format!("name=\"{}\"", self.name))
-            .args(&self.overrides)
-            .output()
-            .map_err(|e| format!("run xl create: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "xl create {} ({}): {}",
-                self.cfg.display(),
-                self.name,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
+        let mut args = vec![
+            "create".to_string(),
+            "-p".to_string(),
+            self.cfg.display().to_string(),
+            format!("name=\"{}\"", self.name),
+        ];
+        args.extend(self.overrides.iter().cloned());
+        xl(&args)
     }
 
     /// `xl destroy`: Err with xl's error (e.g. no such domain).
     pub fn destroy(&self) -> Result<(), String> {
-        let out = Command::new("xl")
-            .arg("destroy")
-            .arg(&self.name)
-            .output()
-            .map_err(|e| format!("run xl destroy: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "xl destroy {}: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
+        xl(&["destroy".to_string(), self.name.clone()])
     }
 
     /// The domain's name.
@@ -189,6 +166,23 @@ fn console_dirs() -> Vec<PathBuf> {
         labs.join("debug/consoles"),
         PathBuf::from("/var/log/xen/console"),
     ]
+}
+
+/// Runs `xl ARGS`; Err with the command and xl's error output.
+fn xl(args: &[String]) -> Result<(), String> {
+    let out = Command::new("xl")
+        .args(args)
+        .output()
+        .map_err(|e| format!("run xl {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "xl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 #[cfg(test)]

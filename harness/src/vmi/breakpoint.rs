@@ -136,7 +136,7 @@ impl Breakpoints {
         Some(b)
     }
 
-    /// Planted breakpoints in guest frame `gfn`: (offset in the frame, id).
+    /// Planted breakpoints whose patched byte lies in guest frame `gfn`.
     pub fn planted_in_frame(&self, gfn: u64) -> impl Iterator<Item = &Breakpoint> + '_ {
         self.by_frame
             .get(&gfn)

@@ -482,11 +482,6 @@ impl DirtyTracking {
         Ok(self.bitmap.dirty_pfns())
     }
 
-    /// Frames covered: `0..pages`.
-    pub fn pages(&self) -> u64 {
-        self.bitmap.pages()
-    }
-
     /// Reports only frames `0..pages` from now on (a smaller bitmap). Xen
     /// fills every word of the bitmap on each call, zeroing the ranges with
     /// no dirty frame one by one: for an HVM/PVH guest whose bitmap reaches
