@@ -24,7 +24,11 @@
 //!   resumed, none lost, no default seeds) and leaves the guest clean;
 //! - structured inputs (`tlv-records`, fuzz/src/structured.rs): a campaign
 //!   finds TLV-1, and `xenprobe-fuzz --input-format tlv-records --reproduce`
-//!   replays its raw crash file to the same site;
+//!   replays its raw crash file to the same site; `ximg` (imghdr) turns a
+//!   raw byte stream into IMG-3 (version 2, EXT, a negative offset and the
+//!   right checksum), which `--reproduce --input-format ximg` replays as a
+//!   general-protection fault every time (and without the format, no crash),
+//!   and a campaign with it finds IMG-3 from benign seeds;
 //! - `--jobs 2` (the `xenprobe-fuzz` binary) runs two guests under distinct
 //!   names connected to one LLMP broker, each with its report, both left
 //!   clean; a job that died would be started again and listed.
@@ -520,6 +524,135 @@ fn structured_tlv_records_find_tlv1_and_the_crash_file_replays() {
         String::from_utf8_lossy(&bad.stderr)
     );
     assert_code_clean(&name, &spec.image, &spec.cover);
+    destroy(&name);
+}
+
+/// Raw bytes that `ximg` reads as BUGS.md's IMG-3 image (the `arbitrary`
+/// stream of fuzz/src/structured.rs's `ximg::Image`, field by field).
+const XIMG_IMG3_RAW: &str = concat!(
+    "00000060",         // version: a u32 variant index, 0x60 on top picks V2 (of 3)
+    "00",               // extra flag bits
+    "01000100",         // width 1, height 1
+    "00000000",         // bpp variant: 8
+    "00",               // reserved
+    "00000000",         // checksum variant: the sum
+    "0000",             // reserved2
+    "00",               // no palette (even byte)
+    "01",               // an extension (odd byte) ...
+    "0000000000000080", // ... with offset i64::MIN; no pixels
+);
+/// BUGS.md's IMG-3 input.
+const IMG3: &str = "58494d470280010001000800800000000000000000000080";
+
+/// `xenprobe-fuzz --reproduce FILE` against `spec`'s guest, with
+/// `--input-format FORMAT` when given: exit code and stdout.
+fn reproduce_with(spec: &TargetSpec, file: &Path, format: Option<&str>) -> (i32, String) {
+    let mut cmd = std::process::Command::new(fuzz_bin());
+    cmd.arg("--cfg")
+        .arg(&spec.cfg)
+        .arg("--image")
+        .arg(&spec.image)
+        .args(["--krate", "imghdr"]);
+    if let Some(f) = format {
+        cmd.args(["--input-format", f]);
+    }
+    let out = cmd
+        .arg("--reproduce")
+        .arg(file)
+        .output()
+        .expect("run xenprobe-fuzz --reproduce");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), stdout)
+}
+
+#[test]
+fn structured_ximg_replays_img3_as_a_general_protection_fault() {
+    if !xenprobe_tests::have_xen() {
+        return;
+    }
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (spec, name, work) = guest("imghdr", "ximg-replay");
+    let format = xenprobe_fuzz::structured::by_name("ximg")
+        .expect("a known format")
+        .expect("a structured format");
+    let raw = hex(XIMG_IMG3_RAW);
+    // The guest gets IMG-3 (checksum included); the raw bytes are no XIMG file.
+    assert_eq!(format.encode(&raw), hex(IMG3));
+    assert_ne!(&raw[..4], b"XIMG");
+    let file = work.join("img3.input");
+    std::fs::write(&file, &raw).expect("input file");
+    for _ in 0..2 {
+        let (code, stdout) = reproduce_with(&spec, &file, Some("ximg"));
+        assert_eq!(code, 0, "{stdout}");
+        assert!(
+            stdout.contains("input (ximg): Image { version: V2,")
+                && stdout.contains("extension: Some(-9223372036854775808)"),
+            "{stdout}"
+        );
+        assert!(stdout.contains("kind: general-protection\n"), "{stdout}");
+        // In the target's code (decode() is inlined into it).
+        assert!(
+            stdout.contains("#0 0x") && stdout.contains(" xenprobe_target+"),
+            "{stdout}"
+        );
+    }
+    // The same file without the format: the guest rejects it, no crash.
+    let (code, stdout) = reproduce_with(&spec, &file, None);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("no crash"), "{stdout}");
+    assert_code_clean(&name, &spec.image, &spec.cover);
+    destroy(&name);
+}
+
+#[test]
+fn structured_ximg_campaign_finds_img3() {
+    if !xenprobe_tests::have_xen() {
+        return;
+    }
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (mut spec, name, work) = guest("imghdr", "ximg-campaign");
+    let format = xenprobe_fuzz::structured::by_name("ximg")
+        .expect("a known format")
+        .expect("a structured format");
+    spec.input_format = Some(format);
+    // Raw seeds of benign images without an extension: an empty version 1
+    // image and IMG-OK2 (version 2, a palette of 2, 2x1).
+    let ok2 = concat!(
+        "00000060",               // version: V2
+        "00",                     // extra flag bits
+        "02000100",               // width 2, height 1
+        "00000000",               // bpp: 8
+        "00",                     // reserved
+        "00000000",               // checksum: the sum
+        "0000",                   // reserved2
+        "01",                     // a palette: ...
+        "0133221100016655440000", // ... 2 entries, a go-on byte before each
+        "00",                     // no extension
+        "0001",                   // pixels
+    );
+    assert_eq!(
+        format.encode(&hex(ok2)),
+        hex("58494d470201020001000800680100000233221100665544000001")
+    );
+    for seed in ["00000000", ok2] {
+        assert_eq!(format.encode(&hex(seed))[5] & 0x80, 0, "{seed}");
+    }
+    let seeds = seed_dir(&work, &["00000000", ok2]);
+    let s = short_campaign(&spec, &work, Some(seeds), &["general-protection"], 150);
+    let (file, after) = s
+        .found
+        .iter()
+        .find(|(f, _)| load_crash(f).is_ok_and(|c| c.report.kind == "general-protection"))
+        .cloned()
+        .unwrap_or_else(|| panic!("IMG-3 not found with ximg: {}", s.render()));
+    eprintln!("IMG-3 found after {:.1} s", after.as_secs_f64());
+    // What the guest got: version 2, EXT, and a checksum it accepted.
+    let raw = std::fs::read(&file).expect("crash input");
+    let (g, value) = (format.encode(&raw), format.describe(&raw));
+    assert!(g.len() >= 24 && g[4] == 2 && g[5] & 0x80 != 0, "{value}");
+    let sum = g[16..].iter().fold(0u16, |a, &b| a.wrapping_add(b.into()));
+    assert_eq!(u16::from_le_bytes([g[12], g[13]]), sum, "{value}");
     destroy(&name);
 }
 

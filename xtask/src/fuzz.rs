@@ -65,9 +65,9 @@ pub struct FuzzArgs {
     #[arg(long, default_value_t = 1)]
     persistent: u32,
     /// Input format: `raw` (default) or a structured format whose
-    /// `arbitrary` type the fuzzer's bytes build (`tlv-records` for tlv; see
-    /// fuzz/src/structured.rs). Its campaign directory is
-    /// `target/fuzz/<target>-<mode>-<format>/`.
+    /// `arbitrary` type the fuzzer's bytes build (`tlv-records` for tlv,
+    /// `ximg` for imghdr; see fuzz/src/structured.rs). Its campaign
+    /// directory is `target/fuzz/<target>-<mode>-<format>/`.
     #[arg(long)]
     input_format: Option<String>,
     /// Build the fuzzer unoptimised (faster to build, slower to fuzz).

@@ -1,7 +1,9 @@
 //! The campaign section of `cargo xtask bench fuzz`: execs/s with one guest
 //! and with two (`--jobs 2`, ratio against one measured in the same run),
 //! and the median time to find each planted bug of `guests/BUGS.md` up to
-//! depth 3 over a few seeded runs.
+//! depth 3 over a few seeded runs: with raw inputs, and again with a
+//! target's structured input format (`--input-format`, `STRUCTURED`) as
+//! extra rows such as "IMG-3 (ximg)".
 //!
 //! Each measurement is a real campaign of `xenprobe-fuzz` in the lab's dom0
 //! (PVH guests); the numbers are read back from the campaign directories'
@@ -27,6 +29,23 @@ const BUGS: &[(&str, &str, &str, &str)] = &[
     ("IMG-2", "imghdr", "panic", ""),
     ("IMG-3", "imghdr", "general-protection", ""),
 ];
+
+/// Targets whose time-to-find campaigns also run with a structured input
+/// format (fuzz/src/structured.rs): target, format.
+const STRUCTURED: &[(&str, &str)] = &[("imghdr", "ximg")];
+
+/// The input formats of `target`'s time-to-find campaigns: raw (None), then
+/// its structured ones.
+fn formats_of(target: &str) -> Vec<Option<&'static str>> {
+    std::iter::once(None)
+        .chain(
+            STRUCTURED
+                .iter()
+                .filter(|s| s.0 == target)
+                .map(|s| Some(s.1)),
+        )
+        .collect()
+}
 
 /// A value in a `summary.md` table row `| key | value |`.
 fn field(summary: &str, key: &str) -> Option<String> {
@@ -74,14 +93,16 @@ fn bug_stops(target: &str) -> Vec<String> {
         .collect()
 }
 
+/// A campaign of `secs` against `target` (PVH) in `dir`; `extra` are more
+/// fuzzer arguments (`--jobs 2`, `--input-format F`).
 fn campaign(
     bin: &Path,
     target: &str,
     dir: &Path,
     secs: u64,
-    jobs: u32,
     seed: u64,
     stop_when_found: &[String],
+    extra: &[&str],
 ) -> Result<i32> {
     let _ = std::fs::remove_dir_all(dir);
     let mut argv: Vec<String> = vec![bin.display().to_string()];
@@ -94,9 +115,7 @@ fn campaign(
         "--rng-seed".into(),
         seed.to_string(),
     ]);
-    if jobs > 1 {
-        argv.extend(["--jobs".into(), jobs.to_string()]);
-    }
+    argv.extend(extra.iter().map(|a| a.to_string()));
     if !stop_when_found.is_empty() {
         argv.extend(["--stop-when-found".into(), stop_when_found.join(",")]);
     }
@@ -123,8 +142,8 @@ pub fn run(targets: &[String], runs: usize, rate_secs: u64, find_secs: u64) -> R
     for t in targets {
         let one = root.join(format!("{t}-rate-1"));
         let two = root.join(format!("{t}-rate-2"));
-        campaign(&bin, t, &one, rate_secs, 1, 1, &[])?;
-        campaign(&bin, t, &two, rate_secs, 2, 1, &[])?;
+        campaign(&bin, t, &one, rate_secs, 1, &[], &[])?;
+        campaign(&bin, t, &two, rate_secs, 1, &[], &["--jobs", "2"])?;
         let (r1, r2) = (execs_per_sec(&one), execs_per_sec(&two));
         let ratio = match (r1, r2) {
             (Some(a), Some(b)) if a > 0.0 => Some(b / a),
@@ -141,33 +160,42 @@ pub fn run(targets: &[String], runs: usize, rate_secs: u64, find_secs: u64) -> R
     println!(
         "\n## time to find each planted bug up to depth 3 (median of {runs} seeded runs, {find_secs} s budget; target <= 600 s)\n"
     );
-    let mut times: Vec<Vec<Option<f64>>> = vec![Vec::new(); BUGS.len()];
+    // One row per bug and input format: label, kind, time of each run.
+    let mut rows: Vec<(String, &str, Vec<Option<f64>>)> = Vec::new();
     for t in targets {
-        for r in 0..runs {
-            let dir = root.join(format!("{t}-find-{r}"));
-            // Each run stops once all of the target's bugs are found.
-            campaign(&bin, t, &dir, find_secs, 1, 100 + r as u64, &bug_stops(t))?;
-            for (i, (_, bt, kind, site)) in BUGS.iter().enumerate() {
-                if bt == t {
+        let bugs: Vec<_> = BUGS.iter().filter(|b| b.1 == t).collect();
+        for format in formats_of(t) {
+            let mut times = vec![Vec::new(); bugs.len()];
+            for r in 0..runs {
+                let dir = root.join(match format {
+                    None => format!("{t}-find-{r}"),
+                    Some(f) => format!("{t}-{f}-find-{r}"),
+                });
+                // Each run stops once all of the target's bugs are found.
+                let extra = format.map_or(vec![], |f| vec!["--input-format", f]);
+                let seed = 100 + r as u64;
+                campaign(&bin, t, &dir, find_secs, seed, &bug_stops(t), &extra)?;
+                for (i, (_, _, kind, site)) in bugs.iter().enumerate() {
                     times[i].push(found_after(&dir, kind, site));
                 }
+            }
+            for (&&(id, _, kind, _), times) in bugs.iter().zip(times) {
+                let label = match format {
+                    None => id.to_string(),
+                    Some(f) => format!("{id} ({f})"),
+                };
+                rows.push((label, kind, times));
             }
         }
     }
     println!("| bug | kind | found in | median | min | max |");
     println!("|---|---|---|---|---|---|");
-    for (i, (id, t, kind, _)) in BUGS.iter().enumerate() {
-        if !targets.iter().any(|x| x == t) {
-            continue;
-        }
-        let found: Vec<f64> = times[i].iter().flatten().copied().collect();
-        let n = times[i].len();
+    for (id, kind, times) in &rows {
+        let found: Vec<f64> = times.iter().flatten().copied().collect();
+        let n = times.len();
         let (med, min, max) = if found.len() * 2 > n {
             // Median over all runs, a miss counting as "later than the budget".
-            let mut all: Vec<f64> = times[i]
-                .iter()
-                .map(|v| v.unwrap_or(f64::INFINITY))
-                .collect();
+            let mut all: Vec<f64> = times.iter().map(|v| v.unwrap_or(f64::INFINITY)).collect();
             all.sort_by(f64::total_cmp);
             let s = super::stats(found.clone());
             (Some(all[n / 2]), Some(s.min), Some(s.max))
@@ -217,6 +245,8 @@ mod tests {
             bug_stops("bytecode"),
             vec!["invalid-opcode", "divide-error", "hang@bytecode"]
         );
+        assert_eq!(formats_of("imghdr"), vec![None, Some("ximg")]);
+        assert_eq!(formats_of("tlv"), vec![None]);
         let _ = std::fs::remove_dir_all(&d);
     }
 }
