@@ -10,7 +10,8 @@
 //!   it is reported, and persistent mode's memory is reset exactly too.
 //!
 //! Runs per strategy: `XENPROBE_RESET_RUNS` (default 300; the issue asks for
-//! 10,000, which takes minutes per strategy in the emulated lab).
+//! 10,000: run this binary with `--release` then, about a minute per strategy
+//! in the emulated lab; the debug build takes several times longer).
 
 use std::path::PathBuf;
 use std::sync::Mutex;

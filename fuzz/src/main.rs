@@ -106,7 +106,7 @@ struct Args {
     full_context: bool,
     /// Input format: `raw` bytes, or a structured format whose `arbitrary`
     /// type is built from the fuzzer's bytes and serialised into the guest
-    /// (`tlv-records`; see fuzz/src/structured.rs). Corpus and crash files
+    /// (`tlv-records`, `ximg`; see fuzz/src/structured.rs). Corpus and crash files
     /// stay raw bytes: replay them with the same format.
     #[arg(long)]
     input_format: Option<String>,
