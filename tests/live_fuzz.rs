@@ -132,6 +132,23 @@ fn found_kinds(summary: &CampaignSummary) -> Vec<String> {
         .collect()
 }
 
+/// The first crash file of `kind` this campaign found, and when; panics
+/// naming `bug` when there is none.
+fn found_crash(summary: &CampaignSummary, kind: &str, bug: &str) -> (PathBuf, Duration) {
+    let found = summary
+        .found
+        .iter()
+        .find(|(f, _)| load_crash(f).is_ok_and(|c| c.report.kind == kind))
+        .cloned()
+        .unwrap_or_else(|| panic!("{bug} ({kind}) not found: {}", summary.render()));
+    eprintln!(
+        "{bug} found after {:.1} s: {}",
+        found.1.as_secs_f64(),
+        found.0.display()
+    );
+    found
+}
+
 /// The guest's code bytes of the covered functions equal the image's.
 fn assert_code_clean(name: &str, image: &Path, cover: &[String]) {
     let elf = std::fs::read(image).expect("read image");
@@ -177,17 +194,7 @@ fn tlv_campaign_finds_tlv1_replays_it_and_leaves_the_guest_clean() {
     eprintln!("campaign: {}", summary.render());
     assert!(summary.execs > 0);
     assert!(summary.covered > 0, "no coverage: {}", summary.render());
-    let (panic_file, after) = summary
-        .found
-        .iter()
-        .find(|(f, _)| load_crash(f).is_ok_and(|c| c.report.kind == "panic"))
-        .cloned()
-        .unwrap_or_else(|| panic!("TLV-1 (panic) not found: {}", summary.render()));
-    eprintln!(
-        "TLV-1 found after {:.1} s: {}",
-        after.as_secs_f64(),
-        panic_file.display()
-    );
+    let (panic_file, _) = found_crash(&summary, "panic", "TLV-1");
     let saved = load_crash(&panic_file).expect("crash report");
     assert!(
         saved.report.message.contains("PANIC") && saved.report.site.starts_with("panic@"),
@@ -446,6 +453,13 @@ fn minimize_shrinks_a_crash_and_keeps_its_site() {
     destroy(&name);
 }
 
+/// A built-in structured input format by name.
+fn structured_format(name: &str) -> xenprobe_fuzz::structured::InputFormat {
+    xenprobe_fuzz::structured::by_name(name)
+        .expect("a known format")
+        .expect("a structured format")
+}
+
 #[test]
 fn structured_tlv_records_find_tlv1_and_the_crash_file_replays() {
     if !xenprobe_tests::have_xen() {
@@ -453,9 +467,7 @@ fn structured_tlv_records_find_tlv1_and_the_crash_file_replays() {
     }
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (mut spec, name, work) = guest("tlv", "structured");
-    let format = xenprobe_fuzz::structured::by_name("tlv-records")
-        .expect("a known format")
-        .expect("a structured format");
+    let format = structured_format("tlv-records");
     spec.input_format = Some(format);
     // Raw seeds that decode to benign record lists (no VENDOR record).
     let seeds = seed_dir(&work, &["00000000", "0100030241"]);
@@ -464,13 +476,7 @@ fn structured_tlv_records_find_tlv1_and_the_crash_file_replays() {
         assert!(!guest.contains(&0xee), "{seed} -> {guest:02x?}");
     }
     let s = short_campaign(&spec, &work, Some(seeds), &["panic"], 150);
-    let (file, after) = s
-        .found
-        .iter()
-        .find(|(f, _)| load_crash(f).is_ok_and(|c| c.report.kind == "panic"))
-        .cloned()
-        .unwrap_or_else(|| panic!("TLV-1 not found with structured inputs: {}", s.render()));
-    eprintln!("TLV-1 found after {:.1} s", after.as_secs_f64());
+    let (file, _) = found_crash(&s, "panic", "TLV-1 with structured inputs");
     // The crash file holds the fuzzer's raw bytes; they decode to a record
     // list with a VENDOR record, which is what the guest got.
     let raw = std::fs::read(&file).expect("crash input");
@@ -573,9 +579,7 @@ fn structured_ximg_replays_img3_as_a_general_protection_fault() {
     }
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (spec, name, work) = guest("imghdr", "ximg-replay");
-    let format = xenprobe_fuzz::structured::by_name("ximg")
-        .expect("a known format")
-        .expect("a structured format");
+    let format = structured_format("ximg");
     let raw = hex(XIMG_IMG3_RAW);
     // The guest gets IMG-3 (checksum included); the raw bytes are no XIMG file.
     assert_eq!(format.encode(&raw), hex(IMG3));
@@ -612,9 +616,7 @@ fn structured_ximg_campaign_finds_img3() {
     }
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (mut spec, name, work) = guest("imghdr", "ximg-campaign");
-    let format = xenprobe_fuzz::structured::by_name("ximg")
-        .expect("a known format")
-        .expect("a structured format");
+    let format = structured_format("ximg");
     spec.input_format = Some(format);
     // Raw seeds of benign images without an extension: an empty version 1
     // image and IMG-OK2 (version 2, a palette of 2, 2x1).
@@ -640,13 +642,7 @@ fn structured_ximg_campaign_finds_img3() {
     }
     let seeds = seed_dir(&work, &["00000000", ok2]);
     let s = short_campaign(&spec, &work, Some(seeds), &["general-protection"], 150);
-    let (file, after) = s
-        .found
-        .iter()
-        .find(|(f, _)| load_crash(f).is_ok_and(|c| c.report.kind == "general-protection"))
-        .cloned()
-        .unwrap_or_else(|| panic!("IMG-3 not found with ximg: {}", s.render()));
-    eprintln!("IMG-3 found after {:.1} s", after.as_secs_f64());
+    let (file, _) = found_crash(&s, "general-protection", "IMG-3 with ximg");
     // What the guest got: version 2, EXT, and a checksum it accepted.
     let raw = std::fs::read(&file).expect("crash input");
     let (g, value) = (format.encode(&raw), format.describe(&raw));
