@@ -487,24 +487,8 @@ fn structured_tlv_records_find_tlv1_and_the_crash_file_replays() {
     assert!(saved.report.site.starts_with("panic@"), "{saved:?}");
 
     // The binary replays it with the same format and says so.
-    let out = std::process::Command::new(fuzz_bin())
-        .arg("--cfg")
-        .arg(&spec.cfg)
-        .arg("--image")
-        .arg(&spec.image)
-        .args([
-            "--krate",
-            "tlv",
-            "--input-format",
-            "tlv-records",
-            "--reproduce",
-        ])
-        .arg(&file)
-        .output()
-        .expect("run xenprobe-fuzz --reproduce");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let (code, stdout) = reproduce_with(&spec, "tlv", &file, Some("tlv-records"));
+    assert_eq!(code, 0, "{stdout}");
     assert!(
         stdout.contains("input (tlv-records): Records(["),
         "{stdout}"
@@ -552,13 +536,18 @@ const IMG3: &str = "58494d470280010001000800800000000000000000000080";
 
 /// `xenprobe-fuzz --reproduce FILE` against `spec`'s guest, with
 /// `--input-format FORMAT` when given: exit code and stdout.
-fn reproduce_with(spec: &TargetSpec, file: &Path, format: Option<&str>) -> (i32, String) {
+fn reproduce_with(
+    spec: &TargetSpec,
+    krate: &str,
+    file: &Path,
+    format: Option<&str>,
+) -> (i32, String) {
     let mut cmd = std::process::Command::new(fuzz_bin());
     cmd.arg("--cfg")
         .arg(&spec.cfg)
         .arg("--image")
         .arg(&spec.image)
-        .args(["--krate", "imghdr"]);
+        .args(["--krate", krate]);
     if let Some(f) = format {
         cmd.args(["--input-format", f]);
     }
@@ -587,7 +576,7 @@ fn structured_ximg_replays_img3_as_a_general_protection_fault() {
     let file = work.join("img3.input");
     std::fs::write(&file, &raw).expect("input file");
     for _ in 0..2 {
-        let (code, stdout) = reproduce_with(&spec, &file, Some("ximg"));
+        let (code, stdout) = reproduce_with(&spec, "imghdr", &file, Some("ximg"));
         assert_eq!(code, 0, "{stdout}");
         assert!(
             stdout.contains("input (ximg): Image { version: V2,")
@@ -602,7 +591,7 @@ fn structured_ximg_replays_img3_as_a_general_protection_fault() {
         );
     }
     // The same file without the format: the guest rejects it, no crash.
-    let (code, stdout) = reproduce_with(&spec, &file, None);
+    let (code, stdout) = reproduce_with(&spec, "imghdr", &file, None);
     assert_eq!(code, 1, "{stdout}");
     assert!(stdout.contains("no crash"), "{stdout}");
     assert_code_clean(&name, &spec.image, &spec.cover);
