@@ -71,7 +71,13 @@ impl SavedStates {
             .and_then(|t| serde_json::from_str(&t).ok());
         match (size, rec) {
             (None, _) => Lookup::Missing,
-            (Some(size), Some(r)) if r.size == size && r.key == key => Lookup::Found(state),
+            (Some(size), Some(r)) if r.size == size && r.key == key => {
+                // Marks it used: pruning keeps the most recently used states.
+                if let Ok(f) = std::fs::File::options().write(true).open(&state) {
+                    let _ = f.set_modified(std::time::SystemTime::now());
+                }
+                Lookup::Found(state)
+            }
             (Some(size), r) => {
                 let why = match r {
                     Some(r) => format!(
@@ -125,8 +131,9 @@ impl SavedStates {
         Ok(())
     }
 
-    /// Keeps `keep` and the newest other state of `flavour` (two configurations
-    /// in use at once, e.g. a test's own lab, do not evict each other); deletes the rest.
+    /// Keeps `keep` and the most recently saved or restored other state of
+    /// `flavour` (two configurations in use at once, e.g. a test's own lab, do
+    /// not evict each other); deletes the rest.
     fn prune(&self, flavour: &str, keep: &str) {
         let Ok(rd) = std::fs::read_dir(&self.dir) else {
             return;
