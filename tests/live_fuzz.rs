@@ -10,6 +10,8 @@
 //!   runs normally after it; a triple fault (BC-5) is reported as one and
 //!   the next input runs normally after it too.
 //!
+//! - a campaign's runs keep the guest quiet (`xenprobe_quiet` set, nothing
+//!   put on the console ring), a replay's runs print as usual;
 //! - a campaign with a hanging seed saves it under hangs/ as a `hang`, never
 //!   under crashes/ (BC-3);
 //! - short campaigns against `bytecode` and `imghdr` find their shallowest
@@ -272,6 +274,71 @@ fn a_timeout_is_a_hang_and_a_triple_fault_a_crash() {
     assert_eq!(ok, Outcome::Ok, "a benign input after the triple fault");
     s.finish().expect("finish");
     destroy(&name);
+}
+
+/// The last `n` bytes the guest put on its console ring, read where a run
+/// left it (stopped at `xenprobe_fuzz_end`, not yet reset).
+fn console_tail(dom: &mut Domain, n: u32) -> String {
+    const OUT: u64 = 1024;
+    const OUT_PROD: u64 = 1024 + 2048 + 12;
+    let sym = dom
+        .symbols()
+        .expect("symbols")
+        .iter()
+        .find(|s| s.name.contains("7console4RING"))
+        .map(|s| s.addr)
+        .expect("the runtime's console::RING symbol");
+    let ring = dom.read_u64(sym).expect("read console::RING");
+    assert_ne!(ring, 0, "the guest has no console ring");
+    let mut prod = [0u8; 4];
+    dom.read_virt(ring + OUT_PROD, &mut prod).expect("out_prod");
+    let prod = u32::from_le_bytes(prod);
+    let mut tail = Vec::new();
+    for i in (1..=n.min(prod)).rev() {
+        let mut b = [0u8];
+        let at = u64::from(prod.wrapping_sub(i) & 2047);
+        dom.read_virt(ring + OUT + at, &mut b).expect("ring byte");
+        tail.push(b[0]);
+    }
+    String::from_utf8_lossy(&tail).into_owned()
+}
+
+/// A run of a campaign (console discarded) sets the guest's `xenprobe_quiet`
+/// and prints nothing; a replay (console kept) prints the run's report line.
+fn run_and_read_console(discard: bool, tag: &str) -> (u8, String) {
+    let (mut spec, name, _) = guest("tlv", tag);
+    spec.discard_console = discard;
+    let mut s = Session::start(spec).expect("start the guest");
+    let (o, _) = s.run(b"").expect("run the empty input");
+    assert_eq!(o, Outcome::Ok, "the empty input ends normally");
+    let mut dom = s.into_domain().expect("the session's domain");
+    let quiet = dom.symbol("xenprobe_quiet").expect("xenprobe_quiet symbol");
+    let mut q = [0u8];
+    dom.read_virt(quiet, &mut q).expect("read xenprobe_quiet");
+    let tail = console_tail(&mut dom, 96);
+    drop(dom);
+    destroy(&name);
+    (q[0], tail)
+}
+
+#[test]
+fn a_campaign_run_keeps_the_guest_quiet_and_a_replay_does_not() {
+    if !xenprobe_tests::have_xen() {
+        return;
+    }
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (q, tail) = run_and_read_console(false, "loud");
+    assert_eq!(q, 0, "a replay must leave xenprobe_quiet alone");
+    assert!(
+        tail.contains("tlv: 0 records"),
+        "a replay's run prints its report line; the ring ends with {tail:?}"
+    );
+    let (q, tail) = run_and_read_console(true, "quiet");
+    assert_eq!(q, 1, "a campaign sets xenprobe_quiet");
+    assert!(
+        !tail.contains("tlv:"),
+        "a quiet run printed; the ring ends with {tail:?}"
+    );
 }
 
 #[test]

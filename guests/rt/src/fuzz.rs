@@ -30,6 +30,19 @@ pub static mut xenprobe_input: [u8; INPUT_CAP] = [0; INPUT_CAP];
 #[link_section = ".data.xenprobe_input_len"]
 pub static mut xenprobe_input_len: u64 = 0;
 
+/// Set to non-zero by a harness that discards the console output of its runs
+/// (ABI symbol, optional): the runtime then drops `print!` output instead of
+/// writing the console ring and notifying xenconsoled, which costs a hypercall
+/// and a dom0 wake-up per print.
+#[no_mangle]
+#[used]
+pub static mut xenprobe_quiet: u8 = 0;
+
+/// Whether the harness asked for no console output ([`xenprobe_quiet`]).
+pub fn quiet() -> bool {
+    unsafe { addr_of!(xenprobe_quiet).read_volatile() != 0 }
+}
+
 /// Set when the guest was booted with `xenprobe.test=1` (see [`test_paths`]).
 static mut TEST_PATHS: bool = false;
 
