@@ -135,9 +135,9 @@ pub fn destroy(name: &str) {
 /// a campaign discards it (guests/README.md, "The fuzz-target ABI").
 pub const QUIET_SYM: &str = "xenprobe_quiet";
 
-/// Busy-poll bound (microseconds) of a campaign with one guest: a run of
-/// a sample parser ends within it, so the result is picked up from the ring
-/// without a blocking wait, its wake-up and its system calls.
+/// Busy-poll bound (microseconds) of a campaign, with one guest or several
+/// jobs: a run of a sample parser ends within it, so the result is picked up
+/// from the ring without a blocking wait, its wake-up and its system calls.
 pub const DEFAULT_SPIN_US: u64 = 2000;
 
 /// One run in this many has its phases timed ([`Session::timings`]).
