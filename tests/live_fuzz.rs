@@ -31,6 +31,12 @@
 //!   right checksum), which `--reproduce --input-format ximg` replays as a
 //!   general-protection fault every time (and without the format, no crash),
 //!   and a campaign with it finds IMG-3 from benign seeds;
+//! - comparison logging (fuzz/src/cmplog.rs, fuzz/src/i2s.rs): a traced run
+//!   of an IMG-3 image with a wrong checksum logs the sum the guest computed
+//!   and the stored one; the input-to-state candidate with the sum written
+//!   crashes as IMG-3, the reset after traced runs is exact, and the guest's
+//!   code is clean afterwards; a raw-byte campaign from that image finds
+//!   IMG-3 (the checksum is 2 bytes no havoc mutation guesses in a short run);
 //! - `--jobs 2` (the `xenprobe-fuzz` binary) runs two guests under distinct
 //!   names connected to one LLMP broker, each with its report, both left
 //!   clean; a job that died would be started again and listed.
@@ -118,6 +124,7 @@ fn short_campaign(
         rng_seed: Some(7),
         dictionary: Vec::new(),
         job: None,
+        cmplog: true,
     };
     let summary = campaign::run(&opts).expect("campaign");
     eprintln!("campaign: {}", summary.render());
@@ -191,6 +198,7 @@ fn tlv_campaign_finds_tlv1_replays_it_and_leaves_the_guest_clean() {
         rng_seed: Some(1),
         dictionary: Vec::new(),
         job: None,
+        cmplog: true,
     };
     let summary = campaign::run(&opts).expect("campaign");
     eprintln!("campaign: {}", summary.render());
@@ -456,6 +464,7 @@ fn the_example_config_finds_tlv1_and_writes_reports() {
         rng_seed: Some(3),
         dictionary: loaded.dictionary.clone(),
         job: None,
+        cmplog: true,
     };
     let s = campaign::run(&opts).expect("campaign");
     eprintln!("campaign: {}", s.render());
@@ -705,6 +714,80 @@ fn structured_ximg_campaign_finds_img3() {
     assert!(g.len() >= 24 && g[4] == 2 && g[5] & 0x80 != 0, "{value}");
     let sum = g[16..].iter().fold(0u16, |a, &b| a.wrapping_add(b.into()));
     assert_eq!(u16::from_le_bytes([g[12], g[13]]), sum, "{value}");
+    destroy(&name);
+}
+
+/// IMG-3 (guests/BUGS.md) with a data offset whose bytes sum to 0x37d, and a
+/// checksum field of 0: version 2, EXT, 1x1 pixels, bpp 8.
+const IMG3_BAD_SUM: &str = "58494d4702800100010008000000000000000000ffffff80";
+
+#[test]
+fn a_traced_run_logs_the_checksum_and_its_candidate_crashes_as_img3() {
+    if !xenprobe_tests::have_xen() {
+        return;
+    }
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (spec, name, _work) = guest("imghdr", "cmplog-trace");
+    let (image, cover) = (spec.image.clone(), spec.cover.clone());
+    let mut s = Session::start(spec).expect("start imghdr");
+    assert!(s.comparison_sites() > 0, "imghdr has comparisons");
+    let input = hex(IMG3_BAD_SUM);
+    let sum: u64 = input[16..].iter().map(|&b| u64::from(b)).sum();
+    assert_eq!(sum, 0x37d);
+    let (outcome, _, log) = s.run_traced(&input).expect("traced run");
+    assert!(matches!(outcome, Outcome::Ok), "bad checksum: rejected");
+    assert!(
+        log.iter().any(|c| c.size == 2 && c.a == sum && c.b == 0),
+        "the checksum comparison (sum {sum:#x} vs 0) is not in the log: {log:x?}"
+    );
+    let cands = xenprobe_fuzz::cmplog::candidates(&input, &log, 16);
+    let fixed = cands
+        .iter()
+        .find(|c| c[12..14] == [0x7d, 0x03])
+        .unwrap_or_else(|| panic!("no candidate writes the sum: {cands:x?}"));
+    match s.run(fixed).expect("run the candidate").0 {
+        Outcome::Crash(r) => assert_eq!(r.kind, "general-protection", "{r:?}"),
+        other => panic!("the candidate did not crash as IMG-3: {other:?}"),
+    }
+    // A second traced run logs again (the sites are re-enabled), and the
+    // reset after traced runs is exact.
+    let (_, _, again) = s.run_traced(&input).expect("second traced run");
+    assert!(
+        again.iter().any(|c| c.size == 2 && c.a == sum),
+        "{again:x?}"
+    );
+    let c = s.check_reset().expect("check_reset");
+    assert!(
+        c.exact(),
+        "not reset exactly after traced runs: frames {:x?}, CPU fields {:?}",
+        c.frames_differ,
+        c.cpu_differ
+    );
+    s.finish().expect("finish");
+    assert_code_clean(&name, &image, &cover);
+    destroy(&name);
+}
+
+#[test]
+fn a_raw_campaign_solves_the_imghdr_checksum_by_input_to_state() {
+    if !xenprobe_tests::have_xen() {
+        return;
+    }
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (spec, name, work) = guest("imghdr", "cmplog-campaign");
+    let seeds = seed_dir(&work, &[IMG3_BAD_SUM]);
+    let s = short_campaign(&spec, &work, Some(seeds), &["general-protection"], 150);
+    let (file, _) = found_crash(&s, "general-protection", "IMG-3 from raw bytes");
+    let raw = std::fs::read(&file).expect("crash input");
+    let sum = raw[16..]
+        .iter()
+        .fold(0u16, |a, &b| a.wrapping_add(b.into()));
+    assert!(
+        raw.len() >= 24 && raw[4] == 2 && raw[5] & 0x80 != 0,
+        "{raw:x?}"
+    );
+    assert_eq!(u16::from_le_bytes([raw[12], raw[13]]), sum, "{raw:x?}");
+    assert_code_clean(&name, &spec.image, &spec.cover);
     destroy(&name);
 }
 

@@ -28,6 +28,7 @@ use libafl_bolts::tuples::Merge;
 use crate::confirm::{run_confirmed, ConfirmingExecutor};
 use crate::executor::XenExecutor;
 use crate::feedback::{load_crash, OutcomeFeedback};
+use crate::i2s::InputToStateStage;
 use crate::lcov::LineMap;
 use crate::progress::{write_reports, Finding, Progress, ReportInfo, Sample};
 use crate::report::{CrashReport, Outcome};
@@ -69,6 +70,10 @@ pub struct CampaignOptions {
     pub dictionary: Vec<Vec<u8>>,
     /// Set when this process is one guest of a parallel campaign (`--jobs`).
     pub job: Option<Job>,
+    /// Run the input-to-state stage ([`crate::i2s`]): comparison operands
+    /// logged at run time written into inputs. Raw inputs only (a
+    /// structured format's bytes are not the guest's).
+    pub cmplog: bool,
 }
 
 /// One guest of a parallel campaign: it shares corpus/ and crashes/ with
@@ -351,17 +356,27 @@ where
         // make a re-run of an old input look uninteresting).
         fuzzer.add_input(&mut state, executor, mgr, input)?;
     }
+    let cmplog = opts.cmplog && opts.target.input_format.is_none();
     if opts.progress {
         eprintln!(
-            "[xenprobe-fuzz] {} blocks instrumented, {} dictionary tokens, {} corpus entries ({} resumed), snapshot restore by dirty pages",
+            "[xenprobe-fuzz] {} blocks instrumented, {} dictionary tokens, {}, {} corpus entries ({} resumed), snapshot restore by dirty pages",
             blocks,
             ntokens,
+            if cmplog {
+                format!(
+                    "{} comparisons logged at run time",
+                    executor.inner().session().comparison_sites()
+                )
+            } else {
+                "no comparison logging".to_string()
+            },
             state.corpus().count(),
             resumed
         );
     }
     let mutator = HavocScheduledMutator::new(havoc_mutations().merge(tokens_mutations()));
-    let mut stages = tuple_list!(StdMutationalStage::new(mutator));
+    let i2s = InputToStateStage::new(HavocScheduledMutator::new(havoc_mutations()), cmplog);
+    let mut stages = tuple_list!(StdMutationalStage::new(mutator), i2s);
     let mut found = Vec::new();
     let mut last_sample: Option<Instant> = None;
     let mut last_report: Option<Instant> = None;
@@ -448,8 +463,19 @@ where
     }
     if opts.progress {
         let t = executor.inner().session().timings;
+        eprintln!();
+        if cmplog {
+            let i2s = &stages.1 .0;
+            eprintln!(
+                "[xenprobe-fuzz] input-to-state: {} traced runs ({:.1} s), {} candidate inputs ({:.1} s)",
+                i2s.traced,
+                i2s.time[0].as_secs_f64(),
+                i2s.candidates,
+                i2s.time[1].as_secs_f64()
+            );
+        }
         eprintln!(
-            "\n[xenprobe-fuzz] time in restore {:.1} s, input writes {:.1} s, guest runs {:.1} s (resume {:.1} s, waits {:.1} s); reports in {}",
+            "[xenprobe-fuzz] time in restore {:.1} s, input writes {:.1} s, guest runs {:.1} s (resume {:.1} s, waits {:.1} s); reports in {}",
             t[0].as_secs_f64(),
             t[1].as_secs_f64(),
             t[2].as_secs_f64(),

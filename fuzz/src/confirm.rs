@@ -50,6 +50,11 @@ impl ConfirmingExecutor {
         &self.inner
     }
 
+    /// The wrapped executor, mutably.
+    pub fn inner_mut(&mut self) -> &mut XenExecutor {
+        &mut self.inner
+    }
+
     /// Gives the wrapped executor back.
     pub fn into_inner(self) -> XenExecutor {
         self.inner

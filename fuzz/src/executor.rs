@@ -8,6 +8,7 @@ use libafl::state::HasExecutions;
 use libafl::Error;
 use libafl_bolts::tuples::RefIndexable;
 
+use crate::cmplog::CmpValues;
 use crate::feedback::OutcomeObserver;
 use crate::report::Outcome;
 use crate::session::{Session, TIMING_SAMPLE};
@@ -23,6 +24,9 @@ pub struct XenExecutor {
     session: Session,
     observers: Observers,
     in_runs: std::time::Duration,
+    /// The next run logs comparisons ([`Session::run_traced`]).
+    trace_next: bool,
+    comparisons: Vec<CmpValues>,
 }
 
 impl std::fmt::Debug for XenExecutor {
@@ -41,7 +45,20 @@ impl XenExecutor {
             session,
             observers: (map, (OutcomeObserver::default(), ())),
             in_runs: std::time::Duration::ZERO,
+            trace_next: false,
+            comparisons: Vec::new(),
         }
+    }
+
+    /// Makes the next run a traced one: it also logs the operands of the
+    /// comparisons it reaches (see [`XenExecutor::take_comparisons`]).
+    pub fn trace_next_run(&mut self) {
+        self.trace_next = true;
+    }
+
+    /// The comparisons logged by the last traced run.
+    pub fn take_comparisons(&mut self) -> Vec<CmpValues> {
+        std::mem::take(&mut self.comparisons)
     }
 
     /// The block-coverage map observer.
@@ -95,7 +112,14 @@ where
         // Timed on one run in TIMING_SAMPLE (a clock read is a system call in dom0).
         let timed = *state.executions() % u64::from(TIMING_SAMPLE) == 0;
         let t = timed.then(std::time::Instant::now);
-        let run = self.session.run(&bytes);
+        let run = if std::mem::take(&mut self.trace_next) {
+            self.session.run_traced(&bytes).map(|(o, b, log)| {
+                self.comparisons = log;
+                (o, b)
+            })
+        } else {
+            self.session.run(&bytes)
+        };
         if let Some(t) = t {
             self.in_runs += t.elapsed() * TIMING_SAMPLE;
         }

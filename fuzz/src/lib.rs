@@ -10,16 +10,21 @@
 //! - [`campaign`]: a whole campaign (corpus directory, progress line,
 //!   resume) and crash replay; [`progress`]: its report files (summary,
 //!   coverage plot via [`plot`], [`lcov`] tracefile).
+//! - [`cmplog`]: comparison logging at breakpoints on `cmp` instructions,
+//!   and the input-to-state stage that writes logged operands into inputs
+//!   (checksums, magic values computed at run time); [`i2s`]: that stage.
 //! - [`structured`]: structured inputs (a type deriving `arbitrary::Arbitrary`
 //!   serialised into the guest).
 
 pub mod bench;
 pub mod blocks;
 pub mod campaign;
+pub mod cmplog;
 pub mod config;
 pub mod confirm;
 pub mod executor;
 pub mod feedback;
+pub mod i2s;
 pub mod jobs;
 pub mod lcov;
 pub mod minimize;

@@ -116,6 +116,11 @@ struct Args {
     /// it off).
     #[arg(long)]
     spin_us: Option<u64>,
+    /// Turn off the input-to-state stage (on by default for raw inputs):
+    /// operands of the target's `cmp` instructions, logged at breakpoints on
+    /// a traced run, written into inputs (fuzz/src/i2s.rs).
+    #[arg(long)]
+    no_cmplog: bool,
 }
 
 /// Parses `90`, `90s`, `5m`, `1h`.
@@ -285,6 +290,7 @@ fn real_main() -> Result<i32> {
         rng_seed: a.rng_seed.map(|s| s + a.job.unwrap_or(0) as u64),
         dictionary,
         job,
+        cmplog: !a.no_cmplog,
     };
     let summary = campaign::run(&opts)?;
     match a.job {

@@ -12,6 +12,7 @@ use xenprobe::vmi::{
 use xenprobe::xen::{ForeignMemory, Mapping, Prot};
 
 use crate::blocks::{self, Block};
+use crate::cmplog::{self, CmpSite, CmpValues};
 use crate::report::{self, CrashReport, Frame, Outcome};
 use crate::structured::InputFormat;
 
@@ -162,6 +163,17 @@ enum Role {
     End,
     Sink,
     Cover(usize),
+    /// A comparison site's own breakpoint (traced runs only).
+    Cmp,
+}
+
+/// A traced run's comparison logging (see [`Session::run_traced`]).
+#[derive(Default)]
+struct Trace {
+    /// Sites not logged yet in this run, by address (index in `cmp_sites`).
+    pending: HashMap<u64, usize>,
+    /// Operand values, one entry per site reached (its first hit).
+    log: Vec<CmpValues>,
 }
 
 /// A guest stopped at its start point with a snapshot, ready to run inputs.
@@ -170,6 +182,12 @@ pub struct Session {
     name: String,
     /// Blocks of the covered functions (index = coverage map index).
     pub blocks: Vec<Block>,
+    /// Comparisons of the covered functions (see [`crate::cmplog`]).
+    cmp_sites: Vec<CmpSite>,
+    /// Their breakpoints, planted at boot and disabled: enabled for a
+    /// traced run only.
+    cmp_bps: Vec<BreakpointId>,
+    trace: Option<Trace>,
     covered: BTreeSet<usize>,
     roles: HashMap<BreakpointId, Role>,
     input_va: u64,
@@ -232,11 +250,15 @@ impl Session {
                 spec.cover
             )));
         }
+        let cmp_sites = cmplog::sites_in_image(&spec.image, &spec.cover)?;
         let xen = Xen::open()?;
         let mut s = Self {
             spec,
             name,
             blocks,
+            cmp_sites,
+            cmp_bps: Vec::new(),
+            trace: None,
             covered: BTreeSet::new(),
             roles: HashMap::new(),
             input_va: 0,
@@ -276,6 +298,11 @@ impl Session {
     /// How often the guest had to be recreated (unexpected shutdowns).
     pub fn restarts(&self) -> u32 {
         self.restarts
+    }
+
+    /// Number of comparison sites a traced run logs.
+    pub fn comparison_sites(&self) -> usize {
+        self.cmp_sites.len()
     }
 
     /// Input capacity in bytes.
@@ -337,6 +364,21 @@ impl Session {
                     self.roles.insert(id, Role::Cover(i));
                 }
                 // Blocks that are also the end point or a sink are covered by those.
+                Err(xenprobe::vmi::Error::Breakpoint(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Comparison sites: planted (journalled) once and disabled, so that a
+        // traced run only toggles bytes. A site that starts a block shares the
+        // coverage breakpoint, which becomes the site's once it is hit.
+        self.cmp_bps.clear();
+        for site in &self.cmp_sites {
+            match dom.add_breakpoint(site.addr) {
+                Ok(id) => {
+                    dom.disable_breakpoint(id)?;
+                    self.roles.insert(id, Role::Cmp);
+                    self.cmp_bps.push(id);
+                }
                 Err(xenprobe::vmi::Error::Breakpoint(_)) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -548,6 +590,72 @@ impl Session {
         }
     }
 
+    /// Runs one input from a full restore with a breakpoint on every
+    /// comparison site, and also returns the operand values at each site's
+    /// first hit. Costs one event per site reached; the next run starts from
+    /// a full restore again.
+    pub fn run_traced(&mut self, input: &[u8]) -> Result<(Outcome, Vec<usize>, Vec<CmpValues>)> {
+        let encoded = crate::structured::guest_bytes(self.spec.input_format.as_ref(), input);
+        self.timed = false;
+        self.runs += 1;
+        self.reset_next = true;
+        self.prepare()?;
+        self.trace = Some(Trace {
+            pending: self
+                .cmp_sites
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.addr, i))
+                .collect(),
+            log: Vec::new(),
+        });
+        let run = self
+            .set_comparisons(true)
+            .and_then(|()| self.run_prepared(&encoded));
+        let off = self.set_comparisons(false);
+        let log = self.trace.take().map(|t| t.log).unwrap_or_default();
+        self.reset_next = true;
+        let (outcome, blocks) = run?;
+        off?;
+        Ok((outcome, blocks, log))
+    }
+
+    /// Enables or disables every comparison breakpoint.
+    fn set_comparisons(&mut self, on: bool) -> Result<()> {
+        let ids = self.cmp_bps.clone();
+        let dom = self.dom()?;
+        for id in ids {
+            if on {
+                dom.enable_breakpoint(id)?;
+            } else {
+                dom.disable_breakpoint(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs the comparison at `addr` if it is a site not logged yet this run.
+    fn log_comparison(&mut self, vcpu: u32, addr: u64) -> Result<()> {
+        let Some(i) = self.trace.as_mut().and_then(|t| t.pending.remove(&addr)) else {
+            return Ok(());
+        };
+        let site = self.cmp_sites[i];
+        let dom = self.dom()?;
+        let regs = dom.regs(vcpu)?;
+        let values = cmplog::evaluate(&site, &regs, |va, buf| {
+            dom.read_virt_on(vcpu, va, buf).is_ok()
+        });
+        tracing::debug!(
+            site = format_args!("{:#x}", site.addr),
+            ?values,
+            "comparison"
+        );
+        if let (Some(v), Some(t)) = (values, self.trace.as_mut()) {
+            t.log.push(v);
+        }
+        Ok(())
+    }
+
     /// Now, on a timed run.
     fn clock(&self) -> Option<std::time::Instant> {
         self.timed.then(std::time::Instant::now)
@@ -636,24 +744,45 @@ impl Session {
             self.add_time(4, t);
             tracing::trace!(?ev, "event");
             match ev {
-                Event::Breakpoint { id, vcpu, addr, .. } => match self.roles.get(&id) {
-                    Some(Role::End) => return Ok((Outcome::Ok, new_blocks)),
-                    Some(Role::Sink) => {
-                        let r = self.sink_report(vcpu, addr)?;
-                        return Ok((Outcome::Crash(r), new_blocks));
+                Event::Breakpoint { id, vcpu, addr, .. } => {
+                    if self.trace.is_some() {
+                        self.log_comparison(vcpu, addr)?;
                     }
-                    Some(&Role::Cover(i)) => {
-                        self.roles.remove(&id);
-                        self.covered.insert(i);
-                        new_blocks.push(i);
-                        // Removed from the live guest; the snapshot holds no
-                        // breakpoint bytes and restores re-plant only listed ones.
-                        let dom = self.dom()?;
-                        dom.remove_breakpoint(id)?;
-                        dom.resume()?;
+                    match self.roles.get(&id) {
+                        Some(Role::End) => return Ok((Outcome::Ok, new_blocks)),
+                        Some(Role::Sink) => {
+                            let r = self.sink_report(vcpu, addr)?;
+                            return Ok((Outcome::Crash(r), new_blocks));
+                        }
+                        Some(&Role::Cover(i)) => {
+                            self.covered.insert(i);
+                            new_blocks.push(i);
+                            // Removed from the live guest; the snapshot holds no
+                            // breakpoint bytes and restores re-plant only planted ones.
+                            if self
+                                .cmp_sites
+                                .binary_search_by_key(&addr, |s| s.addr)
+                                .is_ok()
+                            {
+                                // Kept, disabled, as the comparison site's.
+                                self.roles.insert(id, Role::Cmp);
+                                self.cmp_bps.push(id);
+                                self.dom()?.disable_breakpoint(id)?;
+                            } else {
+                                self.roles.remove(&id);
+                                self.dom()?.remove_breakpoint(id)?;
+                            }
+                            self.dom()?.resume()?;
+                        }
+                        Some(Role::Cmp) => {
+                            // Logged at its first hit: off for the rest of the run.
+                            let dom = self.dom()?;
+                            dom.disable_breakpoint(id)?;
+                            dom.resume()?;
+                        }
+                        None => self.dom()?.resume()?,
                     }
-                    None => self.dom()?.resume()?,
-                },
+                }
                 Event::Step { .. } | Event::Watchpoint { .. } => self.dom()?.resume()?,
                 Event::Debug { vcpu, rip, detail } => {
                     let r = self.report_at("debug-trap", vcpu, rip, detail)?;
@@ -857,7 +986,14 @@ impl Session {
     pub fn into_domain(mut self) -> Option<Domain> {
         self.input_maps.clear();
         self.console = None;
-        self.dom.take()
+        let mut dom = self.dom.take()?;
+        // The comparison sites' breakpoints are the fuzzer's business.
+        for id in self.cmp_bps.drain(..) {
+            if let Err(e) = dom.remove_breakpoint(id) {
+                tracing::warn!("removing a comparison breakpoint: {e}");
+            }
+        }
+        Some(dom)
     }
 }
 

@@ -70,6 +70,10 @@ pub struct FuzzArgs {
     /// directory is `target/fuzz/<target>-<mode>-<format>/`.
     #[arg(long)]
     input_format: Option<String>,
+    /// Turn off the input-to-state stage (comparison operands logged at run
+    /// time and written into inputs; on by default for raw inputs).
+    #[arg(long)]
+    no_cmplog: bool,
     /// Build the fuzzer unoptimised (faster to build, slower to fuzz).
     #[arg(long)]
     debug_build: bool,
@@ -200,6 +204,9 @@ pub fn main(args: FuzzArgs) -> Result<i32> {
     }
     if args.jobs > 1 {
         argv.extend(["--jobs".into(), args.jobs.to_string()]);
+    }
+    if args.no_cmplog {
+        argv.push("--no-cmplog".into());
     }
     if let Some(seed) = args.rng_seed {
         argv.extend(["--rng-seed".into(), seed.to_string()]);

@@ -265,6 +265,25 @@ impl Domain {
             .collect()
     }
 
+    /// Writes a breakpoint's original byte back and keeps it listed (and in
+    /// the cleanup journal): the guest runs through it, and snapshot restores
+    /// do not plant it again, until [`Domain::enable_breakpoint`]. Neither
+    /// writes the journal, so toggling a breakpoint every run is cheap.
+    pub fn disable_breakpoint(&mut self, id: BreakpointId) -> Result<()> {
+        if !self.bps.list.contains_key(&id) {
+            return Err(Error::Breakpoint(format!("no breakpoint {id}")));
+        }
+        self.unplant(id)
+    }
+
+    /// Plants a disabled breakpoint again (see [`Domain::disable_breakpoint`]).
+    pub fn enable_breakpoint(&mut self, id: BreakpointId) -> Result<()> {
+        if !self.bps.list.contains_key(&id) {
+            return Err(Error::Breakpoint(format!("no breakpoint {id}")));
+        }
+        self.replant(id)
+    }
+
     /// Writes the original byte back (temporarily, e.g. to step over it).
     pub(crate) fn unplant(&mut self, id: BreakpointId) -> Result<()> {
         if let Some(b) = self.bps.list.get_mut(&id) {

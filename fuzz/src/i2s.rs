@@ -1,0 +1,124 @@
+//! The input-to-state stage: each fuzzing iteration runs one input traced
+//! ([`crate::cmplog`]), then the inputs made by writing the logged
+//! comparison operands into it are run as ordinary inputs. The traced input
+//! is the current corpus entry the first time it is picked, a havoc mutant
+//! of it afterwards. Tracing a mutant, not only the corpus entry, is what
+//! solves a checksum over data the mutation just changed: the entry's own
+//! checksum already matches, the mutant's does not, and the candidate
+//! writes the sum the guest computed over the stored one.
+
+use std::collections::HashSet;
+
+use libafl::corpus::{CorpusId, HasCurrentCorpusId};
+use libafl::fuzzer::Evaluator;
+use libafl::inputs::{BytesInput, HasTargetBytes};
+use libafl::mutators::Mutator;
+use libafl::stages::{Restartable, Stage};
+use libafl::state::HasCurrentTestcase;
+use libafl::Error;
+
+use crate::cmplog;
+use crate::confirm::ConfirmingExecutor;
+
+/// Candidate inputs run per traced input, at most.
+pub const MAX_CANDIDATES: usize = 16;
+
+/// Traced inputs per fuzzing iteration (the havoc stage before it runs
+/// 1-128 mutants), at most.
+pub const TRACES_PER_ITERATION: usize = 4;
+
+/// The stage skips its turn while it has used more than this share of the
+/// campaign's time (a traced run and its candidates cost about five ordinary
+/// runs in the lab; targets with many comparisons make many candidates).
+pub const MAX_SHARE: f64 = 0.25;
+
+/// The stage (see the module documentation).
+#[derive(Debug)]
+pub struct InputToStateStage<M> {
+    mutator: M,
+    enabled: bool,
+    /// Corpus entries traced as they are.
+    seen: HashSet<CorpusId>,
+    /// Traced runs so far.
+    pub traced: u64,
+    /// Candidate inputs run so far.
+    pub candidates: u64,
+    /// Wall time spent in traced runs and in candidate runs.
+    pub time: [std::time::Duration; 2],
+    started: std::time::Instant,
+}
+
+impl<M> InputToStateStage<M> {
+    /// A stage that makes its mutants with `mutator` (a disabled stage
+    /// does nothing).
+    pub fn new(mutator: M, enabled: bool) -> Self {
+        Self {
+            mutator,
+            enabled,
+            seen: HashSet::new(),
+            traced: 0,
+            candidates: 0,
+            time: [std::time::Duration::ZERO; 2],
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl<M, EM, S, Z> Stage<ConfirmingExecutor, EM, S, Z> for InputToStateStage<M>
+where
+    M: Mutator<BytesInput, S>,
+    S: HasCurrentTestcase<BytesInput> + HasCurrentCorpusId,
+    Z: Evaluator<ConfirmingExecutor, EM, BytesInput, S>,
+{
+    fn perform(
+        &mut self,
+        fuzzer: &mut Z,
+        executor: &mut ConfirmingExecutor,
+        state: &mut S,
+        manager: &mut EM,
+    ) -> Result<(), Error> {
+        if !self.enabled || executor.inner().session().comparison_sites() == 0 {
+            return Ok(());
+        }
+        let spent = (self.time[0] + self.time[1]).as_secs_f64();
+        if spent > MAX_SHARE * self.started.elapsed().as_secs_f64() {
+            return Ok(());
+        }
+        let mut first = match state.current_corpus_id()? {
+            Some(id) => self.seen.insert(id),
+            None => false,
+        };
+        let entry = state.current_input_cloned()?;
+        for _ in 0..TRACES_PER_ITERATION {
+            let mut input = entry.clone();
+            if !std::mem::take(&mut first) {
+                // A skipped mutation traces the entry again, which is harmless.
+                self.mutator.mutate(state, &mut input)?;
+            }
+            let t = std::time::Instant::now();
+            executor.inner_mut().trace_next_run();
+            fuzzer.evaluate_input(state, executor, manager, &input)?;
+            let logs = executor.inner_mut().take_comparisons();
+            self.traced += 1;
+            let t2 = std::time::Instant::now();
+            self.time[0] += t2 - t;
+            let bytes = input.target_bytes().to_vec();
+            for c in cmplog::candidates(&bytes, &logs, MAX_CANDIDATES) {
+                fuzzer.evaluate_input(state, executor, manager, &BytesInput::new(c))?;
+                self.candidates += 1;
+            }
+            self.time[1] += t2.elapsed();
+        }
+        Ok(())
+    }
+}
+
+impl<M, S> Restartable<S> for InputToStateStage<M> {
+    fn should_restart(&mut self, _state: &mut S) -> Result<bool, Error> {
+        Ok(true)
+    }
+
+    fn clear_progress(&mut self, _state: &mut S) -> Result<(), Error> {
+        Ok(())
+    }
+}
