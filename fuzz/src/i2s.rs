@@ -1,11 +1,13 @@
-//! The input-to-state stage: each fuzzing iteration runs one input traced
-//! ([`crate::cmplog`]), then the inputs made by writing the logged
-//! comparison operands into it are run as ordinary inputs. The traced input
-//! is the current corpus entry the first time it is picked, a havoc mutant
-//! of it afterwards. Tracing a mutant, not only the corpus entry, is what
-//! solves a checksum over data the mutation just changed: the entry's own
-//! checksum already matches, the mutant's does not, and the candidate
-//! writes the sum the guest computed over the stored one.
+//! The input-to-state stage: each fuzzing iteration runs up to
+//! [`TRACES_PER_ITERATION`] inputs traced ([`crate::cmplog`]), and after
+//! each, the inputs made by writing its logged comparison operands into it
+//! are run as ordinary inputs. The first traced input is the current corpus
+//! entry itself the first time it is picked; the others are havoc mutants of
+//! it. Tracing a mutant, not only the corpus entry, is what solves a
+//! checksum over data the mutation just changed: the entry's own checksum
+//! already matches, the mutant's does not, and the candidate writes the sum
+//! the guest computed over the stored one. The stage sits out while it has
+//! used more than [`MAX_SHARE`] of the campaign's time.
 
 use std::collections::HashSet;
 
