@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic, OpKind};
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind};
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
 /// A basic block: its first instruction's address and first byte.
@@ -118,6 +118,19 @@ pub fn code_bytes(elf: &[u8], addr: u64, len: u64) -> Result<Vec<u8>, BlocksErro
     )))
 }
 
+/// The instructions of `code` (which starts at `addr`), up to the first
+/// byte that does not decode.
+pub fn instructions(code: &[u8], addr: u64) -> impl Iterator<Item = Instruction> + '_ {
+    let mut dec = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
+    std::iter::from_fn(move || {
+        if !dec.can_decode() {
+            return None;
+        }
+        let insn = dec.decode();
+        (!insn.is_invalid()).then_some(insn)
+    })
+}
+
 /// Basic-block starts of one function's code (`code` starts at `addr`):
 /// the entry, every branch target inside the function and every
 /// instruction that follows a branch, call or return.
@@ -125,13 +138,8 @@ pub fn blocks_of(code: &[u8], addr: u64) -> Vec<Block> {
     let end = addr + code.len() as u64;
     let mut starts = BTreeSet::from([addr]);
     let mut insns = BTreeSet::new();
-    let mut dec = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
     let mut after_branch = false;
-    while dec.can_decode() {
-        let insn = dec.decode();
-        if insn.is_invalid() {
-            break;
-        }
+    for insn in instructions(code, addr) {
         insns.insert(insn.ip());
         if after_branch {
             starts.insert(insn.ip());
@@ -169,12 +177,7 @@ pub fn blocks_of(code: &[u8], addr: u64) -> Vec<Block> {
 /// dictionary for the mutator.
 pub fn comparison_tokens(code: &[u8], addr: u64) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    let mut dec = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
-    while dec.can_decode() {
-        let insn = dec.decode();
-        if insn.is_invalid() {
-            break;
-        }
+    for insn in instructions(code, addr) {
         if !matches!(
             insn.mnemonic(),
             Mnemonic::Cmp | Mnemonic::Sub | Mnemonic::Test
@@ -204,15 +207,28 @@ pub fn comparison_tokens(code: &[u8], addr: u64) -> Vec<Vec<u8>> {
     out
 }
 
-/// Comparison tokens of the selected functions of the image at `path`.
-pub fn tokens_in_image(path: &Path, patterns: &[String]) -> Result<Vec<Vec<u8>>, BlocksError> {
+/// The selected functions of the image at `path`, each with its code bytes.
+pub fn functions_in_image(
+    path: &Path,
+    patterns: &[String],
+) -> Result<Vec<(Function, Vec<u8>)>, BlocksError> {
     let elf = std::fs::read(path).map_err(|source| BlocksError::Io {
         path: path.display().to_string(),
         source,
     })?;
+    select_functions(&elf, patterns)?
+        .into_iter()
+        .map(|f| {
+            let code = code_bytes(&elf, f.addr, f.size)?;
+            Ok((f, code))
+        })
+        .collect()
+}
+
+/// Comparison tokens of the selected functions of the image at `path`.
+pub fn tokens_in_image(path: &Path, patterns: &[String]) -> Result<Vec<Vec<u8>>, BlocksError> {
     let mut out: Vec<Vec<u8>> = Vec::new();
-    for f in select_functions(&elf, patterns)? {
-        let code = code_bytes(&elf, f.addr, f.size)?;
+    for (f, code) in functions_in_image(path, patterns)? {
         for t in comparison_tokens(&code, f.addr) {
             if !out.contains(&t) {
                 out.push(t);
@@ -227,15 +243,11 @@ pub fn blocks_in_image(
     path: &Path,
     patterns: &[String],
 ) -> Result<(Vec<Function>, Vec<Block>), BlocksError> {
-    let elf = std::fs::read(path).map_err(|source| BlocksError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let funcs = select_functions(&elf, patterns)?;
+    let mut funcs = Vec::new();
     let mut blocks = Vec::new();
-    for f in &funcs {
-        let code = code_bytes(&elf, f.addr, f.size)?;
+    for (f, code) in functions_in_image(path, patterns)? {
         blocks.extend(blocks_of(&code, f.addr));
+        funcs.push(f);
     }
     blocks.sort();
     blocks.dedup_by_key(|b| b.addr);

@@ -11,10 +11,10 @@
 
 use std::path::Path;
 
-use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 use xenprobe::vmi::Registers;
 
-use crate::blocks::{code_bytes, select_functions, BlocksError};
+use crate::blocks::{functions_in_image, instructions, BlocksError};
 
 /// One operand of a logged comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,12 +103,7 @@ fn operand(insn: &Instruction, i: u32) -> Option<Operand> {
 /// every `cmp` of general-purpose registers, memory and immediates.
 pub fn sites_of(code: &[u8], addr: u64) -> Vec<CmpSite> {
     let mut out = Vec::new();
-    let mut dec = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
-    while dec.can_decode() {
-        let insn = dec.decode();
-        if insn.is_invalid() {
-            break;
-        }
+    for insn in instructions(code, addr) {
         if insn.mnemonic() != Mnemonic::Cmp || insn.op_count() != 2 {
             continue;
         }
@@ -137,13 +132,8 @@ pub fn sites_of(code: &[u8], addr: u64) -> Vec<CmpSite> {
 /// Comparison sites of the selected functions of the image at `path`
 /// (the same patterns as the coverage, [`crate::blocks::select_functions`]).
 pub fn sites_in_image(path: &Path, patterns: &[String]) -> Result<Vec<CmpSite>, BlocksError> {
-    let elf = std::fs::read(path).map_err(|source| BlocksError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
     let mut out = Vec::new();
-    for f in select_functions(&elf, patterns)? {
-        let code = code_bytes(&elf, f.addr, f.size)?;
+    for (f, code) in functions_in_image(path, patterns)? {
         out.extend(sites_of(&code, f.addr));
     }
     out.sort_by_key(|s| s.addr);

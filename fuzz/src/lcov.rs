@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::path::Path;
 
-use iced_x86::{Decoder, DecoderOptions};
 use xenprobe::vmi::Symbols;
 
 use crate::blocks::{self, Block, Function};
@@ -67,13 +66,8 @@ impl LineMap {
                 let Some(bytes) = code.get(off..off + len) else {
                     continue;
                 };
-                let mut dec = Decoder::with_ip(64, bytes, start, DecoderOptions::NONE);
                 let mut seen = BTreeSet::new();
-                while dec.can_decode() {
-                    let insn = dec.decode();
-                    if insn.is_invalid() {
-                        break;
-                    }
+                for insn in blocks::instructions(bytes, start) {
                     if let Some(l) = syms.line(insn.ip()) {
                         if l.line > 0 && seen.insert((l.file.clone(), l.line)) {
                             let id = file_id(l.file, &mut map.files);
