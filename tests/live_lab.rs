@@ -8,9 +8,11 @@
 //!   copied twice a few seconds apart and compared frame by frame, then
 //!   destroyed.
 //!
-//! Every difference is printed with its place and bytes. With
-//! `dom0_max_vcpus=2` this lab lost whole pages of dom0 memory within seconds
-//! (see README, "The lab's CPU configuration"); a longer soak:
+//! Every difference is printed with its place and its first differing
+//! lines as hex and text, enough to tell whose data landed there. With
+//! `dom0_max_vcpus=2` this lab lost whole pages of dom0 memory within seconds;
+//! with one dom0 vCPU it still does while a fuzz campaign runs beside this
+//! test (see README, "The lab's CPU configuration"); a longer soak:
 //! `XENPROBE_LAB_CHECK_SECS=600 cargo test -p xenprobe-tests --test live_lab -- --nocapture`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,14 +99,30 @@ fn diff_frames(name: &str, a: &[Option<Vec<u8>>], b: &[Option<Vec<u8>>]) -> u64 
             continue;
         }
         found += 1;
-        let bytes: Vec<String> = (0..PAGE_SIZE)
-            .filter(|&i| x[i] != y[i])
-            .take(12)
-            .map(|i| format!("{i:#x}:{:02x}->{:02x}", x[i], y[i]))
-            .collect();
-        println!("{name}: frame {gfn:#x} changed: {}", bytes.join(" "));
+        let diff = (0..PAGE_SIZE).filter(|&i| x[i] != y[i]).count();
+        println!("{name}: frame {gfn:#x} changed ({diff} bytes differ):");
+        // The first two 32-byte lines that differ, before and after, as
+        // hex and text: enough to recognise whose data it is.
+        for line in (0..PAGE_SIZE / 32)
+            .filter(|l| x[l * 32..l * 32 + 32] != y[l * 32..l * 32 + 32])
+            .take(2)
+        {
+            let at = line * 32;
+            println!("  {at:#05x} before {}", dump(&x[at..at + 32]));
+            println!("  {at:#05x} after  {}", dump(&y[at..at + 32]));
+        }
     }
     found
+}
+
+/// Bytes as hex, then as text ('.' for anything unprintable).
+fn dump(b: &[u8]) -> String {
+    let hex: Vec<String> = b.iter().map(|v| format!("{v:02x}")).collect();
+    let text: String = b
+        .iter()
+        .map(|&v| if v.is_ascii_graphic() { v as char } else { '.' })
+        .collect();
+    format!("{} |{text}|", hex.join(""))
 }
 
 /// One idle guest: created, spinning, RAM compared; Err on a lab failure.
