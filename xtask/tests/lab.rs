@@ -161,3 +161,90 @@ fn a_guest_started_with_xl_runs_and_its_console_reaches_the_host() {
     );
     assert!(console.contains("EXIT 25"), "console: {console}");
 }
+
+/// A client that goes away (killed, or its connection lost) stops its dom0
+/// command with SIGTERM first, so that a harness or a campaign can clean its
+/// guest up as on Ctrl-C; a command that ignores SIGTERM gets SIGKILL after
+/// the agent's grace period. What the command prints meanwhile is read and
+/// dropped.
+#[test]
+fn a_killed_client_stops_its_command_with_sigterm_then_sigkill() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/labtest-term")
+        .join(std::process::id().to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir.canonicalize().unwrap();
+    let polite = dir.join("polite");
+    let stubborn = dir.join("stubborn");
+    let p = polite.display();
+    let s = stubborn.display();
+    let scripts = [
+        // Cleaning up prints more than a pipe holds: the output of a command
+        // whose client is gone must still be drained, without EPIPE.
+        format!("trap 'seq 1 30000; echo TERM > {p}.term; exit 3' TERM; echo $$ > {p}.pid; while :; do sleep 0.2; done"),
+        format!("trap '' TERM; echo $$ > {s}.pid; while :; do sleep 0.2; done"),
+    ];
+    let mut clients: Vec<_> = scripts
+        .iter()
+        .map(|script| {
+            xtask(&["lab", "run", "--", "sh", "-c", script])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start a command in dom0")
+        })
+        .collect();
+    let pid_of = |f: &std::path::Path| {
+        let t0 = Instant::now();
+        loop {
+            let pid = std::fs::read_to_string(f.with_extension("pid")).unwrap_or_default();
+            if !pid.trim().is_empty() {
+                return pid.trim().to_string();
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{} did not start",
+                f.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let _ = pid_of(&polite);
+    let stubborn_pid = pid_of(&stubborn);
+    for c in &mut clients {
+        c.kill().expect("SIGKILL the client");
+        let _ = c.wait();
+    }
+    let killed = Instant::now();
+    let alive = |pid: &str| {
+        in_dom0(&["sh", "-c", &format!("kill -0 {pid}")])
+            .status
+            .success()
+    };
+
+    // The polite command ran its SIGTERM handler.
+    loop {
+        if let Ok(t) = std::fs::read_to_string(polite.with_extension("term")) {
+            assert_eq!(t.trim(), "TERM");
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "the command of a killed client got no SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The stubborn one outlives SIGTERM, then is killed.
+    assert!(
+        alive(&stubborn_pid),
+        "a command ignoring SIGTERM was killed at once"
+    );
+    while alive(&stubborn_pid) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "a command ignoring SIGTERM is still running 60 s after its client was killed"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -13,13 +13,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use xenlab_proto::{builtin, decode_i32, read_frame, tag, write_frame, Request};
 
 /// How long output may still arrive after the command exits (a background
 /// grandchild holding the pipes open must not hold the answer back forever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
+
+/// How long a command whose client went away has to end after SIGTERM
+/// before the agent sends SIGKILL: above the 20 s that xenprobe's own
+/// signal handler gives a program stopping in order (a fuzz campaign writes
+/// its last report and restores its guest) before it repairs what is left.
+const TERM_GRACE: Duration = Duration::from_secs(30);
 
 fn main() {
     let port = std::env::args()
@@ -115,9 +121,9 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
 
     let status = child.wait()?;
     finished.store(true, Ordering::SeqCst);
-    let deadline = std::time::Instant::now() + DRAIN_AFTER_EXIT;
+    let deadline = Instant::now() + DRAIN_AFTER_EXIT;
     for _ in 0..pumps {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let left = deadline.saturating_duration_since(Instant::now());
         if done_rx.recv_timeout(left).is_err() {
             break;
         }
@@ -164,15 +170,19 @@ fn spawn(req: &Request) -> Result<Child, (i32, String)> {
     })
 }
 
+/// Streams one of the command's outputs to the client. Once the client is
+/// gone the output is still read and dropped: a closed pipe would kill the
+/// command with EPIPE while it cleans up after its SIGTERM.
 fn pump(mut from: impl Read + Send + 'static, t: u8, out: Shared, done: mpsc::Sender<()>) {
     thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
+        let mut client = true;
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if send(&out, t, &buf[..n]).is_err() {
-                        break;
+                    if client && send(&out, t, &buf[..n]).is_err() {
+                        client = false;
                     }
                 }
             }
@@ -181,7 +191,8 @@ fn pump(mut from: impl Read + Send + 'static, t: u8, out: Shared, done: mpsc::Se
     });
 }
 
-/// Feeds stdin frames to the command; a closed connection kills it.
+/// Feeds stdin frames to the command; a closed connection stops it
+/// (see [`stop_group`]).
 fn forward_input(
     mut input: TcpStream,
     mut stdin: Option<std::process::ChildStdin>,
@@ -208,13 +219,34 @@ fn forward_input(
             }
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => {
-                if !finished.load(Ordering::SeqCst) {
-                    eprintln!("xenlab-agent: client went away; killing process group {pgid}");
-                    // SAFETY: as above.
-                    unsafe { libc::kill(-pgid, libc::SIGKILL) };
-                }
+                stop_group(pgid, finished);
                 return;
             }
         }
     }
+}
+
+/// Stops the command of a client that went away (killed, or its connection
+/// lost): SIGTERM to its process group first, so that a harness or a fuzz
+/// campaign cleans its guest up (unpaused, breakpoints removed, vm_event off)
+/// as it does on Ctrl-C; SIGKILL only if it is still running
+/// [`TERM_GRACE`] later.
+fn stop_group(pgid: i32, finished: &AtomicBool) {
+    if finished.load(Ordering::SeqCst) {
+        return;
+    }
+    eprintln!("xenlab-agent: client went away; SIGTERM to process group {pgid}");
+    // SAFETY: kill(2) on our own child's process group.
+    unsafe { libc::kill(-pgid, libc::SIGTERM) };
+    let deadline = Instant::now() + TERM_GRACE;
+    while Instant::now() < deadline {
+        if finished.load(Ordering::SeqCst) {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("xenlab-agent: process group {pgid} outlived SIGTERM by {TERM_GRACE:?}; SIGKILL");
+    // SAFETY: as above (`finished` is still false: the leader has not been
+    // reaped, so the group id is still ours).
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
 }
