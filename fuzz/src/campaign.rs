@@ -430,11 +430,14 @@ where
         let finished = done || stop;
         if lines.is_none() {
             lines = if finished {
-                // The last report waits for them (bounded).
-                lines_rx
-                    .recv_timeout(Duration::from_secs(30))
-                    .ok()
-                    .flatten()
+                // The last report waits for them (bounded; briefly after
+                // Ctrl-C or SIGTERM, which leave the guest's restore 20 s).
+                let wait = if xenprobe::vmi::cleanup::interrupted() {
+                    Duration::from_secs(5)
+                } else {
+                    Duration::from_secs(30)
+                };
+                lines_rx.recv_timeout(wait).ok().flatten()
             } else {
                 lines_rx.try_recv().ok().flatten()
             };

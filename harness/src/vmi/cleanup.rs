@@ -239,7 +239,19 @@ pub(crate) fn release_stale_ring(xen: &Xen, domid: u32) -> Result<()> {
 
 static ATTACHED: Mutex<BTreeMap<u32, String>> = Mutex::new(BTreeMap::new());
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// Set once the program has been told of the interruption (it asked
+/// [`interrupted`], or a wait returned [`Error::Interrupted`]).
+static NOTICED: AtomicBool = AtomicBool::new(false);
 static HANDLER: std::sync::Once = std::sync::Once::new();
+
+/// How long the Ctrl-C handler lets a program that has not noticed the
+/// interruption run before it repairs the attached domains itself.
+const UNNOTICED_GRACE: Duration = Duration::from_secs(2);
+/// How long a program that noticed it may take to stop in order (a fuzz
+/// campaign writes its last report, then restores its guest to the snapshot;
+/// a repair from the journal would only remove breakpoints). Below the lab
+/// agent's 30 s between SIGTERM and SIGKILL.
+const ORDERLY_GRACE: Duration = Duration::from_secs(20);
 
 pub(crate) fn register(domid: u32, name: &str) {
     if let Ok(mut m) = ATTACHED.lock() {
@@ -255,20 +267,38 @@ fn unregister(domid: u32) {
 
 /// True once SIGINT/SIGTERM arrived (with [`restore_on_ctrl_c`] installed):
 /// event waits then fail with [`Error::Interrupted`] so the caller unwinds
-/// and drops (detaches) its domains.
+/// and drops (detaches) its domains. A true answer tells the handler that
+/// the program is stopping in order (see [`restore_on_ctrl_c`]).
 pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::Relaxed)
+    let hit = INTERRUPTED.load(Ordering::Relaxed);
+    if hit {
+        NOTICED.store(true, Ordering::SeqCst);
+    }
+    hit
 }
 
 /// Installs a SIGINT/SIGTERM handler: waits in progress return
-/// [`Error::Interrupted`]; if the program has not detached within 2 s, the
-/// handler repairs every attached domain from its journal and exits with 130.
+/// [`Error::Interrupted`]. If the program has not exited 2 s later, or 20 s
+/// later once it has noticed the interruption ([`interrupted`] returned
+/// true), the handler repairs every domain still attached from its journal
+/// and exits with 130.
 pub fn restore_on_ctrl_c() -> Result<()> {
     let mut result = Ok(());
     HANDLER.call_once(|| {
         result = ctrlc::set_handler(|| {
             INTERRUPTED.store(true, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_secs(2));
+            let t0 = std::time::Instant::now();
+            loop {
+                let grace = if NOTICED.load(Ordering::SeqCst) {
+                    ORDERLY_GRACE
+                } else {
+                    UNNOTICED_GRACE
+                };
+                if t0.elapsed() >= grace {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let left: Vec<(u32, String)> = ATTACHED
                 .lock()
                 .map(|m| m.iter().map(|(k, v)| (*k, v.clone())).collect())
