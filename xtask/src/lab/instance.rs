@@ -219,8 +219,11 @@ impl Lab {
             "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=1 \
              console_timestamps=boot noreboot",
         );
+        // An empty or blank value counts as unset (and keeps the saved state).
         if let Ok(extra) = std::env::var("XENPROBE_XEN_CMDLINE") {
-            xen_cmdline = format!("{xen_cmdline} {extra}");
+            if !extra.trim().is_empty() {
+                xen_cmdline = format!("{xen_cmdline} {}", extra.trim());
+            }
         }
         let root = ws::root();
         let serial = self.serial_log();
