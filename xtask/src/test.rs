@@ -56,8 +56,8 @@ pub fn main(args: TestArgs) -> Result<i32> {
                 vec!["test", "--workspace", "--no-fail-fast"],
             ],
             // What the debug hypervisor adds: PV breakpoints, stepping,
-            // log-dirty (PV snapshots restore by it) and the debug stub on
-            // PV guests.
+            // log-dirty (PV snapshots restore by it), the PV insta snapshots
+            // of live_state and the debug stub on PV guests.
             Flavour::Debug => vec![
                 vec![
                     "test",
@@ -71,6 +71,8 @@ pub fn main(args: TestArgs) -> Result<i32> {
                     "live_snapshot",
                     "--test",
                     "live_watch",
+                    "--test",
+                    "live_state",
                     "--",
                     "pv",
                     "--skip",
