@@ -51,7 +51,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use xenprobe::vmi::{Domain, ShutdownReason, Xen};
+use xenprobe::vmi::{Domain, Xen};
 use xenprobe_fuzz::blocks;
 use xenprobe_fuzz::campaign::{self, CampaignOptions, CampaignSummary};
 use xenprobe_fuzz::feedback::load_crash;
@@ -160,6 +160,26 @@ fn found_crash(summary: &CampaignSummary, kind: &str, bug: &str) -> (PathBuf, Du
     found
 }
 
+/// The guest (created with `on_poweroff="preserve"`) shuts down with the
+/// poweroff reason within 10 s: it was left unpaused and ran its snapshot's
+/// input on to a clean exit.
+fn assert_ran_on_to_a_clean_exit(name: &str) {
+    let xen = Xen::open().expect("open Xen");
+    for _ in 0..100 {
+        let info = xen.find(name).expect("guest still there").info;
+        if info.shutdown {
+            // SHUTDOWN_poweroff is 0.
+            assert_eq!(
+                info.shutdown_reason, 0,
+                "the guest did not exit cleanly: {info:?}"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the guest did not run on after the campaign (left paused?)");
+}
+
 /// The guest's code bytes of the covered functions equal the image's.
 fn assert_code_clean(name: &str, image: &Path, cover: &[String]) {
     let elf = std::fs::read(image).expect("read image");
@@ -219,25 +239,7 @@ fn tlv_campaign_finds_tlv1_replays_it_and_leaves_the_guest_clean() {
     );
 
     // The guest is left clean: it ran on to a clean exit, code bytes intact.
-    let xen = Xen::open().expect("open Xen");
-    let mut exited = false;
-    for _ in 0..100 {
-        let info = xen.find(name.as_str()).expect("guest still there").info;
-        if info.shutdown {
-            assert_eq!(
-                info.shutdown_reason, 0,
-                "guest did not exit cleanly: {info:?}"
-            );
-            exited = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        exited,
-        "the guest did not run on after the campaign (left paused?)"
-    );
-    let _ = ShutdownReason::Poweroff;
+    assert_ran_on_to_a_clean_exit(&name);
     assert_code_clean(&name, &spec.image, &spec.cover);
 
     // The crash file replays to the same crash.
@@ -821,6 +823,18 @@ fn corpus_files(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// Waits (at most 120 s) until the running campaign `child` has `n` corpus
+/// entries in `corpus`; panics if it ends first.
+fn wait_for_corpus(child: &mut std::process::Child, corpus: &Path, n: usize) {
+    let t = Instant::now();
+    while corpus_files(corpus) < n && t.elapsed() < Duration::from_secs(120) {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("the campaign ended by itself: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn a_killed_campaign_resumes_from_its_corpus() {
     if !xenprobe_tests::have_xen() {
@@ -839,13 +853,7 @@ fn a_killed_campaign_resumes_from_its_corpus() {
         .env(CHILD_ENV, "1")
         .spawn()
         .expect("spawn the campaign");
-    let t = std::time::Instant::now();
-    while corpus_files(&corpus) < 4 && t.elapsed() < Duration::from_secs(120) {
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("the campaign ended by itself: {st}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_corpus(&mut child, &corpus, 4);
     child.kill().expect("SIGKILL the campaign");
     let _ = child.wait();
     let before = corpus_files(&corpus);
@@ -894,13 +902,7 @@ fn sigterm_stops_a_campaign_in_order_and_leaves_the_guest_clean() {
         .arg(&dir)
         .spawn()
         .expect("run xenprobe-fuzz");
-    let t = Instant::now();
-    while corpus_files(&dir.join("corpus")) < 4 && t.elapsed() < Duration::from_secs(120) {
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("the campaign ended by itself: {st}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_corpus(&mut child, &dir.join("corpus"), 4);
     let kill = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -915,22 +917,7 @@ fn sigterm_stops_a_campaign_in_order_and_leaves_the_guest_clean() {
     assert_eq!(status.code(), Some(0), "not an orderly stop");
     let summary = std::fs::read_to_string(dir.join("summary.md")).expect("summary.md");
     assert!(summary.contains("Final report."), "{summary}");
-
-    let xen = Xen::open().expect("open Xen");
-    let mut info = None;
-    for _ in 0..100 {
-        let i = xen.find(name.as_str()).expect("guest still there").info;
-        if i.shutdown {
-            info = Some(i);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let info = info.expect("the guest did not run on after SIGTERM (left paused?)");
-    assert_eq!(
-        info.shutdown_reason, 0,
-        "the guest did not exit cleanly: {info:?}"
-    );
+    assert_ran_on_to_a_clean_exit(&name);
     assert_code_clean(&name, &spec.image, &spec.cover);
     destroy(&name);
 }
