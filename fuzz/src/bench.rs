@@ -50,6 +50,14 @@ pub struct Mode {
     pub min_rate: Option<f64>,
 }
 
+impl Mode {
+    /// A floor: memory never reset, the vCPU reset in the vm_event reply
+    /// (with or without busy-polling).
+    pub fn is_floor(&self) -> bool {
+        self.persistent == u32::MAX && self.restore.registers == RegisterReset::EventReply
+    }
+}
+
 /// Bench settings.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -394,12 +402,19 @@ pub fn libafl_share(
     ))
 }
 
-/// Prints the table (medians, ratio to the floor measured in the same run).
+/// Prints the table (medians, ratio to the floor measured in the same run;
+/// a busy-polling row to the busy-polling floor).
 pub fn print_table(guest: &str, rows: &[Row], libafl: Option<(f64, f64)>) {
-    let floor = rows.first().map(|r| median(&r.rates)).unwrap_or(0.0);
+    let floor_for = |spin: Duration| {
+        rows.iter()
+            .find(|r| r.mode.is_floor() && r.mode.spin == spin)
+            .map_or(0.0, |r| median(&r.rates))
+    };
+    let floor = floor_for(Duration::ZERO);
     println!();
     println!(
-        "fuzz execution speed, {guest} (medians of {} rounds; ratios to the floor of this run)",
+        "fuzz execution speed, {guest} (medians of {} rounds; ratios to the floor of this run, \
+         busy-polling rows to the busy-polling floor)",
         rows.first().map_or(0, |r| r.rates.len())
     );
     let (m, e, t) = ("mode", "exact", "target");
@@ -414,7 +429,7 @@ pub fn print_table(guest: &str, rows: &[Row], libafl: Option<(f64, f64)>) {
             Some(false) => "NO",
             None => "-",
         };
-        let ratio = m / floor.max(1e-9);
+        let ratio = m / floor_for(r.mode.spin).max(1e-9);
         let met = match (r.mode.min_ratio, r.mode.min_rate) {
             (None, None) => String::new(),
             (a, b) => {
@@ -440,6 +455,39 @@ pub fn print_table(guest: &str, rows: &[Row], libafl: Option<(f64, f64)>) {
         println!(
             "{name:<46} {pct:>8.1}% {:>17} {:>7} {:>6}  <= 10% ({met})",
             "", "", ""
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_busy_poll_setting_has_one_floor_that_leads_its_rows() {
+        let spin = Duration::from_micros(500);
+        let v = modes(spin);
+        let floors: Vec<&Mode> = v.iter().filter(|m| m.is_floor()).collect();
+        assert_eq!(
+            floors.len(),
+            2,
+            "{:?}",
+            floors.iter().map(|m| &m.name).collect::<Vec<_>>()
+        );
+        assert_eq!(floors[0].spin, Duration::ZERO);
+        assert_eq!(floors[1].spin, spin);
+        assert!(v[0].is_floor(), "the plain floor comes first");
+        // Every row with a target is compared with the plain floor.
+        assert!(v
+            .iter()
+            .filter(|m| m.min_ratio.is_some())
+            .all(|m| m.spin.is_zero()));
+        assert_eq!(
+            modes(Duration::ZERO)
+                .iter()
+                .filter(|m| m.is_floor())
+                .count(),
+            1
         );
     }
 }
