@@ -248,3 +248,31 @@ fn a_killed_client_stops_its_command_with_sigterm_then_sigkill() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Ctrl-C on the client is sent to the command in dom0 as SIGINT; the
+/// command's last output and its exit status still come back.
+#[test]
+fn ctrl_c_reaches_the_command_and_its_last_output_comes_back() {
+    let mut client = xtask(&[
+        "lab",
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "trap 'echo got SIGINT; exit 5' INT; echo ready; while :; do sleep 0.2; done",
+    ])
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("start a command in dom0");
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(client.id() as i32, libc::SIGINT) }, 0);
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "got SIGINT\n");
+    let status = client.wait().unwrap();
+    assert_eq!(status.code(), Some(5), "{status:?}");
+}

@@ -2,6 +2,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -62,18 +64,21 @@ impl Agent {
         let mut req = req.clone();
         req.stdin = stdin.is_some();
         write_frame(&mut s, tag::REQUEST, &req.encode())?;
+        // Frames to the agent come from the stdin thread and the Ctrl-C
+        // handler: one writer, behind a lock.
+        let writer = Arc::new(Mutex::new(s.try_clone()?));
         if let Some(mut input) = stdin {
-            let mut w = s.try_clone()?;
+            let w = writer.clone();
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 16 * 1024];
                 loop {
                     match input.read(&mut buf) {
                         Ok(0) | Err(_) => {
-                            let _ = write_frame(&mut w, tag::STDIN_EOF, &[]);
+                            let _ = send(&w, tag::STDIN_EOF, &[]);
                             break;
                         }
                         Ok(n) => {
-                            if write_frame(&mut w, tag::STDIN, &buf[..n]).is_err() {
+                            if send(&w, tag::STDIN, &buf[..n]).is_err() {
                                 break;
                             }
                         }
@@ -81,6 +86,7 @@ impl Agent {
                 }
             });
         }
+        let _current = Current::set(writer);
         let mut failed_start = None;
         loop {
             match read_frame(&mut s).context("reading from the lab agent")? {
@@ -125,4 +131,61 @@ impl Agent {
             stderr: e,
         })
     }
+}
+
+fn send(w: &Mutex<TcpStream>, t: u8, payload: &[u8]) -> std::io::Result<()> {
+    let mut s = w.lock().unwrap_or_else(|p| p.into_inner());
+    write_frame(&mut *s, t, payload)
+}
+
+/// The connection of the command this process is running in dom0, for the
+/// Ctrl-C handler of [`forward_interrupts`].
+static CURRENT: Mutex<Option<Arc<Mutex<TcpStream>>>> = Mutex::new(None);
+static INTERRUPTS: AtomicU32 = AtomicU32::new(0);
+
+/// Registers a connection in [`CURRENT`] while a command runs.
+struct Current;
+
+impl Current {
+    fn set(w: Arc<Mutex<TcpStream>>) -> Current {
+        *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = Some(w);
+        Current
+    }
+}
+
+impl Drop for Current {
+    fn drop(&mut self) {
+        *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// From now on Ctrl-C (and SIGTERM) is sent to the command running in dom0
+/// as SIGINT, and its output keeps arriving until it ends: a fuzz campaign
+/// or a harness stops in order and says so. The third one leaves at once;
+/// the agent then stops the command itself (SIGTERM, SIGKILL 30 s later).
+pub fn forward_interrupts() -> Result<()> {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| result = install_forwarding());
+    result
+}
+
+fn install_forwarding() -> Result<()> {
+    ctrlc::set_handler(|| {
+        let n = INTERRUPTS.fetch_add(1, Ordering::SeqCst) + 1;
+        let current = CURRENT
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        match current {
+            Some(w) if n < 3 => {
+                let _ = send(&w, tag::SIGNAL, &libc::SIGINT.to_le_bytes());
+                if n == 2 {
+                    eprintln!("lab: interrupting the command in dom0 again; once more to leave it");
+                }
+            }
+            _ => std::process::exit(130),
+        }
+    })
+    .context("installing the Ctrl-C handler")
 }

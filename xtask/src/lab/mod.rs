@@ -251,6 +251,7 @@ fn run(opts: &LabOptions, argv: &[String], interactive: bool) -> Result<i32> {
     } else {
         None
     };
+    client::forward_interrupts()?;
     running.agent.run(
         &req,
         stdin,
