@@ -2,9 +2,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use xenlab_proto::{builtin, decode_i32, read_frame, tag, write_frame, Request};
@@ -141,7 +140,12 @@ fn send(w: &Mutex<TcpStream>, t: u8, payload: &[u8]) -> std::io::Result<()> {
 /// The connection of the command this process is running in dom0, for the
 /// Ctrl-C handler of [`forward_interrupts`].
 static CURRENT: Mutex<Option<Arc<Mutex<TcpStream>>>> = Mutex::new(None);
-static INTERRUPTS: AtomicU32 = AtomicU32::new(0);
+/// Ctrl-C presses in a row (none more than [`PRESS_GAP`] after the one
+/// before), and when the last one came.
+static PRESSES: Mutex<(u32, Option<Instant>)> = Mutex::new((0, None));
+/// Presses further apart start a new count (a REPL session interrupts many
+/// `cont`s, each with one press).
+const PRESS_GAP: Duration = Duration::from_secs(5);
 
 /// Registers a connection in [`CURRENT`] while a command runs.
 struct Current;
@@ -161,8 +165,9 @@ impl Drop for Current {
 
 /// From now on Ctrl-C (and SIGTERM) is sent to the command running in dom0
 /// as SIGINT, and its output keeps arriving until it ends: a fuzz campaign
-/// or a harness stops in order and says so. The third one leaves at once;
-/// the agent then stops the command itself (SIGTERM, SIGKILL 30 s later).
+/// or a harness stops in order and says so. The third in a row (each within
+/// 5 s of the one before) leaves at once; the agent then stops the command
+/// itself (SIGTERM, SIGKILL 30 s later).
 pub fn forward_interrupts() -> Result<()> {
     static ONCE: std::sync::Once = std::sync::Once::new();
     let mut result = Ok(());
@@ -172,7 +177,16 @@ pub fn forward_interrupts() -> Result<()> {
 
 fn install_forwarding() -> Result<()> {
     ctrlc::set_handler(|| {
-        let n = INTERRUPTS.fetch_add(1, Ordering::SeqCst) + 1;
+        let n = {
+            let mut p = PRESSES.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            p.0 = match p.1 {
+                Some(last) if now.duration_since(last) <= PRESS_GAP => p.0 + 1,
+                _ => 1,
+            };
+            p.1 = Some(now);
+            p.0
+        };
         let current = CURRENT
             .lock()
             .map(|c| c.clone())
