@@ -1,5 +1,6 @@
 //! Live: the `xenprobe repl` binary driven by a scripted session (commands
-//! on stdin) against the known guest (PVH, and HVM), inside dom0.
+//! on stdin) against the known guest (PVH, and HVM), inside dom0; `cont`
+//! while `xl create -p`'s pause still holds the guest says so at once.
 //!
 //! The binary is `$XENPROBE_BIN`, else `xenprobe` next to this test's
 //! `deps/` directory (build it first: `cargo build -p xenprobe`).
@@ -112,6 +113,8 @@ fn scripted(mode: &str) {
         "bogus command",
         "print 1 +",
         "x/4xg 0xdead00000000",
+        // xl's own pause (the guest was created paused) still holds it.
+        "cont",
     ];
     let rest: Vec<String> = [
         "continue 60",
@@ -158,6 +161,13 @@ fn scripted(mode: &str) {
             "{bad}: {a:?}"
         );
     }
+    let held = answer(&out, "cont");
+    assert!(
+        held.starts_with("error: ")
+            && held.contains("still paused")
+            && held.contains(&format!("xl unpause {}", g.name())),
+        "cont under xl's pause: {held:?}"
+    );
     // The conditional breakpoint stops at the 4th tick: rdi = 3, counter = 3.
     let first_stop = answer(&out, "continue 60");
     assert!(first_stop.contains("breakpoint 1 at"), "{first_stop}");

@@ -485,6 +485,24 @@ fn where_am_i(s: &mut Session, out: &mut String) -> Result<(), ReplError> {
     Ok(())
 }
 
+/// Lets the stopped guest run. A domain that another pause still holds (it
+/// was created with `xl create -p`, or `xl pause`d) would never run and the
+/// command would wait forever: it is stopped again and that is said.
+fn resume_running(s: &mut Session) -> Result<(), ReplError> {
+    let dom = s.dom()?;
+    dom.resume()?;
+    if dom.info()?.paused {
+        dom.pause()?;
+        return Err(ReplError::Usage(format!(
+            "{} is still paused by a pause of its own (created with `xl create -p`, or \
+             `xl pause`d): run `xl unpause {}` in dom0, then continue",
+            dom.name(),
+            dom.name()
+        )));
+    }
+    Ok(())
+}
+
 /// Runs until an event worth reporting (conditions false: keep going).
 fn cont(s: &mut Session, limit: Option<Duration>, out: &mut String) -> Result<(), ReplError> {
     INTERRUPT.store(false, Ordering::SeqCst);
@@ -499,7 +517,7 @@ fn cont(s: &mut Session, limit: Option<Duration>, out: &mut String) -> Result<()
             step_once(s, out)?;
         }
     }
-    s.dom()?.resume()?;
+    resume_running(s)?;
     loop {
         if INTERRUPT.swap(false, Ordering::SeqCst) {
             s.dom()?.pause()?;
@@ -866,7 +884,7 @@ fn run_to(
         None => Some(s.dom()?.add_breakpoint(addr)?),
     };
     let result = (|| -> Result<(), ReplError> {
-        s.dom()?.resume()?;
+        resume_running(s)?;
         loop {
             if INTERRUPT.swap(false, Ordering::SeqCst) {
                 s.dom()?.pause()?;

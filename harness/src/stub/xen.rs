@@ -261,7 +261,19 @@ impl<A: Attached> Debuggee for XenDebuggee<A> {
     }
 
     fn resume(&mut self) -> Result<()> {
-        self.dom()?.resume()
+        let dom = self.dom()?;
+        dom.resume()?;
+        // The debugger would wait for a stop that never comes: say why in
+        // the stub's log (the protocol has no way to).
+        if dom.info().is_ok_and(|i| i.paused) {
+            tracing::warn!(
+                "{} is still paused by a pause of its own (created with `xl create -p`, or \
+                 `xl pause`d): it runs after `xl unpause {}` in dom0",
+                dom.name(),
+                dom.name()
+            );
+        }
+        Ok(())
     }
 
     fn step(&mut self, vcpu: u32) -> Result<Stop> {
