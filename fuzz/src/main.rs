@@ -139,13 +139,7 @@ fn parse_duration(s: &str) -> Result<Duration> {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("XENPROBE_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    xenprobe::logging::init();
     match real_main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {

@@ -65,13 +65,7 @@ enum Cmd {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("XENPROBE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    xenprobe::logging::init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("xenprobe: {e:#}");
         std::process::exit(1);

@@ -51,13 +51,7 @@ struct Args {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("XENPROBE_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    xenprobe::logging::init();
     if let Err(e) = real_main() {
         eprintln!("xenprobe-fuzz-bench: {e:#}");
         std::process::exit(2);

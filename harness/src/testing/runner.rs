@@ -19,13 +19,7 @@ use crate::vmi::Xen;
 pub fn main(tests: Vec<GuestTest>) -> ExitCode {
     let args = Arguments::from_args();
     // Engine logs on stderr, filtered by XENPROBE_LOG (e.g. `xenprobe=debug`).
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("XENPROBE_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::logging::init();
     let host = probe_host();
     let images = GuestImages::locate().map_err(|e| format!("{e:#}"));
     let pool = Arc::new(Pool::new(&tests, images));
