@@ -183,7 +183,8 @@ fn run_guest(guest: &str, mode: &str, input: Option<&[u8]>) -> Run {
     let mut out = Command::new("xl").args(&args).output().expect("run xl");
     if !out.status.success() {
         // `xl create` itself has been seen to crash now and then in the
-        // emulated lab (heap corruption in xl's forked monitor): once more.
+        // emulated lab (heap corruption in xl's forked monitor, before the lab
+        // switched FPU state eagerly): once more.
         eprintln!(
             "xl create {name} failed, retrying once: {}",
             String::from_utf8_lossy(&out.stderr).trim()

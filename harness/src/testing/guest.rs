@@ -98,7 +98,8 @@ impl GuestDomain {
             .context("running `xl create` (is this a Xen dom0?)")?;
         if !out.status.success() {
             // `xl create` has been seen to crash now and then in the emulated
-            // lab (heap corruption in its forked monitor): once more.
+            // lab (heap corruption in its forked monitor, before the lab switched
+            // FPU state eagerly): once more.
             tracing::warn!(
                 "xl create {name} failed, retrying once: {}",
                 String::from_utf8_lossy(&out.stderr).trim()

@@ -213,11 +213,14 @@ impl Lab {
         };
         let forward_guest = opts.forward.1;
         std::fs::create_dir_all(self.consoles())?;
-        // One dom0 vCPU: with two, dom0 lost memory under guest churn in
-        // this lab (README, "The lab's CPU configuration"; tests/live_lab.rs).
+        // Eager FPU switching: with Xen's lazy switching (its default on the
+        // AMD CPU QEMU emulates) dom0 processes lost SSE register contents
+        // under emulation, which read as memory corruption (README, "The
+        // lab's CPU configuration"; tests/live_lab.rs checks it). One dom0
+        // vCPU: measured faster here than two.
         let mut xen_cmdline = String::from(
             "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=1 \
-             console_timestamps=boot noreboot",
+             spec-ctrl=eager-fpu console_timestamps=boot noreboot",
         );
         // An empty or blank value counts as unset (and keeps the saved state).
         if let Ok(extra) = std::env::var("XENPROBE_XEN_CMDLINE") {
