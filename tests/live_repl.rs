@@ -130,11 +130,14 @@ fn scripted(mode: &str) {
         "sym known_counter",
         "sym $rip",
         "snapshot take s1",
+        "print *(u64*)&known_counter * 1",
         "stepi",
         "set $rsi = 10",
         "print $rsi",
         "finish",
+        "set *(u64*)&known_counter = 77",
         "snapshot restore s1",
+        "print *(u64*)&known_counter * 2",
         "print $rsi",
         "set $rsi = 10",
         "set *(u64*)&known_counter = 42",
@@ -197,6 +200,22 @@ fn scripted(mode: &str) {
     assert!(
         restored.contains("> print $rsi\n0x4 (4)"),
         "rsi back to 4 after restore: {restored}"
+    );
+    // Memory too: the counter written after the snapshot is back.
+    let number = |a: &str| -> u64 {
+        a.split_once('(')
+            .and_then(|(_, r)| r.split_once(')'))
+            .and_then(|(n, _)| n.parse().ok())
+            .unwrap_or_else(|| panic!("no number in {a:?}"))
+    };
+    let at_take = number(answer(&out, "print *(u64*)&known_counter * 1"));
+    let after = number(answer(&out, "print *(u64*)&known_counter * 2"));
+    assert_eq!(after, 2 * at_take, "known_counter back after restore");
+    assert_ne!(at_take, 77);
+    let rewritten = answer(&out, "snapshot restore s1");
+    assert!(
+        !rewritten.contains("restored s1: 0 pages"),
+        "the counter's page at least: {rewritten}"
     );
     assert!(answer(&out, "x/1ug &known_counter").contains(" 42"));
     let tail = out.rsplit("> continue 60\n").next().unwrap_or_default();

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::arch::{reg_by_name, REGS};
-use crate::vmi::{Domain, Event, GuestKind, WatchKind, WatchpointId};
+use crate::vmi::{Domain, Event, WatchKind, WatchpointId};
 
 use super::expr::{eval, parse_num, split_deref};
 use super::session::{Bp, Session, SessionEnv, Snapshot};
@@ -817,11 +817,7 @@ fn add_break(s: &mut Session, rest: &str, out: &mut String) -> Result<(), ReplEr
         // Check that the condition parses now rather than at the first hit.
         super::expr::eval(c, &mut SessionEnv::new(s)).map_err(ReplError::Expr)?;
     }
-    let vcpu = s.vcpu;
-    let dom = s.dom()?;
-    let mut orig = [0u8];
-    dom.read_virt_on(vcpu, addr, &mut orig)?;
-    let id = dom.add_breakpoint(addr)?;
+    let id = s.dom()?.add_breakpoint(addr)?;
     let n = s.next_bp;
     s.next_bp += 1;
     s.bps.insert(
@@ -829,7 +825,6 @@ fn add_break(s: &mut Session, rest: &str, out: &mut String) -> Result<(), ReplEr
         Bp {
             id,
             addr,
-            orig: orig[0],
             condition: cond,
             stops: 0,
         },
@@ -1025,44 +1020,22 @@ fn snapshot(s: &mut Session, rest: &str, out: &mut String) -> Result<(), ReplErr
                 let _ = writeln!(
                     out,
                     "{n}: {} pages, {} vcpus",
-                    snap.pages.len(),
+                    snap.pages.frames(),
                     snap.regs.len()
                 );
             }
         }
         "take" => {
             let dom = s.stopped()?;
-            if dom.kind() == GuestKind::Pv {
-                return Err(ReplError::Unsupported(
-                    "snapshots of PV guests: their physical addresses are machine frames".into(),
-                ));
-            }
+            let pages = dom.guest_memory_image()?;
             let info = dom.info()?;
-            let frames = info.max_memkb / 4;
-            let mut pages = std::collections::BTreeMap::new();
-            let mut page = vec![0u8; 4096];
-            for pfn in 0..frames {
-                if dom.read_phys(pfn << 12, &mut page).is_ok() {
-                    pages.insert(pfn, page.clone());
-                }
-            }
-            // Save the guest's own bytes where breakpoints sit.
-            let planted = dom.breakpoints();
-            for b in s.bps.values() {
-                if let Some(info) = planted.iter().find(|i| i.id == b.id) {
-                    if let Some(p) = pages.get_mut(&(info.phys >> 12)) {
-                        p[(info.phys & 0xfff) as usize] = b.orig;
-                    }
-                }
-            }
-            let dom = s.stopped()?;
             let regs = (0..=info.max_vcpu_id)
                 .map(|v| dom.regs(v).map(|r| (v, r)))
                 .collect::<Result<Vec<_>, _>>()?;
             let _ = writeln!(
                 out,
                 "snapshot {name}: {} pages, {} vcpus",
-                pages.len(),
+                pages.frames(),
                 regs.len()
             );
             s.snapshots.insert(name, Snapshot { pages, regs });
@@ -1074,15 +1047,7 @@ fn snapshot(s: &mut Session, rest: &str, out: &mut String) -> Result<(), ReplErr
                 .ok_or_else(|| usage(format!("no snapshot {name:?}")))?;
             let result = (|| -> Result<usize, ReplError> {
                 let dom = s.stopped()?;
-                let mut cur = vec![0u8; 4096];
-                let mut written = 0;
-                for (pfn, data) in &snap.pages {
-                    if dom.read_phys(pfn << 12, &mut cur).is_ok() && cur == *data {
-                        continue;
-                    }
-                    dom.write_phys(pfn << 12, data)?;
-                    written += 1;
-                }
+                let written = dom.restore_memory_image(&snap.pages)?;
                 for (v, r) in &snap.regs {
                     dom.set_regs(*v, r)?;
                 }
@@ -1090,16 +1055,6 @@ fn snapshot(s: &mut Session, rest: &str, out: &mut String) -> Result<(), ReplErr
             })();
             s.snapshots.insert(name.clone(), snap);
             let written = result?;
-            // Breakpoint bytes may have been overwritten: plant them again.
-            let nums: Vec<u32> = s.bps.keys().copied().collect();
-            for n in nums {
-                let (id, addr) = (s.bps[&n].id, s.bps[&n].addr);
-                s.dom()?.remove_breakpoint(id)?;
-                let id = s.dom()?.add_breakpoint(addr)?;
-                if let Some(b) = s.bps.get_mut(&n) {
-                    b.id = id;
-                }
-            }
             let _ = writeln!(out, "restored {name}: {written} pages rewritten");
             where_am_i(s, out)?;
         }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::arch::reg_by_name;
-use crate::vmi::{BreakpointId, Domain, Registers, Xen};
+use crate::vmi::{BreakpointId, Domain, MemoryImage, Registers, Xen};
 
 use super::expr::Env;
 use super::ReplError;
@@ -17,8 +17,6 @@ pub struct Bp {
     pub id: BreakpointId,
     /// Address.
     pub addr: u64,
-    /// The guest's byte under the breakpoint instruction.
-    pub orig: u8,
     /// Condition source (evaluated at every hit; false hits continue).
     pub condition: Option<String>,
     /// Stops reported (condition true).
@@ -28,8 +26,8 @@ pub struct Bp {
 /// A memory and vCPU snapshot.
 #[derive(Debug)]
 pub struct Snapshot {
-    /// Pages by frame number.
-    pub pages: BTreeMap<u64, Vec<u8>>,
+    /// The guest's memory, breakpoint bytes as the guest's own.
+    pub pages: MemoryImage,
     /// Registers of every vCPU.
     pub regs: Vec<(u32, Registers)>,
 }

@@ -344,6 +344,11 @@ impl MemoryImage {
         out
     }
 
+    fn frame_mut(&mut self, gfn: u64) -> Option<&mut [u8]> {
+        let i = self.gfns.binary_search(&gfn).ok()?;
+        Some(&mut self.data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE])
+    }
+
     /// A 64-bit hash of frame numbers and contents (for printing; compare
     /// images with `==`).
     pub fn hash(&self) -> u64 {
@@ -448,6 +453,61 @@ impl Domain {
             Ok(())
         })?;
         Ok(img)
+    }
+}
+
+impl Domain {
+    /// Like [`Domain::memory_image`], with the guest's own bytes where
+    /// breakpoints are planted: what [`Domain::restore_memory_image`] puts
+    /// back whichever breakpoints are set by then.
+    pub fn guest_memory_image(&self) -> Result<MemoryImage> {
+        let mut img = self.memory_image()?;
+        for b in self.bps.list.values().filter(|b| b.planted) {
+            if let Some(page) = img.frame_mut(b.pa >> PAGE_SHIFT) {
+                page[b.pa as usize & (PAGE_SIZE - 1)] = b.orig;
+            }
+        }
+        Ok(img)
+    }
+
+    /// Writes back every frame of `img` whose contents differ from the
+    /// stopped guest's (only the words that differ), then plants the
+    /// breakpoints set now into the frames it rewrote. Frames the image
+    /// does not hold are left alone. Returns the frames rewritten.
+    pub fn restore_memory_image(&mut self, img: &MemoryImage) -> Result<usize> {
+        if !self.is_stopped() {
+            return Err(Error::State(
+                "restore_memory_image() needs a stopped domain: pause() first".into(),
+            ));
+        }
+        let opcode = self.bps.insn.as_ref().map(|i| i.opcode());
+        let mut rewritten = 0;
+        let mut page = vec![0u8; PAGE_SIZE];
+        for (gfns, data) in img
+            .gfns
+            .chunks(DIGEST_CHUNK as usize)
+            .zip(img.data.chunks(DIGEST_CHUNK as usize * PAGE_SIZE))
+        {
+            let mut map = self.xen.fmem.map(self.domid, Prot::ReadWrite, gfns)?;
+            for (i, &gfn) in gfns.iter().enumerate() {
+                let off = i * PAGE_SIZE;
+                let want = &data[off..off + PAGE_SIZE];
+                // Most frames are unchanged: one copy and compare finds them.
+                map.read(off, &mut page)?;
+                if page == want || map.write_changed(off, want)? == 0 {
+                    continue;
+                }
+                rewritten += 1;
+                self.mem.written.insert(gfn);
+                if let Some(op) = opcode {
+                    for b in self.bps.planted_in_frame(gfn) {
+                        map.write(off + (b.pa as usize & (PAGE_SIZE - 1)), &[op])?;
+                    }
+                }
+            }
+        }
+        self.mem.invalidate();
+        Ok(rewritten)
     }
 }
 
