@@ -1,6 +1,7 @@
 //! Live: the `xenprobe repl` binary driven by a scripted session (commands
 //! on stdin) against the known guest (PVH, and HVM), inside dom0; `cont`
-//! while `xl create -p`'s pause still holds the guest says so at once.
+//! while `xl create -p`'s pause still holds the guest says so at once; a
+//! PV guest's snapshot (the engine's, one per domain) brings memory back.
 //!
 //! The binary is `$XENPROBE_BIN`, else `xenprobe` next to this test's
 //! `deps/` directory (build it first: `cargo build -p xenprobe`).
@@ -16,7 +17,12 @@ use xenprobe_tests::Guest;
 /// A paused `known` guest; `xl create` is tried three times (a leftover of
 /// a failed try destroyed, 1 s between tries).
 fn create_guest(mode: &str) -> Guest {
-    let g = Guest::new("repl", mode, &[]);
+    create_guest_with(mode, &[])
+}
+
+/// [`create_guest`] with xl config overrides.
+fn create_guest_with(mode: &str, overrides: &[&str]) -> Guest {
+    let g = Guest::new("repl", mode, overrides);
     let mut err = String::new();
     for _ in 0..3 {
         match g.try_xl_create() {
@@ -202,12 +208,6 @@ fn scripted(mode: &str) {
         "rsi back to 4 after restore: {restored}"
     );
     // Memory too: the counter written after the snapshot is back.
-    let number = |a: &str| -> u64 {
-        a.split_once('(')
-            .and_then(|(_, r)| r.split_once(')'))
-            .and_then(|(n, _)| n.parse().ok())
-            .unwrap_or_else(|| panic!("no number in {a:?}"))
-    };
     let at_take = number(answer(&out, "print *(u64*)&known_counter * 1"));
     let after = number(answer(&out, "print *(u64*)&known_counter * 2"));
     assert_eq!(after, 2 * at_take, "known_counter back after restore");
@@ -303,4 +303,61 @@ fn repl_watchpoints_on_pvh() {
 #[test]
 fn repl_watchpoints_on_hvm() {
     watch_session("hvm");
+}
+
+/// A number printed as `0x.. (N)`.
+fn number(a: &str) -> u64 {
+    a.split_once('(')
+        .and_then(|(_, r)| r.split_once(')'))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number in {a:?}"))
+}
+
+/// PV: no breakpoints on the stock hypervisor, but snapshots work (by
+/// machine frame, the engine's PV snapshot): memory written after `take`
+/// is back after `restore`; a second `take` replaces the first.
+#[test]
+fn repl_snapshots_on_pv() {
+    if !xenprobe_tests::have_xen() {
+        return;
+    }
+    let g = create_guest_with("pv", &["extra=\"known.spin=1\""]);
+    let rest: Vec<String> = [
+        "pause",
+        "snapshot take a",
+        "print *(u64*)&known_counter * 1",
+        "set *(u64*)&known_counter = 77",
+        "print *(u64*)&known_counter * 3",
+        "snapshot restore a",
+        "print *(u64*)&known_counter * 2",
+        "snapshot take b",
+        "snapshot list",
+        "snapshot drop b",
+        "snapshot restore b",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = session(&g, &["info"], &rest);
+    let _ = g.destroy();
+    assert!(
+        answer(&out, "snapshot take a").contains("snapshot a: "),
+        "{out}"
+    );
+    assert_eq!(number(answer(&out, "print *(u64*)&known_counter * 3")), 231);
+    let at_take = number(answer(&out, "print *(u64*)&known_counter * 1"));
+    let after = number(answer(&out, "print *(u64*)&known_counter * 2"));
+    assert_eq!(after, 2 * at_take, "known_counter back after restore");
+    let restored = answer(&out, "snapshot restore a");
+    assert!(
+        restored.contains("restored a: ") && !restored.contains("restored a: 0 pages"),
+        "{restored}"
+    );
+    assert!(
+        answer(&out, "snapshot take b").contains("(replaces snapshot a"),
+        "{out}"
+    );
+    let list = answer(&out, "snapshot list");
+    assert!(list.contains("b: ") && !list.contains("a: "), "{list}");
+    assert!(answer(&out, "snapshot restore b").starts_with("error: "));
 }

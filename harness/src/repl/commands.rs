@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::arch::{reg_by_name, REGS};
-use crate::vmi::{Domain, Event, WatchKind, WatchpointId};
+use crate::vmi::{Domain, Event, GuestKind, WatchKind, WatchpointId};
 
 use super::expr::{eval, parse_num, split_deref};
 use super::session::{Bp, Session, SessionEnv, Snapshot};
@@ -1017,28 +1017,43 @@ fn snapshot(s: &mut Session, rest: &str, out: &mut String) -> Result<(), ReplErr
                 out.push_str("no snapshots\n");
             }
             for (n, snap) in &s.snapshots {
-                let _ = writeln!(
-                    out,
-                    "{n}: {} pages, {} vcpus",
-                    snap.pages.frames(),
-                    snap.regs.len()
-                );
+                let _ = writeln!(out, "{n}: {}", snap.describe());
             }
         }
         "take" => {
             let dom = s.stopped()?;
-            let pages = dom.guest_memory_image()?;
-            let info = dom.info()?;
-            let regs = (0..=info.max_vcpu_id)
-                .map(|v| dom.regs(v).map(|r| (v, r)))
-                .collect::<Result<Vec<_>, _>>()?;
-            let _ = writeln!(
-                out,
-                "snapshot {name}: {} pages, {} vcpus",
-                pages.frames(),
-                regs.len()
-            );
-            s.snapshots.insert(name, Snapshot { pages, regs });
+            let snap = if dom.kind() == GuestKind::Pv {
+                // PV memory is machine frames: the engine's PV snapshot
+                // finds the domain's frames; it keeps one per domain.
+                let info = dom.take_snapshot()?;
+                let replaced: Vec<String> = s
+                    .snapshots
+                    .iter()
+                    .filter(|(_, v)| matches!(v, Snapshot::Engine { .. }))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for old in &replaced {
+                    s.snapshots.remove(old);
+                    if *old != name {
+                        let _ = writeln!(
+                            out,
+                            "(replaces snapshot {old}: a PV guest has one snapshot at a time)"
+                        );
+                    }
+                }
+                Snapshot::Engine {
+                    frames: info.frames,
+                }
+            } else {
+                let pages = dom.guest_memory_image()?;
+                let info = dom.info()?;
+                let regs = (0..=info.max_vcpu_id)
+                    .map(|v| dom.regs(v).map(|r| (v, r)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Snapshot::Image { pages, regs }
+            };
+            let _ = writeln!(out, "snapshot {name}: {}", snap.describe());
+            s.snapshots.insert(name, snap);
         }
         "restore" => {
             let snap = s
@@ -1047,11 +1062,16 @@ fn snapshot(s: &mut Session, rest: &str, out: &mut String) -> Result<(), ReplErr
                 .ok_or_else(|| usage(format!("no snapshot {name:?}")))?;
             let result = (|| -> Result<usize, ReplError> {
                 let dom = s.stopped()?;
-                let written = dom.restore_memory_image(&snap.pages)?;
-                for (v, r) in &snap.regs {
-                    dom.set_regs(*v, r)?;
+                match &snap {
+                    Snapshot::Engine { .. } => Ok(dom.restore_snapshot()?.restored),
+                    Snapshot::Image { pages, regs } => {
+                        let written = dom.restore_memory_image(pages)?;
+                        for (v, r) in regs {
+                            dom.set_regs(*v, r)?;
+                        }
+                        Ok(written)
+                    }
                 }
-                Ok(written)
             })();
             s.snapshots.insert(name.clone(), snap);
             let written = result?;
@@ -1059,9 +1079,13 @@ fn snapshot(s: &mut Session, rest: &str, out: &mut String) -> Result<(), ReplErr
             where_am_i(s, out)?;
         }
         "drop" => {
-            s.snapshots
+            let snap = s
+                .snapshots
                 .remove(&name)
                 .ok_or_else(|| usage(format!("no snapshot {name:?}")))?;
+            if matches!(snap, Snapshot::Engine { .. }) {
+                s.dom()?.drop_snapshot();
+            }
             let _ = writeln!(out, "dropped {name}");
         }
         _ => {

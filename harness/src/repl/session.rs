@@ -25,11 +25,33 @@ pub struct Bp {
 
 /// A memory and vCPU snapshot.
 #[derive(Debug)]
-pub struct Snapshot {
-    /// The guest's memory, breakpoint bytes as the guest's own.
-    pub pages: MemoryImage,
-    /// Registers of every vCPU.
-    pub regs: Vec<(u32, Registers)>,
+pub enum Snapshot {
+    /// HVM/PVH: the guest's memory (breakpoint bytes as the guest's own)
+    /// and every vCPU's registers.
+    Image {
+        /// All guest frames.
+        pages: MemoryImage,
+        /// Registers of every vCPU.
+        regs: Vec<(u32, Registers)>,
+    },
+    /// PV: the domain's engine snapshot (`Domain::take_snapshot`; one per
+    /// domain, by machine frame).
+    Engine {
+        /// Frames saved.
+        frames: usize,
+    },
+}
+
+impl Snapshot {
+    /// `N pages, M vcpus` (or what the engine saved).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Image { pages, regs } => {
+                format!("{} pages, {} vcpus", pages.frames(), regs.len())
+            }
+            Self::Engine { frames } => format!("{frames} pages (PV, with every vcpu)"),
+        }
+    }
 }
 
 /// Everything the REPL keeps between commands.
