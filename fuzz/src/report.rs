@@ -1,6 +1,8 @@
-//! How a run ended, and the crash report saved with each crash.
+//! How a run ended, and the crash report saved with each crash (read from
+//! the stopped guest: the sink's message, trap frame, backtrace, symbols).
 
 use serde::{Deserialize, Serialize};
+use xenprobe::vmi::{self, Domain};
 
 /// One frame of a backtrace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +120,129 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
+}
+
+/// Symbol and line of a frame. Return addresses (every frame but the
+/// first) are looked up at `addr - 1`: a call that never returns is often
+/// the last instruction of its function.
+fn symbolize(dom: &Domain, addr: u64, is_return: bool) -> Frame {
+    let syms = dom.symbols().ok();
+    let at = if is_return {
+        addr.saturating_sub(1)
+    } else {
+        addr
+    };
+    Frame {
+        addr,
+        symbol: syms
+            .and_then(|s| s.symbolize(at))
+            .map(|(s, off)| format!("{}+{:#x}", s.name, off + (addr - at))),
+        line: syms
+            .and_then(|s| s.line(at))
+            .map(|l| format!("{}:{}", l.file, l.line)),
+    }
+}
+
+/// Frame-pointer walk from `rbp` (return addresses only).
+fn walk(dom: &mut Domain, mut rbp: u64, out: &mut Vec<u64>) {
+    for _ in 0..32 {
+        if rbp == 0 || rbp % 8 != 0 {
+            break;
+        }
+        let (Ok(ret), Ok(next)) = (dom.read_u64(rbp + 8), dom.read_u64(rbp)) else {
+            break;
+        };
+        if ret == 0 {
+            break;
+        }
+        out.push(ret);
+        if next <= rbp {
+            break;
+        }
+        rbp = next;
+    }
+}
+
+/// The report of a guest stopped on a crash sink: the sink's arguments (kind,
+/// detail, message) per the fuzz-target ABI, the faulting RIP of a fault's trap
+/// frame, and a backtrace by frame pointers.
+pub fn sink_report(dom: &mut Domain, vcpu: u32, sink: u64) -> Result<CrashReport, vmi::Error> {
+    let regs = dom.regs(vcpu)?;
+    let len = (regs.rcx as usize).min(512);
+    let mut msg = vec![0u8; len];
+    let message = match dom.read_virt_on(vcpu, regs.rdx, &mut msg) {
+        Ok(()) => String::from_utf8_lossy(&msg).into_owned(),
+        Err(_) => String::new(),
+    };
+    let kind = crash_kind(regs.rdi, regs.rsi).to_string();
+    let mut addrs = Vec::new();
+    let (rip, site) = match hex_field(&message, "rip") {
+        Some(fault_rip) if regs.rdi != 1 => {
+            // A fault: the trap frame's RIP and RBP are the faulting code's.
+            addrs.push(fault_rip);
+            let rbp = hex_field(&message, "rbp").unwrap_or(0);
+            walk(dom, rbp, &mut addrs);
+            (fault_rip, format!("{kind}@{fault_rip:#x}"))
+        }
+        _ => {
+            addrs.push(sink);
+            let ret = dom.read_u64(regs.rsp).unwrap_or(0);
+            if ret != 0 {
+                addrs.push(ret);
+            }
+            walk(dom, regs.rbp, &mut addrs);
+            let site = match panic_location(&message) {
+                Some(loc) => format!("{kind}@{loc}"),
+                None => format!("{kind}@{ret:#x}"),
+            };
+            (sink, site)
+        }
+    };
+    let fault_address = (kind == "page-fault" || kind == "stack-overflow")
+        .then(|| hex_field(&message, "cr2"))
+        .flatten();
+    Ok(CrashReport {
+        kind,
+        site,
+        rip,
+        fault_address,
+        message,
+        backtrace: addrs
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| symbolize(dom, a, i > 0))
+            .collect(),
+    })
+}
+
+/// The report of a crash that stopped `vcpu` at `rip` outside the sinks (a
+/// debug trap, a hang), deduplicated by function.
+pub fn report_at(
+    dom: &mut Domain,
+    kind: &str,
+    vcpu: u32,
+    rip: u64,
+    message: String,
+) -> Result<CrashReport, vmi::Error> {
+    let rbp = dom.regs(vcpu)?.rbp;
+    let mut addrs = vec![rip];
+    walk(dom, rbp, &mut addrs);
+    let func = symbolize(dom, rip, false)
+        .symbol
+        .map(|s| s.split('+').next().unwrap_or_default().to_string())
+        .unwrap_or_else(|| format!("{rip:#x}"));
+    Ok(CrashReport {
+        kind: kind.into(),
+        site: format!("{kind}@{func}"),
+        rip,
+        fault_address: None,
+        message,
+        backtrace: addrs
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| symbolize(dom, a, i > 0))
+            .collect(),
+    })
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use xenprobe::xen::{ForeignMemory, Mapping, Prot};
 
 use crate::blocks::{self, Block};
 use crate::cmplog::{self, CmpSite, CmpValues};
-use crate::report::{self, CrashReport, Frame, Outcome};
+use crate::report::{self, CrashReport, Outcome};
 use crate::structured::InputFormat;
 
 /// Errors of a fuzzing session.
@@ -751,7 +751,7 @@ impl Session {
                     match self.roles.get(&id) {
                         Some(Role::End) => return Ok((Outcome::Ok, new_blocks)),
                         Some(Role::Sink) => {
-                            let r = self.sink_report(vcpu, addr)?;
+                            let r = report::sink_report(self.dom()?, vcpu, addr)?;
                             return Ok((Outcome::Crash(r), new_blocks));
                         }
                         Some(&Role::Cover(i)) => {
@@ -785,14 +785,14 @@ impl Session {
                 }
                 Event::Step { .. } | Event::Watchpoint { .. } => self.dom()?.resume()?,
                 Event::Debug { vcpu, rip, detail } => {
-                    let r = self.report_at("debug-trap", vcpu, rip, detail)?;
+                    let r = report::report_at(self.dom()?, "debug-trap", vcpu, rip, detail)?;
                     return Ok((Outcome::Crash(r), new_blocks));
                 }
                 Event::Timeout => {
                     let dom = self.dom()?;
                     dom.pause()?;
                     let rip = dom.regs(0)?.rip;
-                    let r = self.report_at("hang", 0, rip, String::new())?;
+                    let r = report::report_at(self.dom()?, "hang", 0, rip, String::new())?;
                     return Ok((Outcome::Hang(r), new_blocks));
                 }
                 Event::Shutdown { reason } => {
@@ -828,127 +828,6 @@ impl Session {
             let _ = d.detach();
         }
         self.boot()
-    }
-
-    /// Symbol and line of a frame. Return addresses (every frame but the
-    /// first) are looked up at `addr - 1`: a call that never returns is often
-    /// the last instruction of its function.
-    fn symbolize(&self, addr: u64, is_return: bool) -> Frame {
-        let syms = self.dom.as_ref().and_then(|d| d.symbols().ok());
-        let at = if is_return {
-            addr.saturating_sub(1)
-        } else {
-            addr
-        };
-        Frame {
-            addr,
-            symbol: syms
-                .and_then(|s| s.symbolize(at))
-                .map(|(s, off)| format!("{}+{:#x}", s.name, off + (addr - at))),
-            line: syms
-                .and_then(|s| s.line(at))
-                .map(|l| format!("{}:{}", l.file, l.line)),
-        }
-    }
-
-    /// Frame-pointer walk from `rbp` (return addresses only).
-    fn walk(&mut self, mut rbp: u64, out: &mut Vec<u64>) {
-        let Ok(dom) = self.dom() else { return };
-        for _ in 0..32 {
-            if rbp == 0 || rbp % 8 != 0 {
-                break;
-            }
-            let (Ok(ret), Ok(next)) = (dom.read_u64(rbp + 8), dom.read_u64(rbp)) else {
-                break;
-            };
-            if ret == 0 {
-                break;
-            }
-            out.push(ret);
-            if next <= rbp {
-                break;
-            }
-            rbp = next;
-        }
-    }
-
-    fn sink_report(&mut self, vcpu: u32, sink: u64) -> Result<CrashReport> {
-        let dom = self.dom()?;
-        let regs = dom.regs(vcpu)?;
-        let len = (regs.rcx as usize).min(512);
-        let mut msg = vec![0u8; len];
-        let message = match dom.read_virt_on(vcpu, regs.rdx, &mut msg) {
-            Ok(()) => String::from_utf8_lossy(&msg).into_owned(),
-            Err(_) => String::new(),
-        };
-        let kind = report::crash_kind(regs.rdi, regs.rsi).to_string();
-        let mut addrs = Vec::new();
-        let (rip, site) = match report::hex_field(&message, "rip") {
-            Some(fault_rip) if regs.rdi != 1 => {
-                // A fault: the trap frame's RIP and RBP are the faulting code's.
-                addrs.push(fault_rip);
-                let rbp = report::hex_field(&message, "rbp").unwrap_or(0);
-                self.walk(rbp, &mut addrs);
-                (fault_rip, format!("{kind}@{fault_rip:#x}"))
-            }
-            _ => {
-                addrs.push(sink);
-                let ret = self.dom()?.read_u64(regs.rsp).unwrap_or(0);
-                if ret != 0 {
-                    addrs.push(ret);
-                }
-                self.walk(regs.rbp, &mut addrs);
-                let site = match report::panic_location(&message) {
-                    Some(loc) => format!("{kind}@{loc}"),
-                    None => format!("{kind}@{ret:#x}"),
-                };
-                (sink, site)
-            }
-        };
-        let fault_address = (kind == "page-fault" || kind == "stack-overflow")
-            .then(|| report::hex_field(&message, "cr2"))
-            .flatten();
-        Ok(CrashReport {
-            kind,
-            site,
-            rip,
-            fault_address,
-            message,
-            backtrace: addrs
-                .into_iter()
-                .enumerate()
-                .map(|(i, a)| self.symbolize(a, i > 0))
-                .collect(),
-        })
-    }
-
-    fn report_at(
-        &mut self,
-        kind: &str,
-        vcpu: u32,
-        rip: u64,
-        message: String,
-    ) -> Result<CrashReport> {
-        let rbp = self.dom()?.regs(vcpu)?.rbp;
-        let mut addrs = vec![rip];
-        self.walk(rbp, &mut addrs);
-        let func = self
-            .symbolize(rip, false)
-            .symbol
-            .map(|s| s.split('+').next().unwrap_or_default().to_string())
-            .unwrap_or_else(|| format!("{rip:#x}"));
-        Ok(CrashReport {
-            kind: kind.into(),
-            site: format!("{kind}@{func}"),
-            rip,
-            fault_address: None,
-            message,
-            backtrace: addrs
-                .into_iter()
-                .enumerate()
-                .map(|(i, a)| self.symbolize(a, i > 0))
-                .collect(),
-        })
     }
 
     /// Ends the session and leaves the guest clean: memory and vCPUs back at

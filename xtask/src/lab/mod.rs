@@ -8,6 +8,7 @@
 
 pub mod client;
 mod cpio;
+mod debian;
 mod image;
 pub mod instance;
 mod kernel;
