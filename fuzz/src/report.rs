@@ -143,24 +143,14 @@ fn symbolize(dom: &Domain, addr: u64, is_return: bool) -> Frame {
     }
 }
 
-/// Frame-pointer walk from `rbp` (return addresses only).
-fn walk(dom: &mut Domain, mut rbp: u64, out: &mut Vec<u64>) {
-    for _ in 0..32 {
-        if rbp == 0 || rbp % 8 != 0 {
-            break;
-        }
-        let (Ok(ret), Ok(next)) = (dom.read_u64(rbp + 8), dom.read_u64(rbp)) else {
-            break;
-        };
-        if ret == 0 {
-            break;
-        }
-        out.push(ret);
-        if next <= rbp {
-            break;
-        }
-        rbp = next;
-    }
+/// The frames of a backtrace: the first address is where the code stopped,
+/// the others are return addresses.
+fn frames(dom: &Domain, addrs: Vec<u64>) -> Vec<Frame> {
+    addrs
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| symbolize(dom, a, i > 0))
+        .collect()
 }
 
 /// The report of a guest stopped on a crash sink: the sink's arguments (kind,
@@ -181,7 +171,7 @@ pub fn sink_report(dom: &mut Domain, vcpu: u32, sink: u64) -> Result<CrashReport
             // A fault: the trap frame's RIP and RBP are the faulting code's.
             addrs.push(fault_rip);
             let rbp = hex_field(&message, "rbp").unwrap_or(0);
-            walk(dom, rbp, &mut addrs);
+            addrs.extend(dom.frame_pointer_walk(vcpu, rbp, 32));
             (fault_rip, format!("{kind}@{fault_rip:#x}"))
         }
         _ => {
@@ -190,7 +180,7 @@ pub fn sink_report(dom: &mut Domain, vcpu: u32, sink: u64) -> Result<CrashReport
             if ret != 0 {
                 addrs.push(ret);
             }
-            walk(dom, regs.rbp, &mut addrs);
+            addrs.extend(dom.frame_pointer_walk(vcpu, regs.rbp, 32));
             let site = match panic_location(&message) {
                 Some(loc) => format!("{kind}@{loc}"),
                 None => format!("{kind}@{ret:#x}"),
@@ -207,11 +197,7 @@ pub fn sink_report(dom: &mut Domain, vcpu: u32, sink: u64) -> Result<CrashReport
         rip,
         fault_address,
         message,
-        backtrace: addrs
-            .into_iter()
-            .enumerate()
-            .map(|(i, a)| symbolize(dom, a, i > 0))
-            .collect(),
+        backtrace: frames(dom, addrs),
     })
 }
 
@@ -226,7 +212,7 @@ pub fn report_at(
 ) -> Result<CrashReport, vmi::Error> {
     let rbp = dom.regs(vcpu)?.rbp;
     let mut addrs = vec![rip];
-    walk(dom, rbp, &mut addrs);
+    addrs.extend(dom.frame_pointer_walk(vcpu, rbp, 32));
     let func = symbolize(dom, rip, false)
         .symbol
         .map(|s| s.split('+').next().unwrap_or_default().to_string())
@@ -237,11 +223,7 @@ pub fn report_at(
         rip,
         fault_address: None,
         message,
-        backtrace: addrs
-            .into_iter()
-            .enumerate()
-            .map(|(i, a)| symbolize(dom, a, i > 0))
-            .collect(),
+        backtrace: frames(dom, addrs),
     })
 }
 

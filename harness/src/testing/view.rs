@@ -201,24 +201,8 @@ impl Session {
             self.dom.read_virt(r.rsp, &mut b)?;
             pcs.push(u64::from_le_bytes(b));
         }
-        let mut rbp = r.rbp;
-        while pcs.len() < 64 && rbp != 0 && rbp % 8 == 0 {
-            let mut b = [0u8; 16];
-            if self.dom.read_virt(rbp, &mut b).is_err() {
-                break;
-            }
-            let (next, ret) = b.split_at(8);
-            let next = u64::from_le_bytes(next.try_into().unwrap_or_default());
-            let ret = u64::from_le_bytes(ret.try_into().unwrap_or_default());
-            if ret == 0 {
-                break;
-            }
-            pcs.push(ret);
-            if next <= rbp {
-                break;
-            }
-            rbp = next;
-        }
+        let callers = self.dom.frame_pointer_walk(0, r.rbp, 64 - pcs.len());
+        pcs.extend(callers);
         let syms = self.dom.symbols()?;
         Ok(pcs
             .into_iter()

@@ -45,7 +45,7 @@
 //! - Events: [`Domain::wait_event`] (blocking, with timeout), [`Domain::cont`]
 //!   (resume + wait), [`Domain::step`].
 //! - Log-dirty: [`Domain::track_dirty`] ([`DirtyTracking`]: clean/peek).
-//! - Snapshots (HVM/PVH): [`Domain::take_snapshot`], [`Domain::restore_snapshot`]
+//! - Snapshots: [`Domain::take_snapshot`], [`Domain::restore_snapshot`]
 //!   (copies back only frames log-dirty reports plus frames xenprobe wrote;
 //!   [`RestoreOptions`]: CLEAN every run or PEEK with CLEAN every N, registers
 //!   in the vm_event reply);
@@ -58,6 +58,8 @@
 //!   [`Domain::remove_watchpoint`], [`Domain::watchpoints`], hits as
 //!   [`Event::Watchpoint`] (see [`watchpoint`]); [`Domain::mem_access_support`]
 //!   probes the other route (Intel only).
+//! - Stacks: [`Domain::frame_pointer_walk`] (return addresses by the saved
+//!   frame pointers).
 //! - Cleanup: [`cleanup::restore_on_ctrl_c`]; stale state from a killed
 //!   process is repaired by the next [`Domain::attach`].
 //!
@@ -85,12 +87,10 @@
 //! - TF is hidden from `pushf` during a step; an interrupt taken during a
 //!   step still sees TF in its frame.
 //! - "Physical" addresses of PV guests are machine addresses.
-//! - Snapshots (in memory and in files): HVM/PVH only; the frame scan
-//!   follows libxl's x86 layout. Snapshot files load into a domain made
-//!   from the same xl config only.
-//! - A running guest's memory outside its own image was seen changing with
-//!   no probe attached (PVH, busy lab); compare running guests by their
-//!   image, stopped guests with [`Domain::memory_image`].
+//! - Snapshots of HVM/PVH guests: the frame scan follows libxl's x86
+//!   layout. PV snapshots are kept by machine frame (`snapshot_pv.rs` says
+//!   what they leave out). Snapshot files: HVM/PVH only, and they load
+//!   into a domain made from the same xl config only.
 //! - Guest memory mappings are cached (512 frames) across runs; a guest
 //!   that balloons pages out would leave stale mappings.
 //! - Not verified in the lab (no hardware for it): int3 with the HVM
@@ -115,6 +115,7 @@ mod regs;
 pub mod snapshot;
 pub mod snapshot_file;
 mod snapshot_pv;
+mod stack;
 mod step;
 pub mod symbols;
 pub mod watchpoint;

@@ -284,23 +284,9 @@ pub(super) fn backtrace(s: &mut Session, out: &mut String) -> Result<(), ReplErr
             frame = 2;
         }
     }
-    let mut rbp = r.rbp;
-    while frame < 64 && rbp != 0 && rbp % 8 == 0 {
-        let mut b = [0u8; 16];
-        if s.dom()?.read_virt_on(vcpu, rbp, &mut b).is_err() {
-            break;
-        }
-        let next = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
-        let ret = u64::from_le_bytes(b[8..].try_into().unwrap_or_default());
-        if ret == 0 {
-            break;
-        }
+    for ret in s.dom()?.frame_pointer_walk(vcpu, r.rbp, 64 - frame) {
         let _ = writeln!(out, "#{frame:<2} {ret:#x}{}", s.symbolize(ret));
         frame += 1;
-        if next <= rbp {
-            break;
-        }
-        rbp = next;
     }
     Ok(())
 }
