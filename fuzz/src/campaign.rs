@@ -71,8 +71,10 @@ pub struct CampaignOptions {
     /// Set when this process is one guest of a parallel campaign (`--jobs`).
     pub job: Option<Job>,
     /// Run the input-to-state stage ([`crate::i2s`]): comparison operands
-    /// logged at run time written into inputs. Raw inputs only (a
-    /// structured format's bytes are not the guest's).
+    /// logged at run time written into inputs. With a structured format the
+    /// operands are written into the bytes the value is built from: that
+    /// helps where the format takes bytes as they are (arrays, integers),
+    /// and costs a few runs where it does not.
     pub cmplog: bool,
 }
 
@@ -356,7 +358,7 @@ where
         // make a re-run of an old input look uninteresting).
         fuzzer.add_input(&mut state, executor, mgr, input)?;
     }
-    let cmplog = opts.cmplog && opts.target.input_format.is_none();
+    let cmplog = opts.cmplog;
     if opts.progress {
         eprintln!(
             "[xenprobe-fuzz] {} blocks instrumented, {} dictionary tokens, {}, {} corpus entries ({} resumed), snapshot restore by dirty pages",

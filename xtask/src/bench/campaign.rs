@@ -32,7 +32,7 @@ const BUGS: &[(&str, &str, &str, &str)] = &[
 
 /// Targets whose time-to-find campaigns also run with a structured input
 /// format (fuzz/src/structured.rs): target, format.
-const STRUCTURED: &[(&str, &str)] = &[("imghdr", "ximg")];
+const STRUCTURED: &[(&str, &str)] = &[("tlv", "tlv-records"), ("imghdr", "ximg")];
 
 /// The input formats of `target`'s time-to-find campaigns: raw (None), then
 /// its structured ones.
@@ -246,7 +246,8 @@ mod tests {
             vec!["invalid-opcode", "divide-error", "hang@bytecode"]
         );
         assert_eq!(formats_of("imghdr"), vec![None, Some("ximg")]);
-        assert_eq!(formats_of("tlv"), vec![None]);
+        assert_eq!(formats_of("tlv"), vec![None, Some("tlv-records")]);
+        assert_eq!(formats_of("bytecode"), vec![None]);
         let _ = std::fs::remove_dir_all(&d);
     }
 }
