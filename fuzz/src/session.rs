@@ -792,7 +792,7 @@ impl Session {
                     let dom = self.dom()?;
                     dom.pause()?;
                     let rip = dom.regs(0)?.rip;
-                    let r = report::report_at(self.dom()?, "hang", 0, rip, String::new())?;
+                    let r = report::report_at(dom, "hang", 0, rip, String::new())?;
                     return Ok((Outcome::Hang(r), new_blocks));
                 }
                 Event::Shutdown { reason } => {
