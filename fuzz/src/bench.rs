@@ -384,7 +384,10 @@ pub fn libafl_share(
         fuzzer.add_input(&mut state, executor, &mut mgr, input)?;
     }
     let _ = state.corpus().count();
-    let mutator = HavocScheduledMutator::new(havoc_mutations().merge(tokens_mutations()));
+    let mutator = HavocScheduledMutator::with_max_stack_pow(
+        havoc_mutations().merge(tokens_mutations()),
+        crate::campaign::HAVOC_STACK_POW,
+    );
     let mut stages = tuple_list!(StdMutationalStage::new(mutator));
     let in_runs0 = executor.time_in_runs();
     let execs0 = *state.executions();
