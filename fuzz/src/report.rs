@@ -176,7 +176,7 @@ pub fn sink_report(dom: &mut Domain, vcpu: u32, sink: u64) -> Result<CrashReport
         }
         _ => {
             addrs.push(sink);
-            let ret = dom.read_u64(regs.rsp).unwrap_or(0);
+            let ret = dom.read_u64_on(vcpu, regs.rsp).unwrap_or(0);
             if ret != 0 {
                 addrs.push(ret);
             }

@@ -259,8 +259,13 @@ impl Domain {
 
     /// Reads a little-endian u64 at a virtual address (vCPU 0).
     pub fn read_u64(&mut self, va: u64) -> Result<u64> {
+        self.read_u64_on(0, va)
+    }
+
+    /// Reads a little-endian u64 at a virtual address as seen by `vcpu`.
+    pub fn read_u64_on(&mut self, vcpu: u32, va: u64) -> Result<u64> {
         let mut b = [0u8; 8];
-        self.read_virt(va, &mut b)?;
+        self.read_virt_on(vcpu, va, &mut b)?;
         Ok(u64::from_le_bytes(b))
     }
 

@@ -250,11 +250,11 @@ fn return_address(s: &mut Session) -> Result<(u64, u64), ReplError> {
         Some((_, 1)) if first[0] == 0x55 => r.rsp + 8,
         _ => r.rbp.wrapping_add(8),
     };
-    let mut b = [0u8; 8];
-    s.dom()?
-        .read_virt_on(vcpu, slot, &mut b)
+    let ret = s
+        .dom()?
+        .read_u64_on(vcpu, slot)
         .map_err(|e| usage(format!("no return address at {slot:#x}: {e}")))?;
-    Ok((u64::from_le_bytes(b), slot + 8))
+    Ok((ret, slot + 8))
 }
 
 /// `finish`: runs until the current function returns, then prints RAX.
