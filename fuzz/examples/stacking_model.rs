@@ -2,9 +2,10 @@
 //! ([`xenprobe_fuzz::campaign::HAVOC_STACK_POW`] against LibAFL's default).
 //!
 //! The campaign's LibAFL pieces (queue scheduler, max-map feedback on
-//! one-shot block coverage, havoc + dictionary mutations, the input-to-state
-//! stage's candidates) run against a Rust model of guests/tlv's parser with
-//! a coverage index per block, at millions of executions a minute. It counts
+//! one-shot block coverage, havoc + dictionary mutations, the campaign's own
+//! input-to-state stage through its [`Traceable`] seam) run against a Rust
+//! model of guests/tlv's parser with a coverage index per block, at millions
+//! of executions a minute. It counts
 //! executions until the first TLV-3 (a traced run counted as five, as in the
 //! lab) over seeded runs and prints the median for each depth. A model, not
 //! the guest: its figures rank settings; the lab's campaigns
@@ -13,25 +14,25 @@
 //! `cargo run --release -p xenprobe-fuzz --example stacking_model -- [RUNS] [CAP]`
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::time::Duration;
 
-use libafl::corpus::{CorpusId, HasCurrentCorpusId, InMemoryCorpus};
+use libafl::corpus::InMemoryCorpus;
 use libafl::events::SimpleEventManager;
 use libafl::executors::{Executor, ExitKind, HasObservers};
 use libafl::feedbacks::{CrashFeedback, MaxMapFeedback};
 use libafl::fuzzer::{Evaluator, Fuzzer, StdFuzzer};
 use libafl::inputs::{BytesInput, HasTargetBytes};
 use libafl::monitors::NopMonitor;
-use libafl::mutators::{havoc_mutations, tokens_mutations, HavocScheduledMutator, Mutator, Tokens};
+use libafl::mutators::{havoc_mutations, tokens_mutations, HavocScheduledMutator, Tokens};
 use libafl::observers::{MapObserver, StdMapObserver};
 use libafl::schedulers::QueueScheduler;
-use libafl::stages::{Restartable, Stage, StdMutationalStage};
-use libafl::state::{HasCurrentTestcase, HasExecutions, StdState};
+use libafl::stages::StdMutationalStage;
+use libafl::state::{HasExecutions, StdState};
 use libafl::HasMetadata;
 use libafl_bolts::rands::StdRand;
 use libafl_bolts::tuples::{tuple_list, Merge, RefIndexable};
-use xenprobe_fuzz::cmplog::{candidates, CmpValues};
-use xenprobe_fuzz::i2s::{MAX_CANDIDATES, MAX_SHARE, TRACES_PER_ITERATION};
+use xenprobe_fuzz::cmplog::CmpValues;
+use xenprobe_fuzz::i2s::{InputToStateStage, Traceable};
 
 /// Blocks of the model.
 const BLOCKS: usize = 40;
@@ -172,7 +173,9 @@ fn parse(input: &[u8], hit: &mut dyn FnMut(usize)) -> Option<u8> {
 struct ModelExecutor {
     observers: (StdMapObserver<'static, u8, false>, ()),
     seen: [bool; BLOCKS],
-    /// Executions when TLV-3 was first reached.
+    /// The cost of the runs so far: one per run, [`TRACE_COST`] per traced run.
+    cost: u64,
+    /// The cost when TLV-3 was first reached.
     found: Option<u64>,
 }
 
@@ -197,6 +200,8 @@ impl<EM, S: HasExecutions, Z> Executor<EM, BytesInput, S, Z> for ModelExecutor {
         input: &BytesInput,
     ) -> Result<ExitKind, libafl::Error> {
         *state.executions_mut() += 1;
+        let traced = CMPS.with(|l| l.borrow().is_some());
+        self.cost += if traced { TRACE_COST } else { 1 };
         let mut hits = [false; BLOCKS];
         let bug = parse(&input.target_bytes(), &mut |i| hits[i] = true);
         let map = &mut self.observers.0;
@@ -208,7 +213,7 @@ impl<EM, S: HasExecutions, Z> Executor<EM, BytesInput, S, Z> for ModelExecutor {
             self.seen[i] |= h;
         }
         if bug == Some(3) && self.found.is_none() {
-            self.found = Some(*state.executions());
+            self.found = Some(self.cost);
         }
         Ok(if bug.is_some() {
             ExitKind::Crash
@@ -218,62 +223,23 @@ impl<EM, S: HasExecutions, Z> Executor<EM, BytesInput, S, Z> for ModelExecutor {
     }
 }
 
-/// fuzz/src/i2s.rs's stage, with the time share counted in executions.
-struct ModelInputToState<M> {
-    mutator: M,
-    seen: HashSet<CorpusId>,
-    traced: u64,
-    candidates: u64,
-}
-
-impl<M, EM, S, Z> Stage<ModelExecutor, EM, S, Z> for ModelInputToState<M>
-where
-    M: Mutator<BytesInput, S>,
-    S: HasCurrentTestcase<BytesInput> + HasCurrentCorpusId + HasExecutions,
-    Z: Evaluator<ModelExecutor, EM, BytesInput, S>,
-{
-    fn perform(
-        &mut self,
-        fuzzer: &mut Z,
-        executor: &mut ModelExecutor,
-        state: &mut S,
-        mgr: &mut EM,
-    ) -> Result<(), libafl::Error> {
-        let spent = TRACE_COST * self.traced + self.candidates;
-        let total = *state.executions() + (TRACE_COST - 1) * self.traced;
-        if spent as f64 > MAX_SHARE * total as f64 {
-            return Ok(());
-        }
-        let mut first = match state.current_corpus_id()? {
-            Some(id) => self.seen.insert(id),
-            None => false,
-        };
-        let entry = state.current_input_cloned()?;
-        for _ in 0..TRACES_PER_ITERATION {
-            let mut input = entry.clone();
-            if !std::mem::take(&mut first) {
-                self.mutator.mutate(state, &mut input)?;
-            }
-            CMPS.with(|l| *l.borrow_mut() = Some(Vec::new()));
-            fuzzer.evaluate_input(state, executor, mgr, &input)?;
-            let logs = CMPS.with(|l| l.borrow_mut().take()).unwrap_or_default();
-            self.traced += 1;
-            for c in candidates(&input.target_bytes(), &logs, MAX_CANDIDATES) {
-                fuzzer.evaluate_input(state, executor, mgr, &BytesInput::new(c))?;
-                self.candidates += 1;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl<M, S> Restartable<S> for ModelInputToState<M> {
-    fn should_restart(&mut self, _state: &mut S) -> Result<bool, libafl::Error> {
-        Ok(true)
+/// The input-to-state stage's view: the clock counts the cost of runs, so
+/// its time share is the share of executions (traced runs weighted).
+impl Traceable for ModelExecutor {
+    fn can_trace(&self) -> bool {
+        true
     }
 
-    fn clear_progress(&mut self, _state: &mut S) -> Result<(), libafl::Error> {
-        Ok(())
+    fn trace_next_run(&mut self) {
+        CMPS.with(|l| *l.borrow_mut() = Some(Vec::new()));
+    }
+
+    fn take_comparisons(&mut self) -> Vec<CmpValues> {
+        CMPS.with(|l| l.borrow_mut().take()).unwrap_or_default()
+    }
+
+    fn clock(&self) -> Duration {
+        Duration::from_micros(self.cost)
     }
 }
 
@@ -282,6 +248,7 @@ fn campaign(seed: u64, stack_pow: usize, cap: u64) -> Result<Option<u64>, libafl
     let mut executor = ModelExecutor {
         observers: (StdMapObserver::owned("blocks", vec![0u8; BLOCKS]), ()),
         seen: [false; BLOCKS],
+        cost: 0,
         found: None,
     };
     let mut feedback = MaxMapFeedback::new(&executor.observers.0);
@@ -316,18 +283,15 @@ fn campaign(seed: u64, stack_pow: usize, cap: u64) -> Result<Option<u64>, libafl
         havoc_mutations().merge(tokens_mutations()),
         stack_pow,
     );
-    let i2s = ModelInputToState {
-        mutator: HavocScheduledMutator::with_max_stack_pow(havoc_mutations(), stack_pow),
-        seen: HashSet::new(),
-        traced: 0,
-        candidates: 0,
-    };
+    let i2s = InputToStateStage::new(
+        HavocScheduledMutator::with_max_stack_pow(havoc_mutations(), stack_pow),
+        true,
+    );
     let mut stages = tuple_list!(StdMutationalStage::new(havoc), i2s);
     while executor.found.is_none() && *state.executions() < cap {
         fuzzer.fuzz_one(&mut stages, &mut executor, &mut state, &mut mgr)?;
     }
-    let traced = stages.1 .0.traced;
-    Ok(executor.found.map(|n| n + (TRACE_COST - 1) * traced))
+    Ok(executor.found)
 }
 
 fn main() -> Result<(), libafl::Error> {

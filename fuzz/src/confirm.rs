@@ -3,12 +3,16 @@
 //! guests) a run that reached its end can miss the per-run timeout because
 //! the event arrives late; a real hang times out every time.
 
+use std::time::{Duration, Instant};
+
 use libafl::executors::{Executor, ExitKind, HasObservers};
 use libafl::inputs::BytesInput;
 use libafl::Error;
 use libafl_bolts::tuples::RefIndexable;
 
+use crate::cmplog::CmpValues;
 use crate::executor::{Observers, XenExecutor};
+use crate::i2s::Traceable;
 use crate::report::Outcome;
 use crate::session::{Result, Session};
 
@@ -33,6 +37,7 @@ pub struct ConfirmingExecutor {
     retries: u32,
     /// Timeouts that did not repeat (not reported as hangs).
     pub dismissed: u64,
+    created: Instant,
 }
 
 impl ConfirmingExecutor {
@@ -42,6 +47,7 @@ impl ConfirmingExecutor {
             inner,
             retries,
             dismissed: 0,
+            created: Instant::now(),
         }
     }
 
@@ -95,5 +101,24 @@ where
             }
         }
         Ok(kind)
+    }
+}
+
+impl Traceable for ConfirmingExecutor {
+    fn can_trace(&self) -> bool {
+        self.inner.session().comparison_sites() > 0
+    }
+
+    fn trace_next_run(&mut self) {
+        self.inner.trace_next_run();
+    }
+
+    fn take_comparisons(&mut self) -> Vec<CmpValues> {
+        self.inner.take_comparisons()
+    }
+
+    /// Wall time since the executor was made.
+    fn clock(&self) -> Duration {
+        self.created.elapsed()
     }
 }

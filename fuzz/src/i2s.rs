@@ -10,6 +10,7 @@
 //! used more than [`MAX_SHARE`] of the campaign's time.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use libafl::corpus::{CorpusId, HasCurrentCorpusId};
 use libafl::fuzzer::Evaluator;
@@ -19,8 +20,7 @@ use libafl::stages::{Restartable, Stage};
 use libafl::state::HasCurrentTestcase;
 use libafl::Error;
 
-use crate::cmplog;
-use crate::confirm::ConfirmingExecutor;
+use crate::cmplog::{self, CmpValues};
 
 /// Candidate inputs run per traced input, at most.
 pub const MAX_CANDIDATES: usize = 16;
@@ -34,6 +34,21 @@ pub const TRACES_PER_ITERATION: usize = 4;
 /// runs in the lab; targets with many comparisons make many candidates).
 pub const MAX_SHARE: f64 = 0.25;
 
+/// An executor whose runs can log the target's comparisons: what the stage
+/// needs of it. The campaign's [`crate::confirm::ConfirmingExecutor`] is one;
+/// the host model in `fuzz/examples/stacking_model.rs` is the other.
+pub trait Traceable {
+    /// Whether the target has comparisons to log at all.
+    fn can_trace(&self) -> bool;
+    /// Makes the next run a traced one.
+    fn trace_next_run(&mut self);
+    /// The comparisons logged by the last traced run.
+    fn take_comparisons(&mut self) -> Vec<CmpValues>;
+    /// The campaign's clock (any origin): the stage's time share and its
+    /// time counters are measured on it.
+    fn clock(&self) -> Duration;
+}
+
 /// The stage (see the module documentation).
 #[derive(Debug)]
 pub struct InputToStateStage<M> {
@@ -45,9 +60,10 @@ pub struct InputToStateStage<M> {
     pub traced: u64,
     /// Candidate inputs run so far.
     pub candidates: u64,
-    /// Wall time spent in traced runs and in candidate runs.
-    pub time: [std::time::Duration; 2],
-    started: std::time::Instant,
+    /// Time spent in traced runs and in candidate runs.
+    pub time: [Duration; 2],
+    /// The executor's clock at the stage's first turn.
+    started: Option<Duration>,
 }
 
 impl<M> InputToStateStage<M> {
@@ -60,30 +76,33 @@ impl<M> InputToStateStage<M> {
             seen: HashSet::new(),
             traced: 0,
             candidates: 0,
-            time: [std::time::Duration::ZERO; 2],
-            started: std::time::Instant::now(),
+            time: [Duration::ZERO; 2],
+            started: None,
         }
     }
 }
 
-impl<M, EM, S, Z> Stage<ConfirmingExecutor, EM, S, Z> for InputToStateStage<M>
+impl<E, M, EM, S, Z> Stage<E, EM, S, Z> for InputToStateStage<M>
 where
+    E: Traceable,
     M: Mutator<BytesInput, S>,
     S: HasCurrentTestcase<BytesInput> + HasCurrentCorpusId,
-    Z: Evaluator<ConfirmingExecutor, EM, BytesInput, S>,
+    Z: Evaluator<E, EM, BytesInput, S>,
 {
     fn perform(
         &mut self,
         fuzzer: &mut Z,
-        executor: &mut ConfirmingExecutor,
+        executor: &mut E,
         state: &mut S,
         manager: &mut EM,
     ) -> Result<(), Error> {
-        if !self.enabled || executor.inner().session().comparison_sites() == 0 {
+        if !self.enabled || !executor.can_trace() {
             return Ok(());
         }
+        let now = executor.clock();
+        let started = *self.started.get_or_insert(now);
         let spent = (self.time[0] + self.time[1]).as_secs_f64();
-        if spent > MAX_SHARE * self.started.elapsed().as_secs_f64() {
+        if spent > MAX_SHARE * (now - started).as_secs_f64() {
             return Ok(());
         }
         let mut first = match state.current_corpus_id()? {
@@ -97,19 +116,19 @@ where
                 // A skipped mutation traces the entry again, which is harmless.
                 self.mutator.mutate(state, &mut input)?;
             }
-            let t = std::time::Instant::now();
-            executor.inner_mut().trace_next_run();
+            let t = executor.clock();
+            executor.trace_next_run();
             fuzzer.evaluate_input(state, executor, manager, &input)?;
-            let logs = executor.inner_mut().take_comparisons();
+            let logs = executor.take_comparisons();
             self.traced += 1;
-            let t2 = std::time::Instant::now();
+            let t2 = executor.clock();
             self.time[0] += t2 - t;
             let bytes = input.target_bytes().to_vec();
             for c in cmplog::candidates(&bytes, &logs, MAX_CANDIDATES) {
                 fuzzer.evaluate_input(state, executor, manager, &BytesInput::new(c))?;
                 self.candidates += 1;
             }
-            self.time[1] += t2.elapsed();
+            self.time[1] += executor.clock() - t2;
         }
         Ok(())
     }
