@@ -246,6 +246,10 @@ pub const HANG_RETRIES: u32 = 2;
 /// How often the report files are rewritten while a campaign runs.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
+/// How often a job tells the event manager its execution count (the
+/// `--jobs` broker's status line sums them).
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
 /// Source lines of the instrumented blocks (None without DWARF or when the
 /// image's blocks differ from the session's).
 fn line_map(image: &Path, cover: &[String], blocks: usize) -> Option<LineMap> {
@@ -479,6 +483,8 @@ where
         if finished {
             break;
         }
+        // Keeps a --jobs broker's totals current between corpus events.
+        mgr.maybe_report_progress(&mut state, PROGRESS_EVERY)?;
         fuzzer.fuzz_one(&mut stages, executor, &mut state, mgr)?;
     }
     if opts.progress {
