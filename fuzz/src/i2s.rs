@@ -143,3 +143,151 @@ impl<M, S> Restartable<S> for InputToStateStage<M> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use libafl::corpus::Corpus;
+    use libafl::corpus::{InMemoryCorpus, Testcase};
+    use libafl::events::NopEventManager;
+    use libafl::executors::{Executor, ExitKind, HasObservers};
+    use libafl::feedbacks::ConstFeedback;
+    use libafl::fuzzer::{Fuzzer, StdFuzzer};
+    use libafl::mutators::{havoc_mutations, HavocScheduledMutator};
+    use libafl::schedulers::QueueScheduler;
+    use libafl::state::{HasCorpus, StdState};
+    use libafl_bolts::rands::StdRand;
+    use libafl_bolts::tuples::{tuple_list, RefIndexable};
+
+    use super::*;
+
+    const MAGIC: u32 = 0xdead_beef;
+
+    /// A target that compares its first four bytes with [`MAGIC`]; each run
+    /// costs 1 on the clock, a traced run `trace_cost`.
+    struct Target {
+        observers: (),
+        trace_cost: u64,
+        tracing: bool,
+        logs: Vec<CmpValues>,
+        cost: u64,
+        runs: u64,
+        solved: bool,
+    }
+
+    impl Target {
+        fn new(trace_cost: u64) -> Self {
+            Self {
+                observers: (),
+                trace_cost,
+                tracing: false,
+                logs: Vec::new(),
+                cost: 0,
+                runs: 0,
+                solved: false,
+            }
+        }
+    }
+
+    impl HasObservers for Target {
+        type Observers = ();
+        fn observers(&self) -> RefIndexable<&(), ()> {
+            RefIndexable::from(&self.observers)
+        }
+        fn observers_mut(&mut self) -> RefIndexable<&mut (), ()> {
+            RefIndexable::from(&mut self.observers)
+        }
+    }
+
+    impl<EM, S, Z> Executor<EM, BytesInput, S, Z> for Target {
+        fn run_target(
+            &mut self,
+            _: &mut Z,
+            _: &mut S,
+            _: &mut EM,
+            input: &BytesInput,
+        ) -> Result<ExitKind, Error> {
+            let bytes = input.target_bytes();
+            let head = bytes
+                .get(..4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            self.runs += 1;
+            self.cost += if self.tracing { self.trace_cost } else { 1 };
+            if std::mem::take(&mut self.tracing) {
+                if let Some(h) = head {
+                    self.logs.push(CmpValues {
+                        size: 4,
+                        a: h.into(),
+                        b: MAGIC.into(),
+                    });
+                }
+            }
+            self.solved |= head == Some(MAGIC);
+            Ok(ExitKind::Ok)
+        }
+    }
+
+    impl Traceable for Target {
+        fn can_trace(&self) -> bool {
+            true
+        }
+        fn trace_next_run(&mut self) {
+            self.tracing = true;
+        }
+        fn take_comparisons(&mut self) -> Vec<CmpValues> {
+            std::mem::take(&mut self.logs)
+        }
+        fn clock(&self) -> Duration {
+            Duration::from_micros(self.cost)
+        }
+    }
+
+    /// Runs `iterations` of the stage alone on a one-entry corpus.
+    fn run(target: &mut Target, iterations: usize) -> InputToStateStage<impl Sized> {
+        let mut feedback = ConstFeedback::new(false);
+        let mut objective = ConstFeedback::new(false);
+        let mut state = StdState::new(
+            StdRand::with_seed(7),
+            InMemoryCorpus::<BytesInput>::new(),
+            InMemoryCorpus::new(),
+            &mut feedback,
+            &mut objective,
+        )
+        .unwrap();
+        state
+            .corpus_mut()
+            .add(Testcase::new(BytesInput::new(b"AAAAxyz".to_vec())))
+            .unwrap();
+        let mut fuzzer = StdFuzzer::new(QueueScheduler::new(), feedback, objective);
+        let mut stages = tuple_list!(InputToStateStage::new(
+            HavocScheduledMutator::new(havoc_mutations()),
+            true
+        ));
+        let mut mgr = NopEventManager::new();
+        for _ in 0..iterations {
+            fuzzer
+                .fuzz_one(&mut stages, target, &mut state, &mut mgr)
+                .unwrap();
+        }
+        stages.0
+    }
+
+    #[test]
+    fn writes_a_compared_operand_into_the_input() {
+        let mut t = Target::new(5);
+        let stage = run(&mut t, 1);
+        assert!(t.solved, "no candidate carried the compared value");
+        assert_eq!(stage.traced, TRACES_PER_ITERATION as u64);
+        assert!(stage.candidates >= 1);
+        assert_eq!(t.runs, stage.traced + stage.candidates);
+    }
+
+    #[test]
+    fn sits_out_beyond_its_share_of_the_clock() {
+        // Traced runs so dear that the stage is over its share after its
+        // first turn, and nothing else runs to bring the share down.
+        let mut t = Target::new(1000);
+        let stage = run(&mut t, 5);
+        assert_eq!(stage.traced, TRACES_PER_ITERATION as u64);
+        assert!(stage.time[0] >= Duration::from_micros(1000 * stage.traced));
+    }
+}
