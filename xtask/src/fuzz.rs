@@ -225,6 +225,14 @@ pub fn main(args: FuzzArgs) -> Result<i32> {
             args.time,
             dir.display()
         );
+        if args.jobs > 1 && !deps::on_real_dom0() {
+            eprintln!(
+                "xtask fuzz: note: in the QEMU lab every guest shares the same two emulated CPUs, so {} jobs \
+                 make no more runs per second than one (README, \"`--jobs` in the lab\"); on a Xen host with \
+                 cores to spare they add up",
+                args.jobs
+            );
+        }
     }
     lab::run_in_dom0(&argv)
 }
