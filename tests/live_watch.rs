@@ -88,6 +88,14 @@ fn watchpoints(mode: &str) {
         .add_watchpoint(buffer, 64, WatchKind::Write)
         .expect_err("64 bytes need 8 slots");
     assert!(e.to_string().contains("debug registers"), "{e}");
+    // A length from a debugger packet (`Z2,ADDR,LEN`) is refused before it
+    // sizes anything.
+    for len in [1 << 40, u64::MAX] {
+        let e = dom
+            .add_watchpoint(buffer, len, WatchKind::Write)
+            .expect_err("huge watch");
+        assert!(e.to_string().contains("debug registers"), "{e}");
+    }
     assert_eq!(drs(&dom), guest_drs);
 
     // Writes of known_counter: one hit per tick, old and new values.

@@ -86,7 +86,7 @@ pub fn select_functions(elf: &[u8], patterns: &[String]) -> Result<Vec<Function>
         if let Some((a, b)) = parse_range(r) {
             // Functions wholly inside the range keep their names; the range
             // itself covers the rest.
-            out.retain(|f| !(f.addr >= a && f.addr + f.size <= b));
+            out.retain(|f| !(f.addr >= a && f.addr.saturating_add(f.size) <= b));
             out.push(Function {
                 name: format!("range@{a:#x}"),
                 addr: a,
@@ -104,7 +104,7 @@ pub fn code_bytes(elf: &[u8], addr: u64, len: u64) -> Result<Vec<u8>, BlocksErro
     let obj = object::File::parse(elf).map_err(|e| BlocksError::Elf(e.to_string()))?;
     for sec in obj.sections() {
         let (start, size) = (sec.address(), sec.size());
-        if addr >= start && addr + len <= start + size {
+        if addr >= start && addr.saturating_add(len) <= start.saturating_add(size) {
             let data = sec.data().map_err(|e| BlocksError::Elf(e.to_string()))?;
             let off = (addr - start) as usize;
             return data

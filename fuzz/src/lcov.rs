@@ -116,7 +116,10 @@ impl LineMap {
         let mut o = String::new();
         for (f, lines) in per_file {
             let _ = writeln!(o, "TN:{test_name}");
-            let _ = writeln!(o, "SF:{}", self.files[f]);
+            let Some(file) = self.files.get(f) else {
+                continue;
+            };
+            let _ = writeln!(o, "SF:{file}");
             let funcs = funcs_per_file.remove(&f).unwrap_or_default();
             for (name, line, _) in &funcs {
                 let _ = writeln!(o, "FN:{line},{name}");

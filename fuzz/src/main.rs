@@ -132,9 +132,9 @@ fn parse_duration(s: &str) -> Result<Duration> {
         Some('h') => (&s[..s.len() - 1], 3600),
         _ => (s, 1),
     };
-    match num.parse::<u64>() {
-        Ok(n) => Ok(Duration::from_secs(n * mul)),
-        Err(_) => bail!("bad duration {s:?} (use e.g. 60s, 5m, 1h)"),
+    match num.parse::<u64>().ok().and_then(|n| n.checked_mul(mul)) {
+        Some(secs) => Ok(Duration::from_secs(secs)),
+        None => bail!("bad duration {s:?} (use e.g. 60s, 5m, 1h)"),
     }
 }
 
@@ -281,7 +281,9 @@ fn real_main() -> Result<i32> {
         stop_on: a.stop_on.clone(),
         stop_when_found: a.stop_when_found.clone(),
         progress: job.is_none(),
-        rng_seed: a.rng_seed.map(|s| s + a.job.unwrap_or(0) as u64),
+        rng_seed: a
+            .rng_seed
+            .map(|s| s.wrapping_add(a.job.unwrap_or(0) as u64)),
         dictionary,
         job,
         cmplog: !a.no_cmplog,
@@ -307,5 +309,6 @@ mod tests {
         assert_eq!(parse_duration("5m").ok(), Some(Duration::from_secs(300)));
         assert_eq!(parse_duration("1h").ok(), Some(Duration::from_secs(3600)));
         assert!(parse_duration("x").is_err());
+        assert!(parse_duration("99999999999999999h").is_err());
     }
 }

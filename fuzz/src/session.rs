@@ -392,11 +392,17 @@ impl Session {
         self.len_va = dom.symbol(&self.spec.len_sym)?;
         self.pages.clear();
         let first = self.input_va & !0xfff;
-        let last = (self.input_va + self.input_cap as u64) | 0xfff;
-        let mut page = first;
-        while page <= last {
+        let end = self
+            .input_va
+            .checked_add(self.input_cap as u64)
+            .ok_or_else(|| {
+                SessionError::Setup(format!(
+                    "{} at {:#x} with {} bytes ends beyond the address space",
+                    self.spec.input_sym, self.input_va, self.input_cap
+                ))
+            })?;
+        for page in (first..=(end | 0xfff)).step_by(0x1000) {
             self.pages.insert(page, dom.translate(0, page)?.frame());
-            page += 0x1000;
         }
         let lpage = self.len_va & !0xfff;
         let lpa = dom.translate(0, lpage)?.frame();

@@ -74,9 +74,14 @@ pub fn parse_num(s: &str) -> Result<u64, String> {
     u64::from_str_radix(digits, radix).map_err(|_| format!("bad number {s:?}"))
 }
 
+/// Nesting the parser accepts (unary operators and parentheses), so that a
+/// pasted `((((...` gets an error instead of overflowing the stack.
+const MAX_DEPTH: usize = 200;
+
 struct Parser<'a, E: Env> {
     toks: Vec<Tok>,
     pos: usize,
+    depth: usize,
     env: &'a mut E,
 }
 
@@ -156,6 +161,16 @@ impl<E: Env> Parser<'_, E> {
     }
 
     fn unary(&mut self) -> Result<u64, String> {
+        if self.depth >= MAX_DEPTH {
+            return Err(format!("expression nested deeper than {MAX_DEPTH}"));
+        }
+        self.depth += 1;
+        let v = self.unary_inner();
+        self.depth -= 1;
+        v
+    }
+
+    fn unary_inner(&mut self) -> Result<u64, String> {
         if self.eat_op("-") {
             return Ok(self.unary()?.wrapping_neg());
         }
@@ -244,7 +259,12 @@ pub fn eval(src: &str, env: &mut impl Env) -> Result<u64, String> {
     if toks.is_empty() {
         return Err("empty expression".into());
     }
-    let mut p = Parser { toks, pos: 0, env };
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        depth: 0,
+        env,
+    };
     let v = p.or()?;
     if p.pos != p.toks.len() {
         return Err(format!(
@@ -342,6 +362,17 @@ mod tests {
         assert_eq!(eval("*(u8*)&known_counter", &mut e), Ok(7));
         assert!(eval("*(u64*)0", &mut e).is_err());
         assert!(eval("&rax", &mut e).is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let mut e = env();
+        let ok = format!("{}1{}", "(".repeat(100), ")".repeat(100));
+        assert_eq!(eval(&ok, &mut e), Ok(1));
+        assert_eq!(eval(&format!("{}5", "-".repeat(100)), &mut e), Ok(5));
+        let deep = format!("{}1{}", "(".repeat(100_000), ")".repeat(100_000));
+        assert!(eval(&deep, &mut e).unwrap_err().contains("nested deeper"));
+        assert!(eval(&"~".repeat(100_000), &mut e).is_err());
     }
 
     #[test]

@@ -187,7 +187,7 @@ impl Mutation {
                     offset,
                     bytes,
                 } => {
-                    let addr = s.symbol(symbol)? + offset;
+                    let addr = s.symbol(symbol)?.wrapping_add(*offset);
                     s.dom().write_virt(addr, bytes)?;
                 }
                 Change::Input(bytes) => {

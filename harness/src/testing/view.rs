@@ -137,7 +137,7 @@ pub fn demangle(name: &str) -> String {
         let Ok(n) = rest[..d].parse::<usize>() else {
             break;
         };
-        let Some(part) = rest.get(d..d + n) else {
+        let Some(part) = rest.get(d..).and_then(|r| r.get(..n)) else {
             return name.to_string();
         };
         parts.push(part);

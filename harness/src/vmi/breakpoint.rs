@@ -150,7 +150,7 @@ impl Breakpoints {
     pub fn original_bytes_in(&self, va: u64, len: u64) -> Vec<(u64, u8)> {
         self.list
             .values()
-            .filter(|b| b.planted && b.va >= va && b.va < va + len)
+            .filter(|b| b.planted && b.va >= va && b.va - va < len)
             .map(|b| (b.va, b.orig))
             .collect()
     }

@@ -134,8 +134,22 @@ fn read_header(r: &mut impl Read, path: &Path) -> Result<SnapshotFileMeta> {
     }
     let mut json = vec![0u8; len];
     r.read_exact(&mut json).map_err(err)?;
-    serde_json::from_slice(&json)
-        .map_err(|e| Error::State(format!("{}: snapshot header: {e}", path.display())))
+    let meta: SnapshotFileMeta = serde_json::from_slice(&json)
+        .map_err(|e| Error::State(format!("{}: snapshot header: {e}", path.display())))?;
+    // The sizes below allocate buffers: a damaged header gets an error, not
+    // an allocation of its numbers. A guest holds at most its maximum memory
+    // in frames, plus a few special ones; an HVM context is a few KiB a vCPU.
+    let max_frames = (meta.max_memkb / 4).saturating_add(1 << 16);
+    if meta.frames > max_frames || meta.hvm_context_len > 16 << 20 {
+        return Err(Error::State(format!(
+            "{}: damaged snapshot header: {} frames for {} KiB of memory, an HVM context of {} bytes",
+            path.display(),
+            meta.frames,
+            meta.max_memkb,
+            meta.hvm_context_len
+        )));
+    }
+    Ok(meta)
 }
 
 impl Domain {
@@ -317,5 +331,22 @@ mod tests {
         assert!(e.to_string().contains("not a xenprobe snapshot"), "{e}");
         let e = read_header(&mut &buf[..10], Path::new("x")).unwrap_err();
         assert!(matches!(e, Error::Io { .. }), "{e}");
+        for damaged in [
+            SnapshotFileMeta {
+                frames: u64::MAX / 4,
+                ..meta.clone()
+            },
+            SnapshotFileMeta {
+                hvm_context_len: u64::MAX,
+                ..meta.clone()
+            },
+        ] {
+            let json = serde_json::to_vec(&damaged).expect("json");
+            let mut buf = MAGIC.to_vec();
+            buf.extend_from_slice(&(json.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&json);
+            let e = read_header(&mut &buf[..], Path::new("x")).unwrap_err();
+            assert!(e.to_string().contains("damaged snapshot header"), "{e}");
+        }
     }
 }

@@ -333,6 +333,14 @@ impl Domain {
                 "a watchpoint needs a length of 1 or more".into(),
             ));
         }
+        // Four debug registers of at most 8 bytes each: nothing longer can be
+        // watched, and the length sizes a buffer below.
+        if len > 32 || va.checked_add(len - 1).is_none() {
+            return Err(Error::State(format!(
+                "a watch on {len} bytes at {va:#x} cannot fit the 4 debug registers \
+                 (aligned pieces of at most 8 bytes, 32 bytes in all)"
+            )));
+        }
         if !self.is_stopped() {
             return Err(Error::State(
                 "add_watchpoint() needs a stopped domain: pause() first".into(),

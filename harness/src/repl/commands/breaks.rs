@@ -65,7 +65,9 @@ pub(super) fn unwatch(s: &mut Session, rest: &str, out: &mut String) -> Result<(
         dom.watchpoints().iter().map(|w| w.id).collect()
     } else {
         let n = parse_num(rest).map_err(|_| usage("unwatch N|all"))?;
-        vec![WatchpointId(n as u32)]
+        vec![WatchpointId(
+            u32::try_from(n).map_err(|_| usage(format!("no watchpoint {n}")))?,
+        )]
     };
     if !dom.is_stopped() {
         return Err(usage("the domain runs: pause first"));
@@ -112,7 +114,8 @@ pub(super) fn delete(s: &mut Session, rest: &str, out: &mut String) -> Result<()
     let nums: Vec<u32> = if rest == "all" || rest.is_empty() {
         s.bps.keys().copied().collect()
     } else {
-        vec![parse_num(rest).map_err(usage)? as u32]
+        let n = parse_num(rest).map_err(usage)?;
+        vec![u32::try_from(n).map_err(|_| usage(format!("no breakpoint {n}")))?]
     };
     for n in nums {
         let b = s

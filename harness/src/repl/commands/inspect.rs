@@ -11,7 +11,8 @@ use super::{eval_in, usage};
 
 /// `vcpu N`: selects the vCPU later commands act on.
 pub(super) fn vcpu(s: &mut Session, rest: &str, out: &mut String) -> Result<(), ReplError> {
-    let n = parse_num(rest).map_err(usage)? as u32;
+    let n = parse_num(rest).map_err(usage)?;
+    let n = u32::try_from(n).map_err(|_| usage(format!("vcpu {n} does not exist")))?;
     let max = s.dom()?.max_vcpu()?;
     if n > max {
         return Err(usage(format!("vcpu {n} does not exist (0..={max})")));
@@ -151,7 +152,7 @@ pub(super) fn examine(s: &mut Session, rest: &str, out: &mut String) -> Result<(
             if i > 0 {
                 out.push('\n');
             }
-            let _ = write!(out, "{:#x}:", addr + (i * size) as u64);
+            let _ = write!(out, "{:#x}:", addr.wrapping_add((i * size) as u64));
         }
         let mut b = [0u8; 8];
         b[..size].copy_from_slice(chunk);
@@ -209,7 +210,7 @@ pub(super) fn disas(s: &mut Session, rest: &str, out: &mut String) -> Result<(),
         }
     };
     let n = match parts.next() {
-        Some(n) => parse_num(n).map_err(usage)? as usize,
+        Some(n) => usize::try_from(parse_num(n).map_err(usage)?).unwrap_or(usize::MAX),
         None => 8,
     };
     disas_at(s, addr, n.clamp(1, 1000), out)

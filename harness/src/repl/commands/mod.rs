@@ -153,9 +153,12 @@ pub fn execute(s: &mut Session, line: &str, out: &mut String) -> Result<Flow, Re
         "continue" => {
             let limit = match rest {
                 "" => None,
-                t => Some(Duration::from_secs_f64(
-                    t.parse::<f64>().map_err(|_| usage("continue [SECONDS]"))?,
-                )),
+                t => Some(
+                    t.parse::<f64>()
+                        .ok()
+                        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+                        .ok_or_else(|| usage("continue [SECONDS]"))?,
+                ),
             };
             run::cont(s, limit, out)?;
         }

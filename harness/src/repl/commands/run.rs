@@ -19,7 +19,12 @@ pub(super) fn stepi(s: &mut Session, rest: &str, out: &mut String) -> Result<(),
     } else {
         eval_in(s, rest)?
     };
+    INTERRUPT.store(false, Ordering::SeqCst);
     for _ in 0..n {
+        if INTERRUPT.swap(false, Ordering::SeqCst) {
+            out.push_str("interrupted\n");
+            break;
+        }
         step_once(s, out)?;
     }
     where_am_i(s, out)
@@ -217,7 +222,7 @@ pub(super) fn nexti(s: &mut Session, out: &mut String) -> Result<(), ReplError> 
     let insn = s.dom()?.disassemble(r.rip, 1)?;
     match insn.first() {
         Some((a, len, text)) if text.starts_with("call") => {
-            let ret = a + *len as u64;
+            let ret = a.wrapping_add(*len as u64);
             let sp = r.rsp;
             run_to(s, ret, move |x| x.rsp >= sp, out)?;
         }
@@ -247,14 +252,14 @@ fn return_address(s: &mut Session) -> Result<(u64, u64), ReplError> {
     }
     let slot = match func {
         Some((_, 0)) => r.rsp,
-        Some((_, 1)) if first[0] == 0x55 => r.rsp + 8,
+        Some((_, 1)) if first[0] == 0x55 => r.rsp.wrapping_add(8),
         _ => r.rbp.wrapping_add(8),
     };
     let ret = s
         .dom()?
         .read_u64_on(vcpu, slot)
         .map_err(|e| usage(format!("no return address at {slot:#x}: {e}")))?;
-    Ok((ret, slot + 8))
+    Ok((ret, slot.wrapping_add(8)))
 }
 
 /// `finish`: runs until the current function returns, then prints RAX.
@@ -279,7 +284,7 @@ pub(super) fn backtrace(s: &mut Session, out: &mut String) -> Result<(), ReplErr
     let mut frame = 1;
     // Before the frame is set up, the caller is found from the stack.
     if let Ok((ret, sp_after)) = return_address(s) {
-        if sp_after <= r.rsp + 16 && sp_after != r.rbp.wrapping_add(16) {
+        if sp_after <= r.rsp.saturating_add(16) && sp_after != r.rbp.wrapping_add(16) {
             let _ = writeln!(out, "#1  {ret:#x}{}", s.symbolize(ret));
             frame = 2;
         }
