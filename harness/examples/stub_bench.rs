@@ -137,6 +137,19 @@ fn serve(a: &Args, xen: &Xen, g: &Guest, n: u32, unpause: bool) -> Result<()> {
 
 fn main() -> Result<()> {
     let a = args()?;
+    // The host side ends `lab run` (SIGTERM here) when it gives up, e.g.
+    // without LLDB: the guests go too, instead of staying paused in the lab.
+    let pid = std::process::id();
+    ctrlc::set_handler(move || {
+        for tag in ["raw", "stub"] {
+            let _ = Command::new("xl")
+                .args(["destroy", &format!("bench-{tag}-{pid}")])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+        std::process::exit(130);
+    })
+    .context("installing the SIGTERM handler")?;
     let xen = Xen::open()?;
     raw(&a, &xen)?;
     let g = Guest::create(&a.cfg, "stub")?;

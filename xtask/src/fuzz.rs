@@ -86,6 +86,10 @@ pub struct FuzzArgs {
     /// 1234 unless the lab was booted with `--forward HOST:GUEST`).
     #[arg(long, requires = "debug")]
     port: Option<u16>,
+    /// Further `xenprobe-fuzz` options, after `--`, passed on as they are
+    /// (e.g. `-- --full-context --spin-us 0`; `xenprobe-fuzz --help` lists them).
+    #[arg(last = true, value_name = "FUZZER_ARGS")]
+    fuzzer_args: Vec<String>,
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -211,6 +215,7 @@ pub fn main(args: FuzzArgs) -> Result<i32> {
     if let Some(seed) = args.rng_seed {
         argv.extend(["--rng-seed".into(), seed.to_string()]);
     }
+    argv.extend(args.fuzzer_args.iter().cloned());
     if let Some(c) = &args.reproduce {
         argv.extend(["--reproduce".into(), absolute(c).display().to_string()]);
         if args.debug {
@@ -225,11 +230,13 @@ pub fn main(args: FuzzArgs) -> Result<i32> {
             args.time,
             dir.display()
         );
-        if args.jobs > 1 && !deps::on_real_dom0() {
+        // Measured on the default two emulated CPUs only; a lab given more
+        // (`XENPROBE_LAB_CPUS`) may well gain from parallel guests.
+        if args.jobs > 1 && !deps::on_real_dom0() && lab::instance::cpus() <= 2 {
             eprintln!(
-                "xtask fuzz: note: in the QEMU lab every guest shares the same two emulated CPUs, so {} jobs \
-                 make no more runs per second than one (README, \"`--jobs` in the lab\"); on a Xen host with \
-                 cores to spare they add up",
+                "xtask fuzz: note: in the QEMU lab every guest shares the lab's two emulated CPUs, so {} jobs \
+                 make no more runs per second than one (README, \"`--jobs` in the lab\"); on a Xen host, or a \
+                 lab with more CPUs (XENPROBE_LAB_CPUS), they can add up",
                 args.jobs
             );
         }

@@ -39,7 +39,7 @@ pub struct FuzzBenchArgs {
     /// Seconds of the LibAFL-overhead row; 0: skip it.
     #[arg(long, default_value_t = 10)]
     pub libafl_secs: u64,
-    #[arg(long, value_enum, default_value = "stock")]
+    #[arg(long, value_enum, default_value = "stock", env = "XENPROBE_XEN")]
     pub xen: Flavour,
 }
 
@@ -70,7 +70,7 @@ pub fn run(args: &FuzzBenchArgs) -> Result<i32> {
     let running = match &lab {
         Some(l) => Some(l.up(&UpOptions {
             forward: (None, 1234),
-            timeout: Duration::from_secs(300),
+            timeout: Duration::from_secs(crate::lab::boot_timeout()),
             cold: false,
             saved_states: true,
         })?),

@@ -23,7 +23,7 @@ pub fn run(runs: usize, flavour: Flavour) -> Result<i32> {
     lab.down()?;
     let opts = |cold, saved_states| UpOptions {
         forward: (None, 1234),
-        timeout: Duration::from_secs(300),
+        timeout: Duration::from_secs(crate::lab::boot_timeout()),
         cold,
         saved_states,
     };

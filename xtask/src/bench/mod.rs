@@ -26,7 +26,7 @@ enum What {
         /// Starts of each kind to measure.
         #[arg(long, default_value_t = 3)]
         runs: usize,
-        #[arg(long, value_enum, default_value = "stock")]
+        #[arg(long, value_enum, default_value = "stock", env = "XENPROBE_XEN")]
         xen: Flavour,
     },
     /// The debug stub against the raw engine: memory read throughput (`m`
@@ -53,7 +53,7 @@ enum What {
         /// Tests in each run.
         #[arg(long, default_value_t = 8)]
         tests: usize,
-        #[arg(long, value_enum, default_value = "stock")]
+        #[arg(long, value_enum, default_value = "stock", env = "XENPROBE_XEN")]
         xen: Flavour,
     },
     /// Fuzzing speed: each reset strategy against the floor of the stack.
@@ -70,7 +70,7 @@ enum What {
         /// only non-zero frames, so they fit beside dom0's 1 GiB).
         #[arg(long, default_value_t = 1024)]
         big_mib: u64,
-        #[arg(long, value_enum, default_value = "stock")]
+        #[arg(long, value_enum, default_value = "stock", env = "XENPROBE_XEN")]
         xen: Flavour,
         /// Measure a debug build (faster to build, slower to run).
         #[arg(long)]

@@ -14,7 +14,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -149,7 +149,10 @@ fn lldb_round_trips(port: u16, image: &std::path::Path) -> Result<Vec<f64>> {
             stops.push(Instant::now());
         }
     }
-    let _ = child.wait();
+    let status = child.wait().context("waiting for lldb")?;
+    if stops.is_empty() {
+        bail!("LLDB stopped at no breakpoint (`{cmd}` under script(1) ended with {status})");
+    }
     Ok(stops
         .windows(2)
         .map(|w| (w[1] - w[0]).as_secs_f64() * 1e3)
@@ -163,31 +166,47 @@ fn fmt(s: &super::Stats) -> String {
     )
 }
 
+/// The dom0 half's client process, killed if the bench gives up early (so
+/// that neither it nor the stub waiting for a debugger in dom0 stays behind).
+struct DomHalf(Child);
+
+impl Drop for DomHalf {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 pub fn run() -> Result<i32> {
     if deps::on_real_dom0() {
         bail!("bench stub drives the lab's port forward; run it on the host of a lab");
     }
-    deps::ensure(deps::Need::Lab)?;
+    // The lab, and LLDB for the round trips.
+    deps::ensure(deps::Need::Tests)?;
     guests::build()?;
     let bin = build_example()?;
     let (host_port, dom0_port) = crate::fuzz::lab_forward()?;
     let gdir = ws::guests_dir();
     let image = gdir.join("known-pvh");
     let exe = std::env::current_exe().context("locating xtask")?;
-    let mut child = Command::new(exe)
-        .args(["lab", "run", "--"])
-        .arg(&bin)
-        .arg("--cfg")
-        .arg(gdir.join("known-pvh.cfg"))
-        .arg("--image")
-        .arg(&image)
-        .args(["--port", &dom0_port.to_string()])
-        .args(["--pages", &PAGES.to_string()])
-        .args(["--rounds", &ROUNDS.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting the dom0 half")?;
-    let stdout = child.stdout.take().context("stdout")?;
+    let mut child = DomHalf(
+        Command::new(exe)
+            .args(["lab", "run", "--"])
+            .arg(&bin)
+            .arg("--cfg")
+            .arg(gdir.join("known-pvh.cfg"))
+            .arg("--image")
+            .arg(&image)
+            .args(["--port", &dom0_port.to_string()])
+            .args(["--pages", &PAGES.to_string()])
+            .args(["--rounds", &ROUNDS.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the dom0 half")?,
+    );
+    let stdout = child.0.stdout.take().context("stdout")?;
     let (tx, rx) = mpsc::channel::<String>();
     std::thread::spawn(move || {
         for l in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -229,7 +248,7 @@ pub fn run() -> Result<i32> {
     wait_for("READY 2")?;
     let lldb_bp = lldb_round_trips(host_port, &image)?;
     let _ = wait_for("SESSION 2");
-    let _ = child.wait();
+    let _ = child.0.wait();
     if raw_bp.is_empty() || lldb_bp.is_empty() {
         bail!("no breakpoint round trips measured (raw {raw_bp:?}, lldb {lldb_bp:?})");
     }

@@ -246,10 +246,7 @@ impl Lab {
             agent: (free_port()?, AGENT_PORT),
             forward: (forward_host, forward_guest),
             memory: "3G",
-            cpus: std::env::var("XENPROBE_LAB_CPUS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2),
+            cpus: cpus(),
             incoming: None,
         };
         // Everything that makes a saved state invalid.
@@ -503,6 +500,14 @@ fn is_zombie(pid: i32) -> bool {
 }
 
 /// The last `n` lines of a file.
+/// The lab's emulated CPU count: `XENPROBE_LAB_CPUS`, default 2.
+pub fn cpus() -> u32 {
+    std::env::var("XENPROBE_LAB_CPUS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
+}
+
 pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);

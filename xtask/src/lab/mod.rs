@@ -270,10 +270,19 @@ pub fn run_in_dom0(argv: &[String]) -> Result<i32> {
             .and_then(|v| <Flavour as clap::ValueEnum>::from_str(&v, true).ok())
             .unwrap_or(Flavour::Stock),
         forward: None,
-        timeout: 300,
+        timeout: boot_timeout(),
         cold: false,
     };
     run(&opts, argv, false)
+}
+
+/// Seconds to wait for dom0 when a command other than `lab` boots the lab:
+/// `XENPROBE_LAB_TIMEOUT`, default 300 (`lab --timeout` has the same default).
+pub fn boot_timeout() -> u64 {
+    std::env::var("XENPROBE_LAB_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
 }
 
 /// FNV-1a over bytes: a stable hash for cache keys.
