@@ -302,6 +302,16 @@ fn cached_line_map(cache: &Path, image: &Path, cover: &[String], blocks: usize) 
     Some(m)
 }
 
+/// The source lines of a kernel session's blocks (module DWARF).
+fn kernel_line_map(session: &Session) -> Option<LineMap> {
+    let syms = session.domain()?.symbols().ok()?;
+    Some(LineMap::build_with(
+        session.functions(),
+        &session.blocks,
+        |a| syms.line(a),
+    ))
+}
+
 /// The campaign's title in reports: the campaign directory's name.
 fn title(opts: &CampaignOptions) -> String {
     opts.dir
@@ -334,7 +344,7 @@ where
         &mut feedback,
         &mut objective,
     )?;
-    let mut tokens = crate::blocks::tokens_in_image(&opts.target.image, &opts.target.cover)?;
+    let mut tokens = executor.inner().session().comparison_tokens();
     for t in &opts.dictionary {
         if !tokens.contains(t) {
             tokens.push(t.clone());
@@ -349,11 +359,16 @@ where
     // The DWARF lookups take seconds in the emulated dom0: done aside, the
     // reports get lcov.info once they are ready.
     let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    let (image, cover) = (opts.target.image.clone(), opts.target.cover.clone());
-    let cache = opts.dir.join(".lines.json");
-    std::thread::spawn(move || {
-        let _ = lines_tx.send(cached_line_map(&cache, &image, &cover, blocks));
-    });
+    if executor.inner().session().is_kernel() {
+        // A kernel's lines come from the module symbols the session holds.
+        let _ = lines_tx.send(kernel_line_map(executor.inner().session()));
+    } else {
+        let (image, cover) = (opts.target.image.clone(), opts.target.cover.clone());
+        let cache = opts.dir.join(".lines.json");
+        std::thread::spawn(move || {
+            let _ = lines_tx.send(cached_line_map(&cache, &image, &cover, blocks));
+        });
+    }
     let mut lines: Option<LineMap> = None;
     let mut progress = Progress::default();
 

@@ -10,6 +10,7 @@
 //! memory_mb = 32
 //! input = "xenprobe_input"    # buffer symbol; its ELF size is the capacity
 //! input_len = "xenprobe_input_len"
+//! input_len_size = 4          # its width in bytes: 1, 2, 4, 8 (default: its ELF size)
 //! start = "xenprobe_fuzz_start"
 //! end = "xenprobe_fuzz_end"
 //! sinks = ["xenprobe_crash"]
@@ -61,8 +62,17 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct GuestConfig {
-    /// The guest's ELF image.
-    pub image: PathBuf,
+    /// The guest's ELF image (with `kernel`: not used).
+    pub image: Option<PathBuf>,
+    /// Linux kernel code: the kernel's vmlinux (stripped or not),
+    /// `System.map` or `/proc/kallsyms` copy (see [`crate::kernel`]).
+    pub kernel: Option<PathBuf>,
+    /// With `kernel`: modules (`.ko`) the harness runs in.
+    pub modules: Option<Vec<PathBuf>>,
+    /// With `kernel`: `cpuid` (KF/x's 0x13371337) or `cpuid:LEAF`.
+    pub marker: Option<String>,
+    /// With `kernel`: seconds the guest may take to boot to its marker.
+    pub boot_timeout_s: Option<u64>,
     /// An xl config to create the guest from (exclusive with `mode`).
     pub xl_cfg: Option<PathBuf>,
     /// `pvh` or `hvm`: the fuzzer writes the xl config.
@@ -73,8 +83,10 @@ pub struct GuestConfig {
     pub memory_mb: Option<u32>,
     /// Input buffer symbol.
     pub input: Option<String>,
-    /// Input length symbol (u64).
+    /// Input length symbol (unsigned, little-endian).
     pub input_len: Option<String>,
+    /// Width of the input length in bytes (default: its symbol's size).
+    pub input_len_size: Option<u64>,
     /// Start point (snapshot).
     pub start: Option<String>,
     /// End point.
@@ -172,9 +184,27 @@ impl GuestConfig {
             };
             std::path::absolute(&j).unwrap_or(j)
         };
-        let image = abs(&self.image);
+        let kernel = match &self.kernel {
+            None => None,
+            Some(k) => Some(self.kernel_target(abs(k), &abs, &invalid)?),
+        };
+        let image = match (&self.image, &kernel) {
+            (Some(i), _) => abs(i),
+            (None, Some(k)) => k.symbols.clone(),
+            (None, None) => {
+                return Err(invalid(
+                    "give image (or kernel for Linux kernel code)".into(),
+                ))
+            }
+        };
         if !image.is_file() {
             return Err(invalid(format!("image {} does not exist", image.display())));
+        }
+        if kernel.is_some() && self.mode.is_some() {
+            return Err(invalid(
+                "a Linux guest needs its own xl config (kernel, ramdisk, cmdline): give xl_cfg, not mode"
+                    .into(),
+            ));
         }
         let (cfg, name) = match (&self.xl_cfg, &self.mode) {
             (Some(_), Some(_)) => return Err(invalid("give xl_cfg or mode, not both".into())),
@@ -219,6 +249,13 @@ impl GuestConfig {
         if let Some(v) = &self.input_len {
             target.len_sym = v.clone();
         }
+        if let Some(w) = self.input_len_size {
+            let w = usize::try_from(w)
+                .ok()
+                .filter(|w| crate::abi::LEN_WIDTHS.contains(w))
+                .ok_or_else(|| invalid(format!("input_len_size: {w} is not 1, 2, 4 or 8")))?;
+            target.len_size = Some(w);
+        }
         if let Some(v) = &self.start {
             target.start_sym = v.clone();
         }
@@ -227,6 +264,9 @@ impl GuestConfig {
         }
         if let Some(v) = &self.sinks {
             target.sinks = v.clone();
+        } else if kernel.is_some() {
+            // The kernel's own error paths are the sinks (crate::kernel::SINKS).
+            target.sinks.clear();
         }
         let mut cover = self.cover.clone().unwrap_or_default();
         for r in self.cover_ranges.iter().flatten() {
@@ -238,9 +278,13 @@ impl GuestConfig {
             cover.push(r.clone());
         }
         if cover.is_empty() {
-            cover.push("xenprobe_target".into());
+            match &kernel {
+                Some(k) => cover = k.default_cover(),
+                None => cover.push("xenprobe_target".into()),
+            }
         }
         target.cover = cover;
+        target.kernel = kernel;
         if let Some(ms) = self.timeout_ms {
             target.timeout = Duration::from_millis(ms.max(1));
         }
@@ -259,6 +303,59 @@ impl GuestConfig {
             seeds: self.seeds.as_deref().map(abs),
             dictionary,
             name,
+        })
+    }
+}
+
+impl GuestConfig {
+    /// The `kernel`, `modules`, `marker` and `boot_timeout_s` keys.
+    fn kernel_target(
+        &self,
+        symbols: PathBuf,
+        abs: &dyn Fn(&Path) -> PathBuf,
+        invalid: &dyn Fn(String) -> ConfigError,
+    ) -> Result<crate::kernel::KernelTarget, ConfigError> {
+        if !symbols.is_file() {
+            return Err(invalid(format!(
+                "kernel {} does not exist",
+                symbols.display()
+            )));
+        }
+        let modules: Vec<PathBuf> = self.modules.iter().flatten().map(|m| abs(m)).collect();
+        if let Some(m) = modules.iter().find(|m| !m.is_file()) {
+            return Err(invalid(format!("module {} does not exist", m.display())));
+        }
+        let marker = match self.marker.as_deref().map(str::trim) {
+            None | Some("cpuid") => crate::kernel::Marker::Cpuid(crate::kernel::KFX_MAGIC),
+            Some(m) => match m.strip_prefix("cpuid:") {
+                Some(leaf) => {
+                    let leaf = leaf.trim();
+                    let v = match leaf.strip_prefix("0x") {
+                        Some(h) => u32::from_str_radix(h, 16).ok(),
+                        None => leaf.parse().ok(),
+                    };
+                    crate::kernel::Marker::Cpuid(v.ok_or_else(|| {
+                        invalid(format!("marker: {leaf:?} is not a 32-bit cpuid leaf"))
+                    })?)
+                }
+                None => {
+                    return Err(invalid(format!(
+                        "marker: {m:?}: use \"cpuid\" (0x13371337) or \"cpuid:LEAF\""
+                    )))
+                }
+            },
+        };
+        if modules.is_empty() && self.cover.is_none() && self.cover_ranges.is_none() {
+            return Err(invalid(
+                "kernel: name the code to cover: modules (every function of each) or cover/cover_ranges"
+                    .into(),
+            ));
+        }
+        Ok(crate::kernel::KernelTarget {
+            symbols,
+            modules,
+            marker,
+            boot_timeout: Duration::from_secs(self.boot_timeout_s.unwrap_or(120).max(1)),
         })
     }
 }
@@ -289,11 +386,22 @@ mod tests {
         let text = std::fs::read_to_string(&ex).expect("example");
         let c = GuestConfig::parse(&text, &ex).expect("parse");
         assert_eq!(c.mode.as_deref(), Some("pvh"));
-        assert!(c.image.ends_with("tlv-pvh"));
+        assert!(c.image.as_ref().is_some_and(|i| i.ends_with("tlv-pvh")));
         assert!(c
             .cover
             .as_ref()
             .is_some_and(|v| v.contains(&"crate:tlv".to_string())));
+    }
+
+    #[test]
+    fn the_c_guest_example_names_its_own_sink() {
+        let ex = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cguest.toml");
+        let text = std::fs::read_to_string(&ex).expect("example");
+        let c = GuestConfig::parse(&text, &ex).expect("parse");
+        assert!(c.image.as_ref().is_some_and(|i| i.ends_with("cguest-pvh")));
+        assert_eq!(c.sinks, Some(vec!["cg_crash".to_string()]));
+        // The width comes from the guest's uint32_t symbol.
+        assert_eq!(c.input_len_size, None);
     }
 
     #[test]
@@ -306,6 +414,7 @@ mod tests {
 image = "img"
 mode = "hvm"
 start = "go"
+input_len_size = 4
 sinks = ["oops", "bad"]
 cover = ["parse"]
 cover_ranges = ["0x1000-0x1100"]
@@ -320,6 +429,7 @@ input_format = "tlv-records"
             .expect("resolve");
         assert_eq!(l.name, "my-guest");
         assert_eq!(l.target.start_sym, "go");
+        assert_eq!(l.target.len_size, Some(4));
         assert_eq!(l.target.end_sym, "xenprobe_fuzz_end");
         assert_eq!(l.target.sinks, vec!["oops", "bad"]);
         assert_eq!(l.target.cover, vec!["parse", "0x1000-0x1100"]);
@@ -352,6 +462,19 @@ input_format = "tlv-records"
                 .contains("cover_ranges")
         );
         assert!(err("image = \"img\"\nmode = \"pvh\"\ndictionary = [\"zz\"]\n").contains("hex"));
+        for bad in ["3", "0", "16"] {
+            let e = err(&format!(
+                "image = \"img\"\nmode = \"pvh\"\ninput_len_size = {bad}\n"
+            ));
+            assert!(
+                e.contains(&format!("input_len_size: {bad} is not 1, 2, 4 or 8")),
+                "{e}"
+            );
+        }
+        assert!(
+            err("image = \"img\"\nmode = \"pvh\"\ninput_len_size = -4\n")
+                .contains("input_len_size")
+        );
         assert!(
             err("image = \"img\"\nmode = \"pvh\"\ninput_format = \"json\"\n")
                 .contains("input_format: unknown input format")

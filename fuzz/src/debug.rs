@@ -36,6 +36,64 @@ pub struct DebugOptions {
     /// `HOST:PORT` the debugger connects to, when it differs from `bind`
     /// (the host side of the lab's port forward).
     pub connect: Option<String>,
+    /// The debuggers installed where the debugger runs (None: unknown, print
+    /// every command line).
+    pub debuggers: Option<Vec<Debugger>>,
+}
+
+/// A debugger client whose command line is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Debugger {
+    /// LLDB (`gdb-remote`).
+    Lldb,
+    /// GDB (`target remote`).
+    Gdb,
+}
+
+impl Debugger {
+    /// In the order they are printed.
+    pub const ALL: [Debugger; 2] = [Debugger::Lldb, Debugger::Gdb];
+
+    /// The command (and Debian package) name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Debugger::Lldb => "lldb",
+            Debugger::Gdb => "gdb",
+        }
+    }
+}
+
+/// The `--debuggers` list (`lldb`, `gdb`, or `none`, comma-separated).
+pub fn parse_debuggers(items: &[String]) -> Result<Vec<Debugger>> {
+    let mut out = Vec::new();
+    for item in items.iter().map(|s| s.trim()) {
+        match Debugger::ALL.iter().find(|d| d.name() == item) {
+            Some(d) => out.push(*d),
+            None if item == "none" || item.is_empty() => {}
+            None => bail!("--debuggers: unknown debugger {item:?} (lldb, gdb or none)"),
+        }
+    }
+    Ok(out)
+}
+
+/// The lines printed under "connect with": the command line of each
+/// debugger in `present` (all when unknown), one line for each missing one.
+pub fn debugger_lines(present: Option<&[Debugger]>, image: &Path, target: &str) -> Vec<String> {
+    Debugger::ALL
+        .iter()
+        .map(|&d| match (d, present.is_none_or(|p| p.contains(&d))) {
+            (Debugger::Lldb, true) => {
+                format!("  lldb {} -o 'gdb-remote {target}'", image.display())
+            }
+            (Debugger::Gdb, true) => {
+                format!("  gdb {} -ex 'target remote {target}'", image.display())
+            }
+            (d, false) => format!(
+                "  ({0} is not installed on this machine: apt-get install {0})",
+                d.name()
+            ),
+        })
+        .collect()
 }
 
 /// Where the guest was stopped for the debugger.
@@ -67,7 +125,7 @@ impl StopPoint {
                 format!("the faulting instruction, not yet run (its execution #{hit})")
             }
             StopPoint::Sink { .. } => {
-                "the crash sink's entry (the panicking code is the caller)".to_string()
+                "the crash sink's entry (the crashing code is its caller)".to_string()
             }
             StopPoint::AsStopped => "where the run stopped".to_string(),
             StopPoint::Start => {
@@ -96,6 +154,7 @@ pub fn run(target: &TargetSpec, input_path: &Path, opts: &DebugOptions) -> Resul
     let guest_len =
         xenprobe_fuzz::structured::guest_bytes(spec.input_format.as_ref(), &input).len();
     let mut session = Session::start(spec.clone()).context("starting the guest")?;
+    let len_width = session.input_len_width();
     if guest_len > session.input_capacity() {
         let cap = session.input_capacity();
         session.finish().context("leaving the guest clean")?;
@@ -119,7 +178,7 @@ pub fn run(target: &TargetSpec, input_path: &Path, opts: &DebugOptions) -> Resul
     let mut dom = session
         .into_domain()
         .context("the replay left no attached guest")?;
-    let served = position(&mut dom, &spec, &input, &report)
+    let served = position(&mut dom, &spec, len_width, &input, &report)
         .and_then(|at| serve(dom, &image, &at, opts).map(|end| (at, end)));
     let result = match served {
         Ok((_, end)) => {
@@ -152,20 +211,20 @@ fn remove_all_breakpoints(dom: &mut Domain) -> Result<()> {
 }
 
 /// Restores the snapshot, writes the input and lets the guest run.
-fn start_run(dom: &mut Domain, spec: &TargetSpec, input: &[u8]) -> Result<()> {
+fn start_run(dom: &mut Domain, spec: &TargetSpec, width: usize, input: &[u8]) -> Result<()> {
     dom.restore_snapshot()?;
-    write_input(dom, spec, input)?;
+    write_input(dom, spec, width, input)?;
     dom.resume()?;
     Ok(())
 }
 
-/// Writes the input and its length through the engine (so that the next
-/// restore undoes them).
-fn write_input(dom: &mut Domain, spec: &TargetSpec, input: &[u8]) -> Result<()> {
+/// Writes the input and its length (`width` bytes) through the engine (so
+/// that the next restore undoes them).
+fn write_input(dom: &mut Domain, spec: &TargetSpec, width: usize, input: &[u8]) -> Result<()> {
     let input_va = dom.symbol(&spec.input_sym)?;
     let len_va = dom.symbol(&spec.len_sym)?;
     dom.write_virt(input_va, input)?;
-    dom.write_virt(len_va, &(input.len() as u64).to_le_bytes())?;
+    dom.write_virt(len_va, &xenprobe_fuzz::abi::len_bytes(input.len(), width))?;
     Ok(())
 }
 
@@ -181,9 +240,10 @@ fn run_until(
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match dom.wait_event(left)? {
             Event::Breakpoint { id, vcpu, .. } if want.contains(&id) => return Ok((id, vcpu)),
-            Event::Breakpoint { .. } | Event::Step { .. } | Event::Watchpoint { .. } => {
-                dom.resume()?
-            }
+            Event::Breakpoint { .. }
+            | Event::Step { .. }
+            | Event::Watchpoint { .. }
+            | Event::Cpuid { .. } => dom.resume()?,
             Event::Debug { rip, detail, .. } => {
                 bail!("the replay stopped on a debug event at {rip:#x} ({detail}) first")
             }
@@ -195,11 +255,13 @@ fn run_until(
     }
 }
 
-/// Brings the guest (stopped where the replay ended) to the place to debug.
-/// Leaves it stopped there with no breakpoint planted and no snapshot.
+/// Brings the guest (stopped where the replay ended) to the place to debug;
+/// `width` is the input length's width in bytes. Leaves it stopped there
+/// with no breakpoint planted and no snapshot.
 pub fn position(
     dom: &mut Domain,
     spec: &TargetSpec,
+    width: usize,
     input: &[u8],
     report: &CrashReport,
 ) -> Result<StopPoint> {
@@ -221,15 +283,15 @@ pub fn position(
             dom.pause()?;
         }
         dom.restore_snapshot()?;
-        write_input(dom, spec, input)?;
+        write_input(dom, spec, width, input)?;
         StopPoint::Start
     } else if sinks.contains(&report.rip) {
         let id = dom.add_breakpoint(report.rip)?;
-        start_run(dom, spec, input)?;
+        start_run(dom, spec, width, input)?;
         run_until(dom, &[id], run_timeout(spec))?;
         StopPoint::Sink { rip: report.rip }
     } else {
-        match fault_hits(dom, spec, input, report.rip, &sinks)? {
+        match fault_hits(dom, spec, width, input, report.rip, &sinks)? {
             Some(hits) => {
                 // Stop at that execution (earlier ones are stepped over:
                 // they do not fault).
@@ -238,7 +300,7 @@ pub fn position(
                     seen += 1;
                     seen == hits
                 })?;
-                start_run(dom, spec, input)?;
+                start_run(dom, spec, width, input)?;
                 run_until(dom, &[id], run_timeout(spec))?;
                 StopPoint::Fault {
                     rip: report.rip,
@@ -248,7 +310,7 @@ pub fn position(
             None => {
                 let sink = *sinks.first().context("no crash sink symbol in the image")?;
                 let id = dom.add_breakpoint(sink)?;
-                start_run(dom, spec, input)?;
+                start_run(dom, spec, width, input)?;
                 run_until(dom, &[id], run_timeout(spec))?;
                 StopPoint::Sink { rip: sink }
             }
@@ -271,6 +333,7 @@ pub fn position(
 fn fault_hits(
     dom: &mut Domain,
     spec: &TargetSpec,
+    width: usize,
     input: &[u8],
     rip: u64,
     sinks: &[u64],
@@ -294,7 +357,7 @@ fn fault_hits(
     let mut at = dom.add_breakpoint(rip)?;
     let mut after: Option<BreakpointId> = None;
     let mut hits = 0u64;
-    start_run(dom, spec, input)?;
+    start_run(dom, spec, width, input)?;
     let deadline = std::time::Instant::now() + run_timeout(spec);
     loop {
         let mut want = sink_ids.clone();
@@ -336,6 +399,7 @@ fn serve(dom: Domain, image: &Path, at: &StopPoint, opts: &DebugOptions) -> Resu
         .unwrap_or_else(|| "?".into());
     println!("stopped at {rip:#x} {place}: {}", at.describe());
     let connect = opts.connect.clone();
+    let debuggers = opts.debuggers.clone();
     let end = xenprobe::stub::serve_domain(dom, opts.bind, Some(image), |bound| {
         let target = connect.unwrap_or_else(|| {
             if bound.ip().is_unspecified() {
@@ -345,8 +409,47 @@ fn serve(dom: Domain, image: &Path, at: &StopPoint, opts: &DebugOptions) -> Resu
             }
         });
         println!("debug stub listening on {bound}; connect with one of:");
-        println!("  lldb {} -o 'gdb-remote {target}'", image.display());
-        println!("  gdb {} -ex 'target remote {target}'", image.display());
+        for line in debugger_lines(debuggers.as_deref(), image, &target) {
+            println!("{line}");
+        }
     })?;
     Ok(end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_present_debuggers_get_a_command_line() {
+        let image = Path::new("target/guests/cguest-pvh");
+        let all = debugger_lines(None, image, "127.0.0.1:38945");
+        assert_eq!(
+            all,
+            [
+                "  lldb target/guests/cguest-pvh -o 'gdb-remote 127.0.0.1:38945'",
+                "  gdb target/guests/cguest-pvh -ex 'target remote 127.0.0.1:38945'",
+            ]
+        );
+        let gdb_only = debugger_lines(Some(&[Debugger::Gdb]), image, "h:1");
+        assert_eq!(gdb_only.len(), 2);
+        assert!(!gdb_only.iter().any(|l| l.contains("gdb-remote")));
+        assert_eq!(
+            gdb_only[0],
+            "  (lldb is not installed on this machine: apt-get install lldb)"
+        );
+        assert!(gdb_only[1].starts_with("  gdb target/guests/cguest-pvh -ex"));
+        let parse =
+            |s: &[&str]| parse_debuggers(&s.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(parse(&["gdb"]).ok(), Some(vec![Debugger::Gdb]));
+        assert_eq!(parse(&["lldb", "gdb"]).ok(), Some(Debugger::ALL.to_vec()));
+        assert_eq!(parse(&["none"]).ok(), Some(vec![]));
+        assert!(parse(&["ddd"]).is_err());
+        let none = debugger_lines(Some(&[]), image, "h:1");
+        assert!(
+            none.iter().all(|l| l.contains("is not installed")),
+            "{none:?}"
+        );
+        assert_eq!(debugger_lines(Some(&Debugger::ALL), image, "h:1").len(), 2);
+    }
 }

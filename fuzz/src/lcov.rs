@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::path::Path;
 
-use xenprobe::vmi::Symbols;
+use xenprobe::vmi::{SourceLine, Symbols};
 
 use crate::blocks::{self, Block, Function};
 
@@ -41,6 +41,20 @@ impl LineMap {
             source,
         })?;
         let syms = Symbols::load(image)?;
+        let code = funcs
+            .iter()
+            .map(|f| Ok((f.clone(), blocks::code_bytes(&elf, f.addr, f.size)?)))
+            .collect::<Result<Vec<_>, blocks::BlocksError>>()?;
+        Ok(Self::build_with(&code, blocks, |a| syms.line(a)))
+    }
+
+    /// Maps `blocks` (sorted by address) of the functions `funcs` (with
+    /// their code) to source lines by `line` (address -> file and line).
+    pub fn build_with(
+        funcs: &[(Function, Vec<u8>)],
+        blocks: &[Block],
+        line: impl Fn(u64) -> Option<SourceLine>,
+    ) -> Self {
         let mut map = LineMap {
             block_lines: vec![Vec::new(); blocks.len()],
             ..Default::default()
@@ -52,8 +66,7 @@ impl LineMap {
                 files.len() - 1
             })
         };
-        for f in funcs {
-            let code = blocks::code_bytes(&elf, f.addr, f.size)?;
+        for (f, code) in funcs {
             let end = f.addr + f.size;
             let first = blocks.partition_point(|b| b.addr < f.addr);
             let last = blocks.partition_point(|b| b.addr < end);
@@ -68,7 +81,7 @@ impl LineMap {
                 };
                 let mut seen = BTreeSet::new();
                 for insn in blocks::instructions(bytes, start) {
-                    if let Some(l) = syms.line(insn.ip()) {
+                    if let Some(l) = line(insn.ip()) {
                         if l.line > 0 && seen.insert((l.file.clone(), l.line)) {
                             let id = file_id(l.file, &mut map.files);
                             map.block_lines[i].push((id, l.line));
@@ -77,12 +90,12 @@ impl LineMap {
                 }
                 mine.push(i);
             }
-            if let Some(l) = syms.line(f.addr) {
+            if let Some(l) = line(f.addr) {
                 let id = file_id(l.file, &mut map.files);
                 map.funcs.push((f.name.clone(), id, l.line, mine));
             }
         }
-        Ok(map)
+        map
     }
 
     /// Number of source lines that hold instrumented code.

@@ -13,9 +13,12 @@
 //! - [`cmplog`]: comparison logging at breakpoints on `cmp` instructions,
 //!   and the input-to-state stage that writes logged operands into inputs
 //!   (checksums, magic values computed at run time); [`i2s`]: that stage.
+//! - [`kernel`]: Linux kernel targets: the kernel's error paths as crash
+//!   sinks and the report read there.
 //! - [`structured`]: structured inputs (a type deriving `arbitrary::Arbitrary`
 //!   serialised into the guest).
 
+pub mod abi;
 pub mod bench;
 pub mod blocks;
 pub mod campaign;
@@ -26,6 +29,7 @@ pub mod executor;
 pub mod feedback;
 pub mod i2s;
 pub mod jobs;
+pub mod kernel;
 pub mod lcov;
 pub mod minimize;
 pub mod plot;

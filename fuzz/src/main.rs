@@ -92,6 +92,11 @@ struct Args {
     /// host side of the lab's port forward).
     #[arg(long)]
     debug_connect: Option<String>,
+    /// With --debug: the debuggers installed where the debugger runs
+    /// (comma-separated: lldb, gdb, or none); only their command lines are
+    /// printed, and a line says which one is missing (default: both printed).
+    #[arg(long, value_delimiter = ',', requires = "debug")]
+    debuggers: Option<Vec<String>>,
     /// Persistent mode: restore memory only every N runs (and after every
     /// crash, hang or new coverage); crashes are replayed from the snapshot.
     #[arg(long, default_value_t = 1)]
@@ -196,6 +201,11 @@ fn real_main() -> Result<i32> {
         let opts = debug::DebugOptions {
             bind: a.debug_bind,
             connect: a.debug_connect.clone(),
+            debuggers: a
+                .debuggers
+                .as_deref()
+                .map(debug::parse_debuggers)
+                .transpose()?,
         };
         return debug::run(&target, path, &opts);
     }

@@ -18,7 +18,9 @@ pub struct Frame {
 /// What the guest did wrong, with where.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CrashReport {
-    /// `panic`, `page-fault`, `divide-error`, ..., `triple-fault`, `hang`.
+    /// `panic`, `page-fault`, `divide-error`, ..., `triple-fault`, `hang`
+    /// (from the ABI's sink `xenprobe_crash` and the domain state), or the
+    /// name of a guest's own sink (`cg_crash`).
     pub kind: String,
     /// Deduplication key: the kind and the crash site.
     pub site: String,
@@ -27,7 +29,8 @@ pub struct CrashReport {
     pub rip: u64,
     /// Faulting data address (page faults), if known.
     pub fault_address: Option<u64>,
-    /// The guest's own report line (`PANIC at ...`, `FAULT #PF ...`), if any.
+    /// The guest's own report line (`PANIC at ...`, `FAULT #PF ...`) passed
+    /// to `xenprobe_crash`, printable text only; empty if none.
     pub message: String,
     /// Innermost first.
     pub backtrace: Vec<Frame>,
@@ -79,6 +82,14 @@ pub enum Outcome {
     Hang(CrashReport),
 }
 
+/// The fuzz-target ABI's crash sink: its arguments are the runtime's crash
+/// kind, detail and message (guests/README.md). Any other sink is a guest's
+/// own, reported under its name.
+pub const ABI_SINK: &str = "xenprobe_crash";
+
+/// Longest message read from the ABI sink's arguments.
+const MESSAGE_MAX: usize = 512;
+
 /// Crash kind name from the ABI's `xenprobe_crash(kind, detail, ..)`
 /// arguments (guests/rt/src/crash.rs).
 pub fn crash_kind(kind: u64, detail: u64) -> &'static str {
@@ -92,6 +103,46 @@ pub fn crash_kind(kind: u64, detail: u64) -> &'static str {
         (_, 14) => "page-fault",
         _ => "exception",
     }
+}
+
+/// A message from guest memory as printable text: NUL bytes dropped, tabs
+/// and line breaks made spaces, other control bytes and invalid UTF-8
+/// escaped as `\xNN`, surrounding blanks trimmed (empty: no message).
+pub fn sanitize_message(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\0' => {}
+                '\t' | '\n' | '\r' => out.push(' '),
+                c if c.is_control() => out += &format!("\\x{:02x}", u32::from(c)),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out += &format!("\\x{b:02x}");
+        }
+    }
+    out.trim().to_string()
+}
+
+/// A sink argument in a crash site: decimal below 65536 (error codes read
+/// as written), hexadecimal above (addresses, magic values).
+pub fn sink_arg(v: u64) -> String {
+    if v < 0x1_0000 {
+        v.to_string()
+    } else {
+        format!("{v:#x}")
+    }
+}
+
+/// The crash site of a guest's own sink: `NAME(ARG0)@CALLER`, with the
+/// sink's first argument and where it was called from (the return address
+/// as `function+0xoffset`, or the bare address without a symbol). Stable
+/// across runs of one image; two calls with different codes, or from
+/// different places, are different sites.
+pub fn user_sink_site(sink: &str, arg0: u64, caller: &str) -> String {
+    format!("{sink}({})@{caller}", sink_arg(arg0))
 }
 
 /// A `key=0x...` value in a guest report line.
@@ -153,15 +204,24 @@ fn frames(dom: &Domain, addrs: Vec<u64>) -> Vec<Frame> {
         .collect()
 }
 
-/// The report of a guest stopped on a crash sink: the sink's arguments (kind,
-/// detail, message) per the fuzz-target ABI, the faulting RIP of a fault's trap
-/// frame, and a backtrace by frame pointers.
-pub fn sink_report(dom: &mut Domain, vcpu: u32, sink: u64) -> Result<CrashReport, vmi::Error> {
+/// The report of a guest stopped at the entry of crash sink `name` (at
+/// `sink`). The ABI's [`ABI_SINK`]: its arguments (kind, detail, message),
+/// the faulting RIP of a fault's trap frame, a backtrace by frame pointers.
+/// Any other sink: see [`user_sink_report`].
+pub fn sink_report(
+    dom: &mut Domain,
+    vcpu: u32,
+    sink: u64,
+    name: &str,
+) -> Result<CrashReport, vmi::Error> {
+    if name != ABI_SINK {
+        return user_sink_report(dom, vcpu, sink, name);
+    }
     let regs = dom.regs(vcpu)?;
-    let len = (regs.rcx as usize).min(512);
+    let len = (regs.rcx as usize).min(MESSAGE_MAX);
     let mut msg = vec![0u8; len];
     let message = match dom.read_virt_on(vcpu, regs.rdx, &mut msg) {
-        Ok(()) => String::from_utf8_lossy(&msg).into_owned(),
+        Ok(()) => sanitize_message(&msg),
         Err(_) => String::new(),
     };
     let kind = crash_kind(regs.rdi, regs.rsi).to_string();
@@ -198,6 +258,41 @@ pub fn sink_report(dom: &mut Domain, vcpu: u32, sink: u64) -> Result<CrashReport
         fault_address,
         message,
         backtrace: frames(dom, addrs),
+    })
+}
+
+/// The report of a guest stopped at the entry of its own crash sink `name`
+/// (not the ABI's): kind `name`, site [`user_sink_site`] (first argument,
+/// caller), no message (the guest's arguments follow no known ABI), and the
+/// backtrace from the sink through its caller.
+fn user_sink_report(
+    dom: &mut Domain,
+    vcpu: u32,
+    sink: u64,
+    name: &str,
+) -> Result<CrashReport, vmi::Error> {
+    let regs = dom.regs(vcpu)?;
+    let mut addrs = vec![sink];
+    let ret = dom.read_u64_on(vcpu, regs.rsp).unwrap_or(0);
+    if ret != 0 {
+        addrs.push(ret);
+    }
+    // At the entry RBP is still the caller's frame.
+    addrs.extend(dom.frame_pointer_walk(vcpu, regs.rbp, 32));
+    let backtrace = frames(dom, addrs);
+    let caller = match backtrace.get(1) {
+        Some(Frame {
+            symbol: Some(s), ..
+        }) if ret != 0 => s.clone(),
+        _ => format!("{ret:#x}"),
+    };
+    Ok(CrashReport {
+        kind: name.to_string(),
+        site: user_sink_site(name, regs.rdi, &caller),
+        rip: sink,
+        fault_address: None,
+        message: String::new(),
+        backtrace,
     })
 }
 
@@ -249,6 +344,44 @@ mod tests {
         assert_eq!(crash_kind(2, 0), "divide-error");
         assert_eq!(crash_kind(2, 14), "page-fault");
         assert_eq!(crash_kind(3, 14), "stack-overflow");
+    }
+
+    #[test]
+    fn messages_are_printable_text_only() {
+        // A user's sink read as the ABI's: rdx/rcx pointed at zeroes.
+        assert_eq!(sanitize_message(&[0u8; 75]), "");
+        assert_eq!(
+            sanitize_message(b"PANIC at a.rs:1:2: x\0\0"),
+            "PANIC at a.rs:1:2: x"
+        );
+        assert_eq!(sanitize_message(b"a\tb\r\nc\n"), "a b  c");
+        assert_eq!(sanitize_message(b"\x01x\x7f"), "\\x01x\\x7f");
+        assert_eq!(sanitize_message(b"ok \xff\xfe"), "ok \\xff\\xfe");
+        assert_eq!(
+            sanitize_message("d\u{e9}j\u{e0}".as_bytes()),
+            "d\u{e9}j\u{e0}"
+        );
+        let fault = b"FAULT #PF vector=14 error=0x2 rip=0x102345 rsp=0x1 rbp=0x2 cr2=0x0";
+        assert_eq!(hex_field(&sanitize_message(fault), "rip"), Some(0x102345));
+    }
+
+    #[test]
+    fn a_user_sink_is_named_with_its_argument_and_caller() {
+        assert_eq!(
+            user_sink_site("cg_crash", 9, "cg_rec_opt+0x2e"),
+            "cg_crash(9)@cg_rec_opt+0x2e"
+        );
+        assert_eq!(
+            user_sink_site("cg_crash", 1, "0x101234"),
+            "cg_crash(1)@0x101234"
+        );
+        assert_ne!(
+            user_sink_site("cg_crash", 1, "f+0x10"),
+            user_sink_site("cg_crash", 9, "f+0x10")
+        );
+        assert_eq!(sink_arg(65_535), "65535");
+        assert_eq!(sink_arg(0xdead_beef), "0xdeadbeef");
+        assert_eq!(sink_arg(u64::MAX), "0xffffffffffffffff");
     }
 
     #[test]

@@ -11,8 +11,9 @@ use xenprobe::vmi::{
 };
 use xenprobe::xen::{ForeignMemory, Mapping, Prot};
 
-use crate::blocks::{self, Block};
+use crate::blocks::{self, Block, Function};
 use crate::cmplog::{self, CmpSite, CmpValues};
+use crate::kernel::{self, KernelTarget, Marker};
 use crate::report::{self, CrashReport, Outcome};
 use crate::structured::InputFormat;
 
@@ -45,8 +46,11 @@ pub struct TargetSpec {
     pub image: PathBuf,
     /// Input buffer symbol (capacity = its size).
     pub input_sym: String,
-    /// Input length symbol (u64).
+    /// Input length symbol (unsigned, little-endian).
     pub len_sym: String,
+    /// Width of the input length in bytes (1, 2, 4 or 8); None: its
+    /// symbol's ELF size (see [`crate::abi::len_width`]).
+    pub len_size: Option<usize>,
     /// Start point: the snapshot is taken here.
     pub start_sym: String,
     /// End point: a run without crash reaches it.
@@ -74,6 +78,10 @@ pub struct TargetSpec {
     /// type and serialised into the guest (None: raw bytes; see
     /// [`crate::structured`]).
     pub input_format: Option<InputFormat>,
+    /// Linux kernel code instead of an image following the fuzz-target ABI
+    /// (see [`crate::kernel`]): symbols from the kernel and its modules,
+    /// the kernel's error paths as sinks, the harness's markers.
+    pub kernel: Option<KernelTarget>,
 }
 
 impl TargetSpec {
@@ -84,6 +92,7 @@ impl TargetSpec {
             image,
             input_sym: "xenprobe_input".into(),
             len_sym: "xenprobe_input_len".into(),
+            len_size: None,
             start_sym: "xenprobe_fuzz_start".into(),
             end_sym: "xenprobe_fuzz_end".into(),
             sinks: vec!["xenprobe_crash".into()],
@@ -97,6 +106,7 @@ impl TargetSpec {
             persistent: 1,
             event_spin: Duration::ZERO,
             input_format: None,
+            kernel: None,
         }
     }
 }
@@ -161,7 +171,10 @@ pub struct Counters {
 
 enum Role {
     End,
-    Sink,
+    /// A crash sink (index in [`TargetSpec::sinks`]).
+    Sink(usize),
+    /// One of the kernel's error paths (index in [`kernel::SINKS`]).
+    KernelSink(usize),
     Cover(usize),
     /// A comparison site's own breakpoint (traced runs only).
     Cmp,
@@ -180,6 +193,9 @@ struct Trace {
 pub struct Session {
     spec: TargetSpec,
     name: String,
+    /// The covered functions with their code (from the image, or for a
+    /// kernel from the guest at the start marker).
+    funcs: Vec<(Function, Vec<u8>)>,
     /// Blocks of the covered functions (index = coverage map index).
     pub blocks: Vec<Block>,
     /// Comparisons of the covered functions (see [`crate::cmplog`]).
@@ -191,8 +207,18 @@ pub struct Session {
     covered: BTreeSet<usize>,
     roles: HashMap<BreakpointId, Role>,
     input_va: u64,
+    /// Bytes a run passes at most: the buffer's size, at most what the
+    /// length variable holds.
     input_cap: usize,
-    len_va: u64,
+    /// The input length variable (a kernel harness may have none: it then
+    /// reads its whole buffer).
+    len_va: Option<u64>,
+    /// Where the snapshot's vCPU 0 resumes (the start point).
+    start_rip: u64,
+    /// The `cpuid` leaf that ends a run (a kernel harness's marker).
+    end_marker: Option<u32>,
+    /// Width of the length variable in bytes.
+    len_width: usize,
     /// Translations of the input pages (va page -> pa page).
     pages: HashMap<u64, u64>,
     /// Persistent read-write mappings of the input pages (va page -> mapping)
@@ -242,28 +268,28 @@ impl Session {
             .map_err(|e| SessionError::Setup(format!("reading {}: {e}", spec.cfg.display())))?;
         let name = cfg_name(&text)
             .ok_or_else(|| SessionError::Setup(format!("{}: no name=", spec.cfg.display())))?;
-        let (_, blocks) = blocks::blocks_in_image(&spec.image, &spec.cover)?;
-        if blocks.is_empty() {
-            return Err(SessionError::Setup(format!(
-                "no code to cover: no function of {} matches {:?}",
-                spec.image.display(),
-                spec.cover
-            )));
-        }
-        let cmp_sites = cmplog::sites_in_image(&spec.image, &spec.cover)?;
+        // A kernel's code is read from the guest once the harness starts.
+        let funcs = match spec.kernel {
+            None => blocks::functions_in_image(&spec.image, &spec.cover)?,
+            Some(_) => Vec::new(),
+        };
         let xen = Xen::open()?;
         let mut s = Self {
             spec,
             name,
-            blocks,
-            cmp_sites,
+            funcs,
+            blocks: Vec::new(),
+            cmp_sites: Vec::new(),
             cmp_bps: Vec::new(),
             trace: None,
             covered: BTreeSet::new(),
             roles: HashMap::new(),
             input_va: 0,
             input_cap: 0,
-            len_va: 0,
+            len_va: None,
+            start_rip: 0,
+            end_marker: None,
+            len_width: 8,
             pages: HashMap::new(),
             input_maps: HashMap::new(),
             fmem: ForeignMemory::open().map_err(xenprobe::vmi::Error::from)?,
@@ -281,8 +307,84 @@ impl Session {
             dom: None,
             xen,
         };
+        if s.spec.kernel.is_none() {
+            s.derive_code()?;
+        }
         s.boot()?;
         Ok(s)
+    }
+
+    /// Blocks and comparison sites of the covered functions' code.
+    fn derive_code(&mut self) -> Result<()> {
+        let mut blocks: Vec<Block> = self
+            .funcs
+            .iter()
+            .flat_map(|(f, code)| blocks::blocks_of(code, f.addr))
+            .collect();
+        blocks.sort();
+        blocks.dedup_by_key(|b| b.addr);
+        if blocks.is_empty() {
+            return Err(SessionError::Setup(format!(
+                "no code to cover: no function of {} matches {:?}",
+                self.code_source(),
+                self.spec.cover
+            )));
+        }
+        if !self.blocks.is_empty() && self.blocks.len() != blocks.len() {
+            // Coverage indices must keep their meaning across reboots.
+            return Err(SessionError::Setup(format!(
+                "the covered code changed across a reboot ({} blocks, now {})",
+                self.blocks.len(),
+                blocks.len()
+            )));
+        }
+        self.blocks = blocks;
+        let mut sites: Vec<CmpSite> = self
+            .funcs
+            .iter()
+            .flat_map(|(f, code)| cmplog::sites_of(code, f.addr))
+            .collect();
+        sites.sort_by_key(|s| s.addr);
+        sites.dedup_by_key(|s| s.addr);
+        self.cmp_sites = sites;
+        Ok(())
+    }
+
+    /// Where the covered code comes from, for messages.
+    fn code_source(&self) -> String {
+        match &self.spec.kernel {
+            None => self.spec.image.display().to_string(),
+            Some(k) => format!("the kernel ({})", k.symbols.display()),
+        }
+    }
+
+    /// Magic values the covered code compares against (`cmp`/`test`/`sub`
+    /// immediates), for the mutator's dictionary.
+    pub fn comparison_tokens(&self) -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for (f, code) in &self.funcs {
+            for t in blocks::comparison_tokens(code, f.addr) {
+                if !out.contains(&t) {
+                    out.push(t);
+                }
+            }
+        }
+        out
+    }
+
+    /// The covered functions and their code.
+    pub fn functions(&self) -> &[(Function, Vec<u8>)] {
+        &self.funcs
+    }
+
+    /// The target is Linux kernel code.
+    pub fn is_kernel(&self) -> bool {
+        self.spec.kernel.is_some()
+    }
+
+    /// The attached guest, for reading symbols and lines.
+    pub fn domain(&self) -> Option<&Domain> {
+        self.dom.as_ref()
     }
 
     /// Domain name.
@@ -305,9 +407,15 @@ impl Session {
         self.cmp_sites.len()
     }
 
-    /// Input capacity in bytes.
+    /// Input capacity in bytes: the buffer's size, at most the largest
+    /// value of the length variable.
     pub fn input_capacity(&self) -> usize {
         self.input_cap
+    }
+
+    /// Width of the input length variable in bytes (1, 2, 4 or 8).
+    pub fn input_len_width(&self) -> usize {
+        self.len_width
     }
 
     fn dom(&mut self) -> Result<&mut Domain> {
@@ -325,8 +433,44 @@ impl Session {
         dom.set_event_spin(self.spec.event_spin);
         // One vCPU stopped at its vm_event needs no domain pause on top.
         dom.set_hold_stops(true)?;
+        let buffer = match self.spec.kernel.clone() {
+            None => {
+                self.reach_abi_start(&mut dom)?;
+                None
+            }
+            Some(k) => match self.reach_kernel_start(&mut dom, &k) {
+                Ok(b) => b,
+                Err(e) => {
+                    drop(dom);
+                    destroy(&self.name);
+                    return Err(e);
+                }
+            },
+        };
+        self.start_rip = dom.regs(0)?.rip;
+        self.plant(&mut dom)?;
+        self.find_input(&mut dom, buffer)?;
+        self.console = None;
+        if self.spec.discard_console && self.spec.kernel.is_none() {
+            self.console = self.map_console(&mut dom)?;
+            // A guest that offers the optional ABI byte skips its output
+            // altogether: no ring writes, no notification, no dom0 wake-up.
+            if let Ok(quiet) = dom.symbol(QUIET_SYM) {
+                dom.write_virt(quiet, &[1])?;
+            }
+        }
+        let info = dom.take_snapshot()?;
+        tracing::info!(frames = info.frames, took = ?info.took, "snapshot taken");
+        self.dom = Some(dom);
+        self.fresh = true;
+        self.since_reset = 0;
+        self.reset_next = false;
+        Ok(())
+    }
+
+    /// Lets a guest built on the fuzz-target ABI run to its start symbol.
+    fn reach_abi_start(&mut self, dom: &mut Domain) -> Result<()> {
         if dom.kind() == GuestKind::Pv {
-            drop(dom);
             destroy(&self.name);
             return Err(SessionError::Unsupported(
                 "fuzzing PV guests is not supported yet: PV has no vm_event ring, so breakpoints \
@@ -348,12 +492,111 @@ impl Session {
             }
         }
         dom.remove_breakpoint(start)?;
+        Ok(())
+    }
+
+    /// Boots a Linux guest to its harness's start marker, loads the
+    /// kernel's and the modules' symbols there and reads the covered code.
+    /// Returns the input buffer the marker named (address, size), if any.
+    fn reach_kernel_start(
+        &mut self,
+        dom: &mut Domain,
+        k: &KernelTarget,
+    ) -> Result<Option<(u64, usize)>> {
+        let Marker::Cpuid(leaf) = k.marker else {
+            return Err(SessionError::Unsupported(
+                "a kernel harness marked by start and end symbols is not supported yet: \
+                 use the cpuid marker (KF/x's 0x13371337) on a PVH or HVM guest"
+                    .into(),
+            ));
+        };
+        if dom.kind() == GuestKind::Pv {
+            return Err(SessionError::Unsupported(format!(
+                "a PV guest's cpuid does not reach Xen, so the harness's marker (cpuid {leaf:#x}) \
+                 cannot be seen: boot the kernel as a PVH or HVM guest"
+            )));
+        }
+        dom.set_cpuid_marker(Some(leaf))?;
+        xl(&["unpause", &self.name])?;
+        let (vcpu, subleaf) = loop {
+            match dom.wait_event(k.boot_timeout)? {
+                Event::Cpuid {
+                    vcpu,
+                    leaf: l,
+                    subleaf,
+                    ..
+                } if l == leaf => break (vcpu, subleaf),
+                Event::Timeout => {
+                    return Err(SessionError::Setup(format!(
+                        "the guest's harness did not reach its start marker (cpuid {leaf:#x}) \
+                         within {} s: is the harness's module loaded, does it run?",
+                        k.boot_timeout.as_secs()
+                    )))
+                }
+                Event::Shutdown { reason } => {
+                    return Err(SessionError::Setup(format!(
+                        "the guest shut down ({reason:?}) before its harness reached the start \
+                         marker (cpuid {leaf:#x}): an oops or panic outside the harness? See its \
+                         console"
+                    )))
+                }
+                // Anything else before the harness is not ours to judge.
+                _ => dom.resume()?,
+            }
+        };
+        if vcpu != 0 || dom.max_vcpu()? != 0 {
+            return Err(SessionError::Unsupported(
+                "the kernel harness must run on a guest with one vCPU (vcpus=1)".into(),
+            ));
+        }
+        let regs = dom.regs(vcpu)?;
+        dom.complete_cpuid(vcpu)?;
+        let info = dom.load_kernel_symbols(&xenprobe::vmi::KernelSymbols {
+            kernel: k.symbols.clone(),
+            modules: k.modules.clone(),
+        })?;
+        tracing::info!(
+            slide = format_args!("{:#x}", info.slide),
+            from = info.slide_from,
+            banner = %info.banner,
+            modules = info.modules.len(),
+            "kernel symbols"
+        );
+        self.funcs = kernel::functions_in_guest(dom, &self.spec.cover)?;
+        self.derive_code()?;
+        self.end_marker = Some(leaf);
+        Ok((regs.rsi != 0 && subleaf != 0).then_some((regs.rsi, subleaf as usize)))
+    }
+
+    /// Plants the end point, the sinks, the coverage and the comparison
+    /// breakpoints.
+    fn plant(&mut self, dom: &mut Domain) -> Result<()> {
         self.roles.clear();
-        let end = dom.add_breakpoint_at(&self.spec.end_sym)?;
-        self.roles.insert(end, Role::End);
-        for sink in &self.spec.sinks {
+        if self.end_marker.is_none() {
+            let end = dom.add_breakpoint_at(&self.spec.end_sym)?;
+            self.roles.insert(end, Role::End);
+        }
+        if self.spec.kernel.is_some() {
+            let mut planted = Vec::new();
+            for (i, (name, _)) in kernel::SINKS.iter().enumerate() {
+                let Some(addr) = dom.symbols()?.lookup(name) else {
+                    continue;
+                };
+                match dom.add_breakpoint(addr) {
+                    Ok(id) => {
+                        self.roles.insert(id, Role::KernelSink(i));
+                        planted.push(*name);
+                    }
+                    // Two names of one function (an alias): one breakpoint.
+                    Err(xenprobe::vmi::Error::Breakpoint(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            tracing::info!(?planted, "kernel crash sinks");
+        }
+        for (i, sink) in self.spec.sinks.iter().enumerate() {
             let id = dom.add_breakpoint_at(sink)?;
-            self.roles.insert(id, Role::Sink);
+            self.roles.insert(id, Role::Sink(i));
         }
         for (i, b) in self.blocks.iter().enumerate() {
             if self.covered.contains(&i) {
@@ -383,13 +626,48 @@ impl Session {
                 Err(e) => return Err(e.into()),
             }
         }
+        Ok(())
+    }
+
+    /// Finds the input buffer (`buffer`: the one a kernel harness's marker
+    /// named, else the input symbol) and the length variable, and maps
+    /// their pages.
+    fn find_input(&mut self, dom: &mut Domain, buffer: Option<(u64, usize)>) -> Result<()> {
         let syms = dom.symbols()?;
-        let input = syms.get(&self.spec.input_sym).cloned().ok_or_else(|| {
-            SessionError::Setup(format!("no symbol {} in the image", self.spec.input_sym))
-        })?;
-        self.input_va = input.addr;
-        self.input_cap = input.size as usize;
-        self.len_va = dom.symbol(&self.spec.len_sym)?;
+        let len = syms.get(&self.spec.len_sym).cloned();
+        let (addr, size) = match (buffer, syms.get(&self.spec.input_sym)) {
+            (Some(b), _) => b,
+            (None, Some(s)) => (s.addr, s.size as usize),
+            (None, None) => {
+                return Err(SessionError::Setup(format!(
+                    "no symbol {} in {}",
+                    self.spec.input_sym,
+                    self.code_source()
+                )))
+            }
+        };
+        self.len_va = match len {
+            Some(l) => {
+                self.len_width =
+                    crate::abi::len_width(&self.spec.len_sym, l.size, self.spec.len_size)
+                        .map_err(SessionError::Setup)?;
+                Some(l.addr)
+            }
+            // A kernel harness without a length variable reads its whole buffer.
+            None if self.spec.kernel.is_some() => None,
+            None => {
+                return Err(SessionError::Setup(format!(
+                    "no symbol {} in {}",
+                    self.spec.len_sym,
+                    self.code_source()
+                )))
+            }
+        };
+        self.input_va = addr;
+        self.input_cap = match self.len_va {
+            Some(_) => size.min(crate::abi::len_max(self.len_width)),
+            None => size,
+        };
         self.pages.clear();
         let first = self.input_va & !0xfff;
         let end = self
@@ -397,16 +675,20 @@ impl Session {
             .checked_add(self.input_cap as u64)
             .ok_or_else(|| {
                 SessionError::Setup(format!(
-                    "{} at {:#x} with {} bytes ends beyond the address space",
-                    self.spec.input_sym, self.input_va, self.input_cap
+                    "the input buffer at {:#x} with {} bytes ends beyond the address space",
+                    self.input_va, self.input_cap
                 ))
             })?;
         for page in (first..=(end | 0xfff)).step_by(0x1000) {
             self.pages.insert(page, dom.translate(0, page)?.frame());
         }
-        let lpage = self.len_va & !0xfff;
-        let lpa = dom.translate(0, lpage)?.frame();
-        self.pages.insert(lpage, lpa);
+        if let Some(len_va) = self.len_va {
+            let last = len_va.saturating_add(self.len_width as u64 - 1);
+            for lpage in [len_va & !0xfff, last & !0xfff] {
+                let lpa = dom.translate(0, lpage)?.frame();
+                self.pages.insert(lpage, lpa);
+            }
+        }
         // Inputs are written through persistent mappings (a map and unmap per
         // write costs milliseconds in the lab); restore_snapshot does not see
         // those writes, so the pages' snapshot contents are kept to undo them.
@@ -422,21 +704,6 @@ impl Session {
             m.read(0, &mut orig).map_err(xenprobe::vmi::Error::from)?;
             self.input_maps.insert(va, (m, orig));
         }
-        self.console = None;
-        if self.spec.discard_console {
-            self.console = self.map_console(&mut dom)?;
-            // A guest that offers the optional ABI byte skips its output
-            // altogether: no ring writes, no notification, no dom0 wake-up.
-            if let Ok(quiet) = dom.symbol(QUIET_SYM) {
-                dom.write_virt(quiet, &[1])?;
-            }
-        }
-        let info = dom.take_snapshot()?;
-        tracing::info!(frames = info.frames, took = ?info.took, "snapshot taken");
-        self.dom = Some(dom);
-        self.fresh = true;
-        self.since_reset = 0;
-        self.reset_next = false;
         Ok(())
     }
 
@@ -687,7 +954,10 @@ impl Session {
             self.write_virt(self.input_va + data.len() as u64, &tail)?;
         }
         self.prev_len = data.len();
-        self.write_virt(self.len_va, &(data.len() as u64).to_le_bytes())?;
+        if let Some(len_va) = self.len_va {
+            let len = crate::abi::len_bytes(data.len(), self.len_width);
+            self.write_virt(len_va, &len)?;
+        }
         self.drain_console()?;
         self.add_time(1, t1);
         let t2 = self.clock();
@@ -701,8 +971,10 @@ impl Session {
     fn unwrite_input(&mut self) -> Result<()> {
         let orig = self.snapshot_bytes(self.input_va, self.prev_len)?;
         self.write_virt(self.input_va, &orig)?;
-        let len = self.snapshot_bytes(self.len_va, 8)?;
-        self.write_virt(self.len_va, &len)?;
+        if let Some(len_va) = self.len_va {
+            let len = self.snapshot_bytes(len_va, self.len_width)?;
+            self.write_virt(len_va, &len)?;
+        }
         self.prev_len = 0;
         Ok(())
     }
@@ -712,8 +984,9 @@ impl Session {
     /// temporary breakpoint at the start point (the snapshot's RIP) and
     /// compares memory and vCPU 0 there with the snapshot.
     pub fn check_reset(&mut self) -> Result<SnapshotCheck> {
-        let start = self.spec.start_sym.clone();
-        let id = self.dom()?.add_breakpoint_at(&start)?;
+        let start = format!("the start point ({:#x})", self.start_rip);
+        let rip = self.start_rip;
+        let id = self.dom()?.add_breakpoint(rip)?;
         self.reset_next = true;
         let result = (|| -> Result<SnapshotCheck> {
             self.prepare()?;
@@ -756,8 +1029,14 @@ impl Session {
                     }
                     match self.roles.get(&id) {
                         Some(Role::End) => return Ok((Outcome::Ok, new_blocks)),
-                        Some(Role::Sink) => {
-                            let r = report::sink_report(self.dom()?, vcpu, addr)?;
+                        Some(&Role::Sink(i)) => {
+                            let sink = self.spec.sinks[i].clone();
+                            let r = report::sink_report(self.dom()?, vcpu, addr, &sink)?;
+                            return Ok((Outcome::Crash(r), new_blocks));
+                        }
+                        Some(&Role::KernelSink(i)) => {
+                            let (name, kind) = kernel::SINKS[i];
+                            let r = kernel::kernel_report(self.dom()?, vcpu, name, kind)?;
                             return Ok((Outcome::Crash(r), new_blocks));
                         }
                         Some(&Role::Cover(i)) => {
@@ -789,7 +1068,12 @@ impl Session {
                         None => self.dom()?.resume()?,
                     }
                 }
-                Event::Step { .. } | Event::Watchpoint { .. } => self.dom()?.resume()?,
+                Event::Cpuid { leaf, .. } if Some(leaf) == self.end_marker => {
+                    return Ok((Outcome::Ok, new_blocks))
+                }
+                Event::Step { .. } | Event::Watchpoint { .. } | Event::Cpuid { .. } => {
+                    self.dom()?.resume()?
+                }
                 Event::Debug { vcpu, rip, detail } => {
                     let r = report::report_at(self.dom()?, "debug-trap", vcpu, rip, detail)?;
                     return Ok((Outcome::Crash(r), new_blocks));

@@ -2,18 +2,24 @@
 //!
 //! - `xenprobe list`: the domains.
 //! - `xenprobe caps [DOMAIN] [--json]`: what this hypervisor allows, probed live.
-//! - `xenprobe repl [DOMAIN] [--symbols ELF]`: the interactive debugger.
+//! - `xenprobe repl [DOMAIN] [--symbols FILE] [--module KO]...`: the
+//!   interactive debugger (FILE: an ELF image, or a Linux kernel's vmlinux,
+//!   System.map or kallsyms; KO: its modules, found where they are loaded).
 //! - `xenprobe gdbserver DOMAIN --port N [--bind ADDR] [--symbols ELF]`: a
 //!   GDB/LLDB remote stub (binds 127.0.0.1 unless told otherwise; in the lab
 //!   use `--bind 0.0.0.0 --port 1234` so the forwarded host port reaches it).
+//! - `xenprobe kallsyms VMLINUX`: the symbols of a kernel image, also of a
+//!   stripped Linux vmlinux (from its kallsyms tables), as `/proc/kallsyms`
+//!   lines (a `System.map`).
 
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use xenprobe::stub::{self, SessionEnd};
-use xenprobe::vmi::{cleanup, Domain, Xen};
+use xenprobe::vmi::{cleanup, Domain, Symbols, Xen};
 
 #[derive(Parser)]
 #[command(
@@ -43,9 +49,14 @@ enum Cmd {
     Repl {
         /// Domain name or id to attach to right away.
         domain: Option<String>,
-        /// Guest ELF image for symbols.
+        /// The guest's symbols: its ELF image, or a Linux kernel's vmlinux
+        /// (stripped or not), System.map or /proc/kallsyms copy.
         #[arg(long)]
         symbols: Option<PathBuf>,
+        /// A Linux kernel module (.ko) to load at its address in the guest
+        /// (found by name in the kernel's module list); repeatable.
+        #[arg(long = "module", requires = "symbols")]
+        modules: Vec<PathBuf>,
     },
     /// GDB/LLDB remote stub for one domain (serves one debugger, then detaches).
     Gdbserver {
@@ -61,6 +72,12 @@ enum Cmd {
         /// crashes (the debugger loads the symbols itself).
         #[arg(long)]
         symbols: Option<PathBuf>,
+    },
+    /// Print the symbols of a kernel image in /proc/kallsyms format (a
+    /// System.map), recovered from its kallsyms tables if it is stripped.
+    Kallsyms {
+        /// vmlinux ELF (e.g. extracted from /boot/vmlinuz), or a symbol map.
+        image: PathBuf,
     },
 }
 
@@ -91,15 +108,31 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Repl { domain, symbols } => {
-            Ok(xenprobe::repl::run(domain.as_deref(), symbols.as_deref())?)
-        }
+        Cmd::Repl {
+            domain,
+            symbols,
+            modules,
+        } => Ok(xenprobe::repl::run(
+            domain.as_deref(),
+            symbols.as_deref(),
+            &modules,
+        )?),
         Cmd::Gdbserver {
             domain,
             port,
             bind,
             symbols,
         } => gdbserver(&domain, SocketAddr::new(bind, port), symbols),
+        Cmd::Kallsyms { image } => kallsyms(&image),
+    }
+}
+
+fn kallsyms(image: &Path) -> Result<()> {
+    let syms = Symbols::load(image)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match syms.write_map(&mut out).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
 }
 

@@ -7,7 +7,8 @@
 //! the next run. `--reproduce CRASH` replays one crash input instead;
 //! `--reproduce CRASH --debug` stops the guest before the crash and serves
 //! the GDB/LLDB stub there, reached from the host through the lab's
-//! forwarded port (the exact `lldb`/`gdb` command lines are printed).
+//! forwarded port: GDB and LLDB are installed when possible (as for `cargo
+//! xtask test`), and the command lines of those present are printed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -220,6 +221,8 @@ pub fn main(args: FuzzArgs) -> Result<i32> {
         argv.extend(["--reproduce".into(), absolute(c).display().to_string()]);
         if args.debug {
             argv.extend(debug_args(args.port)?);
+            // The stub prints the command lines of the debuggers found here.
+            argv.extend(["--debuggers".into(), debuggers_arg(&deps::debuggers())]);
         }
         if args.minimize {
             argv.push("--minimize".into());
@@ -242,6 +245,15 @@ pub fn main(args: FuzzArgs) -> Result<i32> {
         }
     }
     lab::run_in_dom0(&argv)
+}
+
+/// The fuzzer's `--debuggers` value for the debuggers present.
+fn debuggers_arg(present: &[&str]) -> String {
+    if present.is_empty() {
+        "none".into()
+    } else {
+        present.join(",")
+    }
 }
 
 /// The fuzzer's `--debug` arguments: where the stub listens in dom0 and the
@@ -289,4 +301,16 @@ pub(crate) fn lab_forward() -> Result<(u16, u16)> {
         .context("the lab is not running")?
         .state;
     Ok((state.forward_host, state.forward_guest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fuzzer_hears_which_debuggers_are_here() {
+        assert_eq!(debuggers_arg(&[]), "none");
+        assert_eq!(debuggers_arg(&["gdb"]), "gdb");
+        assert_eq!(debuggers_arg(&["gdb", "lldb"]), "gdb,lldb");
+    }
 }

@@ -78,8 +78,12 @@ fn history_path() -> Option<PathBuf> {
 }
 
 /// Runs the REPL, optionally attaching to `domain` first.
-pub fn run(domain: Option<&str>, symbols: Option<&Path>) -> Result<(), ReplError> {
-    let mut s = Session::new(symbols.map(Path::to_path_buf));
+pub fn run(
+    domain: Option<&str>,
+    symbols: Option<&Path>,
+    modules: &[PathBuf],
+) -> Result<(), ReplError> {
+    let mut s = Session::new(symbols.map(Path::to_path_buf), modules.to_vec());
     // Ctrl-C while the guest runs stops it; at the prompt rustyline handles it.
     ctrlc::set_handler(|| INTERRUPT.store(true, Ordering::SeqCst))
         .map_err(|e| ReplError::Io(format!("Ctrl-C handler: {e}")))?;

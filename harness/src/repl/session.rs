@@ -70,6 +70,8 @@ pub struct Session {
     pub snapshots: BTreeMap<String, Snapshot>,
     /// Guest image for symbols (reloaded at attach).
     pub elf: Option<PathBuf>,
+    /// Linux modules (`.ko`) loaded after the kernel's symbols.
+    pub modules: Vec<PathBuf>,
     /// Symbol names for completion.
     pub symbol_names: Vec<String>,
 }
@@ -85,7 +87,7 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     /// An empty session.
-    pub fn new(elf: Option<PathBuf>) -> Self {
+    pub fn new(elf: Option<PathBuf>, modules: Vec<PathBuf>) -> Self {
         Self {
             xen: None,
             dom: None,
@@ -94,6 +96,7 @@ impl Session {
             next_bp: 1,
             snapshots: BTreeMap::new(),
             elf,
+            modules,
             symbol_names: Vec::new(),
         }
     }

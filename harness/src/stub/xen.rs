@@ -145,7 +145,7 @@ impl<A: Attached> XenDebuggee<A> {
                     .find(|(_, w)| *w == id)
                     .map_or(WatchKind::Write, |((_, _, k), _)| *k),
             },
-            Event::Debug { vcpu, .. } => Stop::Trap { vcpu },
+            Event::Debug { vcpu, .. } | Event::Cpuid { vcpu, .. } => Stop::Trap { vcpu },
             Event::Shutdown { reason } => match reason {
                 ShutdownReason::Poweroff => Stop::Exited(0),
                 ShutdownReason::Crash => Stop::Crashed,

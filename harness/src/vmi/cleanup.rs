@@ -352,8 +352,8 @@ impl Domain {
         // Answer pending events, then drop the ring (options off, disable, unmap).
         let pending = std::mem::take(&mut self.pending);
         if let Backend::Monitor(ring) = &mut self.backend {
-            for (_, p) in pending {
-                if let Some(rsp) = p.response() {
+            for (v, p) in pending {
+                if let Some(rsp) = p.response(self.regs_changed.contains(&v)) {
                     note(ring.put_response(&rsp).map_err(Error::from));
                 }
             }

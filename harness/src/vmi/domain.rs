@@ -186,6 +186,10 @@ pub struct Domain {
     /// vCPUs whose registers were written since their pending event (the
     /// event's register copy is stale for them).
     pub(crate) regs_changed: std::collections::HashSet<u32>,
+    /// The `cpuid` leaf reported as [`super::Event::Cpuid`].
+    pub(crate) cpuid_marker: Option<u32>,
+    /// A Linux guest's kernel (see [`Domain::load_kernel_symbols`]).
+    pub(crate) kernel: Option<super::kernel::Kernel>,
     pub(crate) detached: bool,
 }
 
@@ -243,6 +247,8 @@ impl Domain {
             single_vcpu: summary.info.max_vcpu_id == 0,
             hold_stops: false,
             regs_changed: Default::default(),
+            cpuid_marker: None,
+            kernel: None,
             detached: false,
         };
         dom.journal.mark_attached()?;
@@ -304,6 +310,7 @@ impl Domain {
     /// Lets the domain run again: steps vCPUs stopped on a breakpoint over
     /// it, answers pending events and undoes our pauses.
     pub fn resume(&mut self) -> Result<()> {
+        self.complete_cpuid_stops()?;
         self.step_over_breakpoints()?;
         self.release()
     }
@@ -311,8 +318,9 @@ impl Domain {
     /// Answers pending events and unpauses, without stepping over anything.
     pub(crate) fn release(&mut self) -> Result<()> {
         let pending = std::mem::take(&mut self.pending);
-        for (_, p) in pending {
-            if let (Some(rsp), Backend::Monitor(ring)) = (p.response(), &mut self.backend) {
+        for (v, p) in pending {
+            let changed = self.regs_changed.contains(&v);
+            if let (Some(rsp), Backend::Monitor(ring)) = (p.response(changed), &mut self.backend) {
                 ring.put_response(&rsp)?;
             }
         }
@@ -352,9 +360,23 @@ impl Domain {
         self.regs_backend.forget();
     }
 
-    /// Loads the guest's ELF image for symbol lookups.
-    pub fn load_symbols(&mut self, elf: impl AsRef<std::path::Path>) -> Result<&Symbols> {
-        Ok(self.symbols.insert(Symbols::load(elf)?))
+    /// Loads the guest's symbols: an ELF image's; for a Linux kernel (its
+    /// vmlinux, stripped or not, a `System.map` or `/proc/kallsyms`) slid
+    /// onto the running kernel and checked against it (see
+    /// [`Domain::load_kernel_symbols`], which also takes modules).
+    pub fn load_symbols(&mut self, path: impl AsRef<std::path::Path>) -> Result<&Symbols> {
+        let path = path.as_ref();
+        self.kernel = None;
+        let syms = Symbols::load(path)?;
+        if super::kernel::is_linux(&syms) {
+            let spec = super::kernel::KernelSymbols {
+                kernel: path.to_path_buf(),
+                modules: Vec::new(),
+            };
+            self.adopt_kernel(syms, &spec)?;
+            return self.symbols();
+        }
+        Ok(self.symbols.insert(syms))
     }
 
     /// Symbols loaded by [`Domain::load_symbols`].

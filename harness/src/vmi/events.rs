@@ -87,6 +87,21 @@ pub enum Event {
         /// RIP after the step.
         rip: u64,
     },
+    /// A `cpuid` with a leaf asked for by [`Domain::set_cpuid_marker`] (a
+    /// harness marker such as KF/x's 0x13371337). RIP is on the
+    /// instruction, which has run: its results are in RAX..RDX; resuming
+    /// moves RIP past it (unless the registers were set elsewhere).
+    Cpuid {
+        /// vCPU.
+        vcpu: u32,
+        /// Address of the `cpuid`.
+        rip: u64,
+        /// EAX at the instruction.
+        leaf: u32,
+        /// ECX at the instruction (KF/x's extended harness passes the
+        /// input buffer's size here and its address in RSI).
+        subleaf: u32,
+    },
     /// A debug event that is not one of ours (the guest's own ICEBP, #DB,
     /// int3, or a pause by someone else).
     Debug {
@@ -112,6 +127,7 @@ impl Event {
             Event::Breakpoint { vcpu, .. }
             | Event::Watchpoint { vcpu, .. }
             | Event::Step { vcpu, .. }
+            | Event::Cpuid { vcpu, .. }
             | Event::Debug { vcpu, .. } => Some(*vcpu),
             _ => None,
         }
@@ -133,6 +149,8 @@ pub(crate) enum Backend {
 pub(crate) enum StopReason {
     Breakpoint(BreakpointId),
     Step,
+    /// At a `cpuid` of this length, which resuming completes.
+    Cpuid(u32),
     Other,
 }
 
@@ -152,12 +170,19 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    /// The response that resumes this vCPU (with its register reset, if any).
-    pub fn response(&self) -> Option<VmEventResponse> {
+    /// The response that resumes this vCPU: with its register reset, if
+    /// any; else past a `cpuid` it stopped at (`regs_changed`: the
+    /// registers were written since the event, and the write stands).
+    pub fn response(&self, regs_changed: bool) -> Option<VmEventResponse> {
         let req = self.request.as_ref()?;
-        Some(match &self.reset_regs {
-            Some(r) => req.response().set_registers(r),
-            None => req.response(),
+        Some(match (&self.reset_regs, self.reason) {
+            (Some(r), _) => req.response().set_registers(r),
+            (None, StopReason::Cpuid(len)) if !regs_changed => {
+                let mut r = req.regs();
+                r.rip = r.rip.wrapping_add(u64::from(len));
+                req.response().set_registers(&r)
+            }
+            _ => req.response(),
         })
     }
 }
@@ -300,6 +325,29 @@ impl Domain {
             Err(e) if e.raw_errno() == Some(libc::ESRCH) => Ok(Some(ShutdownReason::Destroyed)),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Reports `cpuid` instructions with EAX = `leaf` as [`Event::Cpuid`]
+    /// (HVM/PVH: Xen's CPUID monitor; every other `cpuid` of the guest then
+    /// costs a round trip through the ring too). `None` turns it off.
+    /// PV guests have no ring: their `cpuid` does not reach Xen unless the
+    /// CPU faults on it, so a harness marker there needs a breakpoint.
+    /// See docs/xen-vmi.md#cpuid-events
+    pub fn set_cpuid_marker(&mut self, leaf: Option<u32>) -> Result<()> {
+        if self.kind == GuestKind::Pv {
+            return Err(Error::unsupported(
+                "cpuid events",
+                "they need the vm_event ring, which Xen offers HVM and PVH guests only: \
+                 mark a PV harness with a breakpoint (a start symbol) instead",
+            ));
+        }
+        self.ensure_debug()?;
+        let Backend::Monitor(ring) = &mut self.backend else {
+            return Err(Error::State("no vm_event ring".into()));
+        };
+        ring.set_cpuid(leaf.is_some())?;
+        self.cpuid_marker = leaf;
+        Ok(())
     }
 
     /// Busy-polls the vm_event ring for up to `spin` before each blocking
@@ -461,6 +509,27 @@ impl Domain {
             if let Some(h) = self.watch_hit(vcpu)? {
                 return Ok(Decision::Stop(StopReason::Other, h.into_event(vcpu)));
             }
+        }
+        if let Some(c) = req.cpuid() {
+            if self.cpuid_marker == Some(c.leaf) {
+                return Ok(Decision::Stop(
+                    StopReason::Cpuid(c.insn_length),
+                    Event::Cpuid {
+                        vcpu,
+                        rip,
+                        leaf: c.leaf,
+                        subleaf: c.subleaf,
+                    },
+                ));
+            }
+            // Someone else's cpuid: Xen put the results in the registers;
+            // only RIP has to move.
+            let mut r = req.regs();
+            r.rip = r.rip.wrapping_add(u64::from(c.insn_length));
+            if let Backend::Monitor(ring) = &mut self.backend {
+                ring.put_response(&req.response().set_registers(&r))?;
+            }
+            return Ok(Decision::Ignore);
         }
         let insn_kind = self.bps.insn.as_ref().map(|i| i.kind());
         let bp_event = match (req.reason(), req.debug()) {

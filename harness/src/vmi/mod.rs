@@ -58,8 +58,14 @@
 //!   [`Domain::remove_watchpoint`], [`Domain::watchpoints`], hits as
 //!   [`Event::Watchpoint`] (see [`watchpoint`]); [`Domain::mem_access_support`]
 //!   probes the other route (Intel only).
-//! - Stacks: [`Domain::frame_pointer_walk`] (return addresses by the saved
-//!   frame pointers).
+//! - Stacks: [`Domain::backtrace`] / [`Domain::backtrace_from`] (ORC
+//!   unwinding of Linux kernel code, [`unwind`]; else the saved frame
+//!   pointers, [`Domain::frame_pointer_walk`]).
+//! - Linux kernels: [`Domain::load_kernel_symbols`] ([`KernelSymbols`]: a
+//!   stripped vmlinux, `System.map` or `/proc/kallsyms`, plus `.ko`
+//!   modules found in the guest's module list; the KASLR slide is found
+//!   and checked, see [`kernel`]); [`Domain::set_cpuid_marker`] (harness
+//!   markers such as KF/x's `cpuid` 0x13371337, as [`Event::Cpuid`]).
 //! - Cleanup: [`cleanup::restore_on_ctrl_c`]; stale state from a killed
 //!   process is repaired by the next [`Domain::attach`].
 //!
@@ -109,6 +115,7 @@ mod domain;
 mod error;
 mod events;
 pub mod fork;
+pub mod kernel;
 mod memory;
 pub mod pagewalk;
 mod regs;
@@ -118,6 +125,7 @@ mod snapshot_pv;
 mod stack;
 mod step;
 pub mod symbols;
+pub mod unwind;
 pub mod watchpoint;
 
 pub use breakpoint::{BreakpointId, BreakpointInfo, Condition};
@@ -126,6 +134,7 @@ pub use domain::{Domain, DomainRef, DomainSummary, Xen};
 pub use error::{Error, Result};
 pub use events::{Event, ShutdownReason};
 pub use fork::SnapshotBackend;
+pub use kernel::{KernelInfo, KernelSymbols};
 pub use memory::{DirtyTracking, MemoryImage};
 pub use pagewalk::{PagingMode, Translation};
 pub use regs::{Registers, Segment, RFLAGS_TF};
@@ -133,5 +142,6 @@ pub use snapshot::{
     RegisterReset, RestoreOptions, RestoreStats, RestoreStrategy, SnapshotCheck, SnapshotInfo,
 };
 pub use snapshot_file::SnapshotFileMeta;
-pub use symbols::{SourceLine, Symbol, Symbols};
+pub use stack::CodeFrame;
+pub use symbols::{ModuleLayout, Origin, SourceLine, Symbol, Symbols};
 pub use watchpoint::{WatchKind, WatchRoute, WatchpointId, WatchpointInfo};

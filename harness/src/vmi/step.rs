@@ -48,8 +48,55 @@ impl Domain {
         }
         self.ensure_debug()?;
         self.settle_register_reset()?;
+        if let Some(rip) = self.complete_cpuid(vcpu)? {
+            // The cpuid has run: moving past it is the step.
+            return Ok(Event::Step { vcpu, rip });
+        }
         let rip = self.single_step(vcpu)?;
         Ok(Event::Step { vcpu, rip })
+    }
+
+    /// A vCPU stopped at a `cpuid` event whose RIP is still on it: moves RIP
+    /// past the instruction (Xen put its results in the registers already)
+    /// and returns the new RIP. `None` for any other vCPU. Resuming does
+    /// this anyway; a snapshot taken at a marker needs it first.
+    pub fn complete_cpuid(&mut self, vcpu: u32) -> Result<Option<u64>> {
+        let Some((len, at)) = self.pending.get(&vcpu).and_then(|p| match p.reason {
+            StopReason::Cpuid(len) => p.request.as_ref().map(|r| (len, r.regs().rip)),
+            _ => None,
+        }) else {
+            return Ok(None);
+        };
+        let mut regs = self.regs(vcpu)?;
+        if let Some(p) = self.pending.get_mut(&vcpu) {
+            p.reason = StopReason::Other;
+        }
+        if regs.rip != at {
+            return Ok(None);
+        }
+        regs.rip = regs.rip.wrapping_add(u64::from(len));
+        self.set_regs(vcpu, &regs)?;
+        Ok(Some(regs.rip))
+    }
+
+    /// Before resuming: vCPUs at a `cpuid` event whose registers were
+    /// written meanwhile get RIP moved past it here (the others get it in
+    /// their vm_event reply, see `Pending::response`).
+    pub(crate) fn complete_cpuid_stops(&mut self) -> Result<()> {
+        let changed: Vec<u32> = self
+            .pending
+            .iter()
+            .filter(|(v, p)| {
+                matches!(p.reason, StopReason::Cpuid(_))
+                    && p.reset_regs.is_none()
+                    && self.regs_changed.contains(v)
+            })
+            .map(|(&v, _)| v)
+            .collect();
+        for vcpu in changed {
+            self.complete_cpuid(vcpu)?;
+        }
+        Ok(())
     }
 
     /// Steps every vCPU that is stopped on a planted breakpoint over it.
@@ -157,7 +204,8 @@ impl Domain {
     /// domain stopped with `vcpu` pending as a step.
     fn run_until_step(&mut self, vcpu: u32) -> Result<u64> {
         if let Some(p) = self.pending.remove(&vcpu) {
-            if let (Some(rsp), Backend::Monitor(ring)) = (p.response(), &mut self.backend) {
+            let changed = self.regs_changed.contains(&vcpu);
+            if let (Some(rsp), Backend::Monitor(ring)) = (p.response(changed), &mut self.backend) {
                 ring.put_response(&rsp)?;
             }
         }

@@ -48,6 +48,17 @@ impl DebugEventType {
     }
 }
 
+/// A `cpuid` the guest executed (`VM_EVENT_REASON_CPUID`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuidEvent {
+    /// Length of the instruction (RIP must move past it).
+    pub insn_length: u32,
+    /// EAX at the instruction.
+    pub leaf: u32,
+    /// ECX at the instruction.
+    pub subleaf: u32,
+}
+
 /// A request read from the ring, with the union decoded by `reason`.
 #[derive(Clone, Copy)]
 pub struct VmEventRequest {
@@ -62,6 +73,7 @@ impl std::fmt::Debug for VmEventRequest {
             .field("flags", &self.flags())
             .field("rip", &format_args!("{:#x}", self.regs().rip))
             .field("debug", &self.debug())
+            .field("cpuid", &self.cpuid())
             .finish()
     }
 }
@@ -99,6 +111,20 @@ impl VmEventRequest {
             }
             _ => None,
         }
+    }
+    /// The executed `cpuid` of a CPUID event: (instruction length, leaf,
+    /// subleaf as EAX and ECX held them). Xen has already put the results
+    /// in the request's registers but left RIP on the instruction.
+    pub fn cpuid(&self) -> Option<CpuidEvent> {
+        (self.raw.reason == sys::VM_EVENT_REASON_CPUID).then(|| {
+            // SAFETY: for this reason Xen fills the vm_event_cpuid member.
+            let c = unsafe { self.raw.u.cpuid };
+            CpuidEvent {
+                insn_length: c.insn_length,
+                leaf: c.leaf,
+                subleaf: c.subleaf,
+            }
+        })
     }
     /// Builds the matching response (same vCPU/reason, resumes the vCPU).
     pub fn response(&self) -> VmEventResponse {
@@ -172,6 +198,7 @@ struct Options {
     debug_exceptions: bool,
     singlestep: bool,
     software_breakpoint: bool,
+    cpuid: bool,
 }
 
 /// An enabled vm_event monitor ring for one domain. Dropping it switches off
@@ -382,6 +409,18 @@ impl MonitorRing {
         Ok(())
     }
 
+    /// `xc_monitor_cpuid`: every `cpuid` the guest runs becomes a
+    /// synchronous event; Xen computes the results but leaves RIP on the
+    /// instruction, so the reply must move it (see [`CpuidEvent`]).
+    /// See docs/xen-vmi.md#cpuid-events
+    pub fn set_cpuid(&mut self, enable: bool) -> Result<()> {
+        // SAFETY: plain hypercall wrapper.
+        let rc = unsafe { sys::xc_monitor_cpuid(self.xc.raw(), self.domid, enable) };
+        check("xc_monitor_cpuid", rc)?;
+        self.options.cpuid = enable;
+        Ok(())
+    }
+
     /// `xc_monitor_get_capabilities`: bitmask of `1 << XEN_DOMCTL_MONITOR_EVENT_*`.
     /// See docs/xen-vmi.md#host-capabilities
     pub fn capabilities(&self) -> Result<u32> {
@@ -432,6 +471,9 @@ impl Drop for MonitorRing {
         }
         if self.options.software_breakpoint {
             let _ = self.set_software_breakpoint(false);
+        }
+        if self.options.cpuid {
+            let _ = self.set_cpuid(false);
         }
         if let Err(e) = self.drain() {
             if e.raw_errno() != Some(libc::ESRCH) {

@@ -1,4 +1,5 @@
-//! Attaching to a domain, listing domains, and the guest image's symbols.
+//! Attaching to a domain, listing domains, and the guest's symbols (an
+//! image, or a Linux kernel's with its modules).
 
 use std::fmt::Write as _;
 
@@ -95,6 +96,44 @@ pub(super) fn load_symbols(
     let names: Vec<String> = syms.iter().map(|x| x.name.clone()).collect();
     let _ = writeln!(out, "{} symbols from {}", names.len(), elf.display());
     s.symbol_names = names;
+    if let Some(k) = s.dom()?.kernel_info() {
+        let _ = writeln!(
+            out,
+            "{}\nKASLR slide {:#x} ({})",
+            k.banner, k.slide, k.slide_from
+        );
+    }
+    for ko in s.modules.clone() {
+        load_module(s, ko, out)?;
+    }
+    Ok(())
+}
+
+/// `module KO`: a kernel module's symbols and line tables, at the address
+/// the running kernel loaded it (found in its module list by name; kept for
+/// later attaches).
+pub(super) fn load_module(
+    s: &mut Session,
+    ko: std::path::PathBuf,
+    out: &mut String,
+) -> Result<(), ReplError> {
+    if !s.modules.contains(&ko) {
+        s.modules.push(ko.clone());
+    }
+    let layout = s.dom()?.load_module(&ko)?;
+    let names: Vec<String> = s.dom()?.symbols()?.iter().map(|x| x.name.clone()).collect();
+    s.symbol_names = names;
+    let text = layout
+        .sections
+        .get(".text")
+        .map_or_else(|| "?".to_string(), |a| format!("{a:#x}"));
+    let _ = writeln!(
+        out,
+        "module {} from {}: .text at {text}, {} sections",
+        layout.name,
+        ko.display(),
+        layout.sections.len()
+    );
     Ok(())
 }
 

@@ -28,7 +28,15 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("attach", "attach DOMAIN: attach by name or id (stops it)"),
     ("detach", "remove breakpoints, let the guest run, detach"),
     ("info", "domain, capabilities and state"),
-    ("symbols", "symbols ELF: load the guest image's symbols"),
+    (
+        "symbols",
+        "symbols FILE: the guest's symbols (an ELF image; a Linux vmlinux, System.map or kallsyms, \
+         slid by KASLR)",
+    ),
+    (
+        "module",
+        "module KO: a Linux module's symbols and lines where the kernel loaded it",
+    ),
     (
         "sym",
         "sym NAME|EXPR: symbol lookup (name -> address, address -> name+off, file:line)",
@@ -141,11 +149,17 @@ pub fn execute(s: &mut Session, line: &str, out: &mut String) -> Result<Flow, Re
         "info" => domain::info(s, out)?,
         "symbols" => {
             if rest.is_empty() {
-                return Err(usage("symbols ELF"));
+                return Err(usage("symbols FILE"));
             }
             domain::load_symbols(s, rest.into(), out)?;
         }
         "sym" => domain::sym(s, rest, out)?,
+        "module" => {
+            if rest.is_empty() {
+                return Err(usage("module KO"));
+            }
+            domain::load_module(s, rest.into(), out)?;
+        }
         "pause" => {
             s.dom()?.pause()?;
             where_am_i(s, out)?;

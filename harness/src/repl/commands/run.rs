@@ -137,6 +137,16 @@ pub(super) fn cont(
                 out.push_str("debug event\n");
                 return where_am_i(s, out);
             }
+            Event::Cpuid {
+                vcpu,
+                leaf,
+                subleaf,
+                ..
+            } => {
+                s.vcpu = vcpu;
+                let _ = writeln!(out, "cpuid marker {leaf:#x} (ecx {subleaf:#x})");
+                return where_am_i(s, out);
+            }
             Event::Shutdown { reason } => {
                 let _ = writeln!(out, "the guest shut down: {reason:?}; detached");
                 s.bps.clear();
@@ -276,22 +286,23 @@ pub(super) fn finish(s: &mut Session, out: &mut String) -> Result<(), ReplError>
     Ok(())
 }
 
-/// `bt`: frames by frame pointers (the caller from the stack before the frame is set up).
+/// `bt`: the frames of the current vCPU (ORC unwinding in a Linux kernel
+/// whose symbols came from its image, else frame pointers), with source
+/// lines where known.
 pub(super) fn backtrace(s: &mut Session, out: &mut String) -> Result<(), ReplError> {
     let vcpu = s.vcpu;
-    let r = s.stopped()?.regs(vcpu)?;
-    let _ = writeln!(out, "#0  {:#x}{}", r.rip, s.symbolize(r.rip));
-    let mut frame = 1;
-    // Before the frame is set up, the caller is found from the stack.
-    if let Ok((ret, sp_after)) = return_address(s) {
-        if sp_after <= r.rsp.saturating_add(16) && sp_after != r.rbp.wrapping_add(16) {
-            let _ = writeln!(out, "#1  {ret:#x}{}", s.symbolize(ret));
-            frame = 2;
-        }
-    }
-    for ret in s.dom()?.frame_pointer_walk(vcpu, r.rbp, 64 - frame) {
-        let _ = writeln!(out, "#{frame:<2} {ret:#x}{}", s.symbolize(ret));
-        frame += 1;
+    let frames = s.stopped()?.backtrace(vcpu, 64)?;
+    for (i, f) in frames.iter().enumerate() {
+        let at = f.lookup_pc();
+        let name = s.symbolize(f.pc);
+        let line = s
+            .dom
+            .as_ref()
+            .and_then(|d| d.symbols().ok())
+            .and_then(|syms| syms.line(at))
+            .map(|l| format!(" at {}:{}", l.file, l.line))
+            .unwrap_or_default();
+        let _ = writeln!(out, "#{i:<2} {:#x}{name}{line}", f.pc);
     }
     Ok(())
 }

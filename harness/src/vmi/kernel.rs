@@ -1,0 +1,345 @@
+//! Linux kernels in a guest: symbols from a stripped `vmlinux`, a
+//! `System.map` or `/proc/kallsyms`, the KASLR slide found on attach, and
+//! modules (`.ko`, with DWARF) found at their load address.
+//!
+//! The slide comes from a register the kernel sets up early: LSTAR (its
+//! `syscall` entry, `entry_SYSCALL_64`) on HVM and PVH guests, else the
+//! page-fault gate of the IDT (`asm_exc_page_fault`). PV kernels run at
+//! their link address (no decompressor randomises them). Either way the
+//! result is checked: `linux_banner` must read `Linux version`, and when the
+//! symbols came from the image itself, the image's banner.
+
+use std::path::{Path, PathBuf};
+
+use object::{Object, ObjectSection};
+
+use super::caps::GuestKind;
+use super::domain::Domain;
+use super::error::{Error, Result};
+use super::symbols::{ModuleLayout, Origin, Symbols};
+use super::unwind::OrcTable;
+
+/// What to load for a Linux guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelSymbols {
+    /// A vmlinux (stripped: its kallsyms tables are read), a `System.map`
+    /// or a copy of `/proc/kallsyms`.
+    pub kernel: PathBuf,
+    /// Modules to find in the guest's module list by name (the `.ko`
+    /// file's stem, `-` read as `_`) and load at their addresses.
+    pub modules: Vec<PathBuf>,
+}
+
+/// What [`Domain::load_kernel_symbols`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelInfo {
+    /// Load address minus link address of the kernel (0 without KASLR).
+    pub slide: i64,
+    /// How the slide was found.
+    pub slide_from: &'static str,
+    /// The running kernel's `linux_banner`.
+    pub banner: String,
+    /// Modules found, with their section addresses.
+    pub modules: Vec<ModuleLayout>,
+}
+
+/// A Linux guest's kernel as the engine keeps it: what was found, and the
+/// ORC tables its backtraces use.
+pub(crate) struct Kernel {
+    pub info: KernelInfo,
+    /// The image's table (when the symbols came from the image) and each
+    /// module's.
+    pub orc: Vec<OrcTable>,
+}
+
+/// The kernel's text is placed at a multiple of this (`CONFIG_PHYSICAL_ALIGN`
+/// is at least 2 MiB on x86-64).
+const SLIDE_ALIGN: i64 = 0x20_0000;
+
+/// Whether `s` are a Linux kernel's symbols (names every x86-64 kernel
+/// has).
+pub fn is_linux(s: &Symbols) -> bool {
+    s.lookup("linux_banner").is_some() && s.lookup("startup_64").is_some()
+}
+
+/// The name a module has in the kernel's list (`foo-bar.ko` -> `foo_bar`).
+pub fn module_name(ko: &Path) -> String {
+    ko.file_stem()
+        .map(|s| s.to_string_lossy().replace('-', "_"))
+        .unwrap_or_default()
+}
+
+/// The slide that maps `linked` (a symbol's address in the map) onto
+/// `running` (where the guest has it), if it is a plausible KASLR slide.
+pub fn slide_between(linked: u64, running: u64) -> Option<i64> {
+    let d = running.wrapping_sub(linked) as i64;
+    (d % SLIDE_ALIGN == 0 && d.unsigned_abs() < 1 << 32).then_some(d)
+}
+
+/// The handler address of a 16-byte x86-64 IDT gate.
+pub fn gate_target(g: &[u8; 16]) -> u64 {
+    let lo = u64::from(u16::from_le_bytes([g[0], g[1]]));
+    let mid = u64::from(u16::from_le_bytes([g[6], g[7]]));
+    let hi = u64::from(u32::from_le_bytes([g[8], g[9], g[10], g[11]]));
+    lo | mid << 16 | hi << 32
+}
+
+impl Domain {
+    /// Loads a Linux guest's symbols: the kernel's (slid by KASLR, checked
+    /// against the running kernel) and its modules' at their load
+    /// addresses. The guest must have booted far enough to have set up its
+    /// `syscall` entry or IDT (any time after early boot), and the modules
+    /// must be loaded. Errors name the file that does not fit.
+    pub fn load_kernel_symbols(&mut self, spec: &KernelSymbols) -> Result<KernelInfo> {
+        let syms = Symbols::load(&spec.kernel)?;
+        if !is_linux(&syms) {
+            return Err(Error::Symbol(format!(
+                "{} is not a Linux kernel's symbols (no linux_banner and startup_64)",
+                spec.kernel.display()
+            )));
+        }
+        self.adopt_kernel(syms, spec)
+    }
+
+    /// Slides `syms` (a Linux kernel's) onto the running kernel, checks
+    /// them, finds `spec.modules` and keeps it all.
+    pub(crate) fn adopt_kernel(
+        &mut self,
+        mut syms: Symbols,
+        spec: &KernelSymbols,
+    ) -> Result<KernelInfo> {
+        let file = spec.kernel.display().to_string();
+        let (slide, slide_from) = self.kaslr_slide(&syms, &file)?;
+        syms.slide(slide);
+        let image_banner = match syms.origin() {
+            Origin::Kallsyms => image_banner(&spec.kernel, &syms, slide),
+            _ => None,
+        };
+        let banner = self.check_banner(&syms, &file, image_banner.as_deref())?;
+        let mut orc = Vec::new();
+        if syms.origin() == Origin::Kallsyms {
+            match OrcTable::from_vmlinux(&spec.kernel, None, slide) {
+                Ok(t) => orc.push(t),
+                Err(e) => tracing::info!("{file}: no ORC data, backtraces by frame pointer: {e}"),
+            }
+        }
+        let mut modules = Vec::new();
+        for ko in &spec.modules {
+            let name = module_name(ko);
+            let head = syms.require("modules").map_err(|_| {
+                Error::Symbol(format!(
+                    "{file} has no `modules` symbol: cannot find module {name} (load it with its sections instead)"
+                ))
+            })?;
+            let layout = ModuleLayout::find_in_guest(
+                |va, buf| self.read_virt_on(0, va, buf),
+                head,
+                &name,
+                ko,
+            )?;
+            syms.add_module(ko, &layout)?;
+            match OrcTable::from_module(ko, &layout.sections, None) {
+                Ok(t) => orc.push(t),
+                Err(e) => tracing::info!("{}: no ORC data: {e}", ko.display()),
+            }
+            modules.push(layout);
+        }
+        self.symbols = Some(syms);
+        let info = KernelInfo {
+            slide,
+            slide_from,
+            banner,
+            modules,
+        };
+        self.kernel = Some(Kernel {
+            info: info.clone(),
+            orc,
+        });
+        Ok(info)
+    }
+
+    /// What [`Domain::load_kernel_symbols`] found, if it ran.
+    pub fn kernel_info(&self) -> Option<&KernelInfo> {
+        self.kernel.as_ref().map(|k| &k.info)
+    }
+
+    /// Finds module `ko` in the running kernel's module list (by its name)
+    /// and loads its symbols and line tables there, after the kernel's.
+    pub fn load_module(&mut self, ko: &Path) -> Result<ModuleLayout> {
+        let head = self
+            .kernel
+            .as_ref()
+            .and(self.symbols.as_ref())
+            .ok_or_else(|| Error::Symbol("load the kernel's symbols before a module's".into()))?
+            .require("modules")?;
+        let name = module_name(ko);
+        let layout =
+            ModuleLayout::find_in_guest(|va, buf| self.read_virt_on(0, va, buf), head, &name, ko)?;
+        self.load_module_symbols(ko, &layout)?;
+        Ok(layout)
+    }
+
+    /// Loads one more module at a known layout (e.g. from
+    /// `/sys/module/NAME/sections/`), after [`Domain::load_kernel_symbols`].
+    pub fn load_module_symbols(&mut self, ko: &Path, layout: &ModuleLayout) -> Result<()> {
+        let (Some(syms), Some(kernel)) = (self.symbols.as_mut(), self.kernel.as_mut()) else {
+            return Err(Error::Symbol(
+                "load the kernel's symbols before a module's".into(),
+            ));
+        };
+        syms.add_module(ko, layout)?;
+        if let Ok(t) = OrcTable::from_module(ko, &layout.sections, None) {
+            kernel.orc.push(t);
+        }
+        kernel.info.modules.push(layout.clone());
+        Ok(())
+    }
+
+    /// The KASLR slide of the running kernel against `syms` (link
+    /// addresses), and where it was read.
+    fn kaslr_slide(&mut self, syms: &Symbols, file: &str) -> Result<(i64, &'static str)> {
+        if self.kind == GuestKind::Pv {
+            // PV kernels are loaded by Xen at their link address.
+            return Ok((0, "PV: loaded at its link address"));
+        }
+        let cpu = self.xen.xc.hvm_cpu(self.domid, 0)?;
+        let mut tried = Vec::new();
+        if cpu.msr_lstar != 0 {
+            if let Some(entry) = syms.lookup("entry_SYSCALL_64") {
+                if let Some(d) = slide_between(entry, cpu.msr_lstar) {
+                    return Ok((d, "LSTAR = entry_SYSCALL_64"));
+                }
+                tried.push(format!(
+                    "LSTAR {:#x} is not entry_SYSCALL_64 ({entry:#x}) slid",
+                    cpu.msr_lstar
+                ));
+            }
+        } else {
+            tried.push("LSTAR is 0 (no syscall entry yet)".to_string());
+        }
+        if cpu.idtr_base != 0 {
+            let mut gate = [0u8; 16];
+            let pf = self
+                .read_virt_on(0, cpu.idtr_base.wrapping_add(14 * 16), &mut gate)
+                .ok()
+                .map(|()| gate_target(&gate));
+            if let (Some(pf), Some(handler)) = (pf, syms.lookup("asm_exc_page_fault")) {
+                if let Some(d) = slide_between(handler, pf) {
+                    return Ok((d, "IDT #PF gate = asm_exc_page_fault"));
+                }
+                tried.push(format!(
+                    "the #PF gate {pf:#x} is not asm_exc_page_fault ({handler:#x}) slid"
+                ));
+            }
+        }
+        Err(Error::Symbol(format!(
+            "{file} does not match the running kernel: no KASLR slide found ({})",
+            if tried.is_empty() {
+                "neither LSTAR nor an IDT is set up yet".to_string()
+            } else {
+                tried.join("; ")
+            }
+        )))
+    }
+
+    /// Reads `linux_banner` where `syms` puts it; it must be the kernel's
+    /// version string (and equal the image's, when the symbols came from
+    /// the image).
+    fn check_banner(
+        &mut self,
+        syms: &Symbols,
+        file: &str,
+        image_banner: Option<&str>,
+    ) -> Result<String> {
+        let at = syms.require("linux_banner").map_err(|_| {
+            Error::Symbol(format!(
+                "{file} has no linux_banner: is it a Linux kernel's?"
+            ))
+        })?;
+        let mut buf = [0u8; 160];
+        let text = match self.read_virt_on(0, at, &mut buf) {
+            Ok(()) => {
+                let end = buf.iter().position(|&b| b == 0 || b == b'\n').unwrap_or(buf.len());
+                String::from_utf8_lossy(&buf[..end]).into_owned()
+            }
+            Err(e) => {
+                return Err(Error::Symbol(format!(
+                    "{file} does not match the running kernel: linux_banner at {at:#x} is not readable ({e})"
+                )))
+            }
+        };
+        if !text.starts_with("Linux version ") {
+            return Err(Error::Symbol(format!(
+                "{file} does not match the running kernel: linux_banner at {at:#x} reads {:?}, not \"Linux version ...\"",
+                text.chars().take(40).collect::<String>()
+            )));
+        }
+        if let Some(image_banner) = image_banner {
+            if image_banner != text {
+                return Err(Error::Symbol(format!(
+                    "{file} is another kernel: it says {image_banner:?}, the guest runs {text:?}"
+                )));
+            }
+        }
+        Ok(text)
+    }
+}
+
+/// The `linux_banner` string of a vmlinux image (link addresses: `syms`
+/// is slid by `slide`).
+fn image_banner(path: &Path, syms: &Symbols, slide: i64) -> Option<String> {
+    let at = syms.lookup("linux_banner")?.wrapping_sub(slide as u64);
+    let data = std::fs::read(path).ok()?;
+    let obj = object::File::parse(&*data).ok()?;
+    let sec = obj
+        .sections()
+        .find(|s| at >= s.address() && at < s.address().saturating_add(s.size()))?;
+    let bytes = sec.data().ok()?;
+    let from = usize::try_from(at - sec.address()).ok()?;
+    let rest = bytes.get(from..)?;
+    let end = rest.iter().take(160).position(|&b| b == 0 || b == b'\n')?;
+    Some(String::from_utf8_lossy(&rest[..end]).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slides_are_aligned_and_bounded() {
+        assert_eq!(
+            slide_between(0xffff_ffff_81c0_0080, 0xffff_ffff_9ec0_0080),
+            Some(0x1d00_0000)
+        );
+        assert_eq!(
+            slide_between(0xffff_ffff_81c0_0080, 0xffff_ffff_81c0_0080),
+            Some(0)
+        );
+        assert_eq!(
+            slide_between(0xffff_ffff_81c0_0080, 0xffff_ffff_81c0_1080),
+            None
+        );
+        assert_eq!(slide_between(0xffff_ffff_81c0_0080, 0x1000), None);
+    }
+
+    #[test]
+    fn idt_gates_decode() {
+        let h: u64 = 0xffff_ffff_81e0_0ab0;
+        let mut g = [0u8; 16];
+        g[0..2].copy_from_slice(&(h as u16).to_le_bytes());
+        g[2..4].copy_from_slice(&0x10u16.to_le_bytes());
+        g[5] = 0x8e;
+        g[6..8].copy_from_slice(&((h >> 16) as u16).to_le_bytes());
+        g[8..12].copy_from_slice(&((h >> 32) as u32).to_le_bytes());
+        assert_eq!(gate_target(&g), h);
+    }
+
+    #[test]
+    fn module_names_follow_the_kernel() {
+        assert_eq!(
+            module_name(Path::new("/x/xenprobe-sample.ko")),
+            "xenprobe_sample"
+        );
+        assert_eq!(module_name(Path::new("a.ko")), "a");
+    }
+}
