@@ -182,7 +182,11 @@ impl GuestConfig {
             } else {
                 base.join(f)
             };
-            std::path::absolute(&j).unwrap_or(j)
+            // Canonical where the file exists: paths printed in debugger
+            // command lines stay readable.
+            std::fs::canonicalize(&j)
+                .or_else(|_| std::path::absolute(&j))
+                .unwrap_or(j)
         };
         let kernel = match &self.kernel {
             None => None,

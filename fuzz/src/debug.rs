@@ -26,7 +26,7 @@ use anyhow::{bail, Context, Result};
 use xenprobe::stub::SessionEnd;
 use xenprobe::vmi::{BreakpointId, Domain, Event};
 use xenprobe_fuzz::report::{CrashReport, Outcome};
-use xenprobe_fuzz::session::{destroy, Session, TargetSpec};
+use xenprobe_fuzz::session::{destroy, InputLayout, Session, TargetSpec};
 
 /// Where and how to serve the stub.
 #[derive(Debug, Clone)]
@@ -76,22 +76,101 @@ pub fn parse_debuggers(items: &[String]) -> Result<Vec<Debugger>> {
     Ok(out)
 }
 
+/// A kernel module to load into the debugger at its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleLoad {
+    /// The `.ko`.
+    pub ko: std::path::PathBuf,
+    /// Section name -> load address.
+    pub sections: Vec<(String, u64)>,
+}
+
+impl ModuleLoad {
+    /// LLDB commands that load the module at its sections' addresses.
+    fn lldb(&self) -> String {
+        let ko = self.ko.display();
+        let secs: Vec<String> = self
+            .sections
+            .iter()
+            .map(|(n, a)| format!("{n} {a:#x}"))
+            .collect();
+        format!(
+            " -o 'target modules add {ko}' -o 'target modules load --file {ko} {}'",
+            secs.join(" ")
+        )
+    }
+
+    /// The GDB command that loads the module at its sections' addresses.
+    fn gdb(&self) -> String {
+        let text = self
+            .sections
+            .iter()
+            .find(|(n, _)| n == ".text")
+            .map_or(String::new(), |(_, a)| format!(" {a:#x}"));
+        let others: Vec<String> = self
+            .sections
+            .iter()
+            .filter(|(n, _)| n != ".text")
+            .map(|(n, a)| format!(" -s {n} {a:#x}"))
+            .collect();
+        format!(
+            " -ex 'add-symbol-file {}{text}{}'",
+            self.ko.display(),
+            others.concat()
+        )
+    }
+}
+
 /// The lines printed under "connect with": the command line of each
-/// debugger in `present` (all when unknown), one line for each missing one.
-pub fn debugger_lines(present: Option<&[Debugger]>, image: &Path, target: &str) -> Vec<String> {
+/// debugger in `present` (all when unknown), one line for each missing one;
+/// `modules` are loaded at their addresses after connecting.
+pub fn debugger_lines(
+    present: Option<&[Debugger]>,
+    image: &Path,
+    target: &str,
+    modules: &[ModuleLoad],
+) -> Vec<String> {
     Debugger::ALL
         .iter()
         .map(|&d| match (d, present.is_none_or(|p| p.contains(&d))) {
-            (Debugger::Lldb, true) => {
-                format!("  lldb {} -o 'gdb-remote {target}'", image.display())
-            }
-            (Debugger::Gdb, true) => {
-                format!("  gdb {} -ex 'target remote {target}'", image.display())
-            }
+            (Debugger::Lldb, true) => format!(
+                "  lldb {} -o 'gdb-remote {target}'{}",
+                image.display(),
+                modules.iter().map(ModuleLoad::lldb).collect::<String>()
+            ),
+            (Debugger::Gdb, true) => format!(
+                "  gdb {} -ex 'target remote {target}'{}",
+                image.display(),
+                modules.iter().map(ModuleLoad::gdb).collect::<String>()
+            ),
             (d, false) => format!(
                 "  ({0} is not installed on this machine: apt-get install {0})",
                 d.name()
             ),
+        })
+        .collect()
+}
+
+/// The loaded modules of a kernel target, for the debugger.
+pub fn module_loads(dom: &Domain, spec: &TargetSpec) -> Vec<ModuleLoad> {
+    let (Some(k), Some(info)) = (&spec.kernel, dom.kernel_info()) else {
+        return Vec::new();
+    };
+    k.modules
+        .iter()
+        .filter_map(|ko| {
+            let name = xenprobe::vmi::kernel::module_name(ko);
+            let layout = info.modules.iter().find(|m| m.name == name)?;
+            Some(ModuleLoad {
+                ko: ko.clone(),
+                sections: layout
+                    .sections
+                    .iter()
+                    // The struct itself is no section a debugger loads code from.
+                    .filter(|(n, _)| n.as_str() != ".gnu.linkonce.this_module")
+                    .map(|(n, &a)| (n.clone(), a))
+                    .collect(),
+            })
         })
         .collect()
 }
@@ -154,7 +233,7 @@ pub fn run(target: &TargetSpec, input_path: &Path, opts: &DebugOptions) -> Resul
     let guest_len =
         xenprobe_fuzz::structured::guest_bytes(spec.input_format.as_ref(), &input).len();
     let mut session = Session::start(spec.clone()).context("starting the guest")?;
-    let len_width = session.input_len_width();
+    let layout = session.input_layout();
     if guest_len > session.input_capacity() {
         let cap = session.input_capacity();
         session.finish().context("leaving the guest clean")?;
@@ -178,8 +257,8 @@ pub fn run(target: &TargetSpec, input_path: &Path, opts: &DebugOptions) -> Resul
     let mut dom = session
         .into_domain()
         .context("the replay left no attached guest")?;
-    let served = position(&mut dom, &spec, len_width, &input, &report)
-        .and_then(|at| serve(dom, &image, &at, opts).map(|end| (at, end)));
+    let served = position(&mut dom, &spec, &layout, &input, &report)
+        .and_then(|at| serve(dom, &spec, &image, &at, opts).map(|end| (at, end)));
     let result = match served {
         Ok((_, end)) => {
             println!("debugger session ended: {}", describe_end(&end));
@@ -211,21 +290,21 @@ fn remove_all_breakpoints(dom: &mut Domain) -> Result<()> {
 }
 
 /// Restores the snapshot, writes the input and lets the guest run.
-fn start_run(dom: &mut Domain, spec: &TargetSpec, width: usize, input: &[u8]) -> Result<()> {
+fn start_run(dom: &mut Domain, layout: &InputLayout, input: &[u8]) -> Result<()> {
     dom.restore_snapshot()?;
-    write_input(dom, spec, width, input)?;
+    layout.write(dom, input)?;
     dom.resume()?;
     Ok(())
 }
 
-/// Writes the input and its length (`width` bytes) through the engine (so
-/// that the next restore undoes them).
-fn write_input(dom: &mut Domain, spec: &TargetSpec, width: usize, input: &[u8]) -> Result<()> {
-    let input_va = dom.symbol(&spec.input_sym)?;
-    let len_va = dom.symbol(&spec.len_sym)?;
-    dom.write_virt(input_va, input)?;
-    dom.write_virt(len_va, &xenprobe_fuzz::abi::len_bytes(input.len(), width))?;
-    Ok(())
+/// The crash sinks' addresses: the kernel's error paths for a kernel
+/// target, else the target's sinks.
+fn sink_addresses(dom: &Domain, spec: &TargetSpec) -> Vec<u64> {
+    let names: Vec<&str> = match spec.kernel {
+        Some(_) => xenprobe::vmi::kernel::CRASH_FUNCTIONS.to_vec(),
+        None => spec.sinks.iter().map(String::as_str).collect(),
+    };
+    names.iter().filter_map(|s| dom.symbol(s).ok()).collect()
 }
 
 /// Runs until breakpoint `want` (or a sink when `sinks` is given) stops the
@@ -261,15 +340,11 @@ fn run_until(
 pub fn position(
     dom: &mut Domain,
     spec: &TargetSpec,
-    width: usize,
+    layout: &InputLayout,
     input: &[u8],
     report: &CrashReport,
 ) -> Result<StopPoint> {
-    let sinks: Vec<u64> = spec
-        .sinks
-        .iter()
-        .filter_map(|s| dom.symbol(s).ok())
-        .collect();
+    let sinks = sink_addresses(dom, spec);
     remove_all_breakpoints(dom)?;
     let at = if report.is_hang() || report.kind == "debug-trap" {
         // Already stopped where it spins / trapped.
@@ -283,15 +358,15 @@ pub fn position(
             dom.pause()?;
         }
         dom.restore_snapshot()?;
-        write_input(dom, spec, width, input)?;
+        layout.write(dom, input)?;
         StopPoint::Start
     } else if sinks.contains(&report.rip) {
         let id = dom.add_breakpoint(report.rip)?;
-        start_run(dom, spec, width, input)?;
+        start_run(dom, layout, input)?;
         run_until(dom, &[id], run_timeout(spec))?;
         StopPoint::Sink { rip: report.rip }
     } else {
-        match fault_hits(dom, spec, width, input, report.rip, &sinks)? {
+        match fault_hits(dom, spec, layout, input, report.rip, &sinks)? {
             Some(hits) => {
                 // Stop at that execution (earlier ones are stepped over:
                 // they do not fault).
@@ -300,7 +375,7 @@ pub fn position(
                     seen += 1;
                     seen == hits
                 })?;
-                start_run(dom, spec, width, input)?;
+                start_run(dom, layout, input)?;
                 run_until(dom, &[id], run_timeout(spec))?;
                 StopPoint::Fault {
                     rip: report.rip,
@@ -310,7 +385,7 @@ pub fn position(
             None => {
                 let sink = *sinks.first().context("no crash sink symbol in the image")?;
                 let id = dom.add_breakpoint(sink)?;
-                start_run(dom, spec, width, input)?;
+                start_run(dom, layout, input)?;
                 run_until(dom, &[id], run_timeout(spec))?;
                 StopPoint::Sink { rip: sink }
             }
@@ -333,7 +408,7 @@ pub fn position(
 fn fault_hits(
     dom: &mut Domain,
     spec: &TargetSpec,
-    width: usize,
+    layout: &InputLayout,
     input: &[u8],
     rip: u64,
     sinks: &[u64],
@@ -357,7 +432,7 @@ fn fault_hits(
     let mut at = dom.add_breakpoint(rip)?;
     let mut after: Option<BreakpointId> = None;
     let mut hits = 0u64;
-    start_run(dom, spec, width, input)?;
+    start_run(dom, layout, input)?;
     let deadline = std::time::Instant::now() + run_timeout(spec);
     loop {
         let mut want = sink_ids.clone();
@@ -384,7 +459,13 @@ fn fault_hits(
 
 /// Serves the stub on the stopped guest; prints where it stopped and the
 /// debugger command lines once it listens.
-fn serve(dom: Domain, image: &Path, at: &StopPoint, opts: &DebugOptions) -> Result<SessionEnd> {
+fn serve(
+    dom: Domain,
+    spec: &TargetSpec,
+    image: &Path,
+    at: &StopPoint,
+    opts: &DebugOptions,
+) -> Result<SessionEnd> {
     let rip = dom.regs(0)?.rip;
     let place = dom
         .symbols()
@@ -400,7 +481,10 @@ fn serve(dom: Domain, image: &Path, at: &StopPoint, opts: &DebugOptions) -> Resu
     println!("stopped at {rip:#x} {place}: {}", at.describe());
     let connect = opts.connect.clone();
     let debuggers = opts.debuggers.clone();
-    let end = xenprobe::stub::serve_domain(dom, opts.bind, Some(image), |bound| {
+    let modules = module_loads(&dom, spec);
+    // A kernel's symbols are loaded already (with its modules, slid).
+    let elf = spec.kernel.is_none().then_some(image);
+    let end = xenprobe::stub::serve_domain(dom, opts.bind, elf, |bound| {
         let target = connect.unwrap_or_else(|| {
             if bound.ip().is_unspecified() {
                 format!("127.0.0.1:{}", bound.port())
@@ -409,7 +493,7 @@ fn serve(dom: Domain, image: &Path, at: &StopPoint, opts: &DebugOptions) -> Resu
             }
         });
         println!("debug stub listening on {bound}; connect with one of:");
-        for line in debugger_lines(debuggers.as_deref(), image, &target) {
+        for line in debugger_lines(debuggers.as_deref(), image, &target, &modules) {
             println!("{line}");
         }
     })?;
@@ -423,7 +507,7 @@ mod tests {
     #[test]
     fn only_present_debuggers_get_a_command_line() {
         let image = Path::new("target/guests/cguest-pvh");
-        let all = debugger_lines(None, image, "127.0.0.1:38945");
+        let all = debugger_lines(None, image, "127.0.0.1:38945", &[]);
         assert_eq!(
             all,
             [
@@ -431,7 +515,7 @@ mod tests {
                 "  gdb target/guests/cguest-pvh -ex 'target remote 127.0.0.1:38945'",
             ]
         );
-        let gdb_only = debugger_lines(Some(&[Debugger::Gdb]), image, "h:1");
+        let gdb_only = debugger_lines(Some(&[Debugger::Gdb]), image, "h:1", &[]);
         assert_eq!(gdb_only.len(), 2);
         assert!(!gdb_only.iter().any(|l| l.contains("gdb-remote")));
         assert_eq!(
@@ -445,11 +529,32 @@ mod tests {
         assert_eq!(parse(&["lldb", "gdb"]).ok(), Some(Debugger::ALL.to_vec()));
         assert_eq!(parse(&["none"]).ok(), Some(vec![]));
         assert!(parse(&["ddd"]).is_err());
-        let none = debugger_lines(Some(&[]), image, "h:1");
+        let none = debugger_lines(Some(&[]), image, "h:1", &[]);
         assert!(
             none.iter().all(|l| l.contains("is not installed")),
             "{none:?}"
         );
-        assert_eq!(debugger_lines(Some(&Debugger::ALL), image, "h:1").len(), 2);
+        assert_eq!(
+            debugger_lines(Some(&Debugger::ALL), image, "h:1", &[]).len(),
+            2
+        );
+    }
+
+    #[test]
+    fn kernel_modules_load_at_their_sections() {
+        let m = ModuleLoad {
+            ko: "/x/m.ko".into(),
+            sections: vec![(".data".into(), 0xc000_3000), (".text".into(), 0xc000_1000)],
+        };
+        let lines = debugger_lines(None, Path::new("vmlinux"), "h:1", &[m]);
+        assert_eq!(
+            lines[0],
+            "  lldb vmlinux -o 'gdb-remote h:1' -o 'target modules add /x/m.ko' \
+             -o 'target modules load --file /x/m.ko .data 0xc0003000 .text 0xc0001000'"
+        );
+        assert_eq!(
+            lines[1],
+            "  gdb vmlinux -ex 'target remote h:1' -ex 'add-symbol-file /x/m.ko 0xc0001000 -s .data 0xc0003000'"
+        );
     }
 }

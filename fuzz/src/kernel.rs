@@ -121,6 +121,66 @@ impl KernelTarget {
     }
 }
 
+/// A booted Linux guest left paused at its harness's start point by a
+/// finished session, for the next session of the same target to take over
+/// instead of booting it again (a boot takes seconds to minutes; taking
+/// over, one snapshot). Kept in dom0's xenprobe state directory, so it goes
+/// with the lab.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Parked {
+    /// The domain.
+    pub domid: u32,
+    /// vCPU 0's RIP at the start point (past the start marker).
+    pub start_rip: u64,
+    /// The input buffer the marker named (address, size).
+    pub buffer: Option<(u64, usize)>,
+    /// The target it was booted for ([`KernelTarget::fingerprint`]).
+    pub fingerprint: u64,
+}
+
+impl Parked {
+    fn path(name: &str) -> PathBuf {
+        vmi::cleanup::state_dir().join(format!("{name}.parked.json"))
+    }
+
+    /// The record for domain `name`, removed: a guest is taken over once.
+    pub fn take(name: &str) -> Option<Self> {
+        let path = Self::path(name);
+        let text = std::fs::read_to_string(&path).ok()?;
+        let _ = std::fs::remove_file(&path);
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Records that domain `name` is parked.
+    pub fn save(&self, name: &str) -> std::io::Result<()> {
+        let path = Self::path(name);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let text = serde_json::to_string(self).map_err(std::io::Error::other)?;
+        std::fs::write(path, text)
+    }
+}
+
+impl KernelTarget {
+    /// What a booted guest depends on: the xl config's text, and the
+    /// kernel's and modules' files (size and modification time).
+    pub fn fingerprint(&self, cfg: &std::path::Path) -> u64 {
+        let mut key = std::fs::read(cfg).unwrap_or_default();
+        for f in std::iter::once(&self.symbols).chain(&self.modules) {
+            let meta = std::fs::metadata(f).ok();
+            let mtime = meta
+                .as_ref()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            key.extend(format!("{}:{}:{mtime};", f.display(), meta.map_or(0, |m| m.len())).bytes());
+        }
+        key.extend(format!("{:?}", self.marker).bytes());
+        crate::report::fnv1a(&key)
+    }
+}
+
 /// How a kernel sink's arguments describe the crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SinkKind {
@@ -144,20 +204,22 @@ pub enum SinkKind {
     OopsBegin,
 }
 
-/// The kernel functions planted as sinks, where the kernel has them
-/// (missing ones are skipped). Earlier entries are reached first on their
-/// paths (`die` calls `oops_begin`), so the specific report wins.
-pub const SINKS: &[(&str, SinkKind)] = &[
-    ("page_fault_oops", SinkKind::PageFaultOops),
-    ("die_addr", SinkKind::DieAddr),
-    ("die", SinkKind::Die),
-    ("__stack_chk_fail", SinkKind::StackProtector),
-    ("kasan_report", SinkKind::Kasan),
-    ("kmsan_report", SinkKind::Kmsan),
-    ("ubsan_prologue", SinkKind::Ubsan),
-    ("panic", SinkKind::Panic),
-    ("oops_begin", SinkKind::OopsBegin),
-];
+/// How sink `name` (one of [`vmi::kernel::CRASH_FUNCTIONS`]) describes a
+/// crash.
+pub fn sink_kind(name: &str) -> Option<SinkKind> {
+    Some(match name {
+        "page_fault_oops" => SinkKind::PageFaultOops,
+        "die_addr" => SinkKind::DieAddr,
+        "die" => SinkKind::Die,
+        "__stack_chk_fail" => SinkKind::StackProtector,
+        "kasan_report" => SinkKind::Kasan,
+        "kmsan_report" => SinkKind::Kmsan,
+        "ubsan_prologue" => SinkKind::Ubsan,
+        "panic" => SinkKind::Panic,
+        "oops_begin" => SinkKind::OopsBegin,
+        _ => return None,
+    })
+}
 
 /// Offsets in x86-64 `struct pt_regs` (arch/x86/include/asm/ptrace.h).
 mod pt_regs {
@@ -410,7 +472,16 @@ pub fn kernel_report(
                 dom.read_virt_on(vcpu, t.ip, &mut ud2).is_ok() && ud2 == [0x0f, 0x0b]
             });
             let fault = (kind == SinkKind::DieAddr).then_some(regs.rcx);
-            (die_kind(&text, at_ud2), trap, text, fault)
+            let kind = die_kind(&text, at_ud2);
+            // What the kernel prints for a BUG(): "kernel BUG at FILE:LINE!".
+            let line = trap
+                .filter(|_| kind == "BUG")
+                .and_then(|t| dom.symbols().ok()?.line(t.ip));
+            let text = match line {
+                Some(l) => format!("kernel BUG at {}:{}! ({text})", l.file, l.line),
+                None => text,
+            };
+            (kind, trap, text, fault)
         }
         SinkKind::Panic => {
             let fmt = read_cstr(dom, vcpu, regs.rdi).unwrap_or_default();
@@ -459,9 +530,17 @@ pub fn kernel_report(
         .iter()
         .map(|f| frame(dom, f.pc, f.is_return))
         .collect();
-    let place = where_is(dom, site_addr.saturating_sub(u64::from(trap.is_none())));
+    // Function and offset: stable under KASLR and across module loads. A
+    // return address is looked up at the call (a call to a noreturn
+    // function may end its caller).
+    let place = match trap {
+        Some(t) if !t.user_mode() => where_is(dom, site_addr),
+        _ => frame(dom, site_addr, true)
+            .symbol
+            .unwrap_or_else(|| format!("{site_addr:#x}")),
+    };
     Ok(CrashReport {
-        site: format!("{kind_name}@{}", place.split('+').next().unwrap_or(&place)),
+        site: format!("{kind_name}@{place}"),
         kind: kind_name,
         rip,
         fault_address,
@@ -533,10 +612,13 @@ mod tests {
     }
 
     #[test]
-    fn sinks_list_specific_paths_before_the_catch_all() {
-        let pos = |n: &str| SINKS.iter().position(|(s, _)| *s == n).expect(n);
+    fn every_crash_function_has_a_report() {
+        let list = vmi::kernel::CRASH_FUNCTIONS;
+        assert!(list.iter().all(|n| sink_kind(n).is_some()));
+        let pos = |n: &str| list.iter().position(|s| *s == n).expect(n);
         assert!(pos("die") < pos("oops_begin"));
         assert!(pos("page_fault_oops") < pos("oops_begin"));
         assert!(pos("die_addr") < pos("die"));
+        assert_eq!(sink_kind("schedule"), None);
     }
 }

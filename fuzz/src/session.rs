@@ -154,6 +154,30 @@ pub const DEFAULT_SPIN_US: u64 = 2000;
 /// One run in this many has its phases timed ([`Session::timings`]).
 pub const TIMING_SAMPLE: u32 = 16;
 
+/// Where a run's input goes in the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLayout {
+    /// The input buffer.
+    pub buffer: u64,
+    /// Bytes a run passes at most.
+    pub capacity: usize,
+    /// The length variable and its width in bytes, if the target has one.
+    pub len: Option<(u64, usize)>,
+}
+
+impl InputLayout {
+    /// Writes `input` and its length through the engine (so that the next
+    /// restore undoes them).
+    pub fn write(&self, dom: &mut Domain, input: &[u8]) -> xenprobe::vmi::Result<()> {
+        let input = &input[..input.len().min(self.capacity)];
+        dom.write_virt(self.buffer, input)?;
+        if let Some((va, width)) = self.len {
+            dom.write_virt(va, &crate::abi::len_bytes(input.len(), width))?;
+        }
+        Ok(())
+    }
+}
+
 /// What the session did besides running inputs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -173,8 +197,8 @@ enum Role {
     End,
     /// A crash sink (index in [`TargetSpec::sinks`]).
     Sink(usize),
-    /// One of the kernel's error paths (index in [`kernel::SINKS`]).
-    KernelSink(usize),
+    /// One of the kernel's error paths.
+    KernelSink(&'static str, kernel::SinkKind),
     Cover(usize),
     /// A comparison site's own breakpoint (traced runs only).
     Cmp,
@@ -217,6 +241,8 @@ pub struct Session {
     start_rip: u64,
     /// The `cpuid` leaf that ends a run (a kernel harness's marker).
     end_marker: Option<u32>,
+    /// The input buffer is the one the start marker named.
+    marker_buffer: bool,
     /// Width of the length variable in bytes.
     len_width: usize,
     /// Translations of the input pages (va page -> pa page).
@@ -289,6 +315,7 @@ impl Session {
             len_va: None,
             start_rip: 0,
             end_marker: None,
+            marker_buffer: false,
             len_width: 8,
             pages: HashMap::new(),
             input_maps: HashMap::new(),
@@ -418,6 +445,15 @@ impl Session {
         self.len_width
     }
 
+    /// Where a run's input goes.
+    pub fn input_layout(&self) -> InputLayout {
+        InputLayout {
+            buffer: self.input_va,
+            capacity: self.input_cap,
+            len: self.len_va.map(|va| (va, self.len_width)),
+        }
+    }
+
     fn dom(&mut self) -> Result<&mut Domain> {
         self.dom
             .as_mut()
@@ -425,27 +461,9 @@ impl Session {
     }
 
     fn boot(&mut self) -> Result<()> {
-        destroy(&self.name);
-        let cfg = self.spec.cfg.display().to_string();
-        xl(&["create", "-q", "-p", &cfg])?;
-        let mut dom = Domain::attach(&self.xen, self.name.as_str())?;
-        dom.set_restore_options(self.spec.restore);
-        dom.set_event_spin(self.spec.event_spin);
-        // One vCPU stopped at its vm_event needs no domain pause on top.
-        dom.set_hold_stops(true)?;
-        let buffer = match self.spec.kernel.clone() {
-            None => {
-                self.reach_abi_start(&mut dom)?;
-                None
-            }
-            Some(k) => match self.reach_kernel_start(&mut dom, &k) {
-                Ok(b) => b,
-                Err(e) => {
-                    drop(dom);
-                    destroy(&self.name);
-                    return Err(e);
-                }
-            },
+        let (mut dom, buffer) = match self.take_parked() {
+            Some(parked) => parked,
+            None => self.create()?,
         };
         self.start_rip = dom.regs(0)?.rip;
         self.plant(&mut dom)?;
@@ -466,6 +484,74 @@ impl Session {
         self.since_reset = 0;
         self.reset_next = false;
         Ok(())
+    }
+
+    fn configure(&self, dom: &mut Domain) -> Result<()> {
+        dom.set_restore_options(self.spec.restore);
+        dom.set_event_spin(self.spec.event_spin);
+        // One vCPU stopped at its vm_event needs no domain pause on top.
+        dom.set_hold_stops(true)?;
+        Ok(())
+    }
+
+    /// Creates the guest and lets it run to its start point; returns it
+    /// with the input buffer a kernel harness's marker named.
+    fn create(&mut self) -> Result<(Domain, Option<(u64, usize)>)> {
+        destroy(&self.name);
+        let cfg = self.spec.cfg.display().to_string();
+        xl(&["create", "-q", "-p", &cfg])?;
+        let mut dom = Domain::attach(&self.xen, self.name.as_str())?;
+        self.configure(&mut dom)?;
+        let buffer = match self.spec.kernel.clone() {
+            None => {
+                self.reach_abi_start(&mut dom)?;
+                None
+            }
+            Some(k) => match self.reach_kernel_start(&mut dom, &k) {
+                Ok(b) => b,
+                Err(e) => {
+                    drop(dom);
+                    destroy(&self.name);
+                    return Err(e);
+                }
+            },
+        };
+        Ok((dom, buffer))
+    }
+
+    /// Takes over the Linux guest a finished session left paused at its
+    /// start point ([`kernel::Parked`]), if it is there, unchanged and
+    /// still at that point. Anything else: None (the guest is booted anew).
+    fn take_parked(&mut self) -> Option<(Domain, Option<(u64, usize)>)> {
+        let k = self.spec.kernel.clone()?;
+        let parked = kernel::Parked::take(&self.name)?;
+        if parked.fingerprint != k.fingerprint(&self.spec.cfg) {
+            tracing::info!("the parked guest was booted for another build: booting anew");
+            return None;
+        }
+        let mut adopt = || -> Result<Option<(Domain, Option<(u64, usize)>)>> {
+            let mut dom = Domain::attach(&self.xen, parked.domid)?;
+            if dom.name() != self.name || !dom.adopt_pause()? {
+                return Ok(None);
+            }
+            if dom.regs(0)?.rip != parked.start_rip {
+                return Ok(None);
+            }
+            self.configure(&mut dom)?;
+            self.kernel_setup(&mut dom, &k)?;
+            Ok(Some((dom, parked.buffer)))
+        };
+        match adopt() {
+            Ok(Some(d)) => {
+                tracing::info!(domid = parked.domid, "took over the parked guest");
+                Some(d)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::info!("taking over the parked guest failed ({e}): booting anew");
+                None
+            }
+        }
     }
 
     /// Lets a guest built on the fuzz-target ABI run to its start symbol.
@@ -551,6 +637,19 @@ impl Session {
         }
         let regs = dom.regs(vcpu)?;
         dom.complete_cpuid(vcpu)?;
+        self.kernel_setup(dom, k)?;
+        Ok((regs.rsi != 0 && subleaf != 0).then_some((regs.rsi, subleaf as usize)))
+    }
+
+    /// At the start point: the end marker, the kernel's and the modules'
+    /// symbols, the covered code read from the guest.
+    fn kernel_setup(&mut self, dom: &mut Domain, k: &KernelTarget) -> Result<()> {
+        let Marker::Cpuid(leaf) = k.marker else {
+            return Err(SessionError::Unsupported(
+                "only the cpuid marker is supported for kernel targets".into(),
+            ));
+        };
+        dom.set_cpuid_marker(Some(leaf))?;
         let info = dom.load_kernel_symbols(&xenprobe::vmi::KernelSymbols {
             kernel: k.symbols.clone(),
             modules: k.modules.clone(),
@@ -565,7 +664,7 @@ impl Session {
         self.funcs = kernel::functions_in_guest(dom, &self.spec.cover)?;
         self.derive_code()?;
         self.end_marker = Some(leaf);
-        Ok((regs.rsi != 0 && subleaf != 0).then_some((regs.rsi, subleaf as usize)))
+        Ok(())
     }
 
     /// Plants the end point, the sinks, the coverage and the comparison
@@ -578,14 +677,16 @@ impl Session {
         }
         if self.spec.kernel.is_some() {
             let mut planted = Vec::new();
-            for (i, (name, _)) in kernel::SINKS.iter().enumerate() {
-                let Some(addr) = dom.symbols()?.lookup(name) else {
+            for &name in xenprobe::vmi::kernel::CRASH_FUNCTIONS {
+                let (Some(addr), Some(kind)) =
+                    (dom.symbols()?.lookup(name), kernel::sink_kind(name))
+                else {
                     continue;
                 };
                 match dom.add_breakpoint(addr) {
                     Ok(id) => {
-                        self.roles.insert(id, Role::KernelSink(i));
-                        planted.push(*name);
+                        self.roles.insert(id, Role::KernelSink(name, kind));
+                        planted.push(name);
                     }
                     // Two names of one function (an alias): one breakpoint.
                     Err(xenprobe::vmi::Error::Breakpoint(_)) => {}
@@ -635,6 +736,7 @@ impl Session {
     fn find_input(&mut self, dom: &mut Domain, buffer: Option<(u64, usize)>) -> Result<()> {
         let syms = dom.symbols()?;
         let len = syms.get(&self.spec.len_sym).cloned();
+        self.marker_buffer = buffer.is_some();
         let (addr, size) = match (buffer, syms.get(&self.spec.input_sym)) {
             (Some(b), _) => b,
             (None, Some(s)) => (s.addr, s.size as usize),
@@ -1034,8 +1136,7 @@ impl Session {
                             let r = report::sink_report(self.dom()?, vcpu, addr, &sink)?;
                             return Ok((Outcome::Crash(r), new_blocks));
                         }
-                        Some(&Role::KernelSink(i)) => {
-                            let (name, kind) = kernel::SINKS[i];
+                        Some(&Role::KernelSink(name, kind)) => {
                             let r = kernel::kernel_report(self.dom()?, vcpu, name, kind)?;
                             return Ok((Outcome::Crash(r), new_blocks));
                         }
@@ -1139,7 +1240,24 @@ impl Session {
                 dom.restore_snapshot()?;
             }
             dom.drop_snapshot();
-            dom.detach()?;
+            match &self.spec.kernel {
+                // A booted Linux guest stays at its start point, paused, for
+                // the next session to take over.
+                Some(k) => {
+                    let parked = kernel::Parked {
+                        domid: dom.id(),
+                        start_rip: self.start_rip,
+                        buffer: Some((self.input_va, self.input_cap))
+                            .filter(|_| self.marker_buffer),
+                        fingerprint: k.fingerprint(&self.spec.cfg),
+                    };
+                    dom.detach_paused()?;
+                    if let Err(e) = parked.save(&self.name) {
+                        tracing::warn!("recording the parked guest: {e}");
+                    }
+                }
+                None => dom.detach()?,
+            }
         }
         Ok(())
     }

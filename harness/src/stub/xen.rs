@@ -89,14 +89,24 @@ impl<A: Attached> XenDebuggee<A> {
             planted: BTreeMap::new(),
             watches: Vec::new(),
         };
+        let dom = me.dom()?;
         if let Some(elf) = elf {
-            let dom = me.dom()?;
             dom.load_symbols(elf)?;
-            let watch: Vec<(u64, Watch)> =
+        }
+        if dom.symbols().is_ok() {
+            // A Linux kernel reports crashes through its error paths; a
+            // guest of the fuzz-target ABI through its crash sink.
+            let watch: Vec<(u64, Watch)> = if dom.kernel_info().is_some() {
+                crate::vmi::kernel::CRASH_FUNCTIONS
+                    .iter()
+                    .filter_map(|s| dom.symbol(s).ok().map(|va| (va, Watch::Crash)))
+                    .collect()
+            } else {
                 [(EXIT_SYMBOL, Watch::Exit), (CRASH_SYMBOL, Watch::Crash)]
                     .into_iter()
                     .filter_map(|(s, w)| dom.symbol(s).ok().map(|va| (va, w)))
-                    .collect();
+                    .collect()
+            };
             for (va, w) in watch {
                 if let Err(e) = me.plant(va, false, Some(w)) {
                     tracing::warn!("cannot watch {w:?} at {va:#x}: {e}");

@@ -33,6 +33,13 @@ fn run_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/run/xenprobe"))
 }
 
+/// Where xenprobe keeps state about domains in dom0 (journals; records of
+/// guests left paused for a later session). Gone when dom0 reboots, as the
+/// domains are.
+pub fn state_dir() -> PathBuf {
+    run_dir()
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct JournalBreakpoint {
     va: u64,
@@ -330,6 +337,26 @@ impl Domain {
         self.cleanup()
     }
 
+    /// Detaches like [`Domain::detach`] but leaves the domain paused: one
+    /// pause that nobody holds, for a later [`Domain::adopt_pause`] (or
+    /// `xl unpause`). For keeping a booted guest at a known point between
+    /// sessions.
+    pub fn detach_paused(mut self) -> Result<()> {
+        self.keep_paused = true;
+        self.cleanup()
+    }
+
+    /// Takes over a pause someone else left on the domain
+    /// ([`Domain::detach_paused`], `xl pause`) as this attach's own, so that
+    /// [`Domain::resume`] lifts it. Returns whether there was one.
+    pub fn adopt_pause(&mut self) -> Result<bool> {
+        if self.pause_count > 0 || !self.info()?.paused {
+            return Ok(false);
+        }
+        self.pause_count = 1;
+        Ok(true)
+    }
+
     pub(crate) fn cleanup(&mut self) -> Result<()> {
         if self.detached {
             return Ok(());
@@ -372,10 +399,13 @@ impl Domain {
         self.queued.clear();
         self.mem.invalidate();
         self.mem.unmap_all();
-        while self.pause_count > 0 {
+        let keep = u32::from(self.keep_paused);
+        while self.pause_count > keep {
             note(self.xen.xc.domain_unpause(self.domid).map_err(Error::from));
             self.pause_count -= 1;
         }
+        // A kept pause is nobody's now (see detach_paused).
+        self.pause_count = 0;
         if first_err.is_some() && self.vanished() {
             // The domain shut down or was destroyed while we detached:
             // nothing is left to repair (ESRCH from the calls above).

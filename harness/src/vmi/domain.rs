@@ -190,6 +190,8 @@ pub struct Domain {
     pub(crate) cpuid_marker: Option<u32>,
     /// A Linux guest's kernel (see [`Domain::load_kernel_symbols`]).
     pub(crate) kernel: Option<super::kernel::Kernel>,
+    /// Detach leaves one pause in place ([`Domain::detach_paused`]).
+    pub(crate) keep_paused: bool,
     pub(crate) detached: bool,
 }
 
@@ -249,6 +251,7 @@ impl Domain {
             regs_changed: Default::default(),
             cpuid_marker: None,
             kernel: None,
+            keep_paused: false,
             detached: false,
         };
         dom.journal.mark_attached()?;

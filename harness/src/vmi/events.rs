@@ -345,7 +345,10 @@ impl Domain {
         let Backend::Monitor(ring) = &mut self.backend else {
             return Err(Error::State("no vm_event ring".into()));
         };
-        ring.set_cpuid(leaf.is_some())?;
+        // Xen refuses to switch an option on twice (EEXIST).
+        if leaf.is_some() != self.cpuid_marker.is_some() {
+            ring.set_cpuid(leaf.is_some())?;
+        }
         self.cpuid_marker = leaf;
         Ok(())
     }

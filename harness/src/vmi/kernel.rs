@@ -43,6 +43,24 @@ pub struct KernelInfo {
     pub modules: Vec<ModuleLayout>,
 }
 
+/// The functions a Linux kernel reports a crash through, in the order a
+/// crash reaches them: an oops through the page-fault path, a trap it
+/// cannot fix up (`die`, `die_addr`: divide error, `BUG()`'s invalid
+/// opcode, general protection), a stack-protector failure, KASAN, KMSAN
+/// and UBSAN reports, `panic`, and `oops_begin` for any other oops (`die`
+/// calls it, so the specific one comes first). Kernels lack some of them.
+pub const CRASH_FUNCTIONS: &[&str] = &[
+    "page_fault_oops",
+    "die_addr",
+    "die",
+    "__stack_chk_fail",
+    "kasan_report",
+    "kmsan_report",
+    "ubsan_prologue",
+    "panic",
+    "oops_begin",
+];
+
 /// A Linux guest's kernel as the engine keeps it: what was found, and the
 /// ORC tables its backtraces use.
 pub(crate) struct Kernel {

@@ -37,7 +37,9 @@ pub use hvm::{
 };
 pub use logdirty::{DirtyBitmap, LogDirtyStats};
 pub use memaccess::{MemAccess, MemAccessHit};
-pub use monitor::{CpuidEvent, DebugEventType, MonitorRing, VmEventRegs, VmEventRequest, VmEventResponse};
+pub use monitor::{
+    CpuidEvent, DebugEventType, MonitorRing, VmEventRegs, VmEventRequest, VmEventResponse,
+};
 pub use vcpu::VcpuContext;
 pub use xenstore::XenStore;
 

@@ -394,6 +394,51 @@ fn derive_sections(ko: &Ko, text: u64, mem: &[u8]) -> HashMap<SectionIndex, u64>
     out
 }
 
+/// Where a module that is still initialising has its `.init.text`: the
+/// struct's `init` pointer is `init_module` (the module's init function),
+/// found as the pointer whose memory matches `.init.text` there.
+fn find_init_text(read: ReadMem, module: u64, module_size: usize, data: &[u8]) -> Option<u64> {
+    let obj = parse_ko(data).ok()?;
+    let sec = obj.section_by_name(".init.text")?;
+    let code = sec.data().ok()?;
+    let init = obj
+        .symbols()
+        .find(|s| s.name() == Ok("init_module") && s.section_index() == Some(sec.index()))?
+        .address();
+    let mut relocated = vec![false; code.len()];
+    for (offset, r) in sec.relocations() {
+        if let Ok(offset) = usize::try_from(offset) {
+            mark(&mut relocated, offset, usize::from(r.size() / 8).max(4));
+        }
+    }
+    let mut raw = vec![0u8; module_size];
+    read(module, &mut raw).ok()?;
+    let mut seen = HashSet::new();
+    for w in raw.chunks_exact(8) {
+        let p = u64::from_le_bytes(w.try_into().unwrap_or_default());
+        if !MODULES.contains(&p) || !seen.insert(p) {
+            continue;
+        }
+        let base = p.wrapping_sub(init);
+        let mut mem = vec![0u8; code.len()];
+        if read(base, &mut mem).is_err() {
+            continue;
+        }
+        let (mut matched, mut compared) = (0usize, 0usize);
+        for (i, (&a, &b)) in code.iter().zip(&mem).enumerate() {
+            if relocated.get(i) == Some(&false) {
+                compared += 1;
+                matched += usize::from(a == b);
+            }
+        }
+        // ftrace and alternatives may rewrite a few bytes of init code too.
+        if compared >= 16 && matched * 100 >= compared * MATCH_PERCENT {
+            return Some(base);
+        }
+    }
+    None
+}
+
 /// Finds module `name` (the .ko `data`) through the `modules` list at `head`.
 pub(super) fn find(read: ReadMem, head: u64, name: &str, data: &[u8]) -> Result<ModuleLayout> {
     let name = normalize(name);
@@ -420,6 +465,12 @@ pub(super) fn find(read: ReadMem, head: u64, name: &str, data: &[u8]) -> Result<
         )));
     }
     sections.insert(".text".into(), text);
+    if state != LIVE {
+        // Still in its init function: `.init.text` is there too.
+        if let Some(init) = find_init_text(read, module, ko.module_size, data) {
+            sections.insert(".init.text".into(), init);
+        }
+    }
     if ko.names.values().any(|n| n == ".gnu.linkonce.this_module") {
         sections.insert(".gnu.linkonce.this_module".into(), module);
     }

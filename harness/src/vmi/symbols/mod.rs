@@ -99,6 +99,9 @@ pub struct Symbols {
     entry: u64,
     slide: i64,
     origin: Origin,
+    /// End of the main image's last symbol (an unsized one covers only its
+    /// own address): nothing past it belongs to the main image.
+    main_end: u64,
 }
 
 impl std::fmt::Debug for Symbols {
@@ -155,6 +158,7 @@ impl Symbols {
             entry,
             slide: 0,
             origin,
+            main_end: 0,
         };
         s.reindex();
         s
@@ -170,6 +174,13 @@ impl Symbols {
         for (i, s) in self.sorted.iter().enumerate() {
             self.by_name.entry(s.name.clone()).or_insert(i);
         }
+        self.main_end = self
+            .sorted
+            .iter()
+            .filter(|s| s.module.is_none() && !s.is_absolute())
+            .map(|s| s.addr.saturating_add(s.size.max(1)))
+            .max()
+            .unwrap_or(0);
     }
 
     /// Where the main image's symbols came from.
@@ -219,7 +230,9 @@ impl Symbols {
                 .as_deref()
                 .is_some_and(|n| self.modules.iter().any(|m| m.name == n))
         };
-        self.symbolize_where(addr, 0, |s| !loaded(s))
+        let found = self.symbolize_where(addr, 0, |s| !loaded(s))?;
+        // Past the main image's end only a map's module symbols can match.
+        (addr < self.main_end || found.0.module.is_some()).then_some(found)
     }
 
     fn symbolize_where(
