@@ -111,6 +111,10 @@ impl TargetSpec {
     }
 }
 
+/// A guest at its start point, with the input buffer a kernel harness's
+/// marker named (address, size).
+type Started = (Domain, Option<(u64, usize)>);
+
 /// The `name="..."` of an `xl` configuration.
 pub fn cfg_name(cfg: &str) -> Option<String> {
     cfg.lines().find_map(|l| {
@@ -496,7 +500,7 @@ impl Session {
 
     /// Creates the guest and lets it run to its start point; returns it
     /// with the input buffer a kernel harness's marker named.
-    fn create(&mut self) -> Result<(Domain, Option<(u64, usize)>)> {
+    fn create(&mut self) -> Result<Started> {
         destroy(&self.name);
         let cfg = self.spec.cfg.display().to_string();
         xl(&["create", "-q", "-p", &cfg])?;
@@ -522,14 +526,14 @@ impl Session {
     /// Takes over the Linux guest a finished session left paused at its
     /// start point ([`kernel::Parked`]), if it is there, unchanged and
     /// still at that point. Anything else: None (the guest is booted anew).
-    fn take_parked(&mut self) -> Option<(Domain, Option<(u64, usize)>)> {
+    fn take_parked(&mut self) -> Option<Started> {
         let k = self.spec.kernel.clone()?;
         let parked = kernel::Parked::take(&self.name)?;
         if parked.fingerprint != k.fingerprint(&self.spec.cfg) {
             tracing::info!("the parked guest was booted for another build: booting anew");
             return None;
         }
-        let mut adopt = || -> Result<Option<(Domain, Option<(u64, usize)>)>> {
+        let mut adopt = || -> Result<Option<Started>> {
             let mut dom = Domain::attach(&self.xen, parked.domid)?;
             if dom.name() != self.name || !dom.adopt_pause()? {
                 return Ok(None);

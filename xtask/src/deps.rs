@@ -38,6 +38,7 @@ const BUILD: &[Package] = &[
     pkg("libxen-dev", "Xen headers and libraries (libxenctrl & co.)"),
     pkg("libclang-dev", "bindgen for the Xen bindings"),
     pkg("pkg-config", "locating the Xen libraries"),
+    pkg("gcc", "the C sample guest (guests/cguest)"),
 ];
 
 /// Packages for booting the lab.
@@ -83,6 +84,71 @@ pub fn ensure(need: Need) -> Result<()> {
         ensure_rust_target("x86_64-unknown-none")?;
     }
     Ok(())
+}
+
+/// Makes sure the Linux sample guest can be built against kernel `kver` (the
+/// lab's dom0 kernel, `/boot/vmlinuz-KVER`): that kernel's exact headers
+/// (`linux-headers-KVER`), make and a C compiler for the module, busybox for
+/// the initramfs, xz for extracting the kernel ELF.
+pub fn ensure_linux_guest(kver: &str) -> Result<()> {
+    let headers = format!("linux-headers-{kver}");
+    let wanted = [
+        Package {
+            // One name per run: leaking it keeps `Package` a table of constants.
+            name: Box::leak(headers.clone().into_boxed_str()),
+            backports: false,
+            why: "headers of the guest kernel, for building the sample module",
+        },
+        pkg("make", "building the sample module"),
+        pkg("gcc", "building the sample module"),
+        pkg("busybox-static", "the Linux guest's userland"),
+        pkg("xz-utils", "extracting the guest kernel's ELF"),
+    ];
+    let missing: Vec<&Package> = wanted.iter().filter(|p| !installed(p.name)).collect();
+    if missing.iter().any(|p| p.name == headers) && !apt_knows(&headers) {
+        bail!(
+            "the headers of the guest kernel {kver} are not installed, and apt knows no \
+             package {headers} (run `apt-get update`; if the package is still missing, \
+             Debian no longer serves this kernel version: upgrade linux-image-amd64 \
+             so that /boot holds a kernel whose headers exist)"
+        );
+    }
+    if !missing.is_empty() {
+        install(&missing)?;
+    }
+    Ok(())
+}
+
+/// Whether apt can install `name` (it is in the package lists).
+fn apt_knows(name: &str) -> bool {
+    Command::new("apt-cache")
+        .args(["show", "--no-all-versions", name])
+        .output()
+        .map(|o| o.status.success() && !o.stdout.is_empty())
+        .unwrap_or(false)
+}
+
+/// The debugger clients (`gdb`, `lldb`) on this machine's `PATH`, after
+/// installing the missing ones when possible (root on Debian, as
+/// `ensure(Need::Tests)` does). Best effort: a failed install is a warning.
+pub fn debuggers() -> Vec<&'static str> {
+    let missing: Vec<&Package> = DEBUGGERS.iter().filter(|p| !on_path(p.name)).collect();
+    if !missing.is_empty() && is_root() && is_debian() {
+        if let Err(e) = install(&missing) {
+            eprintln!("xtask: installing the debuggers failed: {e:#}");
+        }
+    }
+    DEBUGGERS
+        .iter()
+        .filter(|p| on_path(p.name))
+        .map(|p| p.name)
+        .collect()
+}
+
+/// Whether `cmd` is a file in a directory of `PATH`.
+fn on_path(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
 }
 
 /// Whether this machine is itself a Xen dom0 (then the lab runs commands locally).

@@ -10,6 +10,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod cguest;
+mod linux;
+
 /// The sample guests (binaries of the guests workspace).
 pub const GUESTS: &[&str] = &["known", "tlv", "bytecode", "imghdr"];
 const TARGET: &str = "x86_64-unknown-none";
@@ -25,7 +28,11 @@ pub struct GuestsArgs {
 #[derive(Subcommand)]
 enum GuestsCmd {
     /// Build every sample guest in every mode: target/guests/NAME-MODE and NAME-MODE.cfg.
-    Build,
+    /// `build linux`: the Linux guest (kernel module, initramfs, configs) in target/guests/linux/.
+    Build {
+        /// `linux` for the Linux guest; nothing for the Rust guests.
+        name: Option<String>,
+    },
     /// Boot one guest in the lab, print its console and how it ended.
     ///
     /// Exit status: the guest's exit code after a clean exit, 125 after a reported
@@ -33,7 +40,7 @@ enum GuestsCmd {
     /// (triple fault, or a PV guest without a usable handler), 124 when it was
     /// still running at the timeout (hang).
     Run {
-        /// Guest name (known, tlv, bytecode, imghdr).
+        /// Guest name (known, tlv, bytecode, imghdr, linux).
         name: String,
         /// How to boot it.
         #[arg(long, value_enum)]
@@ -42,9 +49,10 @@ enum GuestsCmd {
         /// command line (pv, pvh) or written into a copy of the image (hvm).
         #[arg(long)]
         input: Option<String>,
-        /// Seconds to wait for the guest to end.
-        #[arg(long, default_value_t = 20)]
-        timeout: u32,
+        /// Seconds to wait for the guest to end (default 20; linux: 120, counted
+        /// from the end of `xl create`).
+        #[arg(long)]
+        timeout: Option<u32>,
     },
 }
 
@@ -70,8 +78,12 @@ impl Mode {
 
 pub fn main(args: GuestsArgs) -> Result<i32> {
     match args.cmd {
-        GuestsCmd::Build => {
-            build()?;
+        GuestsCmd::Build { name } => {
+            match name.as_deref() {
+                None => build()?,
+                Some("linux") => linux::build()?,
+                Some(n) => bail!("`guests build` takes no name or `linux`, not {n:?}"),
+            }
             Ok(0)
         }
         GuestsCmd::Run {
@@ -79,7 +91,13 @@ pub fn main(args: GuestsArgs) -> Result<i32> {
             mode,
             input,
             timeout,
-        } => run(&name, mode, input.as_deref(), timeout),
+        } if name == "linux" => linux::run(mode, input.as_deref(), timeout.unwrap_or(120)),
+        GuestsCmd::Run {
+            name,
+            mode,
+            input,
+            timeout,
+        } => run(&name, mode, input.as_deref(), timeout.unwrap_or(20)),
     }
 }
 
@@ -137,7 +155,7 @@ pub fn build() -> Result<()> {
         }
         println!("built {g}: {}/{g}-{{pv,pvh,hvm}}[.cfg]", out.display());
     }
-    Ok(())
+    cguest::build()
 }
 
 /// The `xl` config of a guest image. Crashes (and triple faults, which Xen
@@ -200,26 +218,38 @@ fn symbol_bytes(file: &object::File, name: &str) -> Result<(usize, usize)> {
 }
 
 /// Writes a copy of a fuzz-target image with `input` in `xenprobe_input` and its
-/// length in `xenprobe_input_len` (the fuzz-target ABI of guests/README.md).
+/// length in `xenprobe_input_len`, as wide as that symbol (1, 2, 4 or 8 bytes,
+/// little-endian; the fuzz-target ABI of guests/README.md).
 pub fn patch_input(image: &Path, input: &[u8], out: &Path) -> Result<()> {
     let mut data = std::fs::read(image).with_context(|| format!("read {}", image.display()))?;
-    let (buf, cap, len_at) = {
+    let (buf, cap, len_at, len_size) = {
         let file = object::File::parse(&*data)?;
         let (buf, cap) = symbol_bytes(&file, "xenprobe_input")?;
         let (len_at, len_size) = symbol_bytes(&file, "xenprobe_input_len")?;
         ensure!(
-            len_size == 8,
-            "xenprobe_input_len is {len_size} bytes, not 8"
+            matches!(len_size, 1 | 2 | 4 | 8),
+            "xenprobe_input_len is {len_size} bytes (its ELF symbol size): the input length \
+             must be 1, 2, 4 or 8 bytes"
         );
-        (buf, cap, len_at)
+        (buf, cap, len_at, len_size)
     };
+    let max = u64::MAX >> (64 - 8 * len_size);
     ensure!(
         input.len() <= cap,
         "input is {} bytes, capacity {cap}",
         input.len()
     );
-    data[buf..buf + input.len()].copy_from_slice(input);
-    data[len_at..len_at + 8].copy_from_slice(&(input.len() as u64).to_le_bytes());
+    ensure!(
+        input.len() as u64 <= max,
+        "input is {} bytes; the {len_size}-byte xenprobe_input_len holds at most {max}",
+        input.len()
+    );
+    data.get_mut(buf..buf + input.len())
+        .context("xenprobe_input lies outside the file")?
+        .copy_from_slice(input);
+    data.get_mut(len_at..len_at + len_size)
+        .context("xenprobe_input_len lies outside the file")?
+        .copy_from_slice(&(input.len() as u64).to_le_bytes()[..len_size]);
     std::fs::write(out, data).with_context(|| format!("write {}", out.display()))
 }
 

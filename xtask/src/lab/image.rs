@@ -94,7 +94,12 @@ pub fn build(dir: &Path, agent: &Path) -> Result<Dom0> {
         let name = file_name(&e);
         inputs.add(&e, &format!("{}/bin/{name}", rel(&xen_lib)), 0o755);
     }
-    // Not xen_lib/boot: its PVH shim (6 MB) serves `pvshim` guests, unused here.
+    // From xen_lib/boot only hvmloader (HVM guests without firmware_override,
+    // e.g. Linux booted with `kernel=`), not the PVH shim (6 MB, `pvshim` guests).
+    let hvmloader = xen_lib.join("boot/hvmloader");
+    if hvmloader.exists() {
+        inputs.add(&hvmloader, &rel(&hvmloader), 0o644);
+    }
     for e in read_dir(Path::new("/usr/bin"))? {
         if file_name(&e).starts_with("xenstore") {
             inputs.add(&e, &format!("usr/bin/{}", file_name(&e)), 0o755);
@@ -109,6 +114,8 @@ pub fn build(dir: &Path, agent: &Path) -> Result<Dom0> {
         for f in [
             "/usr/share/seabios/bios-256k.bin",
             "/usr/share/seabios/bios.bin",
+            // The option ROM of HVM direct kernel boot (`kernel=` in an HVM config).
+            "/usr/share/qemu/linuxboot_dma.bin",
         ] {
             if Path::new(f).exists() {
                 inputs.add(Path::new(f), &rel(Path::new(f)), 0o644);

@@ -7,11 +7,11 @@
 //! already a Xen dom0 every command runs locally instead.
 
 pub mod client;
-mod cpio;
+pub(crate) mod cpio;
 mod debian;
-mod image;
+pub(crate) mod image;
 pub mod instance;
-mod kernel;
+pub(crate) mod kernel;
 mod qemu;
 mod qmp;
 mod saved;
