@@ -128,6 +128,9 @@ pub struct CampaignSummary {
     /// Seeds run at the start besides the resumed corpus (seed directory,
     /// or the default seeds when there was nothing else).
     pub seeded: usize,
+    /// Runs checked for determinism and those that repeated
+    /// ([`Session::stability`]).
+    pub stability: (u64, u64),
 }
 
 impl CampaignSummary {
@@ -139,7 +142,7 @@ impl CampaignSummary {
     /// One-paragraph summary.
     pub fn render(&self) -> String {
         format!(
-            "{} execs in {:.1} s ({:.0}/s), coverage {}/{} blocks, corpus {}, crash sites {}, hang sites {}, guest restarts {}",
+            "{} execs in {:.1} s ({:.0}/s), coverage {}/{} blocks, corpus {}, crash sites {}, hang sites {}, guest restarts {}, stability {}",
             self.execs,
             self.elapsed.as_secs_f64(),
             self.execs_per_sec(),
@@ -148,7 +151,8 @@ impl CampaignSummary {
             self.corpus,
             self.crash_sites,
             self.hang_sites,
-            self.restarts
+            self.restarts,
+            stability_text(self.stability)
         )
     }
 }
@@ -312,6 +316,17 @@ fn kernel_line_map(session: &Session) -> Option<LineMap> {
     ))
 }
 
+/// `99.5% (200 runs)`: share of runs checked twice that repeated.
+pub fn stability_text((checked, same): (u64, u64)) -> String {
+    if checked == 0 {
+        return "n/a (none checked yet)".into();
+    }
+    format!(
+        "{:.1}% ({checked} checked)",
+        100.0 * same as f64 / checked as f64
+    )
+}
+
 /// The campaign's title in reports: the campaign directory's name.
 fn title(opts: &CampaignOptions) -> String {
     opts.dir
@@ -450,7 +465,7 @@ where
             progress.samples.push(sample);
             if opts.progress {
                 eprint!(
-                    "\r[{:>5.0}s] execs {} ({:.0}/s)  coverage {}/{}  corpus {}  crashes {}  hangs {}  stability n/a (one-shot coverage)  ",
+                    "\r[{:>5.0}s] execs {} ({:.0}/s)  coverage {}/{}  corpus {}  crashes {}  hangs {}  stability {}  ",
                     t,
                     sample.execs,
                     sample.execs as f64 / t.max(1e-3),
@@ -458,7 +473,8 @@ where
                     blocks,
                     sample.corpus,
                     sample.crashes,
-                    sample.hangs
+                    sample.hangs,
+                    stability_text(executor.inner().session().stability())
                 );
                 let _ = std::io::stderr().flush();
             }
@@ -488,6 +504,7 @@ where
                 lines: lines.as_ref(),
                 resumed,
                 restarts: executor.inner().session().restarts(),
+                stability: executor.inner().session().stability(),
                 timings: executor.inner().session().timings,
                 finished,
             };
@@ -516,6 +533,11 @@ where
             );
         }
         eprintln!(
+            "[xenprobe-fuzz] stability {}: inputs run twice from the snapshot (each new corpus entry, one run in {}) that ended in the same state",
+            stability_text(executor.inner().session().stability()),
+            crate::session::STABILITY_SAMPLE
+        );
+        eprintln!(
             "[xenprobe-fuzz] time in restore {:.1} s, input writes {:.1} s, guest runs {:.1} s (resume {:.1} s, waits {:.1} s); reports in {}",
             t[0].as_secs_f64(),
             t[1].as_secs_f64(),
@@ -539,6 +561,7 @@ where
         restarts: executor.inner().session().restarts(),
         resumed,
         seeded,
+        stability: executor.inner().session().stability(),
     })
 }
 

@@ -68,6 +68,8 @@ pub struct ReportInfo<'a> {
     pub resumed: usize,
     /// Guest re-creations after unexpected shutdowns.
     pub restarts: u32,
+    /// Runs checked twice for determinism, and those that repeated.
+    pub stability: (u64, u64),
     /// Time in restore, input writes, guest runs (resume, waits).
     pub timings: [Duration; 5],
     /// True for the final report (false: written while running).
@@ -168,6 +170,11 @@ pub fn render_summary(dir: &Path, info: &ReportInfo<'_>, p: &Progress) -> String
     let _ = writeln!(o, "| unique crash sites | {} |", last.crashes);
     let _ = writeln!(o, "| unique hang sites | {} |", last.hangs);
     let _ = writeln!(o, "| guest restarts | {} |", info.restarts);
+    let _ = writeln!(
+        o,
+        "| stability | {} |",
+        crate::campaign::stability_text(info.stability)
+    );
     let t = info.timings;
     let _ = writeln!(
         o,
@@ -334,12 +341,14 @@ mod tests {
             lines: None,
             resumed: 1,
             restarts: 0,
+            stability: (40, 39),
             timings: [Duration::ZERO; 5],
             finished: true,
         };
         write_reports(&dir, &info, &p).expect("write");
         let s = std::fs::read_to_string(dir.join("summary.md")).expect("summary");
         assert!(s.contains("| executions | 300 |"), "{s}");
+        assert!(s.contains("| stability | 97.5% (40 checked) |"), "{s}");
         assert!(s.contains("| execs/s | 150.0 |"), "{s}");
         assert!(s.contains("| coverage | 5/8 blocks (62.5 %) |"), "{s}");
         assert!(s.contains("By kind: panic: 1"), "{s}");

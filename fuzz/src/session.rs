@@ -155,6 +155,10 @@ pub const QUIET_SYM: &str = "xenprobe_quiet";
 /// from the ring without a blocking wait, its wake-up and its system calls.
 pub const DEFAULT_SPIN_US: u64 = 2000;
 
+/// One run in this many is run twice to measure stability
+/// ([`Session::stability`]), besides every run that found new coverage.
+pub const STABILITY_SAMPLE: u64 = 1000;
+
 /// One run in this many has its phases timed ([`Session::timings`]).
 pub const TIMING_SAMPLE: u32 = 16;
 
@@ -275,6 +279,8 @@ pub struct Session {
     pub timings: [Duration; 5],
     /// Runs so far (picks the runs whose phases are timed).
     runs: u64,
+    /// Runs checked for determinism, and those that repeated.
+    stability: (u64, u64),
     /// This run's phases are timed.
     timed: bool,
     dom: Option<Domain>,
@@ -334,6 +340,7 @@ impl Session {
             last_restore: None,
             timings: [Duration::ZERO; 5],
             runs: 0,
+            stability: (0, 0),
             timed: false,
             dom: None,
             xen,
@@ -465,7 +472,7 @@ impl Session {
     }
 
     fn boot(&mut self) -> Result<()> {
-        let (mut dom, buffer) = match self.take_parked() {
+        let (mut dom, buffer) = match self.take_parked()? {
             Some(parked) => parked,
             None => self.create()?,
         };
@@ -511,49 +518,93 @@ impl Session {
                 self.reach_abi_start(&mut dom)?;
                 None
             }
-            Some(k) => match self.reach_kernel_start(&mut dom, &k) {
-                Ok(b) => b,
-                Err(e) => {
-                    drop(dom);
-                    destroy(&self.name);
+            Some(k) => {
+                let buffer = match self.reach_kernel_start(&mut dom, &k) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        drop(dom);
+                        destroy(&self.name);
+                        return Err(e);
+                    }
+                };
+                if let Err(e) = self.kernel_setup(&mut dom, &k) {
+                    // The guest is fine at its start point (the symbols are
+                    // not): kept for the next session.
+                    self.park(dom, &k, buffer);
                     return Err(e);
                 }
-            },
+                buffer
+            }
         };
         Ok((dom, buffer))
     }
 
+    /// Leaves a Linux guest paused at its start point for the next session
+    /// ([`kernel::Parked`]); on failure it is destroyed.
+    fn park(&self, dom: Domain, k: &KernelTarget, buffer: Option<(u64, usize)>) {
+        let start_rip = match dom.regs(0) {
+            Ok(r) => r.rip,
+            Err(e) => {
+                tracing::warn!("keeping the booted guest: {e}");
+                drop(dom);
+                destroy(&self.name);
+                return;
+            }
+        };
+        let parked = kernel::Parked {
+            domid: dom.id(),
+            start_rip,
+            buffer,
+            fingerprint: k.fingerprint(&self.spec.cfg),
+        };
+        let kept = dom
+            .detach_paused()
+            .map_err(|e| e.to_string())
+            .and_then(|()| parked.save(&self.name).map_err(|e| e.to_string()));
+        if let Err(e) = kept {
+            tracing::warn!("keeping the booted guest for the next session: {e}");
+            destroy(&self.name);
+        }
+    }
+
     /// Takes over the Linux guest a finished session left paused at its
     /// start point ([`kernel::Parked`]), if it is there, unchanged and
-    /// still at that point. Anything else: None (the guest is booted anew).
-    fn take_parked(&mut self) -> Option<Started> {
-        let k = self.spec.kernel.clone()?;
-        let parked = kernel::Parked::take(&self.name)?;
+    /// still at that point; None otherwise (the guest is booted anew). An
+    /// error of the setup there (symbols, code) leaves it parked.
+    fn take_parked(&mut self) -> Result<Option<Started>> {
+        let Some(k) = self.spec.kernel.clone() else {
+            return Ok(None);
+        };
+        let Some(parked) = kernel::Parked::take(&self.name) else {
+            return Ok(None);
+        };
         if parked.fingerprint != k.fingerprint(&self.spec.cfg) {
             tracing::info!("the parked guest was booted for another build: booting anew");
-            return None;
+            return Ok(None);
         }
-        let mut adopt = || -> Result<Option<Started>> {
-            let mut dom = Domain::attach(&self.xen, parked.domid)?;
-            if dom.name() != self.name || !dom.adopt_pause()? {
-                return Ok(None);
-            }
-            if dom.regs(0)?.rip != parked.start_rip {
-                return Ok(None);
-            }
-            self.configure(&mut dom)?;
-            self.kernel_setup(&mut dom, &k)?;
-            Ok(Some((dom, parked.buffer)))
+        let Ok(mut dom) = Domain::attach(&self.xen, parked.domid) else {
+            return Ok(None);
         };
-        match adopt() {
-            Ok(Some(d)) => {
+        let at_start = dom.name() == self.name
+            && dom.adopt_pause().unwrap_or(false)
+            && dom.regs(0).is_ok_and(|r| r.rip == parked.start_rip);
+        if !at_start {
+            return Ok(None);
+        }
+        self.start_rip = parked.start_rip;
+        match self
+            .configure(&mut dom)
+            .and_then(|()| self.kernel_setup(&mut dom, &k))
+        {
+            Ok(()) => {
                 tracing::info!(domid = parked.domid, "took over the parked guest");
-                Some(d)
+                Ok(Some((dom, parked.buffer)))
             }
-            Ok(None) => None,
             Err(e) => {
-                tracing::info!("taking over the parked guest failed ({e}): booting anew");
-                None
+                // The guest is fine at its start point (what failed is the
+                // symbols or the code to cover): kept for the next session.
+                self.park(dom, &k, parked.buffer);
+                Err(e)
             }
         }
     }
@@ -641,7 +692,6 @@ impl Session {
         }
         let regs = dom.regs(vcpu)?;
         dom.complete_cpuid(vcpu)?;
-        self.kernel_setup(dom, k)?;
         Ok((regs.rsi != 0 && subleaf != 0).then_some((regs.rsi, subleaf as usize)))
     }
 
@@ -943,6 +993,9 @@ impl Session {
         let clean = self.prepare()?;
         self.add_time(0, t0);
         let (outcome, mut blocks) = self.run_prepared(input)?;
+        if clean && (!blocks.is_empty() || self.runs % STABILITY_SAMPLE == 0) {
+            self.check_stability(input, &outcome)?;
+        }
         if !matches!(outcome, Outcome::Ok) || !blocks.is_empty() {
             self.reset_next = true;
         }
@@ -967,6 +1020,54 @@ impl Session {
             tracing::info!("a persistent-mode crash did not replay from the snapshot: unstable");
             Ok((Outcome::Ok, blocks))
         }
+    }
+
+    /// Where a run ended, for comparing two runs of one input: the outcome
+    /// (its crash site) and vCPU 0's general registers, RIP and RFLAGS
+    /// there. A deterministic target ends both runs in the same state.
+    fn end_state(&mut self, outcome: &Outcome) -> Result<(String, [u64; 18])> {
+        let what = match outcome {
+            Outcome::Ok => "end".to_string(),
+            Outcome::Crash(r) => format!("crash {}", r.site),
+            Outcome::Hang(r) => format!("hang {}", r.site),
+        };
+        let r = self.dom()?.regs(0)?;
+        let mut regs = [0u64; 18];
+        regs[..16].copy_from_slice(&r.gprs());
+        regs[16] = r.rip;
+        regs[17] = r.rflags;
+        Ok((what, regs))
+    }
+
+    /// Runs `input` once more from the snapshot and counts whether it ends
+    /// where the run just made ended ([`Session::stability`]). The guest is
+    /// stopped at the end of that run; hangs are not compared (their stop
+    /// is wherever the timeout found the vCPU).
+    fn check_stability(&mut self, input: &[u8], outcome: &Outcome) -> Result<()> {
+        if matches!(outcome, Outcome::Hang(_)) || self.dom.as_ref().is_none_or(|d| !d.is_stopped())
+        {
+            return Ok(());
+        }
+        let first = self.end_state(outcome)?;
+        self.reset_next = true;
+        self.prepare()?;
+        let (again, _) = self.run_prepared(input)?;
+        let second = self.end_state(&again)?;
+        self.stability.0 += 1;
+        if first == second {
+            self.stability.1 += 1;
+        } else {
+            tracing::info!(?first, ?second, "an input ended differently when run again");
+        }
+        self.reset_next = true;
+        Ok(())
+    }
+
+    /// Runs checked for determinism (each input that found new coverage and
+    /// one run in [`STABILITY_SAMPLE`], run twice from the snapshot) and how
+    /// many ended both times in the same state.
+    pub fn stability(&self) -> (u64, u64) {
+        self.stability
     }
 
     /// Runs one input from a full restore with a breakpoint on every

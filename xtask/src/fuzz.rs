@@ -20,11 +20,12 @@ use crate::guests::Mode;
 use crate::{deps, guests, lab, ws};
 
 /// The fuzz-target guests (see guests/BUGS.md).
-const TARGETS: &[&str] = &["tlv", "bytecode", "imghdr"];
+const TARGETS: &[&str] = &["tlv", "bytecode", "imghdr", "linux"];
 
 #[derive(Args, Debug)]
 pub struct FuzzArgs {
-    /// Sample guest to fuzz: tlv, bytecode or imghdr.
+    /// Sample guest to fuzz: tlv, bytecode, imghdr, or linux (Debian's kernel
+    /// with the sample module guests/linux/; PVH or HVM).
     #[arg(default_value = "tlv")]
     target: String,
     /// Campaign duration (e.g. 60s, 5m, 1h).
@@ -151,6 +152,18 @@ pub fn main(args: FuzzArgs) -> Result<i32> {
             TARGETS.join(", ")
         );
     }
+    let linux = args.config.is_none() && args.target == "linux";
+    if linux {
+        if args.mode == Mode::Pv {
+            eprintln!(
+                "xtask fuzz: kernel code in PV guests is not fuzzed yet: a PV guest's cpuid does \
+                 not reach Xen, so the harness's markers need breakpoints (the debug \
+                 hypervisor's gdbsx) instead. Use --mode pvh or hvm."
+            );
+            return Ok(1);
+        }
+        linux_flavour()?;
+    }
     if args.config.is_none() && args.mode == Mode::Pv {
         eprintln!(
             "xtask fuzz: PV guests cannot be fuzzed yet. PV has no vm_event ring: breakpoints and \
@@ -164,11 +177,22 @@ pub fn main(args: FuzzArgs) -> Result<i32> {
     }
     deps::ensure(deps::Need::Lab)?;
     guests::build()?;
+    let config = match &args.config {
+        Some(c) => Some(absolute(c)),
+        None if linux => {
+            guests::linux::build()?;
+            Some(guests::linux::fuzz_config(args.mode)?)
+        }
+        None => None,
+    };
     let bin = build_fuzzer(!args.debug_build)?;
     let mut argv: Vec<String> = vec![bin.display().to_string()];
-    let name = match &args.config {
+    let name = match &config {
+        Some(c) if linux => {
+            argv.extend(["--config".into(), c.display().to_string()]);
+            format!("linux-{}", args.mode.name())
+        }
         Some(c) => {
-            let c = absolute(c);
             let stem = c
                 .file_stem()
                 .map_or("guest".into(), |s| s.to_string_lossy().into_owned());
@@ -245,6 +269,32 @@ pub fn main(args: FuzzArgs) -> Result<i32> {
         }
     }
     lab::run_in_dom0(&argv)
+}
+
+/// Linux boots as PVH or HVM in the QEMU lab only on the debug hypervisor
+/// (shadow paging: under QEMU's emulated nested paging the guest reads CR2
+/// as 0 in its page-fault handler): selects it unless `XENPROBE_XEN` says
+/// otherwise. A real Xen host has no such limit.
+fn linux_flavour() -> Result<()> {
+    if deps::on_real_dom0() {
+        return Ok(());
+    }
+    match std::env::var("XENPROBE_XEN").ok().as_deref() {
+        Some("debug") => Ok(()),
+        None | Some("") => {
+            eprintln!(
+                "xtask fuzz: Linux as a PVH/HVM guest needs the lab's debug hypervisor (shadow \
+                 paging; see README, \"Fuzzing and debugging Linux kernel code\"): using it"
+            );
+            // Read by every lab command this process runs; set before any thread starts.
+            std::env::set_var("XENPROBE_XEN", "debug");
+            Ok(())
+        }
+        Some(other) => bail!(
+            "XENPROBE_XEN={other}: the lab's {other} hypervisor cannot boot Linux as PVH or HVM \
+             (no shadow paging, and nested paging under QEMU loses CR2); use XENPROBE_XEN=debug"
+        ),
+    }
 }
 
 /// The fuzzer's `--debuggers` value for the debuggers present.

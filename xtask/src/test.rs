@@ -6,7 +6,8 @@
 //! runs on the host. The stock pass runs every test; the debug pass (a
 //! hypervisor with CONFIG_GDBSX and shadow paging) runs the PV tests of the
 //! live suites and the debug stub again, where PV breakpoints, PV single-step
-//! and PV log-dirty become available.
+//! and PV log-dirty become available, and the Linux kernel-target suite
+//! (Linux boots as PVH/HVM in the lab only with shadow paging).
 
 use std::process::Command;
 
@@ -32,7 +33,7 @@ pub struct TestArgs {
 
 pub fn main(args: TestArgs) -> Result<i32> {
     deps::ensure(deps::Need::Tests)?;
-    if !xtask(&["guests", "build"])? {
+    if !xtask(&["guests", "build"])? || !xtask(&["guests", "build", "linux"])? {
         eprintln!("xtask test: building the sample guests failed");
         return Ok(1);
     }
@@ -59,6 +60,20 @@ pub fn main(args: TestArgs) -> Result<i32> {
             // log-dirty (PV snapshots restore by it), the PV insta snapshots
             // of live_state and the debug stub on PV guests.
             Flavour::Debug => vec![
+                vec!["build", "--workspace", "--bins"],
+                // Linux as a PVH/HVM guest boots in the lab only here
+                // (shadow paging): the kernel-target suite and its debugger.
+                vec!["test", "-p", "xenprobe-tests", "--test", "live_linux"],
+                vec![
+                    "test",
+                    "-p",
+                    "xtask",
+                    "--test",
+                    "crash_debug",
+                    "--",
+                    "--ignored",
+                    "linux",
+                ],
                 vec![
                     "test",
                     "-p",

@@ -411,3 +411,53 @@ fn lldb_at_a_failed_guest_test() {
         rest.join("\n")
     );
 }
+
+/// LLDB at a `BUG()` in the Linux sample module (LX-2 of guests/BUGS.md),
+/// PVH on the debug hypervisor (`cargo xtask test` runs it in that pass:
+/// Linux boots as PVH in the lab only with shadow paging). The printed
+/// command line loads the stripped vmlinux and the module at its sections'
+/// addresses; frame #0 must be the module function with its source line.
+#[test]
+#[ignore = "needs the debug hypervisor (Linux as PVH in the lab): run by cargo xtask test's debug pass"]
+fn lldb_at_a_bug_in_a_linux_module() {
+    if !have("lldb") {
+        eprintln!("SKIP: no lldb on the host (apt-get install lldb)");
+        return;
+    }
+    let _lock = PORT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // OPEN, then MODE 7 (of 4): BUG_ON(s->mode >= XP_MODES).
+    let mut r = Replay::start("linux", "pvh", "010100070107");
+    let cmd = r.command("lldb");
+    assert_eq!(
+        r.field("kind").as_deref(),
+        Some("BUG"),
+        "{}",
+        r.out.join("\n")
+    );
+    assert!(
+        cmd.contains("target modules load --file") && cmd.contains("xenprobe_sample.ko ."),
+        "the module is loaded at its sections: {cmd}"
+    );
+    // The printed line is for a shell: run it as one, batch, with our commands.
+    let args = cmd.strip_prefix("lldb ").expect("an lldb command line");
+    let script = format!(
+        "timeout 120 lldb --batch --no-lldbinit {args} -o 'bt' -o 'register read rip' -o 'detach'"
+    );
+    let mut c = Command::new("sh");
+    c.args(["-c", &script]);
+    let out = run_debugger(c);
+    let (ok, log) = r.finish();
+    let frame0 = out
+        .lines()
+        .find(|l| l.contains("frame #0:"))
+        .unwrap_or_default();
+    assert!(
+        frame0.contains("xenprobe_sample.ko`xp_record") && frame0.contains("xenprobe_sample.c:"),
+        "frame #0 is the module function with its source line:\n{out}"
+    );
+    assert!(
+        out.contains("xenprobe_sample.ko`xenprobe_target"),
+        "the caller in the module is in the backtrace:\n{out}"
+    );
+    assert!(ok, "the replay failed:\n{log}");
+}

@@ -1,0 +1,363 @@
+//! Live: Linux kernel code as a target (docs/linux.md). The sample guest
+//! (Debian's kernel, busybox, the module guests/linux/xenprobe_sample.c;
+//! `cargo xtask guests build linux`) is booted once per run: every session
+//! after the first takes over the guest the previous one left parked at its
+//! harness's start point.
+//!
+//! - `planted_bugs_crash_as_listed::{pvh,hvm}`: every LX row of
+//!   guests/BUGS.md, run as one input, ends as listed (kind, and the
+//!   module function of the faulting code), with a source line in the module
+//!   and a backtrace through `do_init_module` (ORC unwinding); HVM boots
+//!   with KASLR, whose slide must have been found;
+//! - `a_seeded_campaign_finds_two_planted_bugs::pvh`: a fixed-seed campaign
+//!   finds at least two planted bugs within its time bound, and one replays
+//!   to the same site;
+//! - `the_repl_shows_module_frames::pvh`: `xenprobe repl` on the parked
+//!   guest, with the stripped vmlinux and the module, shows the harness in
+//!   the module and the kernel's frames below it;
+//! - `a_wrong_symbol_file_is_one_clear_error::pvh`: another kernel's map.
+//!
+//! In the QEMU lab PVH and HVM Linux need shadow paging (the debug
+//! hypervisor): elsewhere every test is skipped with that reason.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use xenprobe_fuzz::campaign::{self, CampaignOptions};
+use xenprobe_fuzz::config;
+use xenprobe_fuzz::report::Outcome;
+use xenprobe_fuzz::session::Session;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The sample guest's directory.
+fn linux_dir() -> PathBuf {
+    xenprobe_tests::guests_dir().join("linux")
+}
+
+/// Why Linux guests cannot run here, if they cannot.
+fn unavailable() -> Option<String> {
+    if !Path::new("/dev/xen/privcmd").exists() {
+        return Some("not in a Xen dom0".into());
+    }
+    let xen = xenprobe::vmi::Xen::open().ok()?;
+    let host = xen.host_caps().ok()?;
+    (host.cpu_emulated() && !host.shadow).then(|| {
+        "Linux boots as PVH/HVM in the QEMU lab only with shadow paging (nested paging under \
+         QEMU loses CR2): the debug hypervisor's pass runs these"
+            .to_string()
+    })
+}
+
+/// The guest's fuzz config for `mode`, written by `cargo xtask fuzz linux`
+/// or here (same text: xtask/src/guests/linux.rs).
+fn config_for(mode: &str) -> Result<config::Loaded, Failed> {
+    let path = linux_dir().join(format!("fuzz-{mode}.toml"));
+    if !path.exists() {
+        return Err(format!(
+            "{} is missing: run cargo xtask guests build linux",
+            path.display()
+        )
+        .into());
+    }
+    let work = xenprobe_tests::root().join(format!("target/live-linux/{mode}"));
+    config::load(&path, &work).map_err(|e| Failed::from(e.to_string()))
+}
+
+/// A row of guests/BUGS.md's Linux table: id, input, kind, function.
+fn planted() -> Vec<(String, Vec<u8>, String, String)> {
+    let text = std::fs::read_to_string(xenprobe_tests::root().join("guests/BUGS.md"))
+        .expect("guests/BUGS.md");
+    text.lines()
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split('|').map(str::trim).collect();
+            // | id | depth | bug | kind | function | console | input |
+            let id = cols.get(1)?;
+            if !id.starts_with("LX-") || id.ends_with("OK") && cols.len() < 8 {
+                return None;
+            }
+            let hex = cols.get(7)?.trim_matches('`');
+            let input = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>()?;
+            Some((
+                id.to_string(),
+                input,
+                cols.get(4)?.to_string(),
+                cols.get(5)?.trim_matches('`').to_string(),
+            ))
+        })
+        .collect()
+}
+
+fn planted_bugs_crash_as_listed(mode: &str) -> Result<(), Failed> {
+    let loaded = config_for(mode)?;
+    let rows = planted();
+    if rows.len() < 5 {
+        return Err(format!(
+            "guests/BUGS.md lists {} Linux rows, expected 5 or more",
+            rows.len()
+        )
+        .into());
+    }
+    let mut s = Session::start(loaded.target.clone()).map_err(|e| e.to_string())?;
+    let info = s
+        .domain()
+        .and_then(|d| d.kernel_info())
+        .cloned()
+        .ok_or("no kernel info after the start")?;
+    if !info.banner.starts_with("Linux version ") {
+        return Err(format!("banner {:?}", info.banner).into());
+    }
+    if mode == "hvm" && info.slide == 0 {
+        return Err("HVM boots with KASLR, but the slide found is 0".into());
+    }
+    let mut failures = Vec::new();
+    for (id, input, kind, function) in &rows {
+        let (outcome, _) = s.run(input).map_err(|e| e.to_string())?;
+        match (kind.as_str(), outcome) {
+            ("none", Outcome::Ok) => {}
+            ("none", other) => failures.push(format!("{id}: expected no crash, got {other:?}")),
+            (_, Outcome::Crash(r)) => {
+                if &r.kind != kind || !r.site.contains(&format!("@{function}+")) {
+                    failures.push(format!(
+                        "{id}: expected {kind} in {function}, got {} at {}",
+                        r.kind, r.site
+                    ));
+                }
+                let top = r.backtrace.first();
+                if !top.is_some_and(|f| {
+                    f.line
+                        .as_deref()
+                        .is_some_and(|l| l.contains("xenprobe_sample.c"))
+                }) {
+                    failures.push(format!(
+                        "{id}: no module source line in frame #0: {:?}",
+                        r.backtrace
+                    ));
+                }
+                if !r.backtrace.iter().any(|f| {
+                    f.symbol
+                        .as_deref()
+                        .is_some_and(|s| s.starts_with("do_init_module+"))
+                }) {
+                    failures.push(format!(
+                        "{id}: the backtrace does not reach do_init_module: {:?}",
+                        r.backtrace
+                    ));
+                }
+            }
+            (_, other) => failures.push(format!("{id}: expected {kind}, got {other:?}")),
+        }
+    }
+    s.finish().map_err(|e| e.to_string())?;
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("\n").into())
+    }
+}
+
+fn a_seeded_campaign_finds_two_planted_bugs(mode: &str) -> Result<(), Failed> {
+    let loaded = config_for(mode)?;
+    let dir = xenprobe_tests::root().join(format!("target/live-linux/campaign-{mode}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let kinds = [
+        "page-fault",
+        "BUG",
+        "panic",
+        "divide-error",
+        "general-protection",
+    ];
+    let opts = CampaignOptions {
+        target: loaded.target.clone(),
+        dir: dir.clone(),
+        time: Duration::from_secs(150),
+        seeds: None,
+        stop_on: Vec::new(),
+        // The two shallowest planted bugs end the campaign early (LX-1 and
+        // LX-2 of guests/BUGS.md: seconds from the default seeds).
+        stop_when_found: vec!["page-fault".into(), "BUG".into()],
+        progress: false,
+        rng_seed: Some(1),
+        dictionary: loaded.dictionary.clone(),
+        job: None,
+        cmplog: true,
+    };
+    let summary = campaign::run(&opts).map_err(|e| format!("{e:#}"))?;
+    let found: Vec<String> = summary
+        .found
+        .iter()
+        .filter_map(|(p, _)| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    let planted: std::collections::BTreeSet<&str> = found
+        .iter()
+        .filter_map(|f| {
+            kinds
+                .iter()
+                .find(|k| f.starts_with(&format!("{k}-")))
+                .copied()
+        })
+        .collect();
+    if planted.len() < 2 {
+        return Err(format!(
+            "{} execs in {:?} found {found:?}: fewer than two planted bugs",
+            summary.execs, summary.elapsed
+        )
+        .into());
+    }
+    let (checked, same) = summary.stability;
+    if checked == 0 || same * 100 < checked * 95 {
+        return Err(format!("stability {same} of {checked} runs: below 95%").into());
+    }
+    let (first, _) = summary.found.first().ok_or("nothing found")?;
+    let (saved, replayed) =
+        campaign::reproduce(&loaded.target, first).map_err(|e| format!("{e:#}"))?;
+    match (saved, replayed) {
+        (Some(a), Some(b)) if a.site == b.site => Ok(()),
+        (a, b) => Err(format!(
+            "{} did not replay: saved {a:?}, replayed {b:?}",
+            first.display()
+        )
+        .into()),
+    }
+}
+
+fn the_repl_shows_module_frames(mode: &str) -> Result<(), Failed> {
+    // A session parks the guest at its start point, inside the module's init.
+    let loaded = config_for(mode)?;
+    Session::start(loaded.target.clone())
+        .and_then(|s| s.finish())
+        .map_err(|e| e.to_string())?;
+    let k = loaded.target.kernel.as_ref().ok_or("not a kernel target")?;
+    let ko = k.modules.first().ok_or("no module")?;
+    let name = xenprobe_fuzz::session::cfg_name(
+        &std::fs::read_to_string(&loaded.target.cfg).map_err(|e| e.to_string())?,
+    )
+    .ok_or("no name= in the xl config")?;
+    let script = format!(
+        "symbols {}\nmodule {}\nbt\nsym xenprobe_target\nquit\n",
+        k.symbols.display(),
+        ko.display()
+    );
+    let mut child = Command::new(xenprobe_tests::xenprobe_bin())
+        .args(["repl", &name])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .ok_or("stdin")?
+        .write_all(script.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "KASLR slide",
+        "module xenprobe_sample from",
+        "xenprobe_fuzz_start",
+        "init_module",
+        "do_init_module",
+        "xenprobe_target = 0xffffffffc",
+    ] {
+        if !text.contains(want) {
+            return Err(format!("the REPL's output lacks {want:?}:\n{text}").into());
+        }
+    }
+    Ok(())
+}
+
+fn a_wrong_symbol_file_is_one_clear_error(mode: &str) -> Result<(), Failed> {
+    let loaded = config_for(mode)?;
+    // The same kernel's map with every address moved by 1 MiB: no slide
+    // lines LSTAR up with it, or the banner is not where it says.
+    let k = loaded.target.kernel.clone().ok_or("not a kernel target")?;
+    let syms = xenprobe::vmi::Symbols::load(&k.symbols).map_err(|e| e.to_string())?;
+    let mut map = Vec::new();
+    syms.write_map(&mut map).map_err(|e| e.to_string())?;
+    let text: String = String::from_utf8_lossy(&map)
+        .lines()
+        .filter_map(|l| {
+            let (addr, rest) = l.split_once(' ')?;
+            let a = u64::from_str_radix(addr, 16).ok()?;
+            Some(format!("{:016x} {rest}\n", a.wrapping_add(0x10_0000)))
+        })
+        .collect();
+    let work = xenprobe_tests::root().join(format!("target/live-linux/wrong-{mode}"));
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let bad = work.join("System.map-other");
+    std::fs::write(&bad, text).map_err(|e| e.to_string())?;
+    let mut target = loaded.target.clone();
+    if let Some(kt) = target.kernel.as_mut() {
+        kt.symbols = bad.clone();
+    }
+    match Session::start(target) {
+        Ok(s) => {
+            let _ = s.finish();
+            Err("a map of another layout was accepted".into())
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            if msg.contains("System.map-other") && msg.contains("does not match the running kernel")
+            {
+                Ok(())
+            } else {
+                Err(format!("unclear error: {msg}").into())
+            }
+        }
+    }
+}
+
+type Body = fn(&str) -> Result<(), Failed>;
+
+fn main() {
+    let args = Arguments::from_args();
+    let why = unavailable();
+    let tests: [(&str, Body, &[&str]); 4] = [
+        (
+            "planted_bugs_crash_as_listed",
+            planted_bugs_crash_as_listed,
+            &["pvh", "hvm"],
+        ),
+        (
+            "a_seeded_campaign_finds_two_planted_bugs",
+            a_seeded_campaign_finds_two_planted_bugs,
+            &["pvh"],
+        ),
+        (
+            "the_repl_shows_module_frames",
+            the_repl_shows_module_frames,
+            &["pvh"],
+        ),
+        (
+            "a_wrong_symbol_file_is_one_clear_error",
+            a_wrong_symbol_file_is_one_clear_error,
+            &["pvh"],
+        ),
+    ];
+    let mut trials = Vec::new();
+    for (name, body, modes) in tests {
+        for &mode in modes {
+            let t = Trial::test(format!("{name}::{mode}"), move || {
+                let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+                body(mode)
+            });
+            trials.push(match &why {
+                Some(_) => t.with_ignored_flag(true).with_kind("skip"),
+                None => t,
+            });
+        }
+    }
+    if let Some(why) = &why {
+        println!("skipped (every test: {why})");
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
