@@ -4,17 +4,20 @@
 //! after the first takes over the guest the previous one left parked at its
 //! harness's start point.
 //!
-//! - `planted_bugs_crash_as_listed::{pvh,hvm}`: every LX row of
+//! - `planted_bugs_crash_as_listed::{pvh,pv}`: every LX row of
 //!   guests/BUGS.md, run as one input, ends as listed (kind, and the
 //!   module function of the faulting code), with a source line in the module
-//!   and a backtrace through `do_init_module` (ORC unwinding); HVM boots
-//!   with KASLR, whose slide must have been found;
+//!   and a backtrace through `do_init_module` (ORC unwinding); PV runs by
+//!   breakpoints (the harness found by symbol, gdbsx);
 //! - `a_seeded_campaign_finds_two_planted_bugs::pvh`: a fixed-seed campaign
 //!   finds at least two planted bugs within its time bound, and one replays
 //!   to the same site;
 //! - `the_repl_shows_module_frames::pvh`: `xenprobe repl` on the parked
 //!   guest, with the stripped vmlinux and the module, shows the harness in
 //!   the module and the kernel's frames below it;
+//! - `kaslr_is_found_and_checked::hvm`: an HVM kernel (KASLR) gets its
+//!   symbols from the stripped vmlinux, slid by LSTAR and checked against
+//!   its banner;
 //! - `a_wrong_symbol_file_is_one_clear_error::pvh`: another kernel's map.
 //!
 //! In the QEMU lab PVH and HVM Linux need shadow paging (the debug
@@ -129,14 +132,20 @@ fn planted_bugs_crash_as_listed(mode: &str) -> Result<(), Failed> {
                         r.kind, r.site
                     ));
                 }
-                let top = r.backtrace.first();
+                // The crashing module frame: #0 for a fault, #1 for a panic
+                // (#0 is panic's entry).
+                let top = r.backtrace.iter().find(|f| {
+                    f.symbol
+                        .as_deref()
+                        .is_some_and(|s| s.starts_with(&format!("{function}+")))
+                });
                 if !top.is_some_and(|f| {
                     f.line
                         .as_deref()
                         .is_some_and(|l| l.contains("xenprobe_sample.c"))
                 }) {
                     failures.push(format!(
-                        "{id}: no module source line in frame #0: {:?}",
+                        "{id}: no module source line for {function}: {:?}",
                         r.backtrace
                     ));
                 }
@@ -275,6 +284,83 @@ fn the_repl_shows_module_frames(mode: &str) -> Result<(), Failed> {
     Ok(())
 }
 
+/// KASLR: an HVM kernel (booted from its bzImage, whose decompressor picks
+/// the slide) gets its symbols from the stripped vmlinux, slid by what LSTAR
+/// says and checked against its banner; the vCPU's code and the syscall
+/// entry then resolve to kernel functions. Only the kernel is needed: the
+/// symbols load once it has set up its syscall entry (early in boot).
+fn kaslr_is_found_and_checked(mode: &str) -> Result<(), Failed> {
+    let loaded = config_for(mode)?;
+    let k = loaded.target.kernel.clone().ok_or("not a kernel target")?;
+    let cfg = loaded.target.cfg.display().to_string();
+    let name = xenprobe_fuzz::session::cfg_name(
+        &std::fs::read_to_string(&loaded.target.cfg).map_err(|e| e.to_string())?,
+    )
+    .ok_or("no name= in the xl config")?;
+    let xen = xenprobe::vmi::Xen::open().map_err(|e| e.to_string())?;
+    let spec = xenprobe::vmi::KernelSymbols {
+        kernel: k.symbols.clone(),
+        modules: Vec::new(),
+    };
+    let mut tries = Vec::new();
+    for _ in 0..3 {
+        xenprobe_fuzz::session::destroy(&name);
+        let st = Command::new("xl")
+            .args(["create", "-q", &cfg])
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !st.success() {
+            return Err(format!("xl create {cfg} failed").into());
+        }
+        let mut dom =
+            xenprobe::vmi::Domain::attach(&xen, name.as_str()).map_err(|e| e.to_string())?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let mut last = String::new();
+        while std::time::Instant::now() < deadline {
+            match dom.load_kernel_symbols(&spec) {
+                Ok(info) => {
+                    dom.pause().map_err(|e| e.to_string())?;
+                    let syms = dom.symbols().map_err(|e| e.to_string())?;
+                    let entry = syms
+                        .lookup("entry_SYSCALL_64")
+                        .ok_or("no entry_SYSCALL_64")?;
+                    let rip = dom.regs(0).map_err(|e| e.to_string())?.rip;
+                    let at = dom
+                        .symbols()
+                        .ok()
+                        .and_then(|s| s.symbolize(rip))
+                        .map(|(s, o)| format!("{}+{o:#x}", s.name));
+                    drop(dom);
+                    xenprobe_fuzz::session::destroy(&name);
+                    println!(
+                        "{mode}: slide {:#x} ({}), entry_SYSCALL_64 at {entry:#x}, vCPU 0 at {rip:#x} {at:?}",
+                        info.slide, info.slide_from
+                    );
+                    if info.slide % 0x20_0000 != 0 || !info.slide_from.starts_with("LSTAR") {
+                        return Err(format!("implausible slide: {info:?}").into());
+                    }
+                    if rip >= 0xffff_ffff_8000_0000 && at.is_none() {
+                        return Err(format!("kernel code at {rip:#x} has no symbol").into());
+                    }
+                    return Ok(());
+                }
+                Err(e) => last = e.to_string(),
+            }
+            if dom
+                .info()
+                .map_or(true, |i| i.shutdown || i.crashed || i.dying)
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        tries.push(last);
+        drop(dom);
+    }
+    xenprobe_fuzz::session::destroy(&name);
+    Err(format!("no boot got far enough for the symbols: {tries:?}").into())
+}
+
 fn a_wrong_symbol_file_is_one_clear_error(mode: &str) -> Result<(), Failed> {
     let loaded = config_for(mode)?;
     // The same kernel's map with every address moved by 1 MiB: no slide
@@ -319,13 +405,22 @@ fn a_wrong_symbol_file_is_one_clear_error(mode: &str) -> Result<(), Failed> {
 type Body = fn(&str) -> Result<(), Failed>;
 
 fn main() {
+    xenprobe::logging::init();
     let args = Arguments::from_args();
     let why = unavailable();
-    let tests: [(&str, Body, &[&str]); 4] = [
+    let tests: [(&str, Body, &[&str]); 5] = [
+        // HVM Linux reaches userspace only about half the time in the QEMU
+        // lab (docs/linux.md): its campaign-level tests run by hand; KASLR,
+        // which only HVM has, is checked on the kernel alone.
         (
             "planted_bugs_crash_as_listed",
             planted_bugs_crash_as_listed,
-            &["pvh", "hvm"],
+            &["pvh", "pv"],
+        ),
+        (
+            "kaslr_is_found_and_checked",
+            kaslr_is_found_and_checked,
+            &["hvm"],
         ),
         (
             "a_seeded_campaign_finds_two_planted_bugs",

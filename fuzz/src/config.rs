@@ -69,7 +69,8 @@ pub struct GuestConfig {
     pub kernel: Option<PathBuf>,
     /// With `kernel`: modules (`.ko`) the harness runs in.
     pub modules: Option<Vec<PathBuf>>,
-    /// With `kernel`: `cpuid` (KF/x's 0x13371337) or `cpuid:LEAF`.
+    /// With `kernel`: `cpuid` (KF/x's 0x13371337), `cpuid:LEAF`, or
+    /// `symbols` (breakpoints at `start`/`end`; any guest type).
     pub marker: Option<String>,
     /// With `kernel`: seconds the guest may take to boot to its marker.
     pub boot_timeout_s: Option<u64>,
@@ -331,6 +332,7 @@ impl GuestConfig {
         }
         let marker = match self.marker.as_deref().map(str::trim) {
             None | Some("cpuid") => crate::kernel::Marker::Cpuid(crate::kernel::KFX_MAGIC),
+            Some("symbols") => crate::kernel::Marker::Symbols,
             Some(m) => match m.strip_prefix("cpuid:") {
                 Some(leaf) => {
                     let leaf = leaf.trim();
@@ -344,7 +346,7 @@ impl GuestConfig {
                 }
                 None => {
                     return Err(invalid(format!(
-                        "marker: {m:?}: use \"cpuid\" (0x13371337) or \"cpuid:LEAF\""
+                        "marker: {m:?}: use \"cpuid\" (0x13371337), \"cpuid:LEAF\" or \"symbols\" (start and end)"
                     )))
                 }
             },
@@ -406,6 +408,64 @@ mod tests {
         assert_eq!(c.sinks, Some(vec!["cg_crash".to_string()]));
         // The width comes from the guest's uint32_t symbol.
         assert_eq!(c.input_len_size, None);
+    }
+
+    #[test]
+    fn the_linux_example_names_a_kernel_target() {
+        let ex = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/linux-sample.toml");
+        let text = std::fs::read_to_string(&ex).expect("example");
+        let c = GuestConfig::parse(&text, &ex).expect("parse");
+        assert!(c.image.is_none() && c.mode.is_none());
+        assert!(c.kernel.as_ref().is_some_and(|k| k.ends_with("vmlinux")));
+        assert_eq!(c.marker.as_deref(), Some("cpuid"));
+        assert!(c
+            .modules
+            .as_ref()
+            .is_some_and(|m| m.len() == 1 && m[0].ends_with("xenprobe_sample.ko")));
+    }
+
+    #[test]
+    fn kernel_configs_say_what_is_wrong() {
+        let d = tmp("kernel");
+        std::fs::write(d.join("vmlinux"), b"x").expect("vmlinux");
+        std::fs::write(d.join("m.ko"), b"x").expect("ko");
+        std::fs::write(d.join("g.cfg"), "name=\"g\"\n").expect("cfg");
+        let path = d.join("k.toml");
+        let load = |text: &str| GuestConfig::parse(text, &path).and_then(|c| c.resolve(&path, &d));
+        let base = "kernel = \"vmlinux\"\nxl_cfg = \"g.cfg\"\nmodules = [\"m.ko\"]\n";
+        let l = load(base).expect("a kernel config");
+        let k = l.target.kernel.expect("kernel target");
+        assert_eq!(
+            k.marker,
+            crate::kernel::Marker::Cpuid(crate::kernel::KFX_MAGIC)
+        );
+        assert_eq!(l.target.cover, vec!["module:m"]);
+        assert!(
+            l.target.sinks.is_empty(),
+            "the kernel's own paths are the sinks"
+        );
+        let sym = load(&format!("{base}marker = \"symbols\"\n")).expect("symbols marker");
+        assert_eq!(
+            sym.target.kernel.map(|k| k.marker),
+            Some(crate::kernel::Marker::Symbols)
+        );
+        let leaf = load(&format!("{base}marker = \"cpuid:0x4711\"\n")).expect("leaf");
+        assert_eq!(
+            leaf.target.kernel.map(|k| k.marker),
+            Some(crate::kernel::Marker::Cpuid(0x4711))
+        );
+        let err = |text: &str| load(text).map(|_| ()).unwrap_err().to_string();
+        assert!(err(&format!("{base}marker = \"int3\"\n")).contains("marker"));
+        assert!(err(&format!("{base}marker = \"cpuid:zz\"\n")).contains("cpuid leaf"));
+        assert!(
+            err("kernel = \"vmlinux\"\nmode = \"pvh\"\nmodules = [\"m.ko\"]\n").contains("xl_cfg")
+        );
+        assert!(err("kernel = \"vmlinux\"\nxl_cfg = \"g.cfg\"\n").contains("modules"));
+        assert!(
+            err("kernel = \"nope\"\nxl_cfg = \"g.cfg\"\nmodules = [\"m.ko\"]\n")
+                .contains("does not exist")
+        );
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::Duration;
 use xenprobe::vmi::{self, Domain, Symbols};
 
 use crate::blocks::{parse_range, Function};
-use crate::report::{CrashReport, Frame};
+use crate::report::CrashReport;
 
 /// Longest function taken from a symbol map without sizes (a kallsyms
 /// symbol runs to the next one).
@@ -51,18 +51,7 @@ pub fn select_kernel_functions(syms: &Symbols, patterns: &[String]) -> Vec<Funct
             });
         }
     }
-    for p in patterns {
-        if let Some((a, b)) = parse_range(p) {
-            out.retain(|f| !(f.addr >= a && f.addr.saturating_add(f.size) <= b));
-            out.push(Function {
-                name: format!("range@{a:#x}"),
-                addr: a,
-                size: b - a,
-            });
-        }
-    }
-    out.sort_by_key(|f| f.addr);
-    out.dedup_by_key(|f| f.addr);
+    crate::blocks::add_ranges(&mut out, patterns.iter());
     out
 }
 
@@ -424,24 +413,6 @@ pub fn where_is(dom: &Domain, addr: u64) -> String {
     }
 }
 
-fn frame(dom: &Domain, addr: u64, is_return: bool) -> Frame {
-    let at = if is_return {
-        addr.saturating_sub(1)
-    } else {
-        addr
-    };
-    let syms = dom.symbols().ok();
-    Frame {
-        addr,
-        symbol: syms
-            .and_then(|s| s.symbolize(at))
-            .map(|(s, off)| format!("{}+{:#x}", s.name, off + (addr - at))),
-        line: syms
-            .and_then(|s| s.line(at))
-            .map(|l| format!("{}:{}", l.file, l.line)),
-    }
-}
-
 /// The report of a vCPU stopped at the entry of kernel sink `kind` (its
 /// arguments in the System V registers).
 pub fn kernel_report(
@@ -528,14 +499,14 @@ pub fn kernel_report(
     };
     let backtrace = frames
         .iter()
-        .map(|f| frame(dom, f.pc, f.is_return))
+        .map(|f| crate::report::symbolize(dom, f.pc, f.is_return))
         .collect();
     // Function and offset: stable under KASLR and across module loads. A
     // return address is looked up at the call (a call to a noreturn
     // function may end its caller).
     let place = match trap {
         Some(t) if !t.user_mode() => where_is(dom, site_addr),
-        _ => frame(dom, site_addr, true)
+        _ => crate::report::symbolize(dom, site_addr, true)
             .symbol
             .unwrap_or_else(|| format!("{site_addr:#x}")),
     };

@@ -25,7 +25,7 @@ const TARGETS: &[&str] = &["tlv", "bytecode", "imghdr", "linux"];
 #[derive(Args, Debug)]
 pub struct FuzzArgs {
     /// Sample guest to fuzz: tlv, bytecode, imghdr, or linux (Debian's kernel
-    /// with the sample module guests/linux/; PVH or HVM).
+    /// with the sample module guests/linux/; PVH, HVM, or PV by breakpoints).
     #[arg(default_value = "tlv")]
     target: String,
     /// Campaign duration (e.g. 60s, 5m, 1h).
@@ -154,17 +154,9 @@ pub fn main(args: FuzzArgs) -> Result<i32> {
     }
     let linux = args.config.is_none() && args.target == "linux";
     if linux {
-        if args.mode == Mode::Pv {
-            eprintln!(
-                "xtask fuzz: kernel code in PV guests is not fuzzed yet: a PV guest's cpuid does \
-                 not reach Xen, so the harness's markers need breakpoints (the debug \
-                 hypervisor's gdbsx) instead. Use --mode pvh or hvm."
-            );
-            return Ok(1);
-        }
         linux_flavour()?;
     }
-    if args.config.is_none() && args.mode == Mode::Pv {
+    if args.config.is_none() && args.mode == Mode::Pv && !linux {
         eprintln!(
             "xtask fuzz: PV guests cannot be fuzzed yet. PV has no vm_event ring: breakpoints and \
              stops need the debug hypervisor's gdbsx path (`cargo xtask lab up --xen debug`) and \
@@ -273,8 +265,9 @@ pub fn main(args: FuzzArgs) -> Result<i32> {
 
 /// Linux boots as PVH or HVM in the QEMU lab only on the debug hypervisor
 /// (shadow paging: under QEMU's emulated nested paging the guest reads CR2
-/// as 0 in its page-fault handler): selects it unless `XENPROBE_XEN` says
-/// otherwise. A real Xen host has no such limit.
+/// as 0 in its page-fault handler), and a PV kernel's harness needs its
+/// breakpoints (gdbsx) and PV log-dirty: selects it unless `XENPROBE_XEN`
+/// says otherwise. A real Xen host needs it for PV only.
 fn linux_flavour() -> Result<()> {
     if deps::on_real_dom0() {
         return Ok(());

@@ -119,6 +119,24 @@ impl Domain {
         self.adopt_kernel(syms, spec)
     }
 
+    /// [`Domain::load_kernel_symbols`] with the kernel's symbols already
+    /// read (from `spec.kernel`): reading a vmlinux takes seconds in an
+    /// emulated dom0, so a caller racing a booting guest reads it first.
+    pub fn load_kernel_symbols_from(
+        &mut self,
+        syms: Symbols,
+        spec: &KernelSymbols,
+    ) -> Result<KernelInfo> {
+        self.adopt_kernel(syms, spec)
+    }
+
+    /// The KASLR slide of the running kernel against `syms` and how it was
+    /// found; an error while the kernel has not set up its syscall entry or
+    /// IDT yet (early boot), or when `syms` are another kernel's.
+    pub fn kaslr_slide_of(&mut self, syms: &Symbols) -> Result<(i64, &'static str)> {
+        self.kaslr_slide(syms, "the kernel's symbols")
+    }
+
     /// Slides `syms` (a Linux kernel's) onto the running kernel, checks
     /// them, finds `spec.modules` and keeps it all.
     pub(crate) fn adopt_kernel(
@@ -195,6 +213,24 @@ impl Domain {
             ModuleLayout::find_in_guest(|va, buf| self.read_virt_on(0, va, buf), head, &name, ko)?;
         self.load_module_symbols(ko, &layout)?;
         Ok(layout)
+    }
+
+    /// Whether module `name` (`-` read as `_`) is in the running kernel's
+    /// module list, formed (its sections in place), after the kernel's
+    /// symbols are loaded. A few memory reads: cheap to poll.
+    pub fn module_loaded(&mut self, name: &str) -> Result<bool> {
+        let head = self
+            .kernel
+            .as_ref()
+            .and(self.symbols.as_ref())
+            .ok_or_else(|| Error::Symbol("load the kernel's symbols first".into()))?
+            .require("modules")?;
+        let mut read = |va: u64, buf: &mut [u8]| self.read_virt_on(0, va, buf);
+        match super::symbols::find_module(&mut read, head, name) {
+            Ok((_, state)) => Ok(state != super::symbols::UNFORMED),
+            Err(Error::Symbol(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Loads one more module at a known layout (e.g. from

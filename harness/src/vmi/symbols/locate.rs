@@ -30,7 +30,7 @@ const NAME_LEN: usize = 56;
 /// `MODULE_STATE_LIVE`: init sections are freed.
 const LIVE: u32 = 0;
 /// `MODULE_STATE_UNFORMED`: not set up yet.
-const UNFORMED: u32 = 3;
+pub(crate) const UNFORMED: u32 = 3;
 /// x86-64 module area (with and without KASLR).
 const MODULES: std::ops::Range<u64> = 0xffff_ffff_a000_0000..0xffff_ffff_ff00_0000;
 /// More modules than any kernel loads.
@@ -98,7 +98,7 @@ fn read_u64(read: ReadMem, va: u64, what: &str) -> Result<u64> {
 }
 
 /// The `struct module` of module `name`, and its state.
-fn find_module(read: ReadMem, head: u64, name: &str) -> Result<(u64, u32)> {
+pub(crate) fn find_module(read: ReadMem, head: u64, name: &str) -> Result<(u64, u32)> {
     let want = normalize(name);
     let mut seen = HashSet::new();
     let mut names = Vec::new();

@@ -25,6 +25,7 @@ use std::path::Path;
 use super::error::{Error, Result};
 
 pub use module::ModuleLayout;
+pub(crate) use locate::{find_module, UNFORMED};
 
 type Reader = gimli::EndianArcSlice<gimli::RunTimeEndian>;
 type Lines = addr2line::Context<Reader>;
