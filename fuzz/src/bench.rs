@@ -7,6 +7,7 @@
 //! kept only if they end normally once coverage breakpoints are gone), in
 //! rounds interleaved across modes so that load drifts hit every mode alike.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -24,8 +25,10 @@ use libafl_bolts::rands::StdRand;
 use libafl_bolts::tuples::{tuple_list, Merge};
 use xenprobe::vmi::{RegisterReset, RestoreOptions, RestoreStrategy};
 
+use crate::campaign::{CampaignOptions, TimeSplit};
 use crate::executor::XenExecutor;
 use crate::feedback::OutcomeFeedback;
+use crate::rawloop::{RawLoop, RawMode, RawOptions, RawPhases};
 use crate::report::Outcome;
 use crate::session::{Counters, Session, TargetSpec};
 
@@ -458,6 +461,545 @@ pub fn print_table(guest: &str, rows: &[Row], libafl: Option<(f64, f64)>) {
         println!(
             "{name:<46} {pct:>8.1}% {:>17} {:>7} {:>6}  <= 10% ({met})",
             "", "", ""
+        );
+    }
+}
+
+/// Microseconds per run by phase: the columns of the comparison with the
+/// raw loop ([`compare`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PerRun {
+    /// Restoring the snapshot (the raw loop: PEEK or CLEAN and the copy).
+    pub restore: f64,
+    /// Writing the input.
+    pub input: f64,
+    /// The reply that resumes the guest.
+    pub resume: f64,
+    /// Waiting for the guest's next event (its own work included).
+    pub wait: f64,
+    /// Making mutants.
+    pub mutation: f64,
+    /// Coverage and crash feedback.
+    pub feedback: f64,
+    /// Everything else: the loop's, the session's and LibAFL's bookkeeping.
+    pub other: f64,
+}
+
+impl PerRun {
+    /// Time of a whole run.
+    pub fn total(&self) -> f64 {
+        self.restore
+            + self.input
+            + self.resume
+            + self.wait
+            + self.mutation
+            + self.feedback
+            + self.other
+    }
+
+    /// The phase-wise median of `v` (empty: zeros).
+    pub fn median(v: &[PerRun]) -> PerRun {
+        let m = |f: fn(&PerRun) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
+        PerRun {
+            restore: m(|p| p.restore),
+            input: m(|p| p.input),
+            resume: m(|p| p.resume),
+            wait: m(|p| p.wait),
+            mutation: m(|p| p.mutation),
+            feedback: m(|p| p.feedback),
+            other: m(|p| p.other),
+        }
+    }
+
+    /// A raw loop's phases.
+    pub fn from_raw(p: &RawPhases) -> PerRun {
+        PerRun {
+            restore: p.peek + p.copy,
+            input: p.input,
+            resume: p.resume,
+            wait: p.wait,
+            mutation: 0.0,
+            feedback: 0.0,
+            other: p.other,
+        }
+    }
+
+    /// A campaign's time split over `execs` executions.
+    pub fn from_campaign(t: &TimeSplit, execs: u64) -> PerRun {
+        let n = execs.max(1) as f64;
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / n;
+        let p = PerRun {
+            restore: us(t.restore),
+            input: us(t.input),
+            resume: us(t.resume),
+            wait: us(t.wait),
+            mutation: us(t.mutation),
+            feedback: us(t.feedback),
+            other: 0.0,
+        };
+        PerRun {
+            other: (us(t.wall) - p.total()).max(0.0),
+            ..p
+        }
+    }
+}
+
+/// One row of the comparison with the raw loop.
+#[derive(Debug, Clone)]
+pub struct FloorRow {
+    /// Row name.
+    pub name: String,
+    /// execs/s of each batch.
+    pub rates: Vec<f64>,
+    /// Each batch's rate over the raw exact loop's around it.
+    pub ratios: Vec<f64>,
+    /// Phases of each batch.
+    pub phases: Vec<PerRun>,
+    /// Memory and registers equal the snapshot after the row (None: not
+    /// checked or not an exact mode).
+    pub exact: Option<bool>,
+    /// Restores per run and microseconds per restore, each batch (rows
+    /// that count them).
+    pub restores: Vec<(f64, f64)>,
+    /// Blocks covered at the end, each campaign.
+    pub covered: Vec<usize>,
+    /// The input-to-state stage: share of the campaign's time, traced runs
+    /// and candidates, each campaign.
+    pub i2s: Vec<(f64, u64, u64)>,
+}
+
+impl FloorRow {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            rates: Vec::new(),
+            ratios: Vec::new(),
+            phases: Vec::new(),
+            exact: None,
+            restores: Vec::new(),
+            covered: Vec::new(),
+            i2s: Vec::new(),
+        }
+    }
+
+    fn exact(&mut self, ok: bool) {
+        self.exact = Some(self.exact.unwrap_or(true) && ok);
+    }
+}
+
+/// Settings of the comparison with the raw loop.
+#[derive(Debug, Clone)]
+pub struct FloorOptions {
+    /// The `xenprobe-rawloop` binary.
+    pub raw_bin: PathBuf,
+    /// Rounds (medians are printed).
+    pub rounds: usize,
+    /// Length of each raw and xenprobe batch.
+    pub batch: Duration,
+    /// Length of each campaign (zero: no campaign rows).
+    pub campaign: Duration,
+    /// Busy-poll bound of every row (what `cargo xtask fuzz` uses).
+    pub spin: Duration,
+    /// Distinct inputs generated for the loops.
+    pub inputs: usize,
+    /// The campaigns' RNG seed (the same in every round).
+    pub rng_seed: u64,
+    /// The campaigns' extra dictionary.
+    pub dictionary: Vec<Vec<u8>>,
+}
+
+/// Row indices of [`compare`].
+pub const RAW_NONE: usize = 0;
+/// The raw exact loop: the denominator of every ratio.
+pub const RAW_EXACT: usize = 1;
+/// xenprobe's session loop without memory reset.
+pub const XP_FLOOR: usize = 2;
+/// xenprobe's session loop, exact reset (the campaign default).
+pub const XP_EXACT: usize = 3;
+/// A campaign without input-to-state.
+pub const CAMPAIGN: usize = 4;
+/// A campaign with input-to-state.
+pub const CAMPAIGN_I2S: usize = 5;
+
+/// `spec` under another domain name (a copy of its xl config in `dir`).
+fn renamed(spec: &TargetSpec, name: &str, dir: &Path) -> Result<TargetSpec> {
+    let text = std::fs::read_to_string(&spec.cfg)
+        .with_context(|| format!("reading {}", spec.cfg.display()))?;
+    let cfg = dir.join(format!("{name}.cfg"));
+    std::fs::write(&cfg, crate::config::with_name(&text, name))?;
+    Ok(TargetSpec {
+        cfg,
+        ..spec.clone()
+    })
+}
+
+/// Runs the raw loop (exact and without reset), xenprobe's own loop
+/// (`Session::run`, exact and without memory reset) on the same inputs, and
+/// campaigns with and without input-to-state, each on a guest of its own.
+/// The raw loop and xenprobe's loop keep their guests and take turns in
+/// short batches, and every xenprobe rate is divided by the raw exact
+/// batches just before and after it, so that both see the same load.
+/// Returns the rows in the order of the `RAW_*`, `XP_*` and `CAMPAIGN*`
+/// indices.
+pub fn compare(spec: &TargetSpec, opts: &FloorOptions) -> Result<Vec<FloorRow>> {
+    let base = crate::session::cfg_name(&std::fs::read_to_string(&spec.cfg)?)
+        .context("no name= in the guest's xl config")?;
+    let dir = std::env::temp_dir().join(format!("xenprobe-bench-floor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = compare_in(spec, opts, &base, &dir);
+    for suffix in ["raw", "xp", "campaign"] {
+        crate::session::destroy(&format!("{base}-{suffix}"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn compare_in(
+    spec: &TargetSpec,
+    opts: &FloorOptions,
+    base: &str,
+    dir: &Path,
+) -> Result<Vec<FloorRow>> {
+    let mut rows: Vec<FloorRow> = [
+        "raw C loop: no memory reset",
+        "raw C loop: exact (PEEK + copy)",
+        "xenprobe loop: no memory reset",
+        "xenprobe loop: exact",
+        "campaign, no input-to-state",
+        "campaign, input-to-state",
+    ]
+    .iter()
+    .map(|n| FloorRow::new(n))
+    .collect();
+    let mut xp_spec = renamed(spec, &format!("{base}-xp"), dir)?;
+    xp_spec.event_spin = opts.spin;
+    xp_spec.restore = modes(Duration::ZERO)[5].restore;
+    xp_spec.persistent = 1;
+    let mut camp_spec = renamed(spec, &format!("{base}-campaign"), dir)?;
+    camp_spec.event_spin = opts.spin;
+    let mut s = Session::start(xp_spec).context("starting the guest")?;
+    let result = (|| -> Result<()> {
+        let inputs = pick_inputs(&mut s, opts)?;
+        let raw_opts = RawOptions {
+            bin: opts.raw_bin.clone(),
+            spin: opts.spin,
+            clean_every: 1000,
+        };
+        let mut raw = RawLoop::start(&raw_opts, spec, &format!("{base}-raw"), &inputs)?;
+        for round in 0..opts.rounds.max(1) {
+            let a = raw_batch(&mut raw, RawMode::Exact, opts.batch, &mut rows)?;
+            let xp_exact = xp_batch(&mut s, &inputs, 1, opts, &mut rows[XP_EXACT])?;
+            let xp_floor = xp_batch(&mut s, &inputs, u32::MAX, opts, &mut rows[XP_FLOOR])?;
+            let none = raw_batch(&mut raw, RawMode::NoReset, opts.batch, &mut rows)?;
+            let b = raw_batch(&mut raw, RawMode::Exact, opts.batch, &mut rows)?;
+            let around = (a + b) / 2.0;
+            for (i, rate) in [(XP_EXACT, xp_exact), (XP_FLOOR, xp_floor), (RAW_NONE, none)] {
+                rows[i].ratios.push(rate / around.max(1e-9));
+            }
+            let mut before = b;
+            if !opts.campaign.is_zero() {
+                for (i, cmplog) in [(CAMPAIGN, false), (CAMPAIGN_I2S, true)] {
+                    let rate = campaign_run(&camp_spec, opts, cmplog, dir, round, &mut rows[i])?;
+                    let after = raw_batch(&mut raw, RawMode::Exact, opts.batch, &mut rows)?;
+                    rows[i]
+                        .ratios
+                        .push(rate / ((before + after) / 2.0).max(1e-9));
+                    before = after;
+                }
+            }
+            let last = |i: usize| rows[i].rates.last().copied().unwrap_or(0.0);
+            eprintln!(
+                "[bench] round {}: raw exact {:.0}/s, no reset {:.0}/s; xenprobe exact {:.0}/s, no reset {:.0}/s; campaign {:.0}/s, with input-to-state {:.0}/s",
+                round + 1,
+                around,
+                last(RAW_NONE),
+                last(XP_EXACT),
+                last(XP_FLOOR),
+                last(CAMPAIGN),
+                last(CAMPAIGN_I2S)
+            );
+        }
+        let (ok, what) = raw.check()?;
+        if !ok {
+            eprintln!("[bench] the raw loop's reset is NOT EXACT: {what}");
+        }
+        rows[RAW_EXACT].exact(ok);
+        // xenprobe's own loop, exact mode last: its reset checked.
+        s.set_mode(modes(Duration::ZERO)[5].restore, 1, opts.spin);
+        s.run(&inputs[0])?;
+        let c = s.check_reset()?;
+        if !c.exact() {
+            eprintln!(
+                "[bench] xenprobe's reset is NOT EXACT: {} frames differ, cpu fields {:?}",
+                c.frames_differ.len(),
+                c.cpu_differ
+            );
+        }
+        rows[XP_EXACT].exact(c.exact());
+        Ok(())
+    })();
+    let fin = s.finish();
+    result?;
+    fin.context("leaving the guest clean")?;
+    Ok(rows)
+}
+
+/// The loops' inputs: generated, kept if they end normally once every
+/// coverage breakpoint they reach is gone (a warm-up run of each first).
+fn pick_inputs(s: &mut Session, opts: &FloorOptions) -> Result<Vec<Vec<u8>>> {
+    s.set_mode(modes(Duration::ZERO)[5].restore, 1, opts.spin);
+    let all = generate_inputs(opts.inputs.max(1), 0x5eed);
+    for inp in &all {
+        s.run(inp)?;
+    }
+    let mut inputs = Vec::new();
+    for inp in &all {
+        if matches!(s.run(inp)?.0, Outcome::Ok) {
+            inputs.push(inp.clone());
+        }
+    }
+    anyhow::ensure!(
+        !inputs.is_empty(),
+        "none of the {} generated inputs ends normally",
+        all.len()
+    );
+    Ok(inputs)
+}
+
+/// One raw batch into its row; returns its rate.
+fn raw_batch(
+    raw: &mut RawLoop,
+    mode: RawMode,
+    time: Duration,
+    rows: &mut [FloorRow],
+) -> Result<f64> {
+    let r = raw.batch(mode, time)?;
+    let row = &mut rows[match mode {
+        RawMode::Exact => RAW_EXACT,
+        RawMode::NoReset => RAW_NONE,
+    }];
+    row.rates.push(r.execs_per_s);
+    row.phases.push(PerRun::from_raw(&r.phases));
+    if mode == RawMode::Exact {
+        row.restores.push((1.0, r.phases.peek + r.phases.copy));
+    }
+    Ok(r.execs_per_s)
+}
+
+/// One batch of xenprobe's own loop over `inputs` (`persistent`: 1 exact,
+/// `u32::MAX` no memory reset); returns its rate.
+fn xp_batch(
+    s: &mut Session,
+    inputs: &[Vec<u8>],
+    persistent: u32,
+    opts: &FloorOptions,
+    row: &mut FloorRow,
+) -> Result<f64> {
+    s.set_mode(modes(Duration::ZERO)[5].restore, persistent, opts.spin);
+    s.run(&inputs[0])?;
+    let (t0, c0) = (s.timings, s.counters);
+    let (rate, runs) = timed_batch(s, inputs, opts.batch)?;
+    let (t1, c1) = (s.timings, s.counters);
+    let n = (c1.full_restores - c0.full_restores) + (c1.register_resets - c0.register_resets);
+    let per_run = |k: usize| (t1[k] - t0[k]).as_secs_f64() * 1e6 / runs.max(1) as f64;
+    let p = PerRun {
+        restore: per_run(0),
+        input: per_run(1),
+        resume: per_run(3),
+        wait: per_run(4),
+        mutation: 0.0,
+        feedback: 0.0,
+        other: 0.0,
+    };
+    let total = 1e6 / rate.max(1e-9);
+    row.rates.push(rate);
+    row.phases.push(PerRun {
+        other: (total - p.total()).max(0.0),
+        ..p
+    });
+    row.restores.push((
+        n as f64 / runs.max(1) as f64,
+        (t1[0] - t0[0]).as_secs_f64() * 1e6 / n.max(1) as f64,
+    ));
+    Ok(rate)
+}
+
+/// Runs inputs (in order, repeated) for `time`; (execs/s, runs). Stamps
+/// from the TSC: no clock read between runs.
+fn timed_batch(s: &mut Session, inputs: &[Vec<u8>], time: Duration) -> Result<(f64, u64)> {
+    let t = xenprobe::xen::Stamp::now();
+    let until = t.after(time);
+    let mut n = 0u64;
+    while xenprobe::xen::Stamp::now() < until {
+        s.run(&inputs[n as usize % inputs.len()])?;
+        n += 1;
+    }
+    Ok((n as f64 / t.elapsed().as_secs_f64().max(1e-9), n))
+}
+
+/// One campaign into its row; returns its rate.
+fn campaign_run(
+    spec: &TargetSpec,
+    opts: &FloorOptions,
+    cmplog: bool,
+    dir: &Path,
+    round: usize,
+    row: &mut FloorRow,
+) -> Result<f64> {
+    let cdir = dir.join(format!("campaign-{round}-{cmplog}"));
+    let c = crate::campaign::run(&CampaignOptions {
+        target: spec.clone(),
+        dir: cdir.clone(),
+        time: opts.campaign,
+        seeds: None,
+        stop_on: Vec::new(),
+        stop_when_found: Vec::new(),
+        progress: false,
+        rng_seed: Some(opts.rng_seed),
+        dictionary: opts.dictionary.clone(),
+        job: None,
+        cmplog,
+    })?;
+    let _ = std::fs::remove_dir_all(&cdir);
+    row.rates.push(c.execs_per_sec());
+    row.phases.push(PerRun::from_campaign(&c.split, c.execs));
+    let n = c.split.restores.max(1) as f64;
+    row.restores.push((
+        c.split.restores as f64 / c.execs.max(1) as f64,
+        c.split.restore.as_secs_f64() * 1e6 / n,
+    ));
+    row.covered.push(c.covered);
+    row.i2s.push((
+        c.split.i2s.as_secs_f64() / c.split.wall.as_secs_f64().max(1e-9),
+        c.i2s_runs.0,
+        c.i2s_runs.1,
+    ));
+    Ok(c.execs_per_sec())
+}
+
+/// Prints the comparison: rates and per-run phases (medians over rounds),
+/// ratios to the raw exact loop of this run, and the targets.
+pub fn print_comparison(guest: &str, rows: &[FloorRow]) {
+    let ratio = |i: usize| {
+        if i == RAW_EXACT {
+            1.0
+        } else {
+            median(&rows[i].ratios)
+        }
+    };
+    println!();
+    println!(
+        "fuzz loop against the raw C loop, {guest} (medians of {} rounds; ratio: each batch over the raw exact batches just before and after it; us per run)",
+        rows[XP_EXACT].rates.len()
+    );
+    println!(
+        "{:<34} {:>8} {:>15} {:>6} {:>5} | {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>7}",
+        "loop",
+        "execs/s",
+        "min..max",
+        "ratio",
+        "exact",
+        "restore",
+        "input",
+        "resume",
+        "wait",
+        "mutate",
+        "feedbk",
+        "other",
+        "total"
+    );
+    for (i, r) in rows.iter().enumerate() {
+        if r.rates.is_empty() {
+            continue;
+        }
+        let m = median(&r.rates);
+        let min = r.rates.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = r.rates.iter().copied().fold(0.0, f64::max);
+        let p = PerRun::median(&r.phases);
+        let exact = match r.exact {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "-",
+        };
+        println!(
+            "{:<34} {m:>8.0} {:>15} {:>5.2}x {exact:>5} | {:>7.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>7.1}",
+            r.name,
+            format!("{min:.0}..{max:.0}"),
+            ratio(i),
+            p.restore,
+            p.input,
+            p.resume,
+            p.wait,
+            p.mutation,
+            p.feedback,
+            p.other,
+            p.total()
+        );
+    }
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    let raw_restore = PerRun::median(&rows[RAW_EXACT].phases).restore;
+    let restore_of = |i: usize| median(&rows[i].restores.iter().map(|r| r.1).collect::<Vec<_>>());
+    for (i, what) in [(XP_EXACT, "xenprobe loop"), (CAMPAIGN, "campaign")] {
+        if rows[i].restores.is_empty() {
+            continue;
+        }
+        let q = restore_of(i) / raw_restore.max(1e-9);
+        println!(
+            "restore, {what}: {:.1} us a restore = {q:.2}x the raw loop's PEEK + copy ({raw_restore:.1} us)  target <= 1.2x ({})",
+            restore_of(i),
+            met(q <= 1.2)
+        );
+    }
+    if !rows[CAMPAIGN].rates.is_empty() {
+        let q = ratio(CAMPAIGN);
+        println!(
+            "campaign without input-to-state: {q:.2}x the raw exact loop  target >= 0.85x ({})",
+            met(q >= 0.85)
+        );
+    }
+    if !rows[CAMPAIGN_I2S].rates.is_empty() {
+        let q = ratio(CAMPAIGN_I2S);
+        println!(
+            "campaign with input-to-state: {q:.2}x the raw exact loop  target >= 0.7x ({})",
+            met(q >= 0.7)
+        );
+        let on_off = ratio(CAMPAIGN_I2S) / ratio(CAMPAIGN).max(1e-9);
+        let cov = |i: usize| {
+            rows[i]
+                .covered
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        let share = median(
+            &rows[CAMPAIGN_I2S]
+                .i2s
+                .iter()
+                .map(|x| x.0)
+                .collect::<Vec<_>>(),
+        );
+        let (traced, cands) = rows[CAMPAIGN_I2S]
+            .i2s
+            .iter()
+            .fold((0, 0), |a, x| (a.0 + x.1, a.1 + x.2));
+        let more = rows[CAMPAIGN_I2S]
+            .covered
+            .iter()
+            .zip(&rows[CAMPAIGN].covered)
+            .any(|(a, b)| a > b);
+        println!(
+            "input-to-state on / off: {on_off:.2}x (stage {:.0}% of the time, {traced} traced runs and {cands} candidates in all; blocks covered {} against {})  target >= 0.8x unless it finds coverage ({})",
+            share * 100.0,
+            cov(CAMPAIGN_I2S),
+            cov(CAMPAIGN),
+            if on_off >= 0.8 {
+                "met"
+            } else if more {
+                "below, but it found more coverage"
+            } else {
+                "NOT met"
+            }
         );
     }
 }

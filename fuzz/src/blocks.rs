@@ -82,10 +82,16 @@ pub fn select_functions(elf: &[u8], patterns: &[String]) -> Result<Vec<Function>
             })
         })
         .collect();
-    for r in ranges {
+    add_ranges(&mut out, ranges.into_iter());
+    Ok(out)
+}
+
+/// Adds the address-range patterns (`0xSTART-0xEND`) to the functions
+/// selected by name, each as one code region (functions wholly inside a
+/// range keep their names; the range covers the rest), and sorts.
+pub fn add_ranges<'a>(out: &mut Vec<Function>, patterns: impl Iterator<Item = &'a String>) {
+    for r in patterns {
         if let Some((a, b)) = parse_range(r) {
-            // Functions wholly inside the range keep their names; the range
-            // itself covers the rest.
             out.retain(|f| !(f.addr >= a && f.addr.saturating_add(f.size) <= b));
             out.push(Function {
                 name: format!("range@{a:#x}"),
@@ -96,7 +102,6 @@ pub fn select_functions(elf: &[u8], patterns: &[String]) -> Result<Vec<Function>
     }
     out.sort_by_key(|f| f.addr);
     out.dedup_by_key(|f| f.addr);
-    Ok(out)
 }
 
 /// Bytes of the image at `[addr, addr+len)` (from the section holding them).

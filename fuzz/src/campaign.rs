@@ -13,11 +13,11 @@ use libafl::events::{
     ProgressReporter, SendExiting,
 };
 use libafl::feedbacks::MaxMapFeedback;
-use libafl::fuzzer::{Evaluator, Fuzzer, HasObjective, StdFuzzer};
+use libafl::fuzzer::{Evaluator, Fuzzer, HasFeedback, HasObjective, StdFuzzer};
 use libafl::inputs::BytesInput;
 use libafl::mutators::{havoc_mutations, tokens_mutations, HavocScheduledMutator, Tokens};
 use libafl::schedulers::QueueScheduler;
-use libafl::stages::StdMutationalStage;
+use libafl::stages::{MutationalStage, StdMutationalStage};
 use libafl::state::{HasCorpus, HasExecutions, HasSolutions, StdState};
 use libafl::HasMetadata;
 use libafl_bolts::rands::StdRand;
@@ -33,6 +33,8 @@ use crate::lcov::LineMap;
 use crate::progress::{write_reports, Finding, Progress, ReportInfo, Sample};
 use crate::report::{CrashReport, Outcome};
 use crate::session::{Session, TargetSpec};
+use crate::timed::Timed;
+use xenprobe::xen::Stamp;
 
 /// Havoc stacks 2, 4 or 8 mutations per mutant (`1 << (1 + rand(3))`), not
 /// LibAFL's default of up to 128: the sample targets read short streams of
@@ -131,6 +133,39 @@ pub struct CampaignSummary {
     /// Runs checked for determinism and those that repeated
     /// ([`Session::stability`]).
     pub stability: (u64, u64),
+    /// Where the time went.
+    pub split: TimeSplit,
+    /// The input-to-state stage's traced runs and candidate inputs.
+    pub i2s_runs: (u64, u64),
+}
+
+/// Where a campaign's time went, in total. The guest-run phases include
+/// the runs a session makes on its own (an input that found new coverage
+/// is run twice to check its stability).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TimeSplit {
+    /// Restores of the snapshot (memory and vCPU).
+    pub restore: Duration,
+    /// Writing inputs into the guest.
+    pub input: Duration,
+    /// Replies that resume the guest.
+    pub resume: Duration,
+    /// Waiting for the guest's next event (its own work included).
+    pub wait: Duration,
+    /// Whole executions: the phases above and the session's own work
+    /// around them (coverage breakpoints, crash reports, stability runs).
+    pub runs: Duration,
+    /// Making mutants (havoc, and input-to-state's own mutants).
+    pub mutation: Duration,
+    /// Coverage and crash feedback on each run (saving new entries included).
+    pub feedback: Duration,
+    /// The input-to-state stage: its traced runs and candidate inputs
+    /// (their runs, mutation and feedback are in the fields above too).
+    pub i2s: Duration,
+    /// The campaign's wall time.
+    pub wall: Duration,
+    /// Restores made (full, or registers only in persistent mode).
+    pub restores: u64,
 }
 
 impl CampaignSummary {
@@ -349,8 +384,8 @@ where
         + SendExiting
         + EventReceiver<BytesInput, State>,
 {
-    let mut feedback = MaxMapFeedback::new(executor.inner().coverage_observer());
-    let mut objective = OutcomeFeedback::new(&opts.dir);
+    let mut feedback = Timed::new(MaxMapFeedback::new(executor.inner().coverage_observer()));
+    let mut objective = Timed::new(OutcomeFeedback::new(&opts.dir));
     let seed = opts.rng_seed.unwrap_or_else(libafl_bolts::current_nanos);
     let mut state = StdState::new(
         StdRand::with_seed(seed),
@@ -371,6 +406,9 @@ where
     state.add_metadata(dict);
     let mut fuzzer = StdFuzzer::new(QueueScheduler::new(), feedback, objective);
     let start = Instant::now();
+    // The loop's checks read the TSC: a clock read is a system call in a
+    // PV dom0, about 60 us in the lab (fuzz_one makes 1-128 runs).
+    let tsc_start = Stamp::now();
     // The DWARF lookups take seconds in the emulated dom0: done aside, the
     // reports get lcov.info once they are ready.
     let (lines_tx, lines_rx) = std::sync::mpsc::channel();
@@ -424,16 +462,19 @@ where
         HAVOC_STACK_POW,
     );
     let i2s = InputToStateStage::new(
-        HavocScheduledMutator::with_max_stack_pow(havoc_mutations(), HAVOC_STACK_POW),
+        Timed::new(HavocScheduledMutator::with_max_stack_pow(
+            havoc_mutations(),
+            HAVOC_STACK_POW,
+        )),
         cmplog,
     );
-    let mut stages = tuple_list!(StdMutationalStage::new(mutator), i2s);
+    let mut stages = tuple_list!(StdMutationalStage::new(Timed::new(mutator)), i2s);
     let mut found = Vec::new();
-    let mut last_sample: Option<Instant> = None;
-    let mut last_report: Option<Instant> = None;
+    let mut last_sample: Option<Stamp> = None;
+    let mut last_report: Option<Stamp> = None;
     let mut seen_files = 0;
     loop {
-        let done = start.elapsed() >= opts.time || xenprobe::vmi::cleanup::interrupted();
+        let done = tsc_start.elapsed() >= opts.time || xenprobe::vmi::cleanup::interrupted();
         let obj = fuzzer.objective();
         let mut stop = false;
         for f in &obj.new_files[seen_files..] {
@@ -452,8 +493,8 @@ where
         stop |= all_found(&opts.stop_when_found, &progress.findings);
         let covered = executor.inner().session().covered();
         if done || stop || last_sample.is_none_or(|l| l.elapsed() >= Duration::from_secs(1)) {
-            last_sample = Some(Instant::now());
-            let t = start.elapsed().as_secs_f64();
+            last_sample = Some(Stamp::now());
+            let t = tsc_start.elapsed().as_secs_f64();
             let sample = Sample {
                 t,
                 execs: *state.executions(),
@@ -495,7 +536,7 @@ where
             };
         }
         if finished || last_report.is_none_or(|l| l.elapsed() >= REPORT_EVERY) {
-            last_report = Some(Instant::now());
+            last_report = Some(Stamp::now());
             let info = ReportInfo {
                 title: title(opts),
                 image: &opts.target.image,
@@ -519,17 +560,34 @@ where
         mgr.maybe_report_progress(&mut state, PROGRESS_EVERY)?;
         fuzzer.fuzz_one(&mut stages, executor, &mut state, mgr)?;
     }
+    let t = executor.inner().session().timings;
+    let i2s = &stages.1 .0;
+    let split = TimeSplit {
+        restore: t[0],
+        input: t[1],
+        resume: t[3],
+        wait: t[4],
+        runs: executor.inner().time_in_runs(),
+        mutation: stages.0.mutator().time + i2s.mutator().time,
+        feedback: fuzzer.feedback().time + fuzzer.objective().time,
+        i2s: i2s.time[0] + i2s.time[1],
+        wall: start.elapsed(),
+        restores: {
+            let c = executor.inner().session().counters;
+            c.full_restores + c.register_resets
+        },
+    };
     if opts.progress {
-        let t = executor.inner().session().timings;
         eprintln!();
         if cmplog {
-            let i2s = &stages.1 .0;
             eprintln!(
-                "[xenprobe-fuzz] input-to-state: {} traced runs ({:.1} s), {} candidate inputs ({:.1} s)",
+                "[xenprobe-fuzz] input-to-state: {} traced runs ({:.1} s), {} candidate inputs ({:.1} s), {} new corpus entries; {:.0}% of the time",
                 i2s.traced,
                 i2s.time[0].as_secs_f64(),
                 i2s.candidates,
-                i2s.time[1].as_secs_f64()
+                i2s.time[1].as_secs_f64(),
+                i2s.found,
+                100.0 * split.i2s.as_secs_f64() / split.wall.as_secs_f64().max(1e-9)
             );
         }
         eprintln!(
@@ -545,6 +603,17 @@ where
             t[3].as_secs_f64(),
             t[4].as_secs_f64(),
             opts.dir.display()
+        );
+        eprintln!(
+            "[xenprobe-fuzz] time in whole runs {:.1} s, mutation {:.1} s, feedback {:.1} s, the rest (scheduling, corpus, reports) {:.1} s of {:.1} s",
+            split.runs.as_secs_f64(),
+            split.mutation.as_secs_f64(),
+            split.feedback.as_secs_f64(),
+            split
+                .wall
+                .saturating_sub(split.runs + split.mutation + split.feedback)
+                .as_secs_f64(),
+            split.wall.as_secs_f64()
         );
     }
     let obj = fuzzer.objective();
@@ -562,6 +631,8 @@ where
         resumed,
         seeded,
         stability: executor.inner().session().stability(),
+        split,
+        i2s_runs: (i2s.traced, i2s.candidates),
     })
 }
 

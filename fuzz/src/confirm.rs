@@ -3,7 +3,9 @@
 //! guests) a run that reached its end can miss the per-run timeout because
 //! the event arrives late; a real hang times out every time.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use xenprobe::xen::Stamp;
 
 use libafl::executors::{Executor, ExitKind, HasObservers};
 use libafl::inputs::BytesInput;
@@ -37,7 +39,7 @@ pub struct ConfirmingExecutor {
     retries: u32,
     /// Timeouts that did not repeat (not reported as hangs).
     pub dismissed: u64,
-    created: Instant,
+    created: Stamp,
 }
 
 impl ConfirmingExecutor {
@@ -47,7 +49,7 @@ impl ConfirmingExecutor {
             inner,
             retries,
             dismissed: 0,
-            created: Instant::now(),
+            created: Stamp::now(),
         }
     }
 
@@ -117,7 +119,7 @@ impl Traceable for ConfirmingExecutor {
         self.inner.take_comparisons()
     }
 
-    /// Wall time since the executor was made.
+    /// Wall time since the executor was made (the TSC: no system call).
     fn clock(&self) -> Duration {
         self.created.elapsed()
     }

@@ -11,7 +11,7 @@ use libafl_bolts::tuples::RefIndexable;
 use crate::cmplog::CmpValues;
 use crate::feedback::OutcomeObserver;
 use crate::report::Outcome;
-use crate::session::{Session, TIMING_SAMPLE};
+use crate::session::Session;
 
 /// Name of the block-coverage map observer.
 pub const COVERAGE_MAP: &str = "blocks";
@@ -72,8 +72,7 @@ impl XenExecutor {
     }
 
     /// Wall time spent inside [`Session::run`] (the rest of a campaign is
-    /// LibAFL's own work: mutation, feedback, corpus). An estimate from one
-    /// run in [`TIMING_SAMPLE`].
+    /// LibAFL's own work: mutation, feedback, corpus), timed with the TSC.
     pub fn time_in_runs(&self) -> std::time::Duration {
         self.in_runs
     }
@@ -119,9 +118,8 @@ where
         }
         *state.executions_mut() += 1;
         let bytes = input.target_bytes();
-        // Timed on one run in TIMING_SAMPLE (a clock read is a system call in dom0).
-        let timed = *state.executions() % u64::from(TIMING_SAMPLE) == 0;
-        let t = timed.then(std::time::Instant::now);
+        // The TSC: a clock read is a system call in a PV dom0.
+        let t = xenprobe::xen::Stamp::now();
         let run = if std::mem::take(&mut self.trace_next) {
             self.session.run_traced(&bytes).map(|(o, b, log)| {
                 self.comparisons = log;
@@ -130,9 +128,7 @@ where
         } else {
             self.session.run(&bytes)
         };
-        if let Some(t) = t {
-            self.in_runs += t.elapsed() * TIMING_SAMPLE;
-        }
+        self.in_runs += t.elapsed();
         let (outcome, new_blocks) =
             run.map_err(|e| Error::unknown(format!("running the guest: {e}")))?;
         for i in new_blocks {

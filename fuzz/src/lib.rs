@@ -17,6 +17,9 @@
 //!   sinks and the report read there.
 //! - [`structured`]: structured inputs (a type deriving `arbitrary::Arbitrary`
 //!   serialised into the guest).
+//! - [`bench`]: execution speed against the floor of the stack, and
+//!   [`rawloop`]: that floor, a raw C loop on Xen's libraries; [`timed`]:
+//!   LibAFL parts that time themselves.
 
 pub mod abi;
 pub mod bench;
@@ -34,6 +37,8 @@ pub mod lcov;
 pub mod minimize;
 pub mod plot;
 pub mod progress;
+pub mod rawloop;
 pub mod report;
 pub mod session;
 pub mod structured;
+pub mod timed;

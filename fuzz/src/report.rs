@@ -176,7 +176,7 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 /// Symbol and line of a frame. Return addresses (every frame but the
 /// first) are looked up at `addr - 1`: a call that never returns is often
 /// the last instruction of its function.
-fn symbolize(dom: &Domain, addr: u64, is_return: bool) -> Frame {
+pub fn symbolize(dom: &Domain, addr: u64, is_return: bool) -> Frame {
     let syms = dom.symbols().ok();
     let at = if is_return {
         addr.saturating_sub(1)

@@ -32,6 +32,9 @@ pub enum SessionError {
     /// The guest type cannot be fuzzed here.
     #[error("{0}")]
     Unsupported(String),
+    /// The guest did not boot to its start point (died or hung on the way).
+    #[error("{0}")]
+    Boot(String),
 }
 
 /// Result alias.
@@ -123,6 +126,28 @@ pub fn cfg_name(cfg: &str) -> Option<String> {
     })
 }
 
+/// Whether `xl` keeps a domain of config `cfg` that shut down for
+/// `reason`: its `on_poweroff`, `on_reboot`, `on_crash` or `on_watchdog` is
+/// `"preserve"` (xl's defaults destroy or restart it). Only such a domain
+/// may be taken back in place: xl acts on the others itself, at a moment
+/// of its choosing.
+pub fn kept_after(cfg: &str, reason: ShutdownReason) -> bool {
+    let key = match reason {
+        ShutdownReason::Poweroff => "on_poweroff",
+        ShutdownReason::Reboot => "on_reboot",
+        ShutdownReason::Crash => "on_crash",
+        ShutdownReason::Watchdog => "on_watchdog",
+        _ => return false,
+    };
+    cfg.lines()
+        .rev()
+        .find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == key).then(|| v.trim().trim_matches('"').trim_matches('\'').to_string())
+        })
+        .is_some_and(|v| v == "preserve")
+}
+
 fn xl(args: &[&str]) -> Result<()> {
     let out = Command::new("xl")
         .args(args)
@@ -155,12 +180,14 @@ pub const QUIET_SYM: &str = "xenprobe_quiet";
 /// from the ring without a blocking wait, its wake-up and its system calls.
 pub const DEFAULT_SPIN_US: u64 = 2000;
 
+/// Boots of a Linux guest tried before a session gives up: in the QEMU lab
+/// a PVH or HVM Linux boot now and then dies or hangs before userspace
+/// (docs/linux.md), PV boots do not.
+pub const KERNEL_BOOT_ATTEMPTS: u32 = 3;
+
 /// One run in this many is run twice to measure stability
 /// ([`Session::stability`]), besides every run that found new coverage.
 pub const STABILITY_SAMPLE: u64 = 1000;
-
-/// One run in this many has its phases timed ([`Session::timings`]).
-pub const TIMING_SAMPLE: u32 = 16;
 
 /// Where a run's input goes in the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,6 +290,12 @@ pub struct Session {
     /// The guest's PV console ring page, mapped, while output is discarded.
     console: Option<Mapping>,
     fresh: bool,
+    /// Unexpected shutdowns taken back in place ([`Session::revivals`]).
+    revivals: u32,
+    /// What the engine noticed the guest do, one line each, not yet taken
+    /// ([`Session::take_notices`]), and every line logged so far.
+    notices: Vec<String>,
+    noticed: BTreeSet<String>,
     /// Runs since memory was last at the snapshot.
     since_reset: u32,
     /// The next run must start from a full restore.
@@ -273,11 +306,11 @@ pub struct Session {
     /// What the last restore did.
     last_restore: Option<xenprobe::vmi::RestoreStats>,
     /// Time spent restoring, writing inputs, running, resuming and waiting
-    /// (for the summary). Estimates: measured on one run in
-    /// [`TIMING_SAMPLE`] and counted that many times (reading the clock is
-    /// a system call in a PV dom0, too dear for every run).
+    /// (for the summary), on every run but traced ones; measured with the
+    /// TSC ([`xenprobe::xen::Stamp`]: a clock read is a system call in a
+    /// PV dom0, as dear as a vm_event reply).
     pub timings: [Duration; 5],
-    /// Runs so far (picks the runs whose phases are timed).
+    /// Runs so far (picks the runs whose stability is checked).
     runs: u64,
     /// Runs checked for determinism, and those that repeated.
     stability: (u64, u64),
@@ -333,6 +366,9 @@ impl Session {
             prev_len: 0,
             console: None,
             fresh: true,
+            revivals: 0,
+            notices: Vec::new(),
+            noticed: BTreeSet::new(),
             since_reset: 0,
             reset_next: false,
             restarts: 0,
@@ -435,9 +471,77 @@ impl Session {
         self.covered.len()
     }
 
-    /// How often the guest had to be recreated (unexpected shutdowns).
+    /// How often the guest had to be recreated (unexpected shutdowns of a
+    /// domain the toolstack did not keep).
     pub fn restarts(&self) -> u32 {
         self.restarts
+    }
+
+    /// Unexpected shutdowns (triple faults, crashes or power-offs outside the
+    /// crash sinks) taken back in place: the domain was kept
+    /// (`on_*="preserve"`) and restored from the snapshot, no reboot.
+    pub fn revivals(&self) -> u32 {
+        self.revivals
+    }
+
+    /// What the guest did to the harness that the engine noticed and dealt
+    /// with since the last call, one line each: breakpoint bytes it
+    /// overwrote, copies of breakpoint bytes it ran, vCPUs it brought up
+    /// (see [`xenprobe::vmi::Notice`]). The first time a line comes up it
+    /// is also logged as a warning.
+    pub fn take_notices(&mut self) -> Vec<String> {
+        self.collect_notices();
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Takes the engine's notices, in words, with the sites by symbol.
+    fn collect_notices(&mut self) {
+        let Some(dom) = self.dom.as_mut() else {
+            return;
+        };
+        let found = dom.take_notices();
+        if found.is_empty() {
+            return;
+        }
+        let lines: Vec<String> = found
+            .iter()
+            .map(|n| describe_notice(dom, &self.roles, n))
+            .collect();
+        for line in lines {
+            if self.noticed.insert(line.clone()) {
+                tracing::warn!("{line}");
+            }
+            if self.notices.len() < 256 {
+                self.notices.push(line);
+            }
+        }
+    }
+
+    /// After a run that did not end at its end point: the end point's and
+    /// sinks' breakpoints the guest overwrote, as a note for the report
+    /// (empty if none): the outcome may then be the harness's blindness.
+    fn overwritten_exits(&mut self) -> String {
+        let Some(dom) = self.dom.as_ref() else {
+            return String::new();
+        };
+        let Ok(over) = dom.overwritten_breakpoints() else {
+            return String::new();
+        };
+        let names: Vec<String> = over
+            .iter()
+            .filter_map(|(id, _)| match self.roles.get(id) {
+                Some(Role::End) => Some(format!("{} (the end point)", self.spec.end_sym)),
+                Some(&Role::Sink(i)) => Some(format!("{} (a crash sink)", self.spec.sinks[i])),
+                _ => None,
+            })
+            .collect();
+        if names.is_empty() {
+            return String::new();
+        }
+        format!(
+            "; the guest overwrote xenprobe's breakpoint at {}: the run may have passed it unseen",
+            names.join(", ")
+        )
     }
 
     /// Number of comparison sites a traced run logs.
@@ -480,13 +584,21 @@ impl Session {
         self.plant(&mut dom)?;
         self.find_input(&mut dom, buffer)?;
         self.console = None;
-        if self.spec.discard_console && self.spec.kernel.is_none() {
-            self.console = self.map_console(&mut dom)?;
+        if self.spec.discard_console {
+            // A kernel prints through its own console driver, not the
+            // runtime's ring.
+            if self.spec.kernel.is_none() {
+                self.console = self.map_console(&mut dom)?;
+            }
             // A guest that offers the optional ABI byte skips its output
             // altogether: no ring writes, no notification, no dom0 wake-up.
             if let Ok(quiet) = dom.symbol(QUIET_SYM) {
                 dom.write_virt(quiet, &[1])?;
             }
+            // What the guest printed so far counts as read before the
+            // snapshot: restores then leave the ring page alone unless the
+            // guest writes it (xenprobe's writes to it are not tracked).
+            self.drain_console()?;
         }
         let info = dom.take_snapshot()?;
         tracing::info!(frames = info.frames, took = ?info.took, "snapshot taken");
@@ -508,9 +620,45 @@ impl Session {
     /// Creates the guest and lets it run to its start point; returns it
     /// with the input buffer a kernel harness's marker named.
     fn create(&mut self) -> Result<Started> {
+        let attempts = if self.spec.kernel.is_some() {
+            KERNEL_BOOT_ATTEMPTS
+        } else {
+            1
+        };
+        let mut attempt = 1;
+        loop {
+            match self.create_once() {
+                Err(SessionError::Boot(why)) if attempt < attempts => {
+                    tracing::warn!("boot {attempt} of {attempts} failed ({why}): booting again");
+                    attempt += 1;
+                }
+                Err(SessionError::Boot(why)) if attempts > 1 => {
+                    return Err(SessionError::Boot(format!("{why} (in {attempts} boots)")))
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn create_once(&mut self) -> Result<Started> {
         destroy(&self.name);
         let cfg = self.spec.cfg.display().to_string();
-        xl(&["create", "-q", "-p", &cfg])?;
+        let out = Command::new("xl")
+            .args(["create", "-q", "-p", &cfg])
+            .output()
+            .map_err(|e| SessionError::Setup(format!("running xl create {cfg}: {e}")))?;
+        if !out.status.success() {
+            // xl leaves no domain behind when it fails, but a half-built one
+            // would hold memory.
+            destroy(&self.name);
+            let text = std::fs::read_to_string(&self.spec.cfg).unwrap_or_default();
+            return Err(SessionError::Setup(xenprobe::xl::create_failed(
+                &cfg,
+                &text,
+                &[],
+                &String::from_utf8_lossy(&out.stderr),
+            )));
+        }
         let mut dom = Domain::attach(&self.xen, self.name.as_str())?;
         self.configure(&mut dom)?;
         let buffer = match self.spec.kernel.clone() {
@@ -645,11 +793,7 @@ impl Session {
         k: &KernelTarget,
     ) -> Result<Option<(u64, usize)>> {
         let Marker::Cpuid(leaf) = k.marker else {
-            return Err(SessionError::Unsupported(
-                "a kernel harness marked by start and end symbols is not supported yet: \
-                 use the cpuid marker (KF/x's 0x13371337) on a PVH or HVM guest"
-                    .into(),
-            ));
+            return self.reach_kernel_start_symbol(dom, k);
         };
         if dom.kind() == GuestKind::Pv {
             return Err(SessionError::Unsupported(format!(
@@ -668,14 +812,14 @@ impl Session {
                     ..
                 } if l == leaf => break (vcpu, subleaf),
                 Event::Timeout => {
-                    return Err(SessionError::Setup(format!(
+                    return Err(SessionError::Boot(format!(
                         "the guest's harness did not reach its start marker (cpuid {leaf:#x}) \
                          within {} s: is the harness's module loaded, does it run?",
                         k.boot_timeout.as_secs()
                     )))
                 }
                 Event::Shutdown { reason } => {
-                    return Err(SessionError::Setup(format!(
+                    return Err(SessionError::Boot(format!(
                         "the guest shut down ({reason:?}) before its harness reached the start \
                          marker (cpuid {leaf:#x}): an oops or panic outside the harness? See its \
                          console"
@@ -695,19 +839,129 @@ impl Session {
         Ok((regs.rsi != 0 && subleaf != 0).then_some((regs.rsi, subleaf as usize)))
     }
 
+    /// Boots a Linux guest to its harness's start symbol: a breakpoint, so
+    /// any guest type (PV through the debug hypervisor's gdbsx), planted
+    /// once the target's module is loaded (found by polling the kernel's
+    /// module list).
+    fn reach_kernel_start_symbol(
+        &mut self,
+        dom: &mut Domain,
+        k: &KernelTarget,
+    ) -> Result<Option<(u64, usize)>> {
+        let ko = k.modules.first().ok_or_else(|| {
+            SessionError::Setup(
+                "a harness marked by symbols needs its module (modules = [...])".into(),
+            )
+        })?;
+        let wanted = xenprobe::vmi::kernel::module_name(ko);
+        let timed_out = |what: &str| {
+            SessionError::Boot(format!(
+                "the guest did not {what} within {} s",
+                k.boot_timeout.as_secs()
+            ))
+        };
+        let only_kernel = xenprobe::vmi::KernelSymbols {
+            kernel: k.symbols.clone(),
+            modules: Vec::new(),
+        };
+        // Read before the guest runs: it takes seconds in an emulated dom0,
+        // and the guest must not get to its module meanwhile.
+        let syms = xenprobe::vmi::Symbols::load(&k.symbols)?;
+        if dom.kind() == GuestKind::Pv {
+            // At its link address, in memory as Xen loaded it.
+            dom.load_kernel_symbols_from(syms, &only_kernel)?;
+            xl(&["unpause", &self.name])?;
+        } else {
+            xl(&["unpause", &self.name])?;
+            // An HVM kernel's slide shows once it has set up its syscall entry.
+            let deadline = std::time::Instant::now() + k.boot_timeout;
+            while let Err(e) = dom.kaslr_slide_of(&syms) {
+                if std::time::Instant::now() >= deadline
+                    || dom
+                        .info()
+                        .map_or(true, |i| i.shutdown || i.crashed || i.dying)
+                {
+                    return Err(timed_out(&format!("set up its syscall entry ({e})")));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            dom.load_kernel_symbols_from(syms, &only_kernel)?;
+        }
+        // Breakpoints only once the module is there: a debugger's
+        // breakpoints take every int3 of the guest (PV: gdbsx), and the
+        // kernel's boot self-test and its text patching use int3. So the
+        // harness must wait a moment after its module loads (the sample's
+        // /init holds it a second on PV).
+        let deadline = std::time::Instant::now() + k.boot_timeout;
+        loop {
+            if dom.module_loaded(&wanted)? {
+                break;
+            }
+            if dom
+                .info()
+                .map_or(true, |i| i.shutdown || i.crashed || i.dying)
+            {
+                return Err(SessionError::Boot(format!(
+                    "the guest shut down before loading module {wanted}: an oops or panic \
+                     outside the harness? See its console"
+                )));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(timed_out(&format!("load module {wanted}")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        dom.load_module(ko)?;
+        let start = dom.add_breakpoint_at(&self.spec.start_sym)?;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match dom.wait_event(left)? {
+                Event::Breakpoint { id, .. } if id == start => break,
+                Event::Timeout => {
+                    return Err(timed_out(&format!(
+                        "reach {} (in module {wanted}) after loading the module: does the \
+                         harness wait for the fuzzer?",
+                        self.spec.start_sym
+                    )))
+                }
+                Event::Shutdown { reason } => {
+                    return Err(SessionError::Boot(format!(
+                        "the guest shut down ({reason:?}) before its harness reached {}: an \
+                         oops or panic outside the harness? See its console",
+                        self.spec.start_sym
+                    )))
+                }
+                _ => dom.resume()?,
+            }
+        }
+        dom.remove_breakpoint(start)?;
+        Ok(None)
+    }
+
     /// At the start point: the end marker, the kernel's and the modules'
     /// symbols, the covered code read from the guest.
     fn kernel_setup(&mut self, dom: &mut Domain, k: &KernelTarget) -> Result<()> {
-        let Marker::Cpuid(leaf) = k.marker else {
-            return Err(SessionError::Unsupported(
-                "only the cpuid marker is supported for kernel targets".into(),
-            ));
+        self.end_marker = match k.marker {
+            Marker::Cpuid(leaf) => {
+                dom.set_cpuid_marker(Some(leaf))?;
+                Some(leaf)
+            }
+            Marker::Symbols => None,
         };
-        dom.set_cpuid_marker(Some(leaf))?;
-        let info = dom.load_kernel_symbols(&xenprobe::vmi::KernelSymbols {
-            kernel: k.symbols.clone(),
-            modules: k.modules.clone(),
-        })?;
+        // The symbol route has loaded them on the way to the start point.
+        let loaded = dom.kernel_info().is_some_and(|i| {
+            k.modules.iter().all(|m| {
+                let name = xenprobe::vmi::kernel::module_name(m);
+                i.modules.iter().any(|l| l.name == name)
+            })
+        });
+        let info = match (loaded, dom.kernel_info()) {
+            (true, Some(i)) => i.clone(),
+            _ => dom.load_kernel_symbols(&xenprobe::vmi::KernelSymbols {
+                kernel: k.symbols.clone(),
+                modules: k.modules.clone(),
+            })?,
+        };
         tracing::info!(
             slide = format_args!("{:#x}", info.slide),
             from = info.slide_from,
@@ -717,7 +971,6 @@ impl Session {
         );
         self.funcs = kernel::functions_in_guest(dom, &self.spec.cover)?;
         self.derive_code()?;
-        self.end_marker = Some(leaf);
         Ok(())
     }
 
@@ -987,7 +1240,7 @@ impl Session {
     pub fn run(&mut self, input: &[u8]) -> Result<(Outcome, Vec<usize>)> {
         let encoded = crate::structured::guest_bytes(self.spec.input_format.as_ref(), input);
         let input: &[u8] = &encoded;
-        self.timed = self.runs % u64::from(TIMING_SAMPLE) == 0;
+        self.timed = true;
         self.runs += 1;
         let t0 = self.clock();
         let clean = self.prepare()?;
@@ -999,6 +1252,7 @@ impl Session {
         if !matches!(outcome, Outcome::Ok) || !blocks.is_empty() {
             self.reset_next = true;
         }
+        self.collect_notices();
         if clean || matches!(outcome, Outcome::Ok) {
             return Ok((outcome, blocks));
         }
@@ -1137,14 +1391,14 @@ impl Session {
     }
 
     /// Now, on a timed run.
-    fn clock(&self) -> Option<std::time::Instant> {
-        self.timed.then(std::time::Instant::now)
+    fn clock(&self) -> Option<xenprobe::xen::Stamp> {
+        self.timed.then(xenprobe::xen::Stamp::now)
     }
 
-    /// Adds the time since `since` (a timed run) to phase `i`, weighted.
-    fn add_time(&mut self, i: usize, since: Option<std::time::Instant>) {
+    /// Adds the time since `since` (a timed run) to phase `i`.
+    fn add_time(&mut self, i: usize, since: Option<xenprobe::xen::Stamp>) {
         if let Some(t) = since {
-            self.timings[i] += t.elapsed() * TIMING_SAMPLE;
+            self.timings[i] += t.elapsed();
         }
     }
 
@@ -1193,10 +1447,12 @@ impl Session {
     pub fn check_reset(&mut self) -> Result<SnapshotCheck> {
         let start = format!("the start point ({:#x})", self.start_rip);
         let rip = self.start_rip;
-        let id = self.dom()?.add_breakpoint(rip)?;
         self.reset_next = true;
+        // Planted after the reset: the guest's last run may have left page
+        // tables that do not map the start point (or nothing at all).
+        self.prepare()?;
+        let id = self.dom()?.add_breakpoint(rip)?;
         let result = (|| -> Result<SnapshotCheck> {
-            self.prepare()?;
             self.unwrite_input()?;
             let wait = self.spec.timeout.max(Duration::from_secs(5));
             let dom = self.dom()?;
@@ -1213,6 +1469,7 @@ impl Session {
         })();
         let removed = self.dom()?.remove_breakpoint(id);
         self.reset_next = true;
+        self.collect_notices();
         let check = result?;
         removed?;
         Ok(check)
@@ -1288,7 +1545,10 @@ impl Session {
                     let dom = self.dom()?;
                     dom.pause()?;
                     let rip = dom.regs(0)?.rip;
-                    let r = report::report_at(dom, "hang", 0, rip, String::new())?;
+                    let note = self.overwritten_exits();
+                    let dom = self.dom()?;
+                    let mut r = report::report_at(dom, "hang", 0, rip, String::new())?;
+                    r.message = note.trim_start_matches("; ").to_string();
                     return Ok((Outcome::Hang(r), new_blocks));
                 }
                 Event::Shutdown { reason } => {
@@ -1298,24 +1558,45 @@ impl Session {
                         ShutdownReason::Poweroff => "exited",
                         _ => "shutdown",
                     };
+                    let mut message = format!("the domain shut down ({reason:?})");
+                    // A domain the toolstack keeps is taken back in place and
+                    // restored from the snapshot by the next run; else booted anew.
+                    let cfg = std::fs::read_to_string(&self.spec.cfg).unwrap_or_default();
+                    let undone = if kept_after(&cfg, reason) {
+                        self.dom()?.undo_shutdown()
+                    } else {
+                        Err(xenprobe::vmi::Error::State(format!(
+                            "{} does not keep the domain after {reason:?}",
+                            self.spec.cfg.display()
+                        )))
+                    };
+                    match undone {
+                        Ok(_) => {
+                            self.revivals += 1;
+                            self.reset_next = true;
+                            message += &self.overwritten_exits();
+                        }
+                        Err(e) => {
+                            tracing::debug!("booting the guest again: {e}");
+                            self.restart()?;
+                        }
+                    }
                     let r = CrashReport {
                         kind: kind.into(),
                         site: kind.into(),
                         rip: 0,
                         fault_address: None,
-                        message: format!("the domain shut down ({reason:?})"),
+                        message,
                         backtrace: Vec::new(),
                     };
-                    self.restart()?;
                     return Ok((Outcome::Crash(r), new_blocks));
                 }
             }
         }
     }
 
-    /// Recreates the guest after an unexpected shutdown (coverage
-    /// breakpoints already hit stay removed).
-    /// TODO(engine): restore in place with XEN_DOMCTL_resumedomain instead.
+    /// Recreates the guest after an unexpected shutdown of a domain the
+    /// toolstack did not keep (coverage breakpoints already hit stay removed).
     fn restart(&mut self) -> Result<()> {
         self.restarts += 1;
         self.input_maps.clear();
@@ -1389,9 +1670,66 @@ impl Session {
     }
 }
 
+/// `symbol+0xoff` of an address, or the bare address.
+fn site_name(dom: &Domain, addr: u64) -> String {
+    dom.symbols()
+        .ok()
+        .and_then(|s| s.symbolize(addr))
+        .map(|(s, off)| format!("{}+{off:#x}", s.name))
+        .unwrap_or_else(|| format!("{addr:#x}"))
+}
+
+/// A [`xenprobe::vmi::Notice`] in words, the breakpoint named by symbol and
+/// by what it is to the session.
+fn describe_notice(
+    dom: &Domain,
+    roles: &HashMap<BreakpointId, Role>,
+    n: &xenprobe::vmi::Notice,
+) -> String {
+    use xenprobe::vmi::Notice;
+    let what = |id: &BreakpointId| match roles.get(id) {
+        Some(Role::End) => "the end point",
+        Some(Role::Sink(_) | Role::KernelSink(..)) => "a crash sink",
+        Some(Role::Cover(_)) => "a coverage block",
+        Some(Role::Cmp) => "a comparison site",
+        None => "a breakpoint",
+    };
+    match n {
+        Notice::Overwritten { id, addr, byte } => format!(
+            "the guest overwrote xenprobe's breakpoint at {} ({}) with {byte:#04x}: not seen \
+             while the byte was the guest's; the restore planted it again",
+            site_name(dom, *addr),
+            what(id)
+        ),
+        Notice::CopyRepaired { id, addr, at, .. } => format!(
+            "the guest ran a copy of the code at {} ({}, its breakpoint byte included) at \
+             {at:#x}: the copy got the original byte back; not counted as a hit",
+            site_name(dom, *addr),
+            what(id)
+        ),
+        Notice::VcpuReset { vcpu } => {
+            format!("the guest brought up vCPU {vcpu} during a run: the restore put it down again")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_preserved_domain_is_taken_back() {
+        let cfg =
+            "name=\"g\"\non_poweroff=\"destroy\"\non_reboot = \"preserve\"\non_crash='preserve'\n";
+        assert!(kept_after(cfg, ShutdownReason::Reboot));
+        assert!(kept_after(cfg, ShutdownReason::Crash));
+        assert!(!kept_after(cfg, ShutdownReason::Poweroff));
+        assert!(
+            !kept_after("name=\"g\"\n", ShutdownReason::Reboot),
+            "xl restarts it by default"
+        );
+        assert!(!kept_after(cfg, ShutdownReason::Destroyed));
+    }
 
     #[test]
     fn reads_the_domain_name() {

@@ -7,3 +7,4 @@ pub mod stub;
 pub mod testing;
 pub mod vmi;
 pub mod xen;
+pub mod xl;

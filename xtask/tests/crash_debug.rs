@@ -447,8 +447,11 @@ fn lldb_at_a_bug_in_a_linux_module() {
     c.args(["-c", &script]);
     let out = run_debugger(c);
     let (ok, log) = r.finish();
+    // The last frame #0 is bt's: LLDB prints one at the stop, before the
+    // module is loaded.
     let frame0 = out
         .lines()
+        .rev()
         .find(|l| l.contains("frame #0:"))
         .unwrap_or_default();
     assert!(

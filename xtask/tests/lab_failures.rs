@@ -166,3 +166,96 @@ fn a_truncated_state_leads_to_a_cold_boot_with_a_message() {
     c.env("XENPROBE_LAB_DIR", &dir);
     assert!(run(c).status.success());
 }
+
+/// The lab's QEMU killed while `cargo xtask fuzz` runs a campaign in it (a
+/// lab of the test's own, so that the shared one stays up): the command
+/// ends at once and says that the lab's QEMU is gone, and the next command
+/// cleans up and boots the lab again.
+#[test]
+fn a_lab_killed_mid_campaign_is_named_and_the_next_command_recovers() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = scratch_lab("killed-mid-campaign");
+    let mut up = xtask(&["lab", "up"]);
+    up.env("XENPROBE_LAB_DIR", &dir);
+    assert!(run(up).status.success(), "the scratch lab boots");
+    let mut st = xtask(&["lab", "status"]);
+    st.env("XENPROBE_LAB_DIR", &dir);
+    let status = text(&run(st).stdout);
+    let pid = status
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("lab: stock: up (QEMU pid"))
+        .and_then(|s| s.split(',').next().map(|p| p.trim().to_string()))
+        .expect("status shows the QEMU pid");
+    // A campaign directory of its own (`--config`: named after the file).
+    let cfg = dir.join("labkill-tlv.toml");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::write(
+        &cfg,
+        format!(
+            "image = \"{}\"\nmode = \"pvh\"\nname = \"labkill-tlv\"\nmemory_mb = 32\ncover = [\"xenprobe_target\", \"crate:tlv\"]\n",
+            root.join("target/guests/tlv-pvh").canonicalize().expect("tlv-pvh is built").display()
+        ),
+    )
+    .expect("write the config");
+    let mut fuzz = xtask(&["fuzz", "--config"]);
+    fuzz.arg(&cfg)
+        .args(["--time", "300s", "--debug-build"])
+        .env("XENPROBE_LAB_DIR", &dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = fuzz.spawn().expect("xtask fuzz starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for l in BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
+            let l = String::from_utf8_lossy(&l).into_owned();
+            if l.contains("blocks instrumented") {
+                let _ = tx.send(());
+            }
+            all.push_str(&l);
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(Duration::from_secs(600))
+        .expect("the campaign started fuzzing in the scratch lab");
+    std::thread::sleep(Duration::from_secs(2));
+    let killed = Instant::now();
+    let st = std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = child.wait().expect("xtask fuzz ends");
+    let took = killed.elapsed();
+    let err = reader.join().expect("stderr reader");
+    eprintln!("--- xtask fuzz ({status}, {took:?} after the kill):\n{err}");
+    assert!(!status.success(), "xtask fuzz failed: {status}");
+    assert!(
+        took < Duration::from_secs(30),
+        "xtask fuzz took {took:?} to notice"
+    );
+    assert!(
+        err.contains(&format!("lab's QEMU (pid {pid}) is gone")),
+        "says that the lab's QEMU is gone: {err}"
+    );
+    assert!(
+        err.contains("The next lab command cleans up"),
+        "says what happens next: {err}"
+    );
+    // The next command recovers.
+    let mut next = xtask(&["lab", "run", "--", "sh", "-c", "echo alive"]);
+    next.env("XENPROBE_LAB_DIR", &dir);
+    let out = run(next);
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout), "alive\n");
+    assert!(text(&out.stderr).contains("cleaning up after"));
+    let mut down = xtask(&["lab", "down"]);
+    down.env("XENPROBE_LAB_DIR", &dir);
+    assert!(run(down).status.success());
+}

@@ -7,20 +7,43 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use xenprobe_fuzz::bench::{self, BenchOptions};
+use xenprobe_fuzz::bench::{self, BenchOptions, FloorOptions};
 use xenprobe_fuzz::executor::XenExecutor;
-use xenprobe_fuzz::session::{Session, TargetSpec};
+use xenprobe_fuzz::session::{Session, TargetSpec, DEFAULT_SPIN_US};
+use xenprobe_fuzz::{config, rawloop};
 
-/// Measures execs/s of a fuzz-target guest: floor, reset strategies, LibAFL share.
+/// Measures execs/s of a fuzz-target guest: against the raw C loop
+/// (`xenprobe-rawloop`) with campaigns, then the reset strategies against
+/// xenprobe's own floor and LibAFL's share.
 #[derive(Parser, Debug)]
 #[command(name = "xenprobe-fuzz-bench")]
 struct Args {
     /// The guest's xl configuration.
-    #[arg(long)]
-    cfg: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    cfg: Option<PathBuf>,
     /// The guest's ELF image.
+    #[arg(long, required_unless_present = "config")]
+    image: Option<PathBuf>,
+    /// A guest described in TOML (as `xenprobe-fuzz --config`), instead of
+    /// --cfg/--image/--krate.
     #[arg(long)]
-    image: PathBuf,
+    config: Option<PathBuf>,
+    /// The raw C loop (`xenprobe-rawloop`; default: next to this binary or
+    /// in target/bench/). Without it the comparison is skipped.
+    #[arg(long)]
+    raw_loop: Option<PathBuf>,
+    /// Seconds of each campaign of the comparison (0: no campaign rows).
+    #[arg(long, default_value_t = 15)]
+    campaign_secs: u64,
+    /// RNG seed of the comparison's campaigns (the same every round).
+    #[arg(long, default_value_t = 7)]
+    rng_seed: u64,
+    /// Skip the reset-strategy section (the comparison only).
+    #[arg(long)]
+    no_strategies: bool,
+    /// Skip the comparison with the raw loop.
+    #[arg(long)]
+    no_floor: bool,
     /// Crate of the code under test.
     #[arg(long, default_value = "tlv")]
     krate: String,
@@ -61,7 +84,50 @@ fn main() {
 fn real_main() -> Result<()> {
     let a = Args::parse();
     xenprobe::vmi::cleanup::restore_on_ctrl_c().context("installing the Ctrl-C handler")?;
-    let target = TargetSpec::sample(&a.krate, a.cfg.clone(), a.image.clone());
+    let work = std::env::temp_dir().join(format!("xenprobe-fuzz-bench-{}", std::process::id()));
+    let (target, dictionary) = match &a.config {
+        Some(path) => {
+            let l = config::load(path, &work)?;
+            (l.target, l.dictionary)
+        }
+        None => {
+            let (Some(cfg), Some(image)) = (a.cfg.clone(), a.image.clone()) else {
+                anyhow::bail!("give --cfg and --image, or --config");
+            };
+            (TargetSpec::sample(&a.krate, cfg, image), Vec::new())
+        }
+    };
+    let guest = target
+        .cfg
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !a.no_floor {
+        match a.raw_loop.clone().or_else(rawloop::default_bin) {
+            Some(raw_bin) => {
+                let fopts = FloorOptions {
+                    raw_bin,
+                    rounds: a.rounds.max(1),
+                    batch: Duration::from_secs_f64(a.batch_secs.max(0.01)),
+                    campaign: Duration::from_secs(a.campaign_secs),
+                    spin: Duration::from_micros(DEFAULT_SPIN_US),
+                    inputs: a.inputs,
+                    rng_seed: a.rng_seed,
+                    dictionary,
+                };
+                let rows = bench::compare(&target, &fopts)?;
+                bench::print_comparison(&guest, &rows);
+            }
+            None => eprintln!(
+                "[bench] no xenprobe-rawloop (build it with `cargo xtask bench fuzz`, or give \
+                 --raw-loop): the comparison with the raw loop is skipped"
+            ),
+        }
+    }
+    if a.no_strategies {
+        let _ = std::fs::remove_dir_all(&work);
+        return Ok(());
+    }
     let opts = BenchOptions {
         target: target.clone(),
         execs: a.execs.max(1),
@@ -85,11 +151,7 @@ fn real_main() -> Result<()> {
     } else {
         None
     };
-    let guest = target
-        .cfg
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
     bench::print_table(&guest, &rows, libafl);
+    let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }

@@ -96,7 +96,8 @@ impl GuestDomain {
         let mut out = cmd
             .output()
             .context("running `xl create` (is this a Xen dom0?)")?;
-        if !out.status.success() {
+        if !out.status.success() && !crate::xl::out_of_memory(&String::from_utf8_lossy(&out.stderr))
+        {
             // `xl create` has been seen to crash now and then in the emulated
             // lab (heap corruption in its forked monitor, before the lab switched
             // FPU state eagerly): once more.
@@ -108,10 +109,17 @@ impl GuestDomain {
             out = cmd.output().context("running `xl create`")?;
         }
         if !out.status.success() {
+            let text = std::fs::read_to_string(&cfg).unwrap_or_default();
+            let mem = memory_mb.map(|mb| format!("memory={mb}"));
+            let overrides: Vec<&str> = mem.iter().map(String::as_str).collect();
             bail!(
-                "xl create {} failed: {}",
-                cfg.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
+                "{}",
+                crate::xl::create_failed(
+                    &cfg.display().to_string(),
+                    &text,
+                    &overrides,
+                    &String::from_utf8_lossy(&out.stderr),
+                )
             );
         }
         Ok(GuestDomain {

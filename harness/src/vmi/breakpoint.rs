@@ -108,6 +108,10 @@ pub(crate) struct Breakpoints {
     pub insn: Option<Box<dyn BreakpointInsn>>,
     by_va: HashMap<u64, BreakpointId>,
     by_frame: HashMap<u64, Vec<BreakpointId>>,
+    /// Breakpoints removed since debugging started, by physical address:
+    /// (id, address, original byte). Code the guest copied while one was
+    /// planted still carries its byte (see [`super::notice`]).
+    pub gone: HashMap<u64, (BreakpointId, u64, u8)>,
 }
 
 impl Breakpoints {
@@ -127,6 +131,7 @@ impl Breakpoints {
     pub fn remove(&mut self, id: BreakpointId) -> Option<Breakpoint> {
         let b = self.list.remove(&id)?;
         self.by_va.remove(&b.va);
+        self.gone.insert(b.pa, (id, b.va, b.orig));
         if let Some(v) = self.by_frame.get_mut(&(b.pa >> PAGE_SHIFT)) {
             v.retain(|&x| x != id);
             if v.is_empty() {
@@ -144,6 +149,15 @@ impl Breakpoints {
             .flatten()
             .filter_map(|id| self.list.get(id))
             .filter(|b| b.planted)
+    }
+
+    /// Every breakpoint (planted or not) whose byte lies in guest frame `gfn`.
+    pub fn in_frame(&self, gfn: u64) -> impl Iterator<Item = &Breakpoint> + '_ {
+        self.by_frame
+            .get(&gfn)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.list.get(id))
     }
 
     /// Original bytes of planted breakpoints in `[va, va+len)`.

@@ -2,13 +2,15 @@
 //!
 //! While attached, a small journal in dom0 (`/run/xenprobe/<domid>.json`,
 //! directory overridable with `XENPROBE_RUN_DIR`) records every planted
-//! breakpoint byte (physical address, original and planted byte) and whether
-//! a vm_event ring or PV debugging is on. It is written *before* memory is
+//! breakpoint byte (physical address, original and planted byte), whether
+//! a vm_event ring, PV debugging or log-dirty tracking is on, and the vCPUs
+//! whose trap flag a step set. It is written *before* memory is
 //! patched. Detach (explicit, on drop, or after Ctrl-C) restores the bytes,
 //! tears the ring down and resumes the guest, then deletes the journal. The
 //! next attach replays a journal it finds: restores bytes, disables the ring
 //! (`xc_monitor_disable` from a fresh process releases waiting vCPUs),
-//! switches PV debugging off and undoes stale pauses.
+//! switches PV debugging off, clears a trap flag set for a step that was cut
+//! short, turns log-dirty tracking off and undoes stale pauses.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::domain::{Domain, Xen};
 use super::error::{Error, Result};
 use super::events::Backend;
-use super::regs::{HvmRegisters, PvRegisters, RegisterBackend};
+use super::regs::{HvmRegisters, PvRegisters, RegisterBackend, RFLAGS_TF};
 use super::watchpoint::SavedDebugRegs;
 
 /// Environment variable overriding the journal directory.
@@ -59,6 +61,12 @@ struct JournalData {
     /// The guest's own debug registers per vCPU while watchpoints are armed.
     #[serde(default)]
     debugregs: Vec<(u32, SavedDebugRegs)>,
+    /// Log-dirty tracking was turned on (snapshots).
+    #[serde(default)]
+    logdirty: bool,
+    /// vCPUs whose trap flag xenprobe set for a single step.
+    #[serde(default)]
+    stepping: Vec<u32>,
 }
 
 /// The on-disk record of what an attached xenprobe changed in a domain.
@@ -130,6 +138,28 @@ impl Journal {
         self.save()
     }
 
+    /// Records that log-dirty tracking is on (or off again).
+    pub(crate) fn set_logdirty(&mut self, on: bool) -> Result<()> {
+        if self.data.logdirty == on {
+            return Ok(());
+        }
+        self.data.logdirty = on;
+        self.save()
+    }
+
+    /// Records that xenprobe set `vcpu`'s trap flag for a step (or cleared it).
+    pub(crate) fn set_stepping(&mut self, vcpu: u32, on: bool) -> Result<()> {
+        if self.data.stepping.contains(&vcpu) == on {
+            return Ok(());
+        }
+        if on {
+            self.data.stepping.push(vcpu);
+        } else {
+            self.data.stepping.retain(|&v| v != vcpu);
+        }
+        self.save()
+    }
+
     pub(crate) fn mark_attached(&mut self) -> Result<()> {
         self.save()
     }
@@ -196,7 +226,7 @@ pub fn recover(xen: &Xen, domid: u32, name: &str) -> Result<bool> {
                 mem.write_phys(b.pa, &[b.orig])?;
             }
         }
-        if !data.debugregs.is_empty() {
+        if !data.debugregs.is_empty() || !data.stepping.is_empty() {
             let kind = super::domain::kind_of(&xc.domain_info(domid)?);
             let backend: Box<dyn RegisterBackend> = if kind.is_hvm_container() {
                 Box::new(HvmRegisters::new(xc.domain_info(domid)?.max_vcpu_id + 1))
@@ -207,6 +237,21 @@ pub fn recover(xen: &Xen, domid: u32, name: &str) -> Result<bool> {
                 let mut r = backend.get(xc, domid, *vcpu, true)?;
                 saved.restore_into(&mut r, kind.is_hvm_container());
                 backend.set(xc, domid, *vcpu, &r, true)?;
+                backend.forget();
+            }
+            // A step cut short: the trap flag is ours, not the guest's.
+            for &vcpu in &data.stepping {
+                let mut r = backend.get(xc, domid, vcpu, true)?;
+                if r.rflags & RFLAGS_TF != 0 {
+                    r.rflags &= !RFLAGS_TF;
+                    backend.set(xc, domid, vcpu, &r, true)?;
+                }
+                backend.forget();
+            }
+        }
+        if data.logdirty {
+            if let Err(e) = xc.logdirty_off(domid) {
+                tracing::debug!("log-dirty already off: {e}");
             }
         }
         if data.monitor {

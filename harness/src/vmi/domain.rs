@@ -1,6 +1,6 @@
 //! Opening Xen, listing domains, attaching to one, pause/resume, registers.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::OnceLock;
 
 use crate::xen::{DomainInfo, ForeignMemory, HostCaps, XenCtrl};
@@ -135,15 +135,18 @@ impl Xen {
             .collect())
     }
 
-    /// Finds a domain by id or name.
+    /// Finds a domain by id or name. Of several domains of one name (one
+    /// being destroyed while its successor is created), a live one wins,
+    /// then the newest.
     pub fn find(&self, target: impl Into<DomainRef>) -> Result<DomainSummary> {
         let target = target.into();
         let all = self.domains()?;
         all.into_iter()
-            .find(|d| match &target {
+            .filter(|d| match &target {
                 DomainRef::Id(id) => d.domid == *id,
                 DomainRef::Name(n) => &d.name == n,
             })
+            .max_by_key(|d| (!d.info.dying, d.domid))
             .ok_or_else(|| {
                 Error::NoDomain(match target {
                     DomainRef::Id(id) => format!("id {id}"),
@@ -165,7 +168,7 @@ pub struct Domain {
     /// Our outstanding `xc_domain_pause` calls (and gdbsx debugger pauses).
     pub(crate) pause_count: u32,
     /// vCPUs stopped at an event, waiting for a response / resume.
-    pub(crate) pending: BTreeMap<u32, Pending>,
+    pub(crate) pending: super::vcpumap::VcpuMap<Pending>,
     /// Events seen while doing something else, delivered by the next `wait_event`.
     pub(crate) queued: VecDeque<Event>,
     pub(crate) backend: Backend,
@@ -192,6 +195,11 @@ pub struct Domain {
     pub(crate) kernel: Option<super::kernel::Kernel>,
     /// Detach leaves one pause in place ([`Domain::detach_paused`]).
     pub(crate) keep_paused: bool,
+    /// What the guest did that the engine noticed ([`Domain::take_notices`]).
+    pub(crate) notices: Vec<super::notice::Notice>,
+    /// The guest wrote a descriptor-table register (IDTR, GDTR, LDTR, TR)
+    /// since the vCPU state was last loaded: the next restore loads it all.
+    pub(crate) descriptors_changed: bool,
     pub(crate) detached: bool,
 }
 
@@ -236,7 +244,7 @@ impl Domain {
             caps,
             regs_backend,
             pause_count: 0,
-            pending: BTreeMap::new(),
+            pending: Default::default(),
             queued: VecDeque::new(),
             backend: Backend::None,
             bps: Breakpoints::default(),
@@ -252,6 +260,8 @@ impl Domain {
             cpuid_marker: None,
             kernel: None,
             keep_paused: false,
+            notices: Vec::new(),
+            descriptors_changed: false,
             detached: false,
         };
         dom.journal.mark_attached()?;

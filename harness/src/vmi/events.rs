@@ -5,14 +5,18 @@
 
 use std::time::{Duration, Instant};
 
-use crate::xen::{DebugEventType, MonitorRing, VmEventRegs, VmEventRequest, VmEventResponse};
+use crate::xen::{
+    DebugEventType, MonitorRing, Stamp, VmEventRegs, VmEventRequest, VmEventResponse,
+};
 use xen_sys as sys;
 
 use super::breakpoint::{BreakpointId, Icebp, Int3};
 use super::caps::{BreakpointInsnKind, GuestKind, BREAKPOINT_ENV};
 use super::domain::Domain;
 use super::error::{Error, Result};
+use super::pagewalk::{self, PagingMode};
 use super::watchpoint::WatchpointId;
+use crate::xen::PAGE_SHIFT;
 
 /// Why a domain shut down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,6 +245,15 @@ impl Deadline {
         self.left()
     }
 
+    /// How long to busy-poll at most: `spin`, bounded by the time left
+    /// (without reading the clock while the deadline has not started).
+    fn spin_bound(&mut self, spin: Duration) -> Duration {
+        match self.at {
+            None => spin.min(self.timeout.saturating_sub(self.passed)),
+            Some(_) => spin.min(self.left()),
+        }
+    }
+
     /// A wait before the first clock read took (at least) `d`.
     fn waited(&mut self, d: Duration) {
         if self.at.is_none() {
@@ -398,8 +411,10 @@ impl Domain {
                 return Ok(Some(Raw::Request(req)));
             }
             if !self.event_spin.is_zero() {
-                let now = Instant::now();
-                let until = now + self.event_spin.min(deadline.left_at(now));
+                // Bounded by the TSC: a clock read here would cost as much
+                // as the guest's whole run in a PV dom0.
+                let start = Stamp::now();
+                let until = start.after(deadline.spin_bound(self.event_spin));
                 loop {
                     for _ in 0..SPIN_CHECKS {
                         if let Some(req) = ring.get_request() {
@@ -407,10 +422,11 @@ impl Domain {
                         }
                         std::hint::spin_loop();
                     }
-                    if Instant::now() >= until {
+                    if Stamp::now() >= until {
                         break;
                     }
                 }
+                deadline.waited(start.elapsed());
             }
         }
         loop {
@@ -513,6 +529,16 @@ impl Domain {
                 return Ok(Decision::Stop(StopReason::Other, h.into_event(vcpu)));
             }
         }
+        if let Some((_, write)) = req.descriptor_access() {
+            // The guest moved (or read) a descriptor table: the vm_event's
+            // registers do not carry IDTR, LDTR or TR, so a restore must load
+            // the whole vCPU state. Xen emulates the instruction on reply.
+            self.descriptors_changed |= write;
+            if let Backend::Monitor(ring) = &mut self.backend {
+                ring.put_response(&req.response().emulate())?;
+            }
+            return Ok(Decision::Ignore);
+        }
         if let Some(c) = req.cpuid() {
             if self.cpuid_marker == Some(c.leaf) {
                 return Ok(Decision::Stop(
@@ -544,9 +570,22 @@ impl Domain {
             }
             _ => false,
         };
+        let mut foreign = None;
         if bp_event {
             let addr = self.bps.insn.as_ref().map_or(rip, |i| i.bp_address(rip));
-            if let Some(id) = self.bps.at(addr) {
+            // Where the vCPU really fetched the instruction: a breakpoint's
+            // address run from another frame (a page the guest mapped
+            // there, or code it copied) is not the breakpoint.
+            let pa = self.event_pa(&req.regs(), addr);
+            // (Not necessarily planted now: another vCPU may be stepping
+            // over it since this one trapped.)
+            let ours = self.bps.at(addr).filter(|id| {
+                self.bps
+                    .list
+                    .get(id)
+                    .is_some_and(|b| pa.is_none_or(|pa| pa >> PAGE_SHIFT == b.pa >> PAGE_SHIFT))
+            });
+            if let Some(id) = ours {
                 let hits = self.bps.list.get_mut(&id).map_or(0, |b| {
                     b.hits += 1;
                     b.hits
@@ -561,11 +600,24 @@ impl Domain {
                     },
                 ));
             }
+            if let Some(pa) = pa {
+                if let Some(n) = self.repair_copy(addr, pa)? {
+                    self.notice(n);
+                    // The vCPU runs the instruction again, now the original.
+                    self.respond(req)?;
+                    return Ok(Decision::Ignore);
+                }
+                foreign = Some(pa);
+            }
         }
         let detail = match (req.reason(), req.debug()) {
-            (sys::VM_EVENT_REASON_DEBUG_EXCEPTION, Some((t, len, _))) => {
-                format!("debug exception {t:?} (instruction length {len})")
-            }
+            (sys::VM_EVENT_REASON_DEBUG_EXCEPTION, Some((t, len, _))) => match foreign {
+                Some(pa) => format!(
+                    "debug exception {t:?} (instruction length {len}): a breakpoint instruction \
+                     xenprobe did not plant (pa {pa:#x}), or a copy of one that matches none"
+                ),
+                None => format!("debug exception {t:?} (instruction length {len})"),
+            },
             (sys::VM_EVENT_REASON_SOFTWARE_BREAKPOINT, _) => {
                 "int3 not planted by xenprobe".to_string()
             }
@@ -580,6 +632,40 @@ impl Domain {
             StopReason::Other,
             Event::Debug { vcpu, rip, detail },
         ))
+    }
+
+    /// The physical address `va` translates to with the page tables in the
+    /// registers a vm_event carried (None if the walk fails).
+    fn event_pa(&self, regs: &VmEventRegs, va: u64) -> Option<u64> {
+        let mode = PagingMode::from_regs(regs.cr0, regs.cr4, regs.msr_efer);
+        pagewalk::walk(mode, regs.cr3, va, |pa| self.mem.read_phys_u64(pa))
+            .ok()
+            .map(|t| t.pa)
+    }
+
+    /// Takes back the shutdown of a domain the toolstack kept
+    /// (`on_poweroff`/`on_reboot`/`on_crash="preserve"`): a triple fault, a
+    /// crash or a power-off the guest did on its own. The domain is left
+    /// stopped where its vCPUs stopped, for [`Domain::restore_snapshot`] to
+    /// bring it back; returns why it had shut down. Fails if it was not
+    /// shut down or is gone.
+    /// See docs/xen-vmi.md#crashes-and-triple-faults
+    pub fn undo_shutdown(&mut self) -> Result<ShutdownReason> {
+        let reason = self
+            .shutdown_state()?
+            .ok_or_else(|| Error::State(format!("domain {} is not shut down", self.domid)))?;
+        if reason == ShutdownReason::Destroyed {
+            return Err(Error::State(format!(
+                "domain {} was destroyed (on_poweroff/on_reboot/on_crash=\"destroy\"?)",
+                self.domid
+            )));
+        }
+        self.pause()?;
+        self.xen.xc.domain_resume(self.domid)?;
+        self.regs_backend.forget();
+        self.mem.invalidate();
+        tracing::debug!(domid = self.domid, ?reason, "shutdown taken back");
+        Ok(reason)
     }
 
     /// The domain paused itself for the debugger (PV): find the vCPU at a breakpoint.
@@ -679,7 +765,8 @@ impl Domain {
         }
         let mut deadline = Deadline::after(timeout);
         loop {
-            let (vcpu, request, decision) = match self.next_raw(&mut deadline)? {
+            let raw = self.next_raw(&mut deadline)?;
+            let (vcpu, request, decision) = match raw {
                 None => return Ok(Event::Timeout),
                 Some(Raw::Shutdown(reason)) => return Ok(Event::Shutdown { reason }),
                 Some(Raw::Request(req)) => (req.vcpu(), Some(req), self.decide(&req)?),

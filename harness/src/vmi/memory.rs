@@ -547,6 +547,22 @@ impl DirtyTracking {
         Ok(self.bitmap.dirty_pfns())
     }
 
+    /// [`DirtyTracking::clean`] (`clean`) or [`DirtyTracking::peek`] into
+    /// `out` (appended; no allocation when it has room). Also returns
+    /// whether frames beyond the bitmap ([`DirtyTracking::limit`]) were
+    /// made dirty since the last clean: Xen counts every dirty frame of
+    /// the domain, the bitmap reports those below its size.
+    pub(crate) fn fetch_into(&mut self, clean: bool, out: &mut Vec<u64>) -> Result<bool> {
+        let st = if clean {
+            self.bitmap.clean()?
+        } else {
+            self.bitmap.peek()?
+        };
+        let before = out.len();
+        self.bitmap.dirty_pfns_into(out);
+        Ok(beyond_bitmap(st.dirty_count, out.len() - before))
+    }
+
     /// Reports only frames `0..pages` from now on (a smaller bitmap). Xen
     /// fills every word of the bitmap on each call, zeroing the ranges with
     /// no dirty frame one by one: for an HVM/PVH guest whose bitmap reaches
@@ -558,6 +574,12 @@ impl DirtyTracking {
         }
         Ok(())
     }
+}
+
+/// Whether Xen's count of dirty frames (`dirty_count`, the whole domain)
+/// exceeds the `in_bitmap` frames a limited bitmap reported.
+pub(crate) fn beyond_bitmap(dirty_count: u32, in_bitmap: usize) -> bool {
+    dirty_count as usize > in_bitmap
 }
 
 impl Drop for DirtyTracking {
@@ -591,6 +613,10 @@ impl Domain {
             }
             _ => xc.domain_maximum_gpfn(self.domid)? + 1,
         };
+        // Journal first: a killed harness's tracking is turned off by the
+        // next attach.
+        self.journal.set_logdirty(true)?;
+        let xc = &self.xen.xc;
         xc.logdirty_enable(self.domid)?;
         let bitmap = match crate::xen::DirtyBitmap::new(xc, self.domid, pages) {
             Ok(b) => b,

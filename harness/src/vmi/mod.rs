@@ -41,7 +41,9 @@
 //!   function+offset and file:line).
 //! - Breakpoints: [`Domain::add_breakpoint`], [`Domain::add_breakpoint_at`]
 //!   (symbol), [`Domain::add_breakpoint_if`] (condition closure),
-//!   [`Domain::remove_breakpoint`], [`Domain::breakpoint_hits`].
+//!   [`Domain::remove_breakpoint`], [`Domain::breakpoint_hits`]; what the
+//!   guest did to them (bytes it overwrote, copies of them it ran, vCPUs it
+//!   brought up after a snapshot): [`Domain::take_notices`] ([`Notice`]).
 //! - Events: [`Domain::wait_event`] (blocking, with timeout), [`Domain::cont`]
 //!   (resume + wait), [`Domain::step`].
 //! - Log-dirty: [`Domain::track_dirty`] ([`DirtyTracking`]: clean/peek).
@@ -117,6 +119,7 @@ mod events;
 pub mod fork;
 pub mod kernel;
 mod memory;
+mod notice;
 pub mod pagewalk;
 mod regs;
 pub mod snapshot;
@@ -126,6 +129,7 @@ mod stack;
 mod step;
 pub mod symbols;
 pub mod unwind;
+mod vcpumap;
 pub mod watchpoint;
 
 pub use breakpoint::{BreakpointId, BreakpointInfo, Condition};
@@ -136,6 +140,7 @@ pub use events::{Event, ShutdownReason};
 pub use fork::SnapshotBackend;
 pub use kernel::{KernelInfo, KernelSymbols};
 pub use memory::{DirtyTracking, MemoryImage};
+pub use notice::Notice;
 pub use pagewalk::{PagingMode, Translation};
 pub use regs::{Registers, Segment, RFLAGS_TF};
 pub use snapshot::{

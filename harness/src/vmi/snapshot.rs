@@ -15,7 +15,9 @@
 //! PV guests: see [`super::snapshot_pv`] (by machine frame, restores by
 //! comparing all memory).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::Hasher;
 use std::time::Instant;
 
 use crate::xen::{HvmContext, HvmCpu, Prot, VmEventRegs, PAGE_SHIFT, PAGE_SIZE};
@@ -23,7 +25,7 @@ use crate::xen::{HvmContext, HvmCpu, Prot, VmEventRegs, PAGE_SHIFT, PAGE_SIZE};
 use super::caps::GuestKind;
 use super::domain::Domain;
 use super::error::{Error, Result};
-use super::events::StopReason;
+use super::events::{Backend, StopReason};
 use super::memory::{
     hvm_frame_ranges, DirtyTracking, WholeMap, HIGH_FIRST, SPECIAL_FIRST, WHOLE_CHUNK,
 };
@@ -145,7 +147,8 @@ pub struct SnapshotCheck {
     pub frames_ad_only: Vec<u64>,
     /// Fields of vCPU 0's CPU record that differ (the TSC is not compared).
     pub cpu_differ: Vec<&'static str>,
-    /// FNV-1a hash of all saved frames as they are now, and at the snapshot.
+    /// Hash (std's SipHash) of all saved frames as they are now, and at the
+    /// snapshot.
     pub hash_now: u64,
     /// Hash at the snapshot.
     pub hash_snapshot: u64,
@@ -176,8 +179,18 @@ pub(crate) struct Snapshot {
     /// Restores since the last CLEAN.
     since_clean: u32,
     /// Saved frames beyond the log-dirty bitmap (special pages under
-    /// 4 GiB): compared and restored on every full restore.
+    /// 4 GiB): compared and restored by a full restore when Xen counted a
+    /// dirty frame beyond the bitmap since the last CLEAN.
     untracked: Vec<u64>,
+    /// The frames of a restore (kept to reuse its allocation).
+    frames: Vec<u64>,
+    /// Each vCPU's RIP in `cpu` (index = vCPU).
+    rips: Vec<Option<u64>>,
+    /// vCPUs that were down at the snapshot (a restore resets them to down:
+    /// loading the context does not bring an up vCPU down).
+    down: Vec<u32>,
+    /// Frames log-dirty reported at the last restore (see [`clean_now`]).
+    last_dirty: usize,
     info: SnapshotInfo,
 }
 
@@ -321,6 +334,26 @@ pub(crate) fn cpu_differences(a: &HvmCpu, b: &HvmCpu) -> Vec<&'static str> {
     out
 }
 
+/// A PEEK that reported more dirty frames than this makes the next restore
+/// a CLEAN (see [`clean_now`]).
+const CLEAN_AFTER_DIRTY: usize = 1024;
+
+/// Whether this restore CLEANs the dirty bitmap (else it PEEKs):
+/// every run with [`RestoreStrategy::CleanEveryRun`]; every `n`th restore
+/// with [`RestoreStrategy::PeekCleanEvery`], and also right after a restore
+/// that found more than [`CLEAN_AFTER_DIRTY`] dirty frames. A PEEK reports
+/// every frame dirtied since the last CLEAN, so a run that wrote all of
+/// guest memory would otherwise make each of the next `n` restores copy it
+/// all back.
+fn clean_now(strategy: RestoreStrategy, since_clean: u32, last_dirty: usize) -> bool {
+    match strategy {
+        RestoreStrategy::CleanEveryRun => true,
+        RestoreStrategy::PeekCleanEvery(n) => {
+            since_clean + 1 >= n.max(1) || last_dirty > CLEAN_AFTER_DIRTY
+        }
+    }
+}
+
 /// Most special frames (under 4 GiB) left outside log-dirty tracking.
 const MAX_UNTRACKED: usize = 64;
 
@@ -361,16 +394,6 @@ fn limit_tracking(
     );
     Ok(above)
 }
-
-/// FNV-1a over a byte slice, continuing from `h`.
-fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    h
-}
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 impl Domain {
     /// Saves the stopped domain's memory and vCPU state as the domain's
@@ -455,6 +478,22 @@ impl Domain {
             }
         }
         let cpu = self.xen.xc.hvm_context(self.domid)?;
+        let rips = (0..=info.max_vcpu_id)
+            .map(|v| {
+                u16::try_from(v)
+                    .ok()
+                    .and_then(|v| cpu.cpu(v))
+                    .map(|c| c.rip)
+            })
+            .collect();
+        let mut down = Vec::new();
+        for v in 1..=info.max_vcpu_id {
+            if !self.xen.xc.vcpu_online(self.domid, v)? {
+                down.push(v);
+            }
+        }
+        self.watch_descriptors();
+        self.descriptors_changed = false;
         let event_regs = if info.max_vcpu_id == 0 && !self.regs_changed.contains(&0) {
             self.pending
                 .get(&0)
@@ -496,6 +535,10 @@ impl Domain {
             stack_gfns,
             since_clean: 0,
             untracked,
+            frames: Vec::new(),
+            rips,
+            down,
+            last_dirty: 0,
             info,
         });
         tracing::debug!(domid = self.domid, ?info, "snapshot taken");
@@ -528,9 +571,8 @@ impl Domain {
             .snapshot
             .take()
             .ok_or_else(|| Error::State("no snapshot taken".into()))?;
-        let result = self
-            .restore_memory(&mut snap)
-            .and_then(|st| self.restore_vcpus(&snap, st));
+        let result = self.restore_memory(&mut snap);
+        let result = result.and_then(|st| self.restore_vcpus(&snap, st));
         self.snapshot = Some(snap);
         result
     }
@@ -572,35 +614,118 @@ impl Domain {
     }
 
     fn restore_memory(&mut self, snap: &mut Snapshot) -> Result<RestoreStats> {
-        let clean = match self.restore_options.strategy {
-            RestoreStrategy::CleanEveryRun => true,
-            RestoreStrategy::PeekCleanEvery(n) => snap.since_clean + 1 >= n.max(1),
-        };
-        let dirty = if clean {
+        let clean = clean_now(
+            self.restore_options.strategy,
+            snap.since_clean,
+            snap.last_dirty,
+        );
+        if clean {
             snap.since_clean = 0;
-            snap.tracking.clean()?
         } else {
             snap.since_clean += 1;
-            snap.tracking.peek()?
-        };
-        let written: Vec<u64> = self.mem.written.drain().collect();
-        let frames: BTreeSet<u64> = dirty
-            .iter()
-            .chain(written.iter())
-            .chain(snap.untracked.iter())
-            .copied()
-            .collect();
-        let frames: Vec<u64> = frames.into_iter().collect();
-        let restored = self.copy_back(snap, &frames)?;
+        }
+        // One list, reused: the frames log-dirty reports, those xenprobe
+        // wrote, and the special frames beyond the bitmap when Xen counted
+        // a dirty frame there (else they still hold what they held at the
+        // last restore that compared them).
+        let mut frames = std::mem::take(&mut snap.frames);
+        frames.clear();
+        let beyond = snap.tracking.fetch_into(clean, &mut frames)?;
+        let dirty = frames.len();
+        snap.last_dirty = dirty;
+        self.note_overwritten(&frames)?;
+        let written = self.mem.written.len();
+        frames.extend(self.mem.written.drain());
+        if beyond {
+            frames.extend_from_slice(&snap.untracked);
+        }
+        frames.sort_unstable();
+        frames.dedup();
+        let restored = self.copy_back(snap, &frames);
+        snap.frames = frames;
+        let restored = restored?;
         self.mem.invalidate();
-        self.mem.written.clear();
         Ok(RestoreStats {
-            dirty: dirty.len(),
-            written: written.len(),
+            dirty,
+            written,
             restored,
             cleaned: clean,
             regs_in_reply: false,
         })
+    }
+
+    /// Notes the planted breakpoints whose byte the guest replaced in the
+    /// frames it dirtied ([`super::Notice::Overwritten`]), before a restore
+    /// writes those frames back.
+    fn note_overwritten(&mut self, dirty: &[u64]) -> Result<()> {
+        let frames: Vec<u64> = dirty
+            .iter()
+            .copied()
+            .filter(|&g| self.bps.planted_in_frame(g).next().is_some())
+            .collect();
+        if frames.is_empty() {
+            // The usual case, on every restore: no page buffer (a 4 KiB
+            // allocation and fill cost microseconds under emulation).
+            return Ok(());
+        }
+        let mut page = vec![0u8; PAGE_SIZE];
+        for gfn in frames {
+            self.mem.read_phys(gfn << PAGE_SHIFT, &mut page)?;
+            self.note_overwritten_in(gfn, &page);
+        }
+        Ok(())
+    }
+
+    /// Turns on descriptor-table events (HVM/PVH with a vm_event ring), so
+    /// that a guest that moves its IDT, GDT, LDT or TR is seen: the
+    /// vm_event registers the fast register reset loads do not carry them.
+    /// Without them (a hypervisor that lacks the event) restores load the
+    /// whole vCPU state.
+    fn watch_descriptors(&mut self) {
+        if let Backend::Monitor(ring) = &mut self.backend {
+            if !ring.descriptor_access() {
+                if let Err(e) = ring.set_descriptor_access(true) {
+                    tracing::info!(
+                        domid = self.domid,
+                        "descriptor-table events unavailable ({e}): restores load the whole vCPU state"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Whether a restore may reset the vCPU in the vm_event reply: no
+    /// descriptor-table register written since the last full load, and
+    /// such writes are watched.
+    fn descriptors_unchanged(&self) -> bool {
+        !self.descriptors_changed
+            && matches!(&self.backend, Backend::Monitor(r) if r.descriptor_access())
+    }
+
+    /// Before a restore loads the vCPUs: answers the requests still on the
+    /// ring (their vCPUs get the snapshot's state; returns how many) and
+    /// brings down the vCPUs the guest brought up since the snapshot.
+    fn settle_vcpus(&mut self, down: &[u32]) -> Result<usize> {
+        // Events seen before this restore belong to the runs it undoes.
+        self.queued.clear();
+        let stale = match &mut self.backend {
+            Backend::Monitor(ring) => ring.drain()?,
+            _ => 0,
+        };
+        for &v in down {
+            if !self.xen.xc.vcpu_online(self.domid, v)? {
+                continue;
+            }
+            if let Some(p) = self.pending.remove(&v) {
+                if let (Some(req), Backend::Monitor(ring)) = (&p.request, &mut self.backend) {
+                    ring.put_response(&req.response())?;
+                }
+            }
+            self.regs_changed.remove(&v);
+            self.xen.xc.vcpu_reset(self.domid, v)?;
+            self.notice(super::notice::Notice::VcpuReset { vcpu: v });
+        }
+        Ok(stale)
     }
 
     /// Copies `frames` back from the snapshot and plants the breakpoints
@@ -634,23 +759,22 @@ impl Domain {
     }
 
     fn restore_vcpus(&mut self, snap: &Snapshot, mut st: RestoreStats) -> Result<RestoreStats> {
+        let stale = self.settle_vcpus(&snap.down)?;
+        let fast = stale == 0 && self.descriptors_unchanged();
         // A vCPU stopped on a breakpoint sits on it after the restore only
         // if the snapshot's RIP is that breakpoint: else nothing to step over
         // (and no register read to find out).
         for (&vcpu, p) in self.pending.iter_mut() {
             p.reset_regs = None;
             if let StopReason::Breakpoint(id) = p.reason {
-                let saved_rip = u16::try_from(vcpu)
-                    .ok()
-                    .and_then(|v| snap.cpu.cpu(v))
-                    .map(|c| c.rip);
+                let saved_rip = snap.rips.get(vcpu as usize).copied().flatten();
                 if self.bps.list.get(&id).map(|b| b.va) != saved_rip {
                     p.reason = StopReason::Other;
                 }
             }
         }
         let reply = match (self.restore_options.registers, &snap.event_regs) {
-            (RegisterReset::EventReply, Some(saved)) if self.pending.len() == 1 => self
+            (RegisterReset::EventReply, Some(saved)) if fast && self.pending.len() == 1 => self
                 .pending
                 .get_mut(&0)
                 .filter(|p| {
@@ -665,6 +789,7 @@ impl Domain {
         if !reply {
             self.regs_backend.forget();
             self.xen.xc.set_hvm_context(self.domid, &snap.cpu)?;
+            self.descriptors_changed = false;
         }
         tracing::trace!(
             domid = self.domid,
@@ -674,8 +799,7 @@ impl Domain {
             "vCPU reset"
         );
         // Pending vm_event register copies no longer match the vCPUs.
-        let pending: Vec<u32> = self.pending.keys().copied().collect();
-        self.regs_changed.extend(pending);
+        self.regs_changed.extend(self.pending.keys().copied());
         self.mem.invalidate();
         st.regs_in_reply = reply;
         Ok(st)
@@ -719,17 +843,14 @@ impl Domain {
             .snapshot
             .as_ref()
             .ok_or_else(|| Error::State("no snapshot taken".into()))?;
-        let planted: Vec<(u64, u8)> = self
-            .bps
-            .list
-            .values()
-            .filter(|b| b.planted)
-            .map(|b| (b.pa, b.orig))
-            .collect();
         let mut gfns: Vec<u64> = snap.slot.keys().copied().collect();
         gfns.sort_unstable();
         let mut page = vec![0u8; PAGE_SIZE];
-        let (mut hash_now, mut hash_snapshot) = (FNV_OFFSET, FNV_OFFSET);
+        // One hash while every frame so far equals the snapshot's; two from
+        // the first difference on. std's SipHash is built optimised even
+        // in a debug build of xenprobe, which counts in an emulated dom0.
+        let mut hash_now = DefaultHasher::new();
+        let mut hash_snapshot: Option<DefaultHasher> = None;
         let mut frames_differ = Vec::new();
         let whole = self.mem.whole.borrow();
         let Some(whole) = whole.as_ref() else {
@@ -741,20 +862,39 @@ impl Domain {
                 continue;
             };
             whole.chunks[ci].1.read(off, &mut page)?;
-            for &(pa, orig) in planted.iter().filter(|(pa, _)| pa >> PAGE_SHIFT == gfn) {
-                page[pa as usize & (PAGE_SIZE - 1)] = orig;
+            for b in self.bps.planted_in_frame(gfn) {
+                page[b.pa as usize & (PAGE_SIZE - 1)] = b.orig;
             }
-            if page != saved {
+            let same = page == saved;
+            if !same {
                 frames_differ.push(gfn);
             }
-            hash_now = fnv1a(hash_now, &page);
-            hash_snapshot = fnv1a(hash_snapshot, saved);
+            match &mut hash_snapshot {
+                None if same => hash_now.write(saved),
+                None => {
+                    let mut h = hash_now.clone();
+                    h.write(saved);
+                    hash_now.write(&page);
+                    hash_snapshot = Some(h);
+                }
+                Some(h) => {
+                    hash_now.write(&page);
+                    h.write(saved);
+                }
+            }
         }
+        let hash_now = hash_now.finish();
+        let hash_snapshot = hash_snapshot.map_or(hash_now, |h| h.finish());
         let now = self.xen.xc.hvm_cpu(self.domid, 0)?;
-        let cpu_differ = match snap.cpu.cpu(0) {
+        let mut cpu_differ = match snap.cpu.cpu(0) {
             Some(saved) => cpu_differences(&now, &saved),
             None => vec!["cpu record missing from the snapshot"],
         };
+        for &v in &snap.down {
+            if self.xen.xc.vcpu_online(self.domid, v)? {
+                cpu_differ.push("a vCPU down at the snapshot is up");
+            }
+        }
         Ok(SnapshotCheck {
             frames: gfns.len(),
             frames_differ,
@@ -778,6 +918,9 @@ impl Domain {
         self.snapshot = None;
         self.pv_snapshot = None;
         self.mem.unmap_all();
+        if let Err(e) = self.journal.set_logdirty(false) {
+            tracing::warn!(domid = self.domid, "journal: {e}");
+        }
     }
 }
 
@@ -821,9 +964,16 @@ mod tests {
     }
 
     #[test]
-    fn fnv1a_matches_the_reference() {
-        assert_eq!(fnv1a(FNV_OFFSET, b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a(FNV_OFFSET, b"a"), 0xaf63_dc4c_8601_ec8c);
+    fn a_big_dirty_set_cleans_at_the_next_restore() {
+        let peek = RestoreStrategy::PeekCleanEvery(1000);
+        assert!(!clean_now(peek, 0, 25), "a usual run: PEEK");
+        assert!(clean_now(peek, 999, 25), "every 1000th restore CLEANs");
+        assert!(
+            clean_now(peek, 3, 8000),
+            "after a run that wrote all memory, CLEAN at once"
+        );
+        assert!(!clean_now(peek, 0, CLEAN_AFTER_DIRTY));
+        assert!(clean_now(RestoreStrategy::CleanEveryRun, 0, 0));
     }
 
     #[test]

@@ -152,7 +152,9 @@ impl Domain {
             StepMethod::TrapFlagMonitor | StepMethod::TrapFlagGdbsx => {
                 if !had_tf {
                     regs.rflags |= RFLAGS_TF;
-                    self.set_regs(vcpu, &regs)
+                    self.journal
+                        .set_stepping(vcpu, true)
+                        .and_then(|()| self.set_regs(vcpu, &regs))
                 } else {
                     Ok(())
                 }
@@ -174,6 +176,7 @@ impl Domain {
                         let mut r = self.regs(vcpu)?;
                         r.rflags &= !RFLAGS_TF;
                         self.set_regs(vcpu, &r)?;
+                        self.journal.set_stepping(vcpu, false)?;
                         if pushf && r.rip != start_rip {
                             let mut top = [0u8; 8];
                             self.read_virt_on(vcpu, r.rsp, &mut top)?;
@@ -318,6 +321,9 @@ impl Domain {
         let pushf = self.read_virt_on(vcpu, va, &mut insn).is_ok() && is_pushf(&insn, va);
         let had_tf = regs.rflags & RFLAGS_TF != 0;
         regs.rflags |= RFLAGS_TF;
+        if !had_tf {
+            self.journal.set_stepping(vcpu, true)?;
+        }
         self.unplant(id)?;
         self.pending.remove(&vcpu);
         if let Backend::Monitor(ring) = &mut self.backend {
@@ -342,6 +348,9 @@ impl Domain {
         }
         if let Backend::Monitor(ring) = &mut self.backend {
             ring.put_response(&step.response().set_registers(&after))?;
+        }
+        if !had_tf {
+            self.journal.set_stepping(vcpu, false)?;
         }
         self.mem.invalidate();
         self.regs_backend.forget();

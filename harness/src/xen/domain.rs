@@ -61,6 +61,25 @@ impl XenCtrl {
         Ok(())
     }
 
+    /// `XEN_DOMCTL_resumedomain` (what `xc_domain_resume` issues for HVM
+    /// guests): takes back a shutdown (power-off, reboot, triple fault,
+    /// crash) of a domain the toolstack kept (`on_*="preserve"`). Its vCPUs
+    /// come back where they stopped and run once nobody holds a pause.
+    /// See docs/xen-vmi.md#crashes-and-triple-faults
+    pub fn domain_resume(&self, domid: u32) -> Result<()> {
+        // SAFETY: an all-zero xen_domctl is a valid value (plain integers and unions).
+        let mut dc: sys::xen_domctl = unsafe { std::mem::zeroed() };
+        dc.cmd = sys::XEN_DOMCTL_resumedomain;
+        dc.interface_version = sys::XEN_DOMCTL_INTERFACE_VERSION;
+        dc.domain = u16::try_from(domid)
+            .map_err(|_| XenError::invalid("xc_domctl(resumedomain)", "domid out of range"))?;
+        // SAFETY: dc is a complete domctl; libxenctrl bounces it for the call.
+        check("xc_domctl(resumedomain)", unsafe {
+            sys::xc_domctl(self.raw(), &mut dc)
+        })?;
+        Ok(())
+    }
+
     /// `xc_domain_setdebugging`: with it on, a PV guest's int3 and trap-flag
     /// traps pause the domain instead of reaching the guest (hypervisors built
     /// with `CONFIG_GDBSX` only).

@@ -15,7 +15,9 @@ use super::error::{check, Result, XenError};
 pub struct LogDirtyStats {
     /// Faults taken since the last CLEAN.
     pub fault_count: u32,
-    /// Pages made dirty since the last CLEAN.
+    /// Pages made dirty since the last CLEAN: all of the domain's, also
+    /// those beyond the bitmap's size (Xen counts each page once, when it
+    /// first marks it).
     pub dirty_count: u32,
 }
 
@@ -155,6 +157,13 @@ impl DirtyBitmap {
     /// Frames marked dirty in the last CLEAN/PEEK.
     pub fn dirty_pfns(&self) -> Vec<u64> {
         let mut out = Vec::new();
+        self.dirty_pfns_into(&mut out);
+        out
+    }
+
+    /// Appends the frames marked dirty in the last CLEAN/PEEK to `out`
+    /// (no allocation when `out` has room).
+    pub fn dirty_pfns_into(&self, out: &mut Vec<u64>) {
         for (i, &w) in self.words().iter().enumerate() {
             let mut w = w;
             while w != 0 {
@@ -166,7 +175,6 @@ impl DirtyBitmap {
                 w &= w - 1;
             }
         }
-        out
     }
 }
 

@@ -20,6 +20,7 @@ mod logdirty;
 mod memaccess;
 mod memshr;
 mod monitor;
+mod tsc;
 mod vcpu;
 mod xenstore;
 
@@ -40,6 +41,7 @@ pub use memaccess::{MemAccess, MemAccessHit};
 pub use monitor::{
     CpuidEvent, DebugEventType, MonitorRing, VmEventRegs, VmEventRequest, VmEventResponse,
 };
+pub use tsc::{ticks_per_us, Stamp};
 pub use vcpu::VcpuContext;
 pub use xenstore::XenStore;
 

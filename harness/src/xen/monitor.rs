@@ -126,6 +126,15 @@ impl VmEventRequest {
             }
         })
     }
+    /// A descriptor-table access (`VM_EVENT_REASON_DESCRIPTOR_ACCESS`):
+    /// (which table, `VM_EVENT_DESC_*`; a write: `lidt`, `lgdt`, `lldt`, `ltr`).
+    pub fn descriptor_access(&self) -> Option<(u8, bool)> {
+        (self.raw.reason == sys::VM_EVENT_REASON_DESCRIPTOR_ACCESS).then(|| {
+            // SAFETY: for this reason Xen fills the desc_access member.
+            let d = unsafe { self.raw.u.desc_access };
+            (d.descriptor, d.is_write != 0)
+        })
+    }
     /// Builds the matching response (same vCPU/reason, resumes the vCPU).
     pub fn response(&self) -> VmEventResponse {
         let mut raw = sys::vm_event_response_t::default();
@@ -149,6 +158,14 @@ impl VmEventResponse {
     pub fn set_registers(mut self, regs: &VmEventRegs) -> Self {
         self.raw.flags |= sys::VM_EVENT_FLAG_SET_REGISTERS;
         self.raw.data.regs.x86 = *regs;
+        self
+    }
+    /// Ask Xen to emulate the instruction the event stopped at
+    /// (`VM_EVENT_FLAG_EMULATE`; descriptor-table accesses need it, or the
+    /// vCPU traps on the same instruction again).
+    /// See docs/xen-vmi.md#descriptor-table-events
+    pub fn emulate(mut self) -> Self {
+        self.raw.flags |= sys::VM_EVENT_FLAG_EMULATE;
         self
     }
     /// Toggle MTF single-stepping for the vCPU (`VM_EVENT_FLAG_TOGGLE_SINGLESTEP`).
@@ -199,6 +216,7 @@ struct Options {
     singlestep: bool,
     software_breakpoint: bool,
     cpuid: bool,
+    descriptor_access: bool,
 }
 
 /// An enabled vm_event monitor ring for one domain. Dropping it switches off
@@ -421,6 +439,23 @@ impl MonitorRing {
         Ok(())
     }
 
+    /// `xc_monitor_descriptor_access`: every `lidt`, `lgdt`, `lldt`, `ltr`
+    /// (and their `s*` reads) becomes a synchronous event; the reply must
+    /// ask for emulation ([`VmEventResponse::emulate`]).
+    /// See docs/xen-vmi.md#descriptor-table-events
+    pub fn set_descriptor_access(&mut self, enable: bool) -> Result<()> {
+        // SAFETY: plain hypercall wrapper.
+        let rc = unsafe { sys::xc_monitor_descriptor_access(self.xc.raw(), self.domid, enable) };
+        check("xc_monitor_descriptor_access", rc)?;
+        self.options.descriptor_access = enable;
+        Ok(())
+    }
+
+    /// Whether descriptor-table events are on (see [`Self::set_descriptor_access`]).
+    pub fn descriptor_access(&self) -> bool {
+        self.options.descriptor_access
+    }
+
     /// `xc_monitor_get_capabilities`: bitmask of `1 << XEN_DOMCTL_MONITOR_EVENT_*`.
     /// See docs/xen-vmi.md#host-capabilities
     pub fn capabilities(&self) -> Result<u32> {
@@ -474,6 +509,9 @@ impl Drop for MonitorRing {
         }
         if self.options.cpuid {
             let _ = self.set_cpuid(false);
+        }
+        if self.options.descriptor_access {
+            let _ = self.set_descriptor_access(false);
         }
         if let Err(e) = self.drain() {
             if e.raw_errno() != Some(libc::ESRCH) {

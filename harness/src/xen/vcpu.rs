@@ -95,4 +95,26 @@ impl XenCtrl {
         check("xc_vcpu_setcontext", rc)?;
         Ok(())
     }
+
+    /// `xc_vcpu_getinfo`: whether `vcpu` is up (initialised and not
+    /// brought down).
+    /// See docs/xen-vmi.md#vcpus-the-guest-brings-up
+    pub fn vcpu_online(&self, domid: u32, vcpu: u32) -> Result<bool> {
+        let mut info = sys::xc_vcpuinfo_t::default();
+        // SAFETY: out pointer to a local.
+        let rc = unsafe { sys::xc_vcpu_getinfo(self.raw(), domid, vcpu, &mut info) };
+        check("xc_vcpu_getinfo", rc)?;
+        Ok(info.online != 0)
+    }
+
+    /// `xc_vcpu_setcontext` with no context (`XEN_DOMCTL_setvcpucontext`
+    /// with a null handle): resets `vcpu` to down and uninitialised, as
+    /// before the guest brought it up. The domain must be paused.
+    /// See docs/xen-vmi.md#vcpus-the-guest-brings-up
+    pub fn vcpu_reset(&self, domid: u32, vcpu: u32) -> Result<()> {
+        // SAFETY: libxenctrl passes a null context through as a null handle.
+        let rc = unsafe { sys::xc_vcpu_setcontext(self.raw(), domid, vcpu, std::ptr::null_mut()) };
+        check("xc_vcpu_setcontext(NULL)", rc)?;
+        Ok(())
+    }
 }

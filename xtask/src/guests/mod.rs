@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod cguest;
-mod linux;
+pub mod linux;
 
 /// The sample guests (binaries of the guests workspace).
-pub const GUESTS: &[&str] = &["known", "tlv", "bytecode", "imghdr"];
+pub const GUESTS: &[&str] = &["known", "tlv", "bytecode", "imghdr", "hostile"];
 const TARGET: &str = "x86_64-unknown-none";
 /// Guest memory in MiB.
 const MEMORY_MB: u32 = 32;
@@ -286,6 +286,19 @@ fn run(name: &str, mode: Mode, input: Option<&str>, timeout: u32) -> Result<i32>
     crate::lab::run_in_dom0(&["sh".to_string(), "-c".to_string(), script])
 }
 
+/// Shell lines (busybox sh in dom0) that set `LOG` to the console log of
+/// guest `$N`, from where `xenconsoled --log-dir` writes (the lab's, or
+/// Xen's default directory).
+pub(super) const FIND_CONSOLE_LOG: &str = r#"LOGDIR=/var/log/xen/console
+for p in /proc/[0-9]*; do
+  [ "$(cat $p/comm 2>/dev/null)" = xenconsoled ] || continue
+  for a in $(tr '\0' ' ' < $p/cmdline); do
+    case "$a" in --log-dir=*) LOGDIR="${a#--log-dir=}";; esac
+  done
+done
+LOG="$LOGDIR/guest-$N.log"
+"#;
+
 /// Shell script (busybox sh in dom0) that boots a guest, waits for its end and
 /// prints its console and status; exit status as documented on `guests run`.
 fn dom0_script(dom: &str, cfg: &Path, overrides: &[String], timeout: u32) -> String {
@@ -296,15 +309,7 @@ fn dom0_script(dom: &str, cfg: &Path, overrides: &[String], timeout: u32) -> Str
     format!(
         r#"
 N="{dom}"
-LOGDIR=/var/log/xen/console
-for p in /proc/[0-9]*; do
-  [ "$(cat $p/comm 2>/dev/null)" = xenconsoled ] || continue
-  for a in $(tr '\0' ' ' < $p/cmdline); do
-    case "$a" in --log-dir=*) LOGDIR="${{a#--log-dir=}}";; esac
-  done
-done
-LOG="$LOGDIR/guest-$N.log"
-xl destroy "$N" >/dev/null 2>&1
+{find_log}xl destroy "$N" >/dev/null 2>&1
 rm -f "$LOG"
 xl create "{cfg}" {args} || exit 2
 state=""; i=0
@@ -334,6 +339,7 @@ esac
 echo "$N: still running after {timeout} s (hang); destroyed"
 exit 124
 "#,
+        find_log = FIND_CONSOLE_LOG,
         cfg = cfg.display()
     )
 }

@@ -119,7 +119,7 @@ impl Lab {
     }
 
     /// Whether `pid` is this lab's QEMU (not a process that reused the pid).
-    fn qemu_alive(&self, pid: i32) -> bool {
+    pub(crate) fn qemu_alive(&self, pid: i32) -> bool {
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             return false;
         };

@@ -253,12 +253,53 @@ fn run(opts: &LabOptions, argv: &[String], interactive: bool) -> Result<i32> {
         None
     };
     client::forward_interrupts()?;
-    running.agent.run(
-        &req,
-        stdin,
-        &mut std::io::stdout().lock(),
-        &mut std::io::stderr().lock(),
-    )
+    running
+        .agent
+        .run(
+            &req,
+            stdin,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )
+        .map_err(|e| lost(&lab, &running.state, &req.argv, e))
+}
+
+/// The error of a command whose connection to dom0 broke: says whether the
+/// lab's QEMU is gone (killed, or it died) or alive but not answering, with
+/// the last serial lines; the next lab command recovers either way.
+fn lost(lab: &Lab, state: &instance::State, argv: &[String], e: anyhow::Error) -> anyhow::Error {
+    let cmd = argv.first().map_or("the command", |a| {
+        Path::new(a)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(a)
+    });
+    let serial = lab.serial_log();
+    let tail = instance::tail(&serial, 8);
+    let tail = if tail.trim().is_empty() {
+        format!("(nothing in {})", serial.display())
+    } else {
+        format!("last lines of {}:\n{tail}", serial.display())
+    };
+    let flavour = lab.flavour.name();
+    let why = if !lab.qemu_alive(state.pid) {
+        format!(
+            "the {flavour} lab's QEMU (pid {}) is gone: it was killed or died while `{cmd}` ran in \
+             dom0 ({e:#}). The next lab command cleans up and boots the lab again; {tail}",
+            state.pid
+        )
+    } else if lab.running().is_none() {
+        format!(
+            "the {flavour} lab (QEMU pid {}) stopped answering while `{cmd}` ran in dom0 ({e:#}): \
+             dom0 may have crashed. The next lab command stops it and boots it again; {tail}",
+            state.pid
+        )
+    } else {
+        return e;
+    };
+    // The command's last output may have ended mid-line (a progress line).
+    eprintln!();
+    anyhow::anyhow!(why)
 }
 
 /// Runs `argv` in dom0 with the default lab options (for other xtask commands).

@@ -24,8 +24,8 @@ use std::path::Path;
 
 use super::error::{Error, Result};
 
-pub use module::ModuleLayout;
 pub(crate) use locate::{find_module, UNFORMED};
+pub use module::ModuleLayout;
 
 type Reader = gimli::EndianArcSlice<gimli::RunTimeEndian>;
 type Lines = addr2line::Context<Reader>;
