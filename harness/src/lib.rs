@@ -6,5 +6,6 @@ pub mod repl;
 pub mod stub;
 pub mod testing;
 pub mod vmi;
+#[allow(unsafe_code)]
 pub mod xen;
 pub mod xl;

@@ -165,8 +165,7 @@ fn installed(name: &str) -> bool {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    crate::sys::is_root()
 }
 
 fn is_debian() -> bool {

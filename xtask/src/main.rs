@@ -5,6 +5,7 @@ mod deps;
 mod fuzz;
 mod guests;
 mod lab;
+mod sys;
 mod test;
 mod ws;
 

@@ -268,8 +268,11 @@ fn ctrl_c_reaches_the_command_and_its_last_output_comes_back() {
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line, "ready\n");
-    // SAFETY: kill(2) on our own child.
-    assert_eq!(unsafe { libc::kill(client.id() as i32, libc::SIGINT) }, 0);
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &client.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
     line.clear();
     out.read_line(&mut line).unwrap();
     assert_eq!(line, "got SIGINT\n");

@@ -8,7 +8,6 @@
 //! by the next command.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -95,14 +94,8 @@ impl Lab {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating {}", self.dir.display()))?;
         let f = File::create(self.dir.join("lock"))?;
-        // SAFETY: flock on a descriptor we own; blocks until the lock is ours.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            bail!(
-                "locking {}: {}",
-                self.dir.display(),
-                std::io::Error::last_os_error()
-            );
-        }
+        crate::sys::flock_exclusive(&f, true)
+            .with_context(|| format!("locking {}", self.dir.display()))?;
         Ok(Lock(f))
     }
 
@@ -474,13 +467,12 @@ fn free_port() -> Result<u16> {
 /// SIGTERM, then SIGKILL after 3 s; waits until the process is gone.
 fn kill_and_wait(pid: i32) {
     let alive = || Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid);
-    // SAFETY: signalling a pid we checked belongs to our QEMU.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    // A pid we checked belongs to our QEMU.
+    crate::sys::kill(pid, libc::SIGTERM);
     let t0 = Instant::now();
     while alive() {
         if t0.elapsed() > Duration::from_secs(3) {
-            // SAFETY: as above.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            crate::sys::kill(pid, libc::SIGKILL);
         }
         if t0.elapsed() > Duration::from_secs(10) {
             break;

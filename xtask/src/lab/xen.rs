@@ -9,7 +9,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
-use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -449,8 +448,7 @@ fn ensure_packages(build: &mut Build, packages: &[&str]) -> Result<()> {
         return Ok(());
     }
     let list = missing.join(" ");
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = crate::sys::is_root();
     if !root || !Path::new("/etc/debian_version").exists() {
         bail!(
             "building the debug hypervisor needs these packages: {list}\n\
@@ -637,22 +635,15 @@ impl DirLock {
             .write(true)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        let fd = file.as_raw_fd();
-        // SAFETY: fd is a valid open descriptor owned by `file` for the whole call.
-        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(err).with_context(|| format!("locking {}", path.display()));
-            }
+        let locked = crate::sys::flock_exclusive(&file, false)
+            .with_context(|| format!("locking {}", path.display()))?;
+        if !locked {
             eprintln!(
                 "xenlab: waiting for another command that is preparing {}",
                 dir.display()
             );
-            // SAFETY: as above.
-            if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
-                return Err(io::Error::last_os_error())
-                    .with_context(|| format!("locking {}", path.display()));
-            }
+            crate::sys::flock_exclusive(&file, true)
+                .with_context(|| format!("locking {}", path.display()))?;
         }
         Ok(Self { _file: file })
     }

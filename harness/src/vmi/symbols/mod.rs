@@ -352,6 +352,8 @@ impl Symbols {
 }
 
 #[cfg(test)]
+// Named functions in the test binary to look up (`no_mangle` counts as unsafe).
+#[allow(unsafe_code)]
 mod tests {
     use super::*;
 
