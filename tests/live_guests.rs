@@ -254,11 +254,7 @@ fn run_guest(guest: &str, mode: &str, input: Option<&[u8]>) -> Run {
 }
 
 fn decode_hex(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "odd hex {s}");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-        .collect()
+    xenprobe_abi::hex::decode(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
 }
 
 /// One row of the table in guests/BUGS.md.

@@ -83,10 +83,7 @@ fn planted() -> Vec<(String, Vec<u8>, String, String)> {
                 return None;
             }
             let hex = cols.get(7)?.trim_matches('`');
-            let input = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-                .collect::<Option<Vec<u8>>>()?;
+            let input = xenprobe_abi::hex::decode(hex).ok()?;
             Some((
                 id.to_string(),
                 input,

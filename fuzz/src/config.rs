@@ -121,15 +121,9 @@ pub struct Loaded {
     pub name: String,
 }
 
+/// Non-empty hex bytes.
 fn hex(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim().trim_start_matches("0x");
-    if s.is_empty() || s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    xenprobe_abi::hex::decode(s).ok().filter(|b| !b.is_empty())
 }
 
 /// The xl config the fuzzer writes for `mode` (`pvh` or `hvm`).

@@ -164,14 +164,7 @@ pub fn panic_location(message: &str) -> Option<&str> {
 }
 
 /// 64-bit FNV-1a (stable names for crash files).
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
+pub use xenprobe_abi::fnv1a;
 
 /// Symbol and line of a frame. Return addresses (every frame but the
 /// first) are looked up at `addr - 1`: a call that never returns is often

@@ -377,10 +377,7 @@ mod tests {
 
     /// Bytes of a hex string (test data).
     fn unhex(h: &str) -> Vec<u8> {
-        (0..h.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).expect("hex"))
-            .collect()
+        xenprobe_abi::hex::decode(h).expect("hex")
     }
 
     /// The `arbitrary` stream of BUGS.md's IMG-3 image, field by field

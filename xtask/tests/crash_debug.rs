@@ -52,10 +52,7 @@ fn have(tool: &str) -> bool {
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-        .collect()
+    xenprobe_abi::hex::decode(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
 }
 
 /// `xtask fuzz --reproduce --debug` running; killed (and its guest

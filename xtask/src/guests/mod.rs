@@ -187,15 +187,7 @@ pub fn xl_config(name: &str, mode: Mode, image: &Path) -> String {
 
 /// Decodes a hex string (whitespace allowed).
 pub fn decode_hex(s: &str) -> Result<Vec<u8>> {
-    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    ensure!(digits.len() % 2 == 0, "odd number of hex digits");
-    digits
-        .chunks(2)
-        .map(|p| {
-            let s = std::str::from_utf8(p)?;
-            u8::from_str_radix(s, 16).with_context(|| format!("bad hex byte {s:?}"))
-        })
-        .collect()
+    Ok(xenprobe_abi::hex::decode(s)?)
 }
 
 /// File offset and size of a symbol's bytes in an ELF image.

@@ -326,12 +326,4 @@ pub fn boot_timeout() -> u64 {
         .unwrap_or(300)
 }
 
-/// FNV-1a over bytes: a stable hash for cache keys.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
+pub use xenprobe_abi::fnv1a;

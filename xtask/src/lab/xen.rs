@@ -99,7 +99,7 @@ pub fn hypervisor(flavour: Flavour, cache_dir: &Path) -> Result<XenImage> {
     let bytes = fs::read(&elf).with_context(|| format!("reading {}", elf.display()))?;
     check_multiboot_elf(&bytes).with_context(|| format!("checking {}", elf.display()))?;
     Ok(XenImage {
-        id: format!("{}-{:016x}", flavour.name(), fnv1a64(&bytes)),
+        id: format!("{}-{:016x}", flavour.name(), xenprobe_abi::fnv1a(&bytes)),
         elf,
     })
 }
@@ -160,7 +160,11 @@ fn stock(boot: &BootXen, dir: &Path) -> Result<PathBuf> {
     let elf = dir.join("xen.elf");
     let stamp = dir.join("stamp");
     let gz = fs::read(&boot.gz).with_context(|| format!("reading {}", boot.gz.display()))?;
-    let key = format!("source={}\nfnv={:016x}\n", boot.gz.display(), fnv1a64(&gz));
+    let key = format!(
+        "source={}\nfnv={:016x}\n",
+        boot.gz.display(),
+        xenprobe_abi::fnv1a(&gz)
+    );
     if elf.is_file() && fs::read_to_string(&stamp).ok().as_deref() == Some(key.as_str()) {
         return Ok(elf);
     }
@@ -211,8 +215,8 @@ fn debug(boot: &BootXen, dir: &Path) -> Result<PathBuf> {
         .with_context(|| format!("reading {}", boot.config.display()))?;
     let key = DebugKey {
         installed: installed_version(&boot.package())?,
-        base_config: fnv1a64(base_config.as_bytes()),
-        fragment: fnv1a64(DEBUG_FRAGMENT.as_bytes()),
+        base_config: xenprobe_abi::fnv1a(base_config.as_bytes()),
+        fragment: xenprobe_abi::fnv1a(DEBUG_FRAGMENT.as_bytes()),
         recipe: RECIPE_REVISION,
     };
     if elf.is_file()
@@ -536,13 +540,6 @@ fn check_multiboot_elf(bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// 64-bit FNV-1a: a small hash that is stable across Rust releases.
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 /// The last `n` lines of the file at `path` (empty if unreadable).
 fn tail(path: &Path, n: usize) -> String {
     let text = fs::read(path)
@@ -652,13 +649,6 @@ impl DirLock {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fnv1a64_known_values() {
-        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
-    }
 
     #[test]
     fn merge_replaces_settings_of_fragment_symbols() {
