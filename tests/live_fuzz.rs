@@ -408,7 +408,7 @@ fn bytecode_campaign_finds_bc1_from_a_benign_seed() {
 }
 
 #[test]
-#[ignore = "slow: IMG-1/IMG-2 need one exact 16-bit value or bit, found after 2k-60k runs (README, Benchmarks); \
+#[ignore = "slow: IMG-1/IMG-2 need one exact 16-bit value or bit, found after 2k-60k runs (docs/benchmarks.md); \
             the debug test binary runs about 80 execs/s (its restore is unoptimised), \
             so that is up to 10 minutes per hypervisor pass (run with --ignored, or measure \
             the release fuzzer with cargo xtask bench fuzz-campaign --targets imghdr)"]

@@ -16,7 +16,7 @@
 //! lazy FPU switching (`XENPROBE_XEN_CMDLINE=spec-ctrl=eager-fpu=0`) this
 //! finds idle guests' frames that read back with 16-byte pieces of the
 //! fuzzer's vm_event data within seconds: dom0 processes lost SSE register
-//! contents (README, "The lab's CPU configuration"). A longer soak:
+//! contents (docs/lab.md, "The lab's CPU configuration"). A longer soak:
 //! `XENPROBE_LAB_CHECK_SECS=600 cargo test -p xenprobe-tests --test live_lab -- --nocapture`.
 
 use std::path::PathBuf;

@@ -955,7 +955,7 @@ fn memory_of(xen: &Xen, g: &Guest, domid: u32) -> Memory {
 /// finishes with its normal exit. PVH/HVM: every guest frame is compared,
 /// as live_snapshot does (a frame changed outside the guest's image would
 /// be something else writing guest memory: the lab's two-vCPU dom0 did,
-/// see README "The lab's CPU configuration"). PV: only the image is hashed:
+/// see docs/lab.md "The lab's CPU configuration"). PV: only the image is hashed:
 /// `memory_image` cannot copy PV guests (machine frames, no p2m), and the
 /// PV snapshot, which covers every frame the domain owns, switches log-dirty
 /// on where the hypervisor has it, which `caps` itself probes (switching it

@@ -39,7 +39,7 @@ pub fn wait_shutdown(dom: &mut Domain) -> ShutdownReason {
 /// its stack and page tables: all the memory the `known` guest uses;
 /// guest-physical = virtual for PVH/HVM) or outside it (RAM the guest never
 /// touches: there, only something outside the guest can have written; in a
-/// lab whose dom0 had two vCPUs it happened, see README "The lab's CPU
+/// lab whose dom0 had two vCPUs it happened, see docs/lab.md "The lab's CPU
 /// configuration").
 pub fn same_memory(dom: &Domain, want: &MemoryImage, what: &str) {
     let now = dom.memory_image().expect("memory image");

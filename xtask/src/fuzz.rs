@@ -254,7 +254,7 @@ pub fn main(args: FuzzArgs) -> Result<i32> {
         if args.jobs > 1 && !deps::on_real_dom0() && lab::instance::cpus() <= 2 {
             eprintln!(
                 "xtask fuzz: note: in the QEMU lab every guest shares the lab's two emulated CPUs, so {} jobs \
-                 make no more runs per second than one (README, \"`--jobs` in the lab\"); on a Xen host, or a \
+                 make no more runs per second than one (docs/fuzzing.md, \"`--jobs` in the lab\"); on a Xen host, or a \
                  lab with more CPUs (XENPROBE_LAB_CPUS), they can add up",
                 args.jobs
             );
@@ -277,7 +277,7 @@ fn linux_flavour() -> Result<()> {
         None | Some("") => {
             eprintln!(
                 "xtask fuzz: Linux as a PVH/HVM guest needs the lab's debug hypervisor (shadow \
-                 paging; see README, \"Fuzzing and debugging Linux kernel code\"): using it"
+                 paging; see docs/linux.md): using it"
             );
             // Read by every lab command this process runs; set before any thread starts.
             std::env::set_var("XENPROBE_XEN", "debug");

@@ -208,7 +208,7 @@ impl Lab {
         std::fs::create_dir_all(self.consoles())?;
         // Eager FPU switching: with Xen's lazy switching (its default on the
         // AMD CPU QEMU emulates) dom0 processes lost SSE register contents
-        // under emulation, which read as memory corruption (README, "The
+        // under emulation, which read as memory corruption (docs/lab.md, "The
         // lab's CPU configuration"; tests/live_lab.rs checks it). One dom0
         // vCPU: measured faster here than two.
         let mut xen_cmdline = String::from(

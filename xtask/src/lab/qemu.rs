@@ -168,7 +168,7 @@ impl Machine<'_> {
 /// TCG's threading: `single` (one thread runs every vCPU, holding QEMU's
 /// big lock) unless `XENPROBE_TCG=multi` asks for a thread per vCPU. Single
 /// is the default because multi-threaded TCG slowed to a crawl on a busy
-/// 2-core host (README, "The lab's CPU configuration").
+/// 2-core host (docs/lab.md, "The lab's CPU configuration").
 pub fn tcg_threads() -> &'static str {
     match std::env::var("XENPROBE_TCG").ok().as_deref() {
         Some("multi") => "multi",
