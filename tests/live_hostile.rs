@@ -69,17 +69,10 @@ fn spec(key: Key) -> Result<TargetSpec> {
     let work: PathBuf = root.join("target/live-hostile");
     std::fs::create_dir_all(&work)?;
     let name = name_of(key);
-    let poweroff = if keep { "preserve" } else { "destroy" };
-    let kind = match mode {
-        "pvh" => format!("type=\"pvh\"\nkernel=\"{}\"\n", image.display()),
-        _ => format!(
-            "type=\"hvm\"\nfirmware_override=\"{}\"\ndevice_model_version=\"qemu-xen\"\nvnc=0\nvga=\"none\"\nserial=\"pty\"\n",
-            image.display()
-        ),
-    };
-    let cfg = format!(
-        "name=\"{name}\"\n{kind}memory=32\nvcpus={vcpus}\non_poweroff=\"{poweroff}\"\non_reboot=\"preserve\"\non_crash=\"preserve\"\n"
-    );
+    let mut cfg = xenprobe_abi::XlConfig::image(&name, mode.parse()?, &image, 32);
+    cfg.vcpus = vcpus;
+    cfg.keep_on_poweroff = keep;
+    let cfg = cfg.render();
     let path = work.join(format!("{name}.cfg"));
     std::fs::write(&path, cfg)?;
     let mut spec = TargetSpec::sample("hostile", path, image);

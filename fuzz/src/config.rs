@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use xenprobe_abi::{GuestMode, XlConfig};
 
 use crate::session::TargetSpec;
 
@@ -128,17 +129,11 @@ fn hex(s: &str) -> Option<Vec<u8>> {
 
 /// The xl config the fuzzer writes for `mode` (`pvh` or `hvm`).
 pub fn xl_config(name: &str, mode: &str, image: &Path, memory_mb: u32) -> Option<String> {
-    let boot = match mode {
-        "pvh" => format!("type=\"pvh\"\nkernel=\"{}\"\n", image.display()),
-        "hvm" => format!(
-            "type=\"hvm\"\nfirmware_override=\"{}\"\ndevice_model_version=\"qemu-xen\"\nvnc=0\nvga=\"none\"\nserial=\"pty\"\n",
-            image.display()
-        ),
-        _ => return None,
-    };
-    Some(format!(
-        "name=\"{name}\"\n{boot}memory={memory_mb}\nvcpus=1\non_poweroff=\"destroy\"\non_reboot=\"preserve\"\non_crash=\"preserve\"\n"
-    ))
+    let mode: GuestMode = mode
+        .parse()
+        .ok()
+        .filter(|m: &GuestMode| m.is_hvm_container())?;
+    Some(XlConfig::image(name, mode, image, memory_mb).render())
 }
 
 /// `cfg` with its `name=` line replaced by `name` (parallel guests of one

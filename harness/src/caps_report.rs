@@ -533,7 +533,7 @@ fn probe_throwaway(xen: &Xen, images: &GuestImages, mode: Mode) -> anyhow::Resul
         dom.detach()?;
     }
     drop(guest);
-    let kind = mode.kind();
+    let kind = mode;
     let (int3, int3_step, icebp, icebp_step) = if kind.is_hvm_container() {
         let (i, is) = probe_breakpoint(xen, images, mode, Some("int3"), FEATURES[5])?;
         let (c, cs) = probe_breakpoint(xen, images, mode, Some("icebp"), FEATURES[6])?;

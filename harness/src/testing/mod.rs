@@ -76,43 +76,13 @@ pub use view::{crate_relative, demangle, ConsoleView, Frame, MemoryView, RegsVie
 
 use std::time::Duration;
 
-use crate::vmi::caps::{Capabilities, GuestKind};
+use crate::vmi::caps::Capabilities;
 
 /// The body of a guest test.
 pub type TestFn = fn(&mut Session) -> anyhow::Result<()>;
 
-/// How a guest boots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Mode {
-    Pv,
-    Pvh,
-    Hvm,
-}
-
-impl Mode {
-    /// Every mode.
-    pub const ALL: [Mode; 3] = [Mode::Pv, Mode::Pvh, Mode::Hvm];
-    /// The modes with vm_event (HVM containers).
-    pub const HVM_CONTAINERS: [Mode; 2] = [Mode::Pvh, Mode::Hvm];
-
-    /// The lowercase name used in image and test names.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Pv => "pv",
-            Mode::Pvh => "pvh",
-            Mode::Hvm => "hvm",
-        }
-    }
-
-    /// The engine's guest kind for this mode.
-    pub fn kind(self) -> GuestKind {
-        match self {
-            Mode::Pv => GuestKind::Pv,
-            Mode::Pvh => GuestKind::Pvh,
-            Mode::Hvm => GuestKind::Hvm,
-        }
-    }
-}
+/// How a guest boots (the engine's [`crate::vmi::GuestKind`], one type).
+pub use xenprobe_abi::GuestMode as Mode;
 
 /// A capability a test needs; missing ones turn the test into a skip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -38,7 +38,7 @@ pub fn main(tests: Vec<GuestTest>) -> ExitCode {
                 run_one(&test, mode, &pool, &name)
             });
             let skip = host.as_ref().ok().and_then(|h| {
-                let caps = Capabilities::new(mode.kind(), h.clone());
+                let caps = Capabilities::new(mode, h.clone());
                 t.needs.iter().find_map(|n| n.check(&caps).err())
             });
             if let Some(why) = skip {

@@ -15,33 +15,8 @@ use crate::xen::HostCaps;
 
 use super::error::{Error, Result};
 
-/// Guest type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GuestKind {
-    /// Paravirtualised.
-    Pv,
-    /// PVH: HVM container without emulated devices.
-    Pvh,
-    /// Fully virtualised.
-    Hvm,
-}
-
-impl GuestKind {
-    /// HVM container (HVM or PVH): vm_event is available.
-    pub fn is_hvm_container(self) -> bool {
-        !matches!(self, GuestKind::Pv)
-    }
-}
-
-impl std::fmt::Display for GuestKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            GuestKind::Pv => "PV",
-            GuestKind::Pvh => "PVH",
-            GuestKind::Hvm => "HVM",
-        })
-    }
-}
+/// Guest type (the one definition of the guest mode, shared by every crate).
+pub use xenprobe_abi::GuestMode as GuestKind;
 
 /// Which instruction marks a software breakpoint, and how hits are reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

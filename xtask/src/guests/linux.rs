@@ -196,50 +196,38 @@ pub fn build() -> Result<()> {
 /// The `xl` config of the Linux guest in `mode`. `real_dom0`: a real Xen host,
 /// where the lab's workarounds (`hap=0`, `tsc_mode`) are left out.
 fn xl_config(mode: Mode, l: &Layout, real_dom0: bool) -> String {
-    let mut c = format!(
-        "# Linux sample guest (kernel {}): cargo xtask guests build linux\nname=\"linux-{}\"\n",
-        l.kver,
-        mode.name()
-    );
-    let ramdisk = l.initramfs.display();
-    match mode {
-        Mode::Pv | Mode::Pvh => {
-            let _ = writeln!(
-                c,
-                "type=\"{}\"\nkernel=\"{}\"\nramdisk=\"{ramdisk}\"\nextra=\"{}\"",
-                mode.name(),
-                l.vmlinux.display(),
-                cmdline(mode)
-            );
-        }
-        Mode::Hvm => {
-            let _ = writeln!(
-                c,
-                "type=\"hvm\"\nkernel=\"{}\"\nramdisk=\"{ramdisk}\"\ncmdline=\"{}\"\n\
-                 device_model_version=\"qemu-xen\"\nserial=\"pty\"\nvnc=0\nvga=\"none\"",
-                l.vmlinuz.display(),
-                cmdline(mode)
-            );
-        }
-    }
+    let kernel = match mode {
+        Mode::Pv | Mode::Pvh => &l.vmlinux,
+        Mode::Hvm => &l.vmlinuz,
+    };
+    let boot = xenprobe_abi::xl::Boot::Linux {
+        kernel: kernel.clone(),
+        ramdisk: l.initramfs.clone(),
+        cmdline: cmdline(mode).to_string(),
+    };
+    let name = format!("linux-{}", mode.name());
+    let mut c = xenprobe_abi::XlConfig::new(&name, mode, boot, MEMORY_MB);
+    c.comment = Some(format!(
+        "Linux sample guest (kernel {}): cargo xtask guests build linux",
+        l.kver
+    ));
     if mode != Mode::Pv && !real_dom0 {
-        c.push_str(
-            "# The lab's QEMU (TCG emulating AMD SVM) gives guests CR2 = 0 in their #PF\n\
-             # handler under nested paging, and Linux cannot boot then: shadow paging\n\
-             # instead (needs the debug hypervisor, XENPROBE_XEN=debug).\n\
-             hap=0\n\
-             # QEMU reports RDTSCP as an RDTSC intercept, whose emulation fails in Xen\n\
-             # and crashes the domain: no TSC emulation.\n\
-             tsc_mode=\"native\"\n\
-             # Even so the guest sometimes dies while booting in the lab (an interrupt\n\
-             # taken with interrupts disabled, see guests/BUGS.md): boot it again.\n",
+        c.extra.extend(
+            [
+                "# The lab's QEMU (TCG emulating AMD SVM) gives guests CR2 = 0 in their #PF",
+                "# handler under nested paging, and Linux cannot boot then: shadow paging",
+                "# instead (needs the debug hypervisor, XENPROBE_XEN=debug).",
+                "hap=0",
+                "# QEMU reports RDTSCP as an RDTSC intercept, whose emulation fails in Xen",
+                "# and crashes the domain: no TSC emulation.",
+                "tsc_mode=\"native\"",
+                "# Even so the guest sometimes dies while booting in the lab (an interrupt",
+                "# taken with interrupts disabled, see guests/BUGS.md): boot it again.",
+            ]
+            .map(String::from),
         );
     }
-    let _ = writeln!(
-        c,
-        "memory={MEMORY_MB}\nvcpus=1\non_poweroff=\"destroy\"\non_reboot=\"preserve\"\non_crash=\"preserve\""
-    );
-    c
+    c.render()
 }
 
 /// The `xl create` override that sets the kernel command line with `input`.

@@ -4,7 +4,7 @@
 
 use crate::ws;
 use anyhow::{bail, ensure, Context, Result};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use object::{Object, ObjectSection, ObjectSymbol};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -57,24 +57,7 @@ enum GuestsCmd {
 }
 
 /// Guest type.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
-pub enum Mode {
-    Pv,
-    Pvh,
-    Hvm,
-}
-
-impl Mode {
-    pub const ALL: [Mode; 3] = [Mode::Pv, Mode::Pvh, Mode::Hvm];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Pv => "pv",
-            Mode::Pvh => "pvh",
-            Mode::Hvm => "hvm",
-        }
-    }
-}
+pub use xenprobe_abi::GuestMode as Mode;
 
 pub fn main(args: GuestsArgs) -> Result<i32> {
     match args.cmd {
@@ -161,28 +144,7 @@ pub fn build() -> Result<()> {
 /// The `xl` config of a guest image. Crashes (and triple faults, which Xen
 /// turns into a reboot) are preserved so that they can be inspected.
 pub fn xl_config(name: &str, mode: Mode, image: &Path) -> String {
-    let image = image.display();
-    let mut c = format!("name=\"{name}\"\n");
-    match mode {
-        Mode::Pv => {
-            let _ = writeln!(c, "type=\"pv\"\nkernel=\"{image}\"");
-        }
-        Mode::Pvh => {
-            let _ = writeln!(c, "type=\"pvh\"\nkernel=\"{image}\"");
-        }
-        Mode::Hvm => {
-            let _ = writeln!(
-                c,
-                "type=\"hvm\"\nfirmware_override=\"{image}\"\ndevice_model_version=\"qemu-xen\"\n\
-                 vnc=0\nvga=\"none\"\nserial=\"pty\""
-            );
-        }
-    }
-    let _ = writeln!(
-        c,
-        "memory={MEMORY_MB}\nvcpus=1\non_poweroff=\"destroy\"\non_reboot=\"preserve\"\non_crash=\"preserve\""
-    );
-    c
+    xenprobe_abi::XlConfig::image(name, mode, image, MEMORY_MB).render()
 }
 
 /// Decodes a hex string (whitespace allowed).
