@@ -6,9 +6,8 @@
 use std::time::{Duration, Instant};
 
 use crate::xen::{
-    DebugEventType, MonitorRing, Stamp, VmEventRegs, VmEventRequest, VmEventResponse,
+    DebugEventType, EventReason, MonitorRing, Stamp, VmEventRegs, VmEventRequest, VmEventResponse,
 };
-use xen_sys as sys;
 
 use super::breakpoint::{BreakpointId, Icebp, Int3};
 use super::caps::{BreakpointInsnKind, GuestKind, BREAKPOINT_ENV};
@@ -522,7 +521,7 @@ impl Domain {
     pub(crate) fn decide(&mut self, req: &VmEventRequest) -> Result<Decision> {
         let vcpu = req.vcpu();
         let rip = req.regs().rip;
-        if let (sys::VM_EVENT_REASON_DEBUG_EXCEPTION, Some((DebugEventType::HwException, ..))) =
+        if let (EventReason::DebugException, Some((DebugEventType::HwException, ..))) =
             (req.reason(), req.debug())
         {
             if let Some(h) = self.watch_hit(vcpu)? {
@@ -562,12 +561,10 @@ impl Domain {
         }
         let insn_kind = self.bps.insn.as_ref().map(|i| i.kind());
         let bp_event = match (req.reason(), req.debug()) {
-            (sys::VM_EVENT_REASON_DEBUG_EXCEPTION, Some((DebugEventType::PrivSwException, ..))) => {
+            (EventReason::DebugException, Some((DebugEventType::PrivSwException, ..))) => {
                 insn_kind == Some(BreakpointInsnKind::Icebp)
             }
-            (sys::VM_EVENT_REASON_SOFTWARE_BREAKPOINT, _) => {
-                insn_kind == Some(BreakpointInsnKind::Int3)
-            }
+            (EventReason::SoftwareBreakpoint, _) => insn_kind == Some(BreakpointInsnKind::Int3),
             _ => false,
         };
         let mut foreign = None;
@@ -611,19 +608,17 @@ impl Domain {
             }
         }
         let detail = match (req.reason(), req.debug()) {
-            (sys::VM_EVENT_REASON_DEBUG_EXCEPTION, Some((t, len, _))) => match foreign {
+            (EventReason::DebugException, Some((t, len, _))) => match foreign {
                 Some(pa) => format!(
                     "debug exception {t:?} (instruction length {len}): a breakpoint instruction \
                      xenprobe did not plant (pa {pa:#x}), or a copy of one that matches none"
                 ),
                 None => format!("debug exception {t:?} (instruction length {len})"),
             },
-            (sys::VM_EVENT_REASON_SOFTWARE_BREAKPOINT, _) => {
-                "int3 not planted by xenprobe".to_string()
-            }
-            (sys::VM_EVENT_REASON_SINGLESTEP, _) => "single-step event".to_string(),
+            (EventReason::SoftwareBreakpoint, _) => "int3 not planted by xenprobe".to_string(),
+            (EventReason::Singlestep, _) => "single-step event".to_string(),
             (r, _) => {
-                tracing::debug!(reason = r, "ignoring vm_event");
+                tracing::debug!(reason = ?r, "ignoring vm_event");
                 self.respond(req)?;
                 return Ok(Decision::Ignore);
             }

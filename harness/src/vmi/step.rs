@@ -7,9 +7,8 @@
 use std::time::Duration;
 
 use iced_x86::{Code, Decoder, DecoderOptions};
-use xen_sys as sys;
 
-use crate::xen::{DebugEventType, VmEventRequest};
+use crate::xen::{DebugEventType, EventReason, VmEventRequest};
 
 use super::breakpoint::BreakpointId;
 use super::caps::StepMethod;
@@ -272,9 +271,9 @@ impl Domain {
                         && matches!(
                             (req.reason(), req.debug()),
                             (
-                                sys::VM_EVENT_REASON_DEBUG_EXCEPTION,
+                                EventReason::DebugException,
                                 Some((DebugEventType::HwException, ..))
-                            ) | (sys::VM_EVENT_REASON_SINGLESTEP, _)
+                            ) | (EventReason::Singlestep, _)
                         );
                     if is_step {
                         return Ok(Some(req));

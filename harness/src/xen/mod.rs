@@ -39,7 +39,8 @@ pub use hvm::{
 pub use logdirty::{DirtyBitmap, LogDirtyStats};
 pub use memaccess::{MemAccess, MemAccessHit};
 pub use monitor::{
-    CpuidEvent, DebugEventType, MonitorRing, VmEventRegs, VmEventRequest, VmEventResponse,
+    CpuidEvent, DebugEventType, EventReason, MonitorRing, VmEventRegs, VmEventRequest,
+    VmEventResponse,
 };
 pub use tsc::{ticks_per_us, Stamp};
 pub use vcpu::VcpuContext;

@@ -59,6 +59,39 @@ pub struct CpuidEvent {
     pub subleaf: u32,
 }
 
+/// Why a vCPU stopped: a `VM_EVENT_REASON_*`, typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventReason {
+    /// A software breakpoint (int3).
+    SoftwareBreakpoint,
+    /// A debug exception (ICEBP, a hardware #DB).
+    DebugException,
+    /// A single-step (monitor trap flag).
+    Singlestep,
+    /// A `cpuid`.
+    Cpuid,
+    /// A mem_access violation.
+    MemAccess,
+    /// A descriptor-table register access.
+    DescriptorAccess,
+    /// Any other reason, by number.
+    Other(u32),
+}
+
+impl EventReason {
+    fn from_raw(reason: u32) -> Self {
+        match reason {
+            sys::VM_EVENT_REASON_SOFTWARE_BREAKPOINT => Self::SoftwareBreakpoint,
+            sys::VM_EVENT_REASON_DEBUG_EXCEPTION => Self::DebugException,
+            sys::VM_EVENT_REASON_SINGLESTEP => Self::Singlestep,
+            sys::VM_EVENT_REASON_CPUID => Self::Cpuid,
+            sys::VM_EVENT_REASON_MEM_ACCESS => Self::MemAccess,
+            sys::VM_EVENT_REASON_DESCRIPTOR_ACCESS => Self::DescriptorAccess,
+            n => Self::Other(n),
+        }
+    }
+}
+
 /// A request read from the ring, with the union decoded by `reason`.
 #[derive(Clone, Copy)]
 pub struct VmEventRequest {
@@ -79,9 +112,9 @@ impl std::fmt::Debug for VmEventRequest {
 }
 
 impl VmEventRequest {
-    /// `VM_EVENT_REASON_*`.
-    pub fn reason(&self) -> u32 {
-        self.raw.reason
+    /// Why the vCPU stopped.
+    pub fn reason(&self) -> EventReason {
+        EventReason::from_raw(self.raw.reason)
     }
     /// vCPU that raised the event.
     pub fn vcpu(&self) -> u32 {
