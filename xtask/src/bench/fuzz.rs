@@ -1,7 +1,9 @@
 //! `cargo xtask bench fuzz`: execution speed of the fuzzer on each sample
-//! parser, every reset strategy against the floor of the stack measured in
-//! the same run on the same guest (`xenprobe-fuzz-bench`, run in dom0 of a
-//! lab of the bench's own).
+//! parser and on the C guest: xenprobe's own loop and its campaigns against
+//! the raw exact-reset loop on Xen's C libraries (`xenprobe-rawloop`), then
+//! every reset strategy against the floor of the stack, measured in the same
+//! run on the same guest (`xenprobe-fuzz-bench`, run in dom0 of a lab of the
+//! bench's own).
 
 use std::process::Command;
 use std::time::Duration;
@@ -15,14 +17,15 @@ use crate::lab::xen::Flavour;
 use crate::lab::{Lab, UpOptions};
 use crate::{deps, guests, ws};
 
-/// The fuzz-target guests.
-const TARGETS: &[&str] = &["tlv", "bytecode", "imghdr"];
+/// The fuzz-target guests: the Rust samples and the C guest (by its config).
+const TARGETS: &[&str] = &["tlv", "bytecode", "imghdr", "cguest"];
 
 /// Options of `bench fuzz` (the reset-strategy section).
 #[derive(Args, Debug, Clone)]
 pub struct FuzzBenchArgs {
-    /// Sample parsers to measure (comma-separated; default: tlv).
-    #[arg(long, value_delimiter = ',', default_value = "tlv")]
+    /// Guests to measure (comma-separated): tlv, bytecode, imghdr, cguest
+    /// (the C guest, PVH only).
+    #[arg(long, value_delimiter = ',', default_value = "tlv,cguest")]
     pub targets: Vec<String>,
     /// Guest type.
     #[arg(long, value_enum, default_value = "pvh")]
@@ -59,6 +62,7 @@ pub fn run(args: &FuzzBenchArgs) -> Result<i32> {
     deps::ensure(deps::Need::Lab)?;
     guests::build()?;
     let bin = crate::fuzz::build_fuzz_bin("xenprobe-fuzz-bench", true)?;
+    let raw_loop = super::rawloop::build()?;
     let lab = if deps::on_real_dom0() {
         None
     } else {
@@ -80,8 +84,19 @@ pub fn run(args: &FuzzBenchArgs) -> Result<i32> {
     for t in &args.targets {
         let name = format!("{t}-{}", args.mode.name());
         let mut argv: Vec<String> = vec![bin.display().to_string()];
-        argv.extend(crate::fuzz::sample_args(t, args.mode.name()));
+        if t == "cguest" {
+            if args.mode != Mode::Pvh {
+                eprintln!("bench fuzz: cguest skipped: the C guest boots as PVH only");
+                continue;
+            }
+            let config = ws::root().join("fuzz/examples/cguest.toml");
+            argv.extend(["--config".into(), config.display().to_string()]);
+        } else {
+            argv.extend(crate::fuzz::sample_args(t, args.mode.name()));
+        }
         argv.extend([
+            "--raw-loop".into(),
+            raw_loop.display().to_string(),
             "--rounds".into(),
             args.rounds.max(1).to_string(),
             "--batch-secs".into(),

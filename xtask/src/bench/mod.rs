@@ -9,6 +9,7 @@ use crate::lab::xen::Flavour;
 mod campaign;
 mod fuzz;
 mod lab;
+mod rawloop;
 mod stub;
 mod tests;
 mod vmi;
