@@ -17,14 +17,17 @@ use crate::lab::xen::Flavour;
 use crate::lab::{Lab, UpOptions};
 use crate::{deps, guests, ws};
 
-/// The fuzz-target guests: the Rust samples and the C guest (by its config).
-const TARGETS: &[&str] = &["tlv", "bytecode", "imghdr", "cguest"];
+/// The fuzz-target guests: the Rust samples, the C guest and the Linux
+/// sample module (both by their configs).
+const TARGETS: &[&str] = &["tlv", "bytecode", "imghdr", "cguest", "linux"];
 
 /// Options of `bench fuzz` (the reset-strategy section).
 #[derive(Args, Debug, Clone)]
 pub struct FuzzBenchArgs {
     /// Guests to measure (comma-separated): tlv, bytecode, imghdr, cguest
-    /// (the C guest, PVH only).
+    /// (the C guest, PVH only), linux (the sample module in Debian's kernel:
+    /// its reset strategies against its own no-reset floor; PVH/HVM need
+    /// `--xen debug` in the lab).
     #[arg(long, value_delimiter = ',', default_value = "tlv,cguest")]
     pub targets: Vec<String>,
     /// Guest type.
@@ -61,6 +64,9 @@ pub fn run(args: &FuzzBenchArgs) -> Result<i32> {
     }
     deps::ensure(deps::Need::Lab)?;
     guests::build()?;
+    if args.targets.iter().any(|t| t == "linux") {
+        guests::linux::build()?;
+    }
     let bin = crate::fuzz::build_fuzz_bin("xenprobe-fuzz-bench", true)?;
     let raw_loop = super::rawloop::build()?;
     let lab = if deps::on_real_dom0() {
@@ -91,6 +97,15 @@ pub fn run(args: &FuzzBenchArgs) -> Result<i32> {
             }
             let config = ws::root().join("fuzz/examples/cguest.toml");
             argv.extend(["--config".into(), config.display().to_string()]);
+        } else if t == "linux" {
+            // The raw loop knows the fuzz-target ABI's markers, not a
+            // kernel's: the kernel row compares with its own floor.
+            let config = guests::linux::fuzz_config(args.mode)?;
+            argv.extend([
+                "--config".into(),
+                config.display().to_string(),
+                "--no-floor".into(),
+            ]);
         } else {
             argv.extend(crate::fuzz::sample_args(t, args.mode.name()));
         }
