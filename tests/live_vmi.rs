@@ -62,7 +62,7 @@ fn inspect(mode: &str) {
     // By id too.
     let by_id = xen.find(dom.id()).expect("find by id");
     assert_eq!(by_id.name, g.name());
-    eprintln!("{mode}: {}", dom.capabilities().summary(None));
+    eprintln!("{mode}: {}", dom.capabilities().summary());
 
     dom.pause().expect("pause");
     assert!(dom.info().expect("info").paused);

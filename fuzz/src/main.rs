@@ -126,6 +126,8 @@ struct Args {
     /// a traced run, written into inputs (fuzz/src/i2s.rs).
     #[arg(long)]
     no_cmplog: bool,
+    #[command(flatten)]
+    engine: xenprobe::vmi::SettingsArgs,
 }
 
 /// Parses `90`, `90s`, `5m`, `1h`.
@@ -187,6 +189,7 @@ fn real_main() -> Result<i32> {
     if a.seeds.is_some() {
         seeds = a.seeds.clone();
     }
+    target.engine = a.engine.settings();
     target.persistent = a.persistent.max(1);
     target.restore.strategy = a.restore;
     if a.full_context {

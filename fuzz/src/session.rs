@@ -85,6 +85,9 @@ pub struct TargetSpec {
     /// (see [`crate::kernel`]): symbols from the kernel and its modules,
     /// the kernel's error paths as sinks, the harness's markers.
     pub kernel: Option<KernelTarget>,
+    /// The engine's settings (the breakpoint instruction forced, slow
+    /// step-over), from the fuzzer's command line.
+    pub engine: xenprobe::vmi::Settings,
 }
 
 impl TargetSpec {
@@ -110,6 +113,7 @@ impl TargetSpec {
             event_spin: Duration::ZERO,
             input_format: None,
             kernel: None,
+            engine: Default::default(),
         }
     }
 }
@@ -342,7 +346,7 @@ impl Session {
             None => blocks::functions_in_image(&spec.image, &spec.cover)?,
             Some(_) => Vec::new(),
         };
-        let xen = Xen::open()?;
+        let xen = Xen::open()?.with_settings(spec.engine.clone());
         let mut s = Self {
             spec,
             name,

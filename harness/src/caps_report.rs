@@ -415,13 +415,17 @@ fn probe_breakpoint(
     insn: Option<&str>,
     feature: &str,
 ) -> anyhow::Result<(FeatureResult, Option<FeatureResult>)> {
-    // The engine reads the route from the environment when debugging starts.
-    match insn {
-        Some(v) => std::env::set_var(vmi::caps::BREAKPOINT_ENV, v),
-        None => std::env::remove_var(vmi::caps::BREAKPOINT_ENV),
-    }
+    // The route is a setting of the handle the domain is attached through.
+    let breakpoint = insn
+        .map(str::parse::<vmi::BreakpointInsnKind>)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let xen = xen.clone().with_settings(vmi::Settings {
+        breakpoint,
+        ..xen.settings().clone()
+    });
     let guest = Throwaway::create(images, mode, insn.unwrap_or("bp"))?;
-    let mut dom = Domain::attach(xen, guest.name.as_str())?;
+    let mut dom = Domain::attach(&xen, guest.name.as_str())?;
     dom.load_symbols(images.image("known", mode))?;
     let bp = match dom.add_breakpoint_at("known_tick") {
         Ok(bp) => bp,
@@ -466,7 +470,6 @@ fn probe_breakpoint(
     let _ = dom.remove_breakpoint(bp);
     dom.detach()?;
     drop(guest);
-    std::env::remove_var(vmi::caps::BREAKPOINT_ENV);
     Ok(result)
 }
 

@@ -30,6 +30,8 @@ use xenprobe::vmi::{cleanup, Domain, Symbols, Xen};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    engine: xenprobe::vmi::SettingsArgs,
 }
 
 #[derive(Subcommand)]
@@ -90,6 +92,7 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let settings = cli.engine.settings();
     match cli.cmd {
         Cmd::List => {
             let xen = Xen::open().context("opening Xen")?;
@@ -116,13 +119,14 @@ fn run(cli: Cli) -> Result<()> {
             domain.as_deref(),
             symbols.as_deref(),
             &modules,
+            settings,
         )?),
         Cmd::Gdbserver {
             domain,
             port,
             bind,
             symbols,
-        } => gdbserver(&domain, SocketAddr::new(bind, port), symbols),
+        } => gdbserver(&domain, SocketAddr::new(bind, port), symbols, settings),
         Cmd::Kallsyms { image } => kallsyms(&image),
     }
 }
@@ -136,9 +140,14 @@ fn kallsyms(image: &Path) -> Result<()> {
     }
 }
 
-fn gdbserver(domain: &str, addr: SocketAddr, symbols: Option<PathBuf>) -> Result<()> {
+fn gdbserver(
+    domain: &str,
+    addr: SocketAddr,
+    symbols: Option<PathBuf>,
+    settings: xenprobe::vmi::Settings,
+) -> Result<()> {
     cleanup::restore_on_ctrl_c()?;
-    let xen = Xen::open().context("opening Xen")?;
+    let xen = Xen::open().context("opening Xen")?.with_settings(settings);
     let target = match domain.parse::<u32>() {
         Ok(id) => Domain::attach(&xen, id),
         Err(_) => Domain::attach(&xen, domain),

@@ -71,6 +71,8 @@ struct Args {
     /// Skip the exactness check after each mode.
     #[arg(long)]
     no_check: bool,
+    #[command(flatten)]
+    engine: xenprobe::vmi::SettingsArgs,
 }
 
 fn main() {
@@ -85,7 +87,7 @@ fn real_main() -> Result<()> {
     let a = Args::parse();
     xenprobe::vmi::cleanup::restore_on_ctrl_c().context("installing the Ctrl-C handler")?;
     let work = std::env::temp_dir().join(format!("xenprobe-fuzz-bench-{}", std::process::id()));
-    let (target, dictionary) = match &a.config {
+    let (mut target, dictionary) = match &a.config {
         Some(path) => {
             let l = config::load(path, &work)?;
             (l.target, l.dictionary)
@@ -97,6 +99,7 @@ fn real_main() -> Result<()> {
             (TargetSpec::sample(&a.krate, cfg, image), Vec::new())
         }
     };
+    target.engine = a.engine.settings();
     let guest = target
         .cfg
         .file_stem()

@@ -82,8 +82,10 @@ pub fn run(
     domain: Option<&str>,
     symbols: Option<&Path>,
     modules: &[PathBuf],
+    settings: crate::vmi::Settings,
 ) -> Result<(), ReplError> {
     let mut s = Session::new(symbols.map(Path::to_path_buf), modules.to_vec());
+    s.settings = settings;
     // Ctrl-C while the guest runs stops it; at the prompt rustyline handles it.
     ctrlc::set_handler(|| INTERRUPT.store(true, Ordering::SeqCst))
         .map_err(|e| ReplError::Io(format!("Ctrl-C handler: {e}")))?;

@@ -58,6 +58,8 @@ impl Snapshot {
 pub struct Session {
     /// Connection to the hypervisor (opened lazily).
     pub xen: Option<Xen>,
+    /// The engine settings the connection is opened with.
+    pub settings: crate::vmi::Settings,
     /// The attached domain.
     pub dom: Option<Domain>,
     /// The vCPU commands refer to.
@@ -90,6 +92,7 @@ impl Session {
     pub fn new(elf: Option<PathBuf>, modules: Vec<PathBuf>) -> Self {
         Self {
             xen: None,
+            settings: Default::default(),
             dom: None,
             vcpu: 0,
             bps: BTreeMap::new(),
@@ -104,7 +107,7 @@ impl Session {
     /// The hypervisor connection.
     pub fn xen(&mut self) -> Result<&Xen, ReplError> {
         if self.xen.is_none() {
-            self.xen = Some(Xen::open()?);
+            self.xen = Some(Xen::open()?.with_settings(self.settings.clone()));
         }
         self.xen
             .as_ref()

@@ -102,9 +102,8 @@ pub enum Need {
 impl Need {
     /// `Err(reason)` if `caps` lack this.
     pub fn check(self, caps: &Capabilities) -> Result<(), String> {
-        let env = std::env::var(crate::vmi::caps::BREAKPOINT_ENV).ok();
         let r = match self {
-            Need::Breakpoints => caps.breakpoint_insn(env.as_deref()).map(|_| ()),
+            Need::Breakpoints => caps.breakpoint_insn().map(|_| ()),
             Need::Step => caps.step_method().map(|_| ()),
             Need::VmEvent => caps.vm_event(),
             Need::LogDirty => caps.log_dirty(),

@@ -37,8 +37,9 @@ pub fn main(tests: Vec<GuestTest>) -> ExitCode {
                 }
                 run_one(&test, mode, &pool, &name)
             });
-            let skip = host.as_ref().ok().and_then(|h| {
-                let caps = Capabilities::new(mode, h.clone());
+            let skip = host.as_ref().ok().and_then(|(h, settings)| {
+                let mut caps = Capabilities::new(mode, h.clone());
+                caps.forced_breakpoint = settings.breakpoint;
                 t.needs.iter().find_map(|n| n.check(&caps).err())
             });
             if let Some(why) = skip {
@@ -63,8 +64,10 @@ pub fn main(tests: Vec<GuestTest>) -> ExitCode {
     conclusion.exit_code()
 }
 
-/// What the running hypervisor offers, or why we cannot ask it.
-fn probe_host() -> Result<crate::xen::HostCaps, String> {
+/// What the running hypervisor offers and the engine settings (from the
+/// environment: a test binary's command line is libtest's), or why not.
+fn probe_host() -> Result<(crate::xen::HostCaps, crate::vmi::Settings), String> {
+    let settings = crate::vmi::SettingsArgs::from_env()?;
     if !std::path::Path::new("/dev/xen/privcmd").exists() {
         return Err(
             "this test needs a Xen dom0 (/dev/xen/privcmd is missing): run it with \
@@ -75,6 +78,7 @@ fn probe_host() -> Result<crate::xen::HostCaps, String> {
     }
     Xen::open()
         .and_then(|x| x.host_caps())
+        .map(|h| (h, settings))
         .map_err(|e| format!("cannot query the hypervisor: {e}"))
 }
 

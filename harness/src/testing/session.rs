@@ -56,7 +56,10 @@ impl Session {
 
     /// Attaches to `guest` and loads its symbols.
     pub(crate) fn attach(guest: GuestDomain, mode: Mode) -> Result<Self> {
-        let xen = Xen::open().context("opening Xen's interfaces")?;
+        let settings = crate::vmi::SettingsArgs::from_env().map_err(anyhow::Error::msg)?;
+        let xen = Xen::open()
+            .context("opening Xen's interfaces")?
+            .with_settings(settings);
         let mut dom = Domain::attach(&xen, guest.name.as_str())
             .with_context(|| format!("attaching to {}", guest.name))?;
         dom.load_symbols(guest.image())
@@ -286,11 +289,7 @@ impl Session {
     /// if the guest has them (xenprobe's guest runtime) and breakpoints work.
     fn end_points(&self) -> Option<[u64; 3]> {
         let syms = self.dom.symbols().ok()?;
-        let env = std::env::var(crate::vmi::caps::BREAKPOINT_ENV).ok();
-        self.dom
-            .capabilities()
-            .breakpoint_insn(env.as_deref())
-            .ok()?;
+        self.dom.capabilities().breakpoint_insn().ok()?;
         Some([
             syms.lookup("xenprobe_exit")?,
             syms.lookup("xenprobe_crash")?,

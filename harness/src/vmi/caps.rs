@@ -28,6 +28,19 @@ pub enum BreakpointInsnKind {
     Icebp,
 }
 
+/// `int3` or `icebp`, any case (command-line values).
+impl std::str::FromStr for BreakpointInsnKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.trim() {
+            v if v.eq_ignore_ascii_case("int3") => Ok(Self::Int3),
+            v if v.eq_ignore_ascii_case("icebp") => Ok(Self::Icebp),
+            v => Err(format!("{v:?}: expected int3 or icebp")),
+        }
+    }
+}
+
 /// How a single step is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepMethod {
@@ -39,9 +52,6 @@ pub enum StepMethod {
     TrapFlagGdbsx,
 }
 
-/// Environment variable that forces the breakpoint instruction: `int3` or `icebp`.
-pub const BREAKPOINT_ENV: &str = "XENPROBE_BREAKPOINT";
-
 /// Capabilities for one domain on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capabilities {
@@ -51,6 +61,8 @@ pub struct Capabilities {
     pub host: HostCaps,
     /// MTF worked when tried at attach (set by the engine).
     pub mtf: bool,
+    /// The breakpoint instruction the settings force ([`super::Settings`]).
+    pub forced_breakpoint: Option<BreakpointInsnKind>,
 }
 
 const DEBUG_HINT: &str = "run the lab with --xen debug";
@@ -62,6 +74,7 @@ impl Capabilities {
             kind,
             host,
             mtf: false,
+            forced_breakpoint: None,
         }
     }
 
@@ -95,20 +108,11 @@ impl Capabilities {
         }
     }
 
-    /// The breakpoint instruction: the override in `env_override` (the value
-    /// of [`BREAKPOINT_ENV`]) if given, else int3 for PV and on real CPUs,
-    /// ICEBP for HVM/PVH on an emulated CPU (QEMU TCG never reports #BP).
-    pub fn breakpoint_insn(&self, env_override: Option<&str>) -> Result<BreakpointInsnKind> {
-        let forced = match env_override.map(str::trim) {
-            None | Some("") => None,
-            Some(v) if v.eq_ignore_ascii_case("int3") => Some(BreakpointInsnKind::Int3),
-            Some(v) if v.eq_ignore_ascii_case("icebp") => Some(BreakpointInsnKind::Icebp),
-            Some(v) => {
-                return Err(Error::State(format!(
-                    "{BREAKPOINT_ENV}={v:?}: expected int3 or icebp"
-                )))
-            }
-        };
+    /// The breakpoint instruction: the one forced by the settings if any,
+    /// else int3 for PV and on real CPUs, ICEBP for HVM/PVH on an emulated
+    /// CPU (QEMU TCG never reports #BP).
+    pub fn breakpoint_insn(&self) -> Result<BreakpointInsnKind> {
+        let forced = self.forced_breakpoint;
         match self.kind {
             GuestKind::Pv => {
                 self.pv_debugging()?;
@@ -178,7 +182,7 @@ impl Capabilities {
     }
 
     /// A human-readable summary, one feature per line.
-    pub fn summary(&self, env_override: Option<&str>) -> String {
+    pub fn summary(&self) -> String {
         let show = |r: Result<String>| match r {
             Ok(s) => s,
             Err(e) => format!("no ({e})"),
@@ -191,7 +195,7 @@ impl Capabilities {
             format!("vm_event: {}", show(self.vm_event().map(|_| "yes".into()))),
             format!(
                 "breakpoints: {}",
-                show(self.breakpoint_insn(env_override).map(|k| format!("{k:?}")))
+                show(self.breakpoint_insn().map(|k| format!("{k:?}")))
             ),
             format!(
                 "stepping: {}",
@@ -231,7 +235,7 @@ mod tests {
     #[test]
     fn pv_on_stock_hypervisor_names_gdbsx_and_the_fix() {
         let c = Capabilities::new(GuestKind::Pv, lab_stock());
-        let e = c.breakpoint_insn(None).unwrap_err().to_string();
+        let e = c.breakpoint_insn().unwrap_err().to_string();
         assert!(e.contains("CONFIG_GDBSX"), "{e}");
         assert!(e.contains("--xen debug"), "{e}");
         assert!(c.step_method().is_err());
@@ -245,8 +249,10 @@ mod tests {
             GuestKind::Pv,
             host(true, true, "QEMU TCG CPU", "AuthenticAMD"),
         );
-        assert_eq!(c.breakpoint_insn(None).ok(), Some(BreakpointInsnKind::Int3));
-        assert!(c.breakpoint_insn(Some("icebp")).is_err());
+        assert_eq!(c.breakpoint_insn().ok(), Some(BreakpointInsnKind::Int3));
+        let mut forced = c.clone();
+        forced.forced_breakpoint = Some(BreakpointInsnKind::Icebp);
+        assert!(forced.breakpoint_insn().is_err());
         assert_eq!(c.step_method().ok(), Some(StepMethod::TrapFlagGdbsx));
         assert!(c.log_dirty().is_ok());
     }
@@ -255,15 +261,15 @@ mod tests {
     fn hvm_under_tcg_defaults_to_icebp_and_tf_stepping() {
         for kind in [GuestKind::Hvm, GuestKind::Pvh] {
             let c = Capabilities::new(kind, lab_stock());
+            assert_eq!(c.breakpoint_insn().ok(), Some(BreakpointInsnKind::Icebp));
+            let mut forced = c.clone();
+            forced.forced_breakpoint = Some(BreakpointInsnKind::Int3);
             assert_eq!(
-                c.breakpoint_insn(None).ok(),
-                Some(BreakpointInsnKind::Icebp)
-            );
-            assert_eq!(
-                c.breakpoint_insn(Some("INT3")).ok(),
+                forced.breakpoint_insn().ok(),
                 Some(BreakpointInsnKind::Int3)
             );
-            assert!(c.breakpoint_insn(Some("hlt")).is_err());
+            assert_eq!("INT3".parse(), Ok(BreakpointInsnKind::Int3));
+            assert!("hlt".parse::<BreakpointInsnKind>().is_err());
             assert_eq!(c.step_method().ok(), Some(StepMethod::TrapFlagMonitor));
             assert!(c.vm_event().is_ok());
             assert!(c.log_dirty().is_ok());
@@ -277,10 +283,10 @@ mod tests {
             GuestKind::Hvm,
             host(false, true, "Intel(R) Xeon(R)", "GenuineIntel"),
         );
-        assert_eq!(c.breakpoint_insn(None).ok(), Some(BreakpointInsnKind::Int3));
+        assert_eq!(c.breakpoint_insn().ok(), Some(BreakpointInsnKind::Int3));
         c.mtf = true;
         assert_eq!(c.step_method().ok(), Some(StepMethod::Mtf));
         assert!(c.vm_forks().is_ok());
-        assert!(c.summary(None).contains("VM forks: yes"));
+        assert!(c.summary().contains("VM forks: yes"));
     }
 }

@@ -20,6 +20,7 @@ pub struct Xen {
     pub(crate) xc: XenCtrl,
     pub(crate) fmem: ForeignMemory,
     host: std::sync::Arc<OnceLock<HostCaps>>,
+    settings: super::Settings,
 }
 
 impl std::fmt::Debug for Xen {
@@ -85,7 +86,19 @@ impl Xen {
             xc: XenCtrl::open()?,
             fmem: ForeignMemory::open()?,
             host: Default::default(),
+            settings: Default::default(),
         })
+    }
+
+    /// This handle (and the domains attached through it) with `settings`.
+    pub fn with_settings(mut self, settings: super::Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// The engine settings of this handle.
+    pub fn settings(&self) -> &super::Settings {
+        &self.settings
     }
 
     /// The raw libxenctrl handle (for calls the engine does not wrap).
@@ -226,7 +239,8 @@ impl Domain {
         let domid = summary.domid;
         let kind = summary.kind;
         super::cleanup::recover(xen, domid, &summary.name)?;
-        let caps = Capabilities::new(kind, xen.host_caps()?);
+        let mut caps = Capabilities::new(kind, xen.host_caps()?);
+        caps.forced_breakpoint = xen.settings.breakpoint;
         let regs_backend: Box<dyn RegisterBackend> = match kind {
             GuestKind::Pv => Box::<PvRegisters>::default(),
             GuestKind::Pvh | GuestKind::Hvm => Box::new(HvmRegisters::new(

@@ -10,7 +10,7 @@ use crate::xen::{
 };
 
 use super::breakpoint::{BreakpointId, Icebp, Int3};
-use super::caps::{BreakpointInsnKind, GuestKind, BREAKPOINT_ENV};
+use super::caps::{BreakpointInsnKind, GuestKind};
 use super::domain::Domain;
 use super::error::{Error, Result};
 use super::pagewalk::{self, PagingMode};
@@ -285,7 +285,6 @@ impl Domain {
         if !matches!(self.backend, Backend::None) {
             return Ok(());
         }
-        let env = std::env::var(BREAKPOINT_ENV).ok();
         match self.kind {
             GuestKind::Pv => {
                 self.caps.pv_debugging()?;
@@ -295,7 +294,7 @@ impl Domain {
                 self.backend = Backend::Gdbsx;
             }
             GuestKind::Pvh | GuestKind::Hvm => {
-                let kind = self.caps.breakpoint_insn(env.as_deref())?;
+                let kind = self.caps.breakpoint_insn()?;
                 self.journal.set_monitor(true)?;
                 let mut ring = match MonitorRing::enable(&self.xen.xc, self.domid) {
                     Err(e) if e.raw_errno() == Some(libc::EBUSY) => {

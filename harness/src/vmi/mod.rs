@@ -104,11 +104,13 @@
 //! - Not verified in the lab (no hardware for it): int3 with the HVM
 //!   software-breakpoint monitor, MTF stepping, VM forks (Intel only).
 //!
-//! # Environment
-//! - `XENPROBE_BREAKPOINT=int3|icebp`: force the breakpoint instruction.
-//! - `XENPROBE_SLOW_STEP=1`: step over breakpoints with full context
-//!   get/set instead of the vm_event register copy.
-//! - `XENPROBE_RUN_DIR`: journal directory (default `/run/xenprobe`).
+//! # Settings
+//! [`Settings`], given to [`Xen::with_settings`] by the programs: the
+//! breakpoint instruction forced (`xenprobe --breakpoint int3|icebp`, or
+//! `XENPROBE_BREAKPOINT` read by the binaries and the test API's entry
+//! point), slow step-over with full context loads (`--slow-step`,
+//! `XENPROBE_SLOW_STEP`). The journal directory is `/run/xenprobe`
+//! (`XENPROBE_RUN_DIR` overrides it, for tests that isolate journals).
 
 mod breakpoint;
 pub mod caps;
@@ -122,6 +124,7 @@ mod memory;
 mod notice;
 pub mod pagewalk;
 mod regs;
+mod settings;
 pub mod snapshot;
 pub mod snapshot_file;
 mod snapshot_pv;
@@ -143,6 +146,7 @@ pub use memory::{DirtyTracking, MemoryImage};
 pub use notice::Notice;
 pub use pagewalk::{PagingMode, Translation};
 pub use regs::{Registers, Segment, RFLAGS_TF};
+pub use settings::{Settings, SettingsArgs};
 pub use snapshot::{
     RegisterReset, RestoreOptions, RestoreStats, RestoreStrategy, SnapshotCheck, SnapshotInfo,
 };

@@ -17,9 +17,6 @@ use super::error::{Error, Result};
 use super::events::{Backend, Deadline, Decision, Event, Raw, StopReason};
 use super::regs::RFLAGS_TF;
 
-/// Set to any value to disable the fast (vm_event-register) step-over path.
-pub const SLOW_STEP_ENV: &str = "XENPROBE_SLOW_STEP";
-
 /// How long a single step may take before it is reported as stuck.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -115,7 +112,7 @@ impl Domain {
             })
             .collect();
         for (vcpu, id, va) in on_bp {
-            if std::env::var_os(SLOW_STEP_ENV).is_none() && self.fast_step_over(vcpu, id, va)? {
+            if !self.xen.settings().slow_step && self.fast_step_over(vcpu, id, va)? {
                 continue;
             }
             if self.regs(vcpu)?.rip == va {

@@ -41,7 +41,7 @@ pub(super) fn info(s: &mut Session, out: &mut String) -> Result<(), ReplError> {
         info.max_vcpu_id,
         info.max_memkb
     );
-    let _ = writeln!(out, "{}", dom.capabilities().summary(None));
+    let _ = writeln!(out, "{}", dom.capabilities().summary());
     Ok(())
 }
 
