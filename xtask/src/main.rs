@@ -1,4 +1,4 @@
-//! `cargo xtask`: build, lab, guests, fuzz and bench commands for xenprobe.
+//! `cargo xtask`: build, lab, guests, fuzz, bench and Xen-sysroot commands for xenprobe.
 
 mod bench;
 mod deps;
@@ -8,6 +8,7 @@ mod lab;
 mod sys;
 mod test;
 mod ws;
+mod xen_sysroot;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -34,6 +35,9 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Fuzz a sample guest in the lab (snapshot-driven, coverage-guided, LibAFL).
     Fuzz(fuzz::FuzzArgs),
+    /// Build xenprobe against another Xen release's headers and libraries
+    /// (Debian's packages, unpacked under target/xen-sysroot/<version>).
+    XenSysroot(xen_sysroot::XenSysrootArgs),
 }
 
 fn main() -> Result<()> {
@@ -51,6 +55,7 @@ fn main() -> Result<()> {
         Cmd::Test(a) => test::main(a)?,
         Cmd::Bench(a) => bench::main(a)?,
         Cmd::Fuzz(a) => fuzz::main(a)?,
+        Cmd::XenSysroot(a) => xen_sysroot::main(a)?,
     };
     std::process::exit(code)
 }

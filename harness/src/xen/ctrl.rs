@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use xen_sys as sys;
 
-use super::error::{Result, XenError};
+use super::error::{check, Result, XenError};
 
 struct Handle(NonNull<sys::xc_interface>);
 
@@ -36,7 +36,7 @@ impl std::fmt::Debug for XenCtrl {
     }
 }
 
-/// What `xc_domain_getinfo` says about one domain.
+/// What Xen's domain info (`xc_domaininfo_t`) says about one domain.
 /// See docs/xen-vmi.md#domain-info
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainInfo {
@@ -48,7 +48,7 @@ pub struct DomainInfo {
     pub emulation_flags: u32,
     /// Paused by the toolstack/debugger (not just blocked).
     pub paused: bool,
-    /// Shut down (see `shutdown_reason`).
+    /// Shut down for a reason other than a crash (see `shutdown_reason`).
     pub shutdown: bool,
     /// Crashed (shut down with reason crash).
     pub crashed: bool,
@@ -58,7 +58,7 @@ pub struct DomainInfo {
     pub debugged: bool,
     /// Uses hardware-assisted paging.
     pub hap: bool,
-    /// `SHUTDOWN_*` reason, meaningful when `shutdown` is set.
+    /// `SHUTDOWN_*` reason, meaningful when `shutdown` or `crashed` is set.
     pub shutdown_reason: u32,
     /// Pages currently allocated.
     pub nr_pages: u64,
@@ -73,22 +73,29 @@ pub struct DomainInfo {
 }
 
 impl DomainInfo {
-    fn from_raw(i: &sys::xc_dominfo_t) -> Self {
+    /// Decodes `XEN_DOMCTL_getdomaininfo`'s record as 4.17's
+    /// `xc_domain_getinfo` did: a crash is `crashed`, not `shutdown`.
+    fn from_raw(i: &sys::xc_domaininfo_t) -> Self {
+        let flag = |f: u32| i.flags & f != 0;
+        let shutdown_reason =
+            (i.flags >> sys::XEN_DOMINF_shutdownshift) & sys::XEN_DOMINF_shutdownmask;
+        let down = flag(sys::XEN_DOMINF_shutdown);
+        let crashed = down && shutdown_reason == sys::SHUTDOWN_crash;
         Self {
-            domid: i.domid,
-            hvm: i.hvm() != 0,
+            domid: u32::from(i.domain),
+            hvm: flag(sys::XEN_DOMINF_hvm_guest),
             emulation_flags: i.arch_config.emulation_flags,
-            paused: i.paused() != 0,
-            shutdown: i.shutdown() != 0,
-            crashed: i.crashed() != 0,
-            dying: i.dying() != 0,
-            debugged: i.debugged() != 0,
-            hap: i.hap() != 0,
-            shutdown_reason: i.shutdown_reason,
-            nr_pages: i.nr_pages,
+            paused: flag(sys::XEN_DOMINF_paused),
+            shutdown: down && !crashed,
+            crashed,
+            dying: flag(sys::XEN_DOMINF_dying),
+            debugged: flag(sys::XEN_DOMINF_debugged),
+            hap: flag(sys::XEN_DOMINF_hap),
+            shutdown_reason,
+            nr_pages: i.tot_pages,
             max_vcpu_id: i.max_vcpu_id,
             nr_online_vcpus: i.nr_online_vcpus,
-            max_memkb: i.max_memkb,
+            max_memkb: i.max_pages << (super::PAGE_SHIFT - 10),
             shared_info_frame: i.shared_info_frame,
         }
     }
@@ -115,42 +122,92 @@ impl XenCtrl {
         self.handle.0.as_ptr()
     }
 
-    /// `xc_domain_getinfo` for exactly `domid`.
+    /// The domain info of exactly `domid` (`xc_domain_getinfo_single`; on
+    /// 4.17, which lacks it, `xc_domain_getinfolist` from `domid`).
     /// See docs/xen-vmi.md#domain-info
     pub fn domain_info(&self, domid: u32) -> Result<DomainInfo> {
-        let mut info = sys::xc_dominfo_t::default();
-        // SAFETY: one xc_dominfo_t of space for max_doms = 1.
-        let n = unsafe { sys::xc_domain_getinfo(self.raw(), domid, 1, &mut info) };
-        if n < 0 {
-            return Err(XenError::last("xc_domain_getinfo"));
+        let mut info = sys::xc_domaininfo_t::default();
+        #[cfg(xen_4_18)]
+        {
+            // SAFETY: one xc_domaininfo_t to fill.
+            let rc = unsafe { sys::xc_domain_getinfo_single(self.raw(), domid, &mut info) };
+            check("xc_domain_getinfo_single", rc)?;
         }
-        if n != 1 || info.domid != domid {
-            return Err(XenError::errno("xc_domain_getinfo", libc::ESRCH));
+        #[cfg(not(xen_4_18))]
+        {
+            // SAFETY: one xc_domaininfo_t of space for max_domains = 1.
+            let n = unsafe { sys::xc_domain_getinfolist(self.raw(), domid, 1, &mut info) };
+            // It answers with the first domain at or after `domid`.
+            if check("xc_domain_getinfolist", n)? != 1 || u32::from(info.domain) != domid {
+                return Err(XenError::errno("xc_domain_getinfolist", libc::ESRCH));
+            }
         }
         Ok(DomainInfo::from_raw(&info))
     }
 
-    /// All domains (`xc_domain_getinfo` in batches), dom0 included.
+    /// All domains (`xc_domain_getinfolist` in batches), dom0 included.
     /// See docs/xen-vmi.md#domain-info
     pub fn domains(&self) -> Result<Vec<DomainInfo>> {
         const BATCH: usize = 64;
         let mut out = Vec::new();
         let mut next = 0u32;
+        let mut buf = vec![sys::xc_domaininfo_t::default(); BATCH];
         loop {
-            let mut buf = vec![sys::xc_dominfo_t::default(); BATCH];
             // SAFETY: buf has BATCH entries.
-            let n =
-                unsafe { sys::xc_domain_getinfo(self.raw(), next, BATCH as u32, buf.as_mut_ptr()) };
-            if n < 0 {
-                return Err(XenError::last("xc_domain_getinfo"));
-            }
-            let n = n as usize;
+            let n = unsafe {
+                sys::xc_domain_getinfolist(self.raw(), next, BATCH as u32, buf.as_mut_ptr())
+            };
+            let n = (check("xc_domain_getinfolist", n)? as usize).min(BATCH);
             out.extend(buf[..n].iter().map(DomainInfo::from_raw));
             match buf[..n].last() {
-                Some(last) if n == BATCH => next = last.domid + 1,
+                Some(last) if n == BATCH => next = u32::from(last.domain) + 1,
                 _ => break,
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(flags: u32) -> sys::xc_domaininfo_t {
+        let mut i = sys::xc_domaininfo_t {
+            domain: 7,
+            flags,
+            tot_pages: 100,
+            max_pages: 256,
+            shared_info_frame: 0x1234,
+            nr_online_vcpus: 2,
+            max_vcpu_id: 1,
+            ..Default::default()
+        };
+        i.arch_config.emulation_flags = sys::XEN_X86_EMU_LAPIC;
+        i
+    }
+
+    #[test]
+    fn decodes_domain_info() {
+        let d = DomainInfo::from_raw(&raw(sys::XEN_DOMINF_hvm_guest
+            | sys::XEN_DOMINF_paused
+            | sys::XEN_DOMINF_hap));
+        assert_eq!(d.domid, 7);
+        assert!(d.hvm && d.paused && d.hap && d.is_pvh());
+        assert!(!d.shutdown && !d.crashed && !d.dying && !d.debugged);
+        assert_eq!((d.nr_pages, d.max_memkb), (100, 1024));
+        assert_eq!((d.nr_online_vcpus, d.max_vcpu_id), (2, 1));
+        assert_eq!(d.shared_info_frame, 0x1234);
+    }
+
+    #[test]
+    fn crash_is_not_shutdown() {
+        let reason = |r: u32| sys::XEN_DOMINF_shutdown | (r << sys::XEN_DOMINF_shutdownshift);
+        let crashed = DomainInfo::from_raw(&raw(reason(sys::SHUTDOWN_crash)));
+        assert!(crashed.crashed && !crashed.shutdown);
+        assert_eq!(crashed.shutdown_reason, sys::SHUTDOWN_crash);
+        let off = DomainInfo::from_raw(&raw(reason(sys::SHUTDOWN_poweroff)));
+        assert!(off.shutdown && !off.crashed);
+        assert_eq!(off.shutdown_reason, sys::SHUTDOWN_poweroff);
     }
 }

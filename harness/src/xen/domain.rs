@@ -6,8 +6,8 @@ use super::ctrl::XenCtrl;
 use super::error::{check, Result, XenError};
 
 extern "C" {
-    // Exported by libxenctrl 4.17 (XEN_DOMCTL_getpageframeinfo3) but
-    // declared only in its private header.
+    // Exported by libxenctrl 4.17 and 4.20 (XEN_DOMCTL_getpageframeinfo3)
+    // but declared only in its private header.
     fn xc_get_pfn_type_batch(
         xch: *mut sys::xc_interface,
         dom: u32,

@@ -8,6 +8,10 @@
 //! are thin wrappers over the `xc_*` calls of the same name. Resources with a
 //! lifetime (foreign mappings, event channels, the vm_event ring, dirty
 //! bitmaps) are RAII types that release themselves on drop.
+//!
+//! It builds against Xen 4.17 and 4.20: `build.rs` reads the installed
+//! headers and sets the `xen_4_18` cfg used by the few wrappers whose C calls
+//! differ ([`BUILT_FOR`] says which release). See docs/xen-vmi.md#xen-versions
 
 mod cap;
 mod ctrl;
@@ -22,7 +26,14 @@ mod memshr;
 mod monitor;
 mod tsc;
 mod vcpu;
+// Read by build.rs; compiled here only for its unit tests.
+#[cfg(test)]
+mod version;
 mod xenstore;
+
+/// The Xen release whose headers and libraries xenprobe was built against
+/// (`"4.17"` or `"4.20"`), as `build.rs` found them.
+pub const BUILT_FOR: &str = env!("XENPROBE_XEN_RELEASE");
 
 pub use cap::{HostCaps, MonitorCaps};
 pub use ctrl::{DomainInfo, XenCtrl};
@@ -50,3 +61,12 @@ pub use xenstore::XenStore;
 pub const PAGE_SIZE: usize = 4096;
 /// log2 of [`PAGE_SIZE`].
 pub const PAGE_SHIFT: u32 = 12;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn built_for_matches_the_api_cfg() {
+        assert!(super::BUILT_FOR == "4.17" || super::BUILT_FOR == "4.20");
+        assert_eq!(cfg!(xen_4_18), super::BUILT_FOR != "4.17");
+    }
+}
