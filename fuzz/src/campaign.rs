@@ -434,10 +434,26 @@ where
         inputs = default_seeds();
     }
     let seeded = inputs.len() - resumed;
+    let used_defaults = resumed == 0 && opts.seeds.is_none();
     for input in inputs {
         // Every starting input joins the corpus (one-shot coverage breakpoints
-        // make a re-run of an old input look uninteresting).
+        // make a re-run of an old input look uninteresting), unless it is a
+        // crash or a hang: LibAFL keeps those as solutions only.
         fuzzer.add_input(&mut state, executor, mgr, input)?;
+    }
+    if state.corpus().count() == 0 && !used_defaults {
+        // Every starting input crashed: try the generic ones.
+        for input in default_seeds() {
+            fuzzer.add_input(&mut state, executor, mgr, input)?;
+        }
+    }
+    if state.corpus().count() == 0 {
+        bail!(
+            "every starting input crashed or hung ({} saved under {}/crashes and hangs): \
+             nothing to mutate; give seeds that run to the end point (--seeds DIR)",
+            state.solutions().count(),
+            opts.dir.display()
+        );
     }
     let cmplog = opts.cmplog;
     if opts.progress {
