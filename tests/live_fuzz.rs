@@ -386,6 +386,24 @@ fn a_hanging_seed_is_saved_as_a_hang_not_a_crash() {
     destroy(&name);
 }
 
+/// Seeds that all hang leave LibAFL no corpus entry: the campaign goes on
+/// from the generic seeds instead of failing with "No entries in corpus".
+#[test]
+fn a_campaign_whose_seeds_all_hang_fuzzes_from_the_generic_seeds() {
+    if !xenprobe_tests::have_xen() {
+        return;
+    }
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (spec, name, work) = guest("bytecode", "allhang");
+    // BC-3 (`JMP -2` loops forever) alone.
+    let seeds = seed_dir(&work, &["5842433108fe"]);
+    let s = short_campaign(&spec, &work, Some(seeds), &[], 8);
+    assert!(s.hang_sites >= 1, "the seed's hang is saved: {}", s.render());
+    assert!(s.corpus >= 1, "a corpus from the generic seeds: {}", s.render());
+    assert!(s.execs > 100, "it fuzzed on: {}", s.render());
+    destroy(&name);
+}
+
 #[test]
 fn bytecode_campaign_finds_bc1_from_a_benign_seed() {
     if !xenprobe_tests::have_xen() {
