@@ -398,8 +398,16 @@ fn a_campaign_whose_seeds_all_hang_fuzzes_from_the_generic_seeds() {
     // BC-3 (`JMP -2` loops forever) alone.
     let seeds = seed_dir(&work, &["5842433108fe"]);
     let s = short_campaign(&spec, &work, Some(seeds), &[], 8);
-    assert!(s.hang_sites >= 1, "the seed's hang is saved: {}", s.render());
-    assert!(s.corpus >= 1, "a corpus from the generic seeds: {}", s.render());
+    assert!(
+        s.hang_sites >= 1,
+        "the seed's hang is saved: {}",
+        s.render()
+    );
+    assert!(
+        s.corpus >= 1,
+        "a corpus from the generic seeds: {}",
+        s.render()
+    );
     assert!(s.execs > 100, "it fuzzed on: {}", s.render());
     destroy(&name);
 }

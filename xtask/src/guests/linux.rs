@@ -69,11 +69,13 @@ pub fn fuzz_config(mode: Mode) -> Result<PathBuf> {
     let text = format!(
         "# Written by `cargo xtask fuzz linux --mode {m}` (see fuzz/examples/linux-sample.toml).\n\
          xl_cfg = \"{cfg}\"\nkernel = \"{k}\"\nmodules = [\"{ko}\"]\nmarker = \"{marker}\"\n\
-         input_len = \"xenprobe_input_len\"\ntimeout_ms = 2000\nboot_timeout_s = 150\n",
+         input_len = \"xenprobe_input_len\"\ntimeout_ms = 2000\nboot_timeout_s = 150\n\
+         # The module's benign sessions (guests/linux/seeds/).\nseeds = \"{seeds}\"\n",
         m = mode.name(),
         cfg = out.join(format!("linux-{}.cfg", mode.name())).display(),
         k = l.vmlinux.display(),
         ko = l.module.display(),
+        seeds = ws::root().join("guests/linux/seeds").display(),
     );
     write_if_changed(&path, text.as_bytes())?;
     Ok(path)
