@@ -345,9 +345,10 @@ fn measure(s: &mut Session, opts: &BenchOptions) -> Result<Vec<Row>> {
                 let c = s.check_reset()?;
                 if !c.exact() {
                     eprintln!(
-                        "[bench] {}: NOT EXACT: {} frames differ, cpu fields {:?}",
+                        "[bench] {}: NOT EXACT: {} frames differ ({}), cpu fields {:?}",
                         m.name,
                         c.frames_differ.len(),
+                        gfn_list(&c.frames_differ),
                         c.cpu_differ
                     );
                 }
@@ -730,8 +731,9 @@ fn compare_in(
         let c = s.check_reset()?;
         if !c.exact() {
             eprintln!(
-                "[bench] xenprobe's reset is NOT EXACT: {} frames differ, cpu fields {:?}",
+                "[bench] xenprobe's reset is NOT EXACT: {} frames differ ({}), cpu fields {:?}",
                 c.frames_differ.len(),
+                gfn_list(&c.frames_differ),
                 c.cpu_differ
             );
         }
@@ -1002,6 +1004,19 @@ pub fn print_comparison(guest: &str, rows: &[FloorRow]) {
             }
         );
     }
+}
+
+/// The first frames of a list, in hex (for a message).
+fn gfn_list(frames: &[u64]) -> String {
+    let mut l: Vec<String> = frames
+        .iter()
+        .take(4)
+        .map(|g| format!("gfn {g:#x}"))
+        .collect();
+    if frames.len() > 4 {
+        l.push("...".into());
+    }
+    l.join(", ")
 }
 
 #[cfg(test)]
