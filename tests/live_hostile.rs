@@ -21,7 +21,7 @@
 //! | `dirty_all` | writes every page of its RAM | all restored |
 //! | `overflow` | writes past the input buffer, the length, `xenprobe_quiet` | nothing more to do |
 //! | `stack`, `cr3`, `idt` | moves its stack, CR3, IDT (and faults through the moved IDT) | the next reset loads the whole vCPU state where the fast path would miss it |
-//! | `vcpu` | brings up vCPU 1 mid-run (2-vCPU config) | the restore puts it down again |
+//! | `vcpu` | brings up vCPU 1 mid-run (2-vCPU config), also one that goes down again by itself | the restore resets it to down and uninitialised |
 //!
 //! Guests are booted once per mode (and vCPU count) and shared by the tests;
 //! a test that fails drops its guest. One test at a time; each is stopped
@@ -354,8 +354,10 @@ fn idt(s: &mut Session, what: &str) -> Result<()> {
 }
 
 fn vcpu(s: &mut Session, what: &str) -> Result<()> {
-    for _ in 0..2 {
-        let r = run(s, what, &[0x0d])?;
+    // Up during the run twice, then up and down again by itself (halted
+    // with interrupts off) before the run ends: reset all the same.
+    for input in [[0x0d, 0x00], [0x0d, 0x00], [0x0d, 0x01], [0x0d, 0x00]] {
+        let r = run(s, what, &input)?;
         expect_ok(&r, what)?;
         noticed(&r, what, "brought up vCPU 1")?;
     }

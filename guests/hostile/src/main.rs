@@ -207,6 +207,8 @@ pub static mut hostile_result: u64 = 0;
 /// Iterations of vCPU 1's loop (`Vcpu`).
 #[no_mangle]
 pub static hostile_ap_count: AtomicU64 = AtomicU64::new(0);
+/// The count at which vCPU 1 halts with interrupts off (and so goes down).
+static HOSTILE_AP_LIMIT: AtomicU64 = AtomicU64::new(1_000_000);
 
 fn set_result(v: u64) {
     unsafe { addr_of_mut!(hostile_result).write_volatile(v) };
@@ -250,7 +252,7 @@ pub extern "C" fn hostile_ap_main() -> ! {
     loop {
         let n = hostile_ap_count.fetch_add(1, Ordering::SeqCst) + 1;
         hostile_ap_work(n);
-        if n >= 1_000_000 {
+        if n >= HOSTILE_AP_LIMIT.load(Ordering::SeqCst) {
             loop {
                 unsafe { asm!("hlt", options(nomem, nostack)) };
             }
@@ -398,7 +400,10 @@ fn pt_loop(variant: u8) -> ! {
     let seen = unsafe { (LOOP_VA as *const u64).read_volatile() };
     let want = unsafe { pml4.read_volatile() };
     if seen != want {
-        panic!("hostile: read {:#x} through the loop, not {:#x}", seen, want);
+        panic!(
+            "hostile: read {:#x} through the loop, not {:#x}",
+            seen, want
+        );
     }
     let rbp = if variant == 1 { BEYOND_VA } else { LOOP_VA };
     // A fault whose report carries RBP inside the loop: the harness walks
@@ -436,6 +441,7 @@ const XENMEM_MEMORY_MAP: usize = 9;
 const VCPU_OP: usize = 24;
 const VCPUOP_INITIALISE: usize = 0;
 const VCPUOP_UP: usize = 1;
+const VCPUOP_IS_UP: usize = 3;
 
 /// Reads the byte at `p` and writes it back.
 unsafe fn touch(p: *mut u8) {
@@ -592,7 +598,10 @@ struct VcpuHvmContext {
     regs: [u64; 15],
 }
 
-fn vcpu() -> u64 {
+/// Brings up vCPU 1 and waits until it has counted 1000 (variant 0), or
+/// until it has counted to the end and halted with interrupts off, which
+/// takes it down again (variant 1: up and down within the run).
+fn vcpu(variant: u8) -> u64 {
     let (cr0, cr4): (u64, u64);
     unsafe {
         asm!("mov {0}, cr0", out(reg) cr0, options(nomem, nostack));
@@ -604,6 +613,8 @@ fn vcpu() -> u64 {
              options(nomem, nostack));
     }
     let efer = u64::from(hi) << 32 | u64::from(lo);
+    let limit = if variant == 1 { 2000 } else { 1_000_000 };
+    HOSTILE_AP_LIMIT.store(limit, Ordering::SeqCst);
     let mut ctx = VcpuHvmContext {
         mode: 1, // VCPU_HVM_MODE_64B
         pad: 0,
@@ -641,6 +652,14 @@ fn vcpu() -> u64 {
         core::hint::spin_loop();
         spins += 1;
     }
+    if variant == 1 {
+        let mut spins = 0u64;
+        // SAFETY: VCPUOP_is_up reads nothing of ours.
+        while unsafe { hypercall(VCPU_OP, VCPUOP_IS_UP, 1, 0, 0, 0) } > 0 && spins < 100_000 {
+            core::hint::spin_loop();
+            spins += 1;
+        }
+    }
     let n = hostile_ap_count.load(Ordering::SeqCst);
     println!("hostile: vCPU 1 counted {}", n);
     n
@@ -675,7 +694,7 @@ fn parse(input: &[u8]) {
         Behaviour::Stack => stack(variant),
         Behaviour::Cr3 => cr3(),
         Behaviour::Idt => idt(variant),
-        Behaviour::Vcpu => vcpu(),
+        Behaviour::Vcpu => vcpu(variant),
     };
     set_result(r);
 }

@@ -186,9 +186,11 @@ pub(crate) struct Snapshot {
     frames: Vec<u64>,
     /// Each vCPU's RIP in `cpu` (index = vCPU).
     rips: Vec<Option<u64>>,
-    /// vCPUs that were down at the snapshot (a restore resets them to down:
-    /// loading the context does not bring an up vCPU down).
-    down: Vec<u32>,
+    /// vCPUs that were down at the snapshot, with the CPU time they had run
+    /// then or at their last reset (a restore resets a vCPU that is up or
+    /// has run since: loading the context does not bring an up vCPU down,
+    /// and one that went down by itself stays initialised).
+    down: Vec<(u32, u64)>,
     /// Frames log-dirty reported at the last restore (see [`clean_now`]).
     last_dirty: usize,
     info: SnapshotInfo,
@@ -488,8 +490,9 @@ impl Domain {
             .collect();
         let mut down = Vec::new();
         for v in 1..=info.max_vcpu_id {
-            if !self.xen.xc.vcpu_online(self.domid, v)? {
-                down.push(v);
+            let st = self.xen.xc.vcpu_state(self.domid, v)?;
+            if !st.online {
+                down.push((v, st.cpu_time));
             }
         }
         self.watch_descriptors();
@@ -572,7 +575,7 @@ impl Domain {
             .take()
             .ok_or_else(|| Error::State("no snapshot taken".into()))?;
         let result = self.restore_memory(&mut snap);
-        let result = result.and_then(|st| self.restore_vcpus(&snap, st));
+        let result = result.and_then(|st| self.restore_vcpus(&mut snap, st));
         self.snapshot = Some(snap);
         result
     }
@@ -608,7 +611,7 @@ impl Domain {
                 cleaned: false,
                 regs_in_reply: false,
             })
-            .and_then(|st| self.restore_vcpus(&snap, st));
+            .and_then(|st| self.restore_vcpus(&mut snap, st));
         self.snapshot = Some(snap);
         result
     }
@@ -705,15 +708,17 @@ impl Domain {
     /// Before a restore loads the vCPUs: answers the requests still on the
     /// ring (their vCPUs get the snapshot's state; returns how many) and
     /// brings down the vCPUs the guest brought up since the snapshot.
-    fn settle_vcpus(&mut self, down: &[u32]) -> Result<usize> {
+    fn settle_vcpus(&mut self, down: &mut [(u32, u64)]) -> Result<usize> {
         // Events seen before this restore belong to the runs it undoes.
         self.queued.clear();
         let stale = match &mut self.backend {
             Backend::Monitor(ring) => ring.drain()?,
             _ => 0,
         };
-        for &v in down {
-            if !self.xen.xc.vcpu_online(self.domid, v)? {
+        for (v, ran) in down.iter_mut() {
+            let v = *v;
+            let st = self.xen.xc.vcpu_state(self.domid, v)?;
+            if !st.online && st.cpu_time == *ran {
                 continue;
             }
             if let Some(p) = self.pending.remove(&v) {
@@ -723,6 +728,7 @@ impl Domain {
             }
             self.regs_changed.remove(&v);
             self.xen.xc.vcpu_reset(self.domid, v)?;
+            *ran = self.xen.xc.vcpu_state(self.domid, v)?.cpu_time;
             self.notice(super::notice::Notice::VcpuReset { vcpu: v });
         }
         Ok(stale)
@@ -758,8 +764,8 @@ impl Domain {
         Ok(restored)
     }
 
-    fn restore_vcpus(&mut self, snap: &Snapshot, mut st: RestoreStats) -> Result<RestoreStats> {
-        let stale = self.settle_vcpus(&snap.down)?;
+    fn restore_vcpus(&mut self, snap: &mut Snapshot, mut st: RestoreStats) -> Result<RestoreStats> {
+        let stale = self.settle_vcpus(&mut snap.down)?;
         let fast = stale == 0 && self.descriptors_unchanged();
         // A vCPU stopped on a breakpoint sits on it after the restore only
         // if the snapshot's RIP is that breakpoint: else nothing to step over
@@ -890,9 +896,12 @@ impl Domain {
             Some(saved) => cpu_differences(&now, &saved),
             None => vec!["cpu record missing from the snapshot"],
         };
-        for &v in &snap.down {
-            if self.xen.xc.vcpu_online(self.domid, v)? {
+        for &(v, ran) in &snap.down {
+            let st = self.xen.xc.vcpu_state(self.domid, v)?;
+            if st.online {
                 cpu_differ.push("a vCPU down at the snapshot is up");
+            } else if st.cpu_time != ran {
+                cpu_differ.push("a vCPU down at the snapshot has run since");
             }
         }
         Ok(SnapshotCheck {

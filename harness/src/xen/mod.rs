@@ -54,7 +54,7 @@ pub use monitor::{
     VmEventResponse,
 };
 pub use tsc::{ticks_per_us, Stamp};
-pub use vcpu::VcpuContext;
+pub use vcpu::{VcpuContext, VcpuState};
 pub use xenstore::XenStore;
 
 /// Size of a guest page frame.

@@ -9,6 +9,15 @@ use super::error::{check, Result};
 #[derive(Clone, Copy)]
 pub struct VcpuContext(sys::vcpu_guest_context_any_t);
 
+/// What `xc_vcpu_getinfo` says of one vCPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VcpuState {
+    /// Up (initialised and not brought down).
+    pub online: bool,
+    /// Nanoseconds it has run.
+    pub cpu_time: u64,
+}
+
 impl std::fmt::Debug for VcpuContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VcpuContext")
@@ -100,11 +109,21 @@ impl XenCtrl {
     /// brought down).
     /// See docs/xen-vmi.md#vcpus-the-guest-brings-up
     pub fn vcpu_online(&self, domid: u32, vcpu: u32) -> Result<bool> {
+        Ok(self.vcpu_state(domid, vcpu)?.online)
+    }
+
+    /// `xc_vcpu_getinfo`: whether `vcpu` is up, and the CPU time it has run
+    /// (unchanged while it stays down: a vCPU that was brought up and went
+    /// down again since is told by its time).
+    pub fn vcpu_state(&self, domid: u32, vcpu: u32) -> Result<VcpuState> {
         let mut info = sys::xc_vcpuinfo_t::default();
         // SAFETY: out pointer to a local.
         let rc = unsafe { sys::xc_vcpu_getinfo(self.raw(), domid, vcpu, &mut info) };
         check("xc_vcpu_getinfo", rc)?;
-        Ok(info.online != 0)
+        Ok(VcpuState {
+            online: info.online != 0,
+            cpu_time: info.cpu_time,
+        })
     }
 
     /// `xc_vcpu_setcontext` with no context (`XEN_DOMCTL_setvcpucontext`
