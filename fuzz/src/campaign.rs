@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use libafl::corpus::{Corpus, InMemoryCorpus, InMemoryOnDiskCorpus};
+use libafl::corpus::{Corpus, InMemoryCorpus};
 use libafl::events::{
     EventConfig, EventFirer, EventReceiver, LlmpEventManagerBuilder, NopEventManager,
     ProgressReporter, SendExiting,
@@ -26,6 +26,7 @@ use libafl_bolts::tuples::tuple_list;
 use libafl_bolts::tuples::Merge;
 
 use crate::confirm::{run_confirmed, ConfirmingExecutor};
+use crate::corpus_dir::{read_inputs, CorpusDir};
 use crate::executor::XenExecutor;
 use crate::feedback::{load_crash, OutcomeFeedback};
 use crate::i2s::InputToStateStage;
@@ -102,7 +103,7 @@ pub struct Job {
 
 /// The LibAFL state of a campaign.
 pub type State =
-    StdState<InMemoryOnDiskCorpus<BytesInput>, BytesInput, StdRand, InMemoryCorpus<BytesInput>>;
+    StdState<InMemoryCorpus<BytesInput>, BytesInput, StdRand, InMemoryCorpus<BytesInput>>;
 
 /// What a campaign did.
 #[derive(Debug, Clone)]
@@ -190,28 +191,6 @@ impl CampaignSummary {
             stability_text(self.stability)
         )
     }
-}
-
-fn read_inputs(dir: &Path) -> Vec<BytesInput> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = rd
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| !n.starts_with('.') && !n.ends_with(".metadata"))
-        })
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .filter_map(|p| std::fs::read(p).ok())
-        .map(BytesInput::new)
-        .collect()
 }
 
 /// Default seeds when the corpus is empty: small, generic inputs.
@@ -389,7 +368,7 @@ where
     let seed = opts.rng_seed.unwrap_or_else(libafl_bolts::current_nanos);
     let mut state = StdState::new(
         StdRand::with_seed(seed),
-        InMemoryOnDiskCorpus::<BytesInput>::no_meta(corpus_dir)?,
+        InMemoryCorpus::<BytesInput>::new(),
         InMemoryCorpus::<BytesInput>::new(),
         &mut feedback,
         &mut objective,
@@ -425,7 +404,8 @@ where
     let mut lines: Option<LineMap> = None;
     let mut progress = Progress::default();
 
-    let mut inputs = read_inputs(corpus_dir);
+    let mut on_disk = CorpusDir::new(corpus_dir);
+    let mut inputs = on_disk.inputs();
     let resumed = inputs.len();
     if let Some(seeds) = &opts.seeds {
         inputs.extend(read_inputs(seeds));
@@ -447,6 +427,9 @@ where
             fuzzer.add_input(&mut state, executor, mgr, input)?;
         }
     }
+    on_disk
+        .save_new(state.corpus())
+        .context("saving the corpus")?;
     if state.corpus().count() == 0 {
         bail!(
             "every starting input crashed or hung ({} saved under {}/crashes and hangs): \
@@ -575,6 +558,9 @@ where
         // Keeps a --jobs broker's totals current between corpus events.
         mgr.maybe_report_progress(&mut state, PROGRESS_EVERY)?;
         fuzzer.fuzz_one(&mut stages, executor, &mut state, mgr)?;
+        on_disk
+            .save_new(state.corpus())
+            .context("saving the corpus")?;
     }
     let t = executor.inner().session().timings;
     let i2s = &stages.1 .0;

@@ -28,6 +28,7 @@ pub mod campaign;
 pub mod cmplog;
 pub mod config;
 pub mod confirm;
+pub mod corpus_dir;
 pub mod executor;
 pub mod feedback;
 pub mod i2s;
