@@ -49,7 +49,7 @@ pub struct CmpSite {
 }
 
 /// The operand values of one comparison, as the guest compared them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CmpValues {
     /// Width in bytes.
     pub size: usize,
@@ -237,17 +237,30 @@ fn widths(c: &CmpValues) -> Vec<usize> {
     out
 }
 
+/// Bytes needed to hold the wider of the two operands: a checksum or a key
+/// needs 4 or 8, a record type or a small count 1.
+fn significance(c: &CmpValues) -> usize {
+    let bytes = |v: u64| (64 - v.leading_zeros() as usize).div_ceil(8);
+    bytes(c.a).max(bytes(c.b))
+}
+
 /// Inputs made from `input` by writing one operand of a logged comparison
 /// where the bytes of the other occur (little- and big-endian, at most a
 /// few places per pattern), at most `max` of them, without duplicates and
-/// without `input` itself.
+/// without `input` itself. Distinct comparisons are taken widest first
+/// ([`significance`]), then in the order they ran: a parser's dispatch on
+/// small values logs many comparisons before the checksum of its last
+/// record, and must not use up `max` before it.
 pub fn candidates(input: &[u8], logs: &[CmpValues], max: usize) -> Vec<Vec<u8>> {
     const PER_PATTERN: usize = 4;
+    let mut seen = std::collections::HashSet::new();
+    let mut distinct: Vec<&CmpValues> = logs
+        .iter()
+        .filter(|c| c.a != c.b && seen.insert(**c))
+        .collect();
+    distinct.sort_by_key(|c| std::cmp::Reverse(significance(c)));
     let mut out: Vec<Vec<u8>> = Vec::new();
-    'logs: for c in logs {
-        if c.a == c.b {
-            continue;
-        }
+    'logs: for c in distinct {
         for w in widths(c) {
             for (from, to) in [(c.a, c.b), (c.b, c.a)] {
                 let le = (from.to_le_bytes(), to.to_le_bytes());
@@ -287,6 +300,37 @@ pub fn candidates(input: &[u8], logs: &[CmpValues], max: usize) -> Vec<Vec<u8>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The checksum of a last record is fixed even after many small
+    /// comparisons (a dispatch on record types) that match the input too.
+    #[test]
+    fn a_checksum_logged_after_many_small_comparisons_gets_its_candidate() {
+        let mut input: Vec<u8> = (0..40).map(|i| (i % 8) as u8).collect();
+        input.extend_from_slice(&0x1234_5678u32.to_le_bytes());
+        let mut logs: Vec<CmpValues> = (0..8u64)
+            .flat_map(|t| {
+                (0..8u64).map(move |k| CmpValues {
+                    size: 1,
+                    a: t,
+                    b: k,
+                })
+            })
+            .collect();
+        logs.push(CmpValues {
+            size: 4,
+            a: 0xcafe_f00d,
+            b: 0x1234_5678,
+        });
+        let c = candidates(&input, &logs, 16);
+        let mut fixed = input.clone();
+        fixed[40..].copy_from_slice(&0xcafe_f00du32.to_le_bytes());
+        assert!(
+            c.contains(&fixed),
+            "{} candidates, none fixes the checksum",
+            c.len()
+        );
+        assert_eq!(c[0], fixed, "the widest comparison comes first");
+    }
 
     #[test]
     fn finds_register_memory_and_immediate_comparisons() {
