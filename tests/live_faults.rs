@@ -132,10 +132,7 @@ struct Left {
 
 impl Left {
     fn add_journal(&mut self, domid: u32) {
-        let dir = std::env::var_os("XENPROBE_RUN_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/run/xenprobe"));
-        let Ok(text) = std::fs::read_to_string(dir.join(format!("{domid}.json"))) else {
+        let Ok(text) = std::fs::read_to_string(journal_path(domid)) else {
             return;
         };
         let Ok(j) = serde_json::from_str::<serde_json::Value>(&text) else {
@@ -159,10 +156,12 @@ impl Left {
     }
 }
 
+/// Where the sessions under test keep the journal of `domid` (the test
+/// binary's engine settings, as its children get them).
 fn journal_path(domid: u32) -> PathBuf {
-    std::env::var_os("XENPROBE_RUN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/xenprobe"))
+    xenprobe::vmi::SettingsArgs::from_env()
+        .unwrap_or_default()
+        .state_dir()
         .join(format!("{domid}.json"))
 }
 

@@ -165,30 +165,20 @@ pub fn modes(spin: Duration) -> Vec<Mode> {
     ];
     if !spin.is_zero() {
         let us = spin.as_micros();
-        v.push(Mode {
-            name: format!("floor + spin {us} us"),
-            spin,
-            target: "",
-            min_ratio: None,
-            min_rate: None,
-            ..v[0].clone()
-        });
-        v.push(Mode {
-            name: format!("peek + reply + spin {us} us"),
-            spin,
-            target: "",
-            min_ratio: None,
-            min_rate: None,
-            ..v[5].clone()
-        });
-        v.push(Mode {
-            name: format!("persistent 100 + spin {us} us"),
-            spin,
-            target: "",
-            min_ratio: None,
-            min_rate: None,
-            ..v[6].clone()
-        });
+        for (base, name) in [
+            (0, format!("floor + spin {us} us")),
+            (5, format!("peek + reply + spin {us} us")),
+            (6, format!("persistent 100 + spin {us} us")),
+        ] {
+            v.push(Mode {
+                name,
+                spin,
+                target: "",
+                min_ratio: None,
+                min_rate: None,
+                ..v[base].clone()
+            });
+        }
     }
     v
 }
@@ -803,12 +793,13 @@ fn xp_batch(
     let (rate, runs) = timed_batch(s, inputs, opts.batch)?;
     let (t1, c1) = (s.timings, s.counters);
     let n = (c1.full_restores - c0.full_restores) + (c1.register_resets - c0.register_resets);
-    let per_run = |k: usize| (t1[k] - t0[k]).as_secs_f64() * 1e6 / runs.max(1) as f64;
+    let d = t1 - t0;
+    let per_run = |t: Duration| t.as_secs_f64() * 1e6 / runs.max(1) as f64;
     let p = PerRun {
-        restore: per_run(0),
-        input: per_run(1),
-        resume: per_run(3),
-        wait: per_run(4),
+        restore: per_run(d.restore),
+        input: per_run(d.input),
+        resume: per_run(d.resume),
+        wait: per_run(d.wait),
         mutation: 0.0,
         feedback: 0.0,
         other: 0.0,
@@ -821,7 +812,7 @@ fn xp_batch(
     });
     row.restores.push((
         n as f64 / runs.max(1) as f64,
-        (t1[0] - t0[0]).as_secs_f64() * 1e6 / n.max(1) as f64,
+        d.restore.as_secs_f64() * 1e6 / n.max(1) as f64,
     ));
     Ok(rate)
 }

@@ -565,10 +565,10 @@ where
     let t = executor.inner().session().timings;
     let i2s = &stages.1 .0;
     let split = TimeSplit {
-        restore: t[0],
-        input: t[1],
-        resume: t[3],
-        wait: t[4],
+        restore: t.restore,
+        input: t.input,
+        resume: t.resume,
+        wait: t.wait,
         runs: executor.inner().time_in_runs(),
         mutation: stages.0.mutator().time + i2s.mutator().time,
         feedback: fuzzer.feedback().time + fuzzer.objective().time,
@@ -599,11 +599,11 @@ where
         );
         eprintln!(
             "[xenprobe-fuzz] time in restore {:.1} s, input writes {:.1} s, guest runs {:.1} s (resume {:.1} s, waits {:.1} s); reports in {}",
-            t[0].as_secs_f64(),
-            t[1].as_secs_f64(),
-            t[2].as_secs_f64(),
-            t[3].as_secs_f64(),
-            t[4].as_secs_f64(),
+            t.restore.as_secs_f64(),
+            t.input.as_secs_f64(),
+            t.run.as_secs_f64(),
+            t.resume.as_secs_f64(),
+            t.wait.as_secs_f64(),
             opts.dir.display()
         );
         eprintln!(

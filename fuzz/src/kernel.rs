@@ -10,7 +10,7 @@
 //! arguments still name the faulting context (`struct pt_regs`), so the
 //! report carries the faulting instruction, not the reporting code.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use xenprobe::vmi::{self, Domain, Symbols};
@@ -128,24 +128,23 @@ pub struct Parked {
 }
 
 impl Parked {
-    fn path(name: &str) -> PathBuf {
-        vmi::cleanup::state_dir().join(format!("{name}.parked.json"))
+    fn path(dir: &Path, name: &str) -> PathBuf {
+        dir.join(format!("{name}.parked.json"))
     }
 
-    /// The record for domain `name`, removed: a guest is taken over once.
-    pub fn take(name: &str) -> Option<Self> {
-        let path = Self::path(name);
+    /// The record for domain `name` in the state directory `dir`, removed:
+    /// a guest is taken over once.
+    pub fn take(dir: &Path, name: &str) -> Option<Self> {
+        let path = Self::path(dir, name);
         let text = std::fs::read_to_string(&path).ok()?;
         let _ = std::fs::remove_file(&path);
         serde_json::from_str(&text).ok()
     }
 
-    /// Records that domain `name` is parked.
-    pub fn save(&self, name: &str) -> std::io::Result<()> {
-        let path = Self::path(name);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
+    /// Records in the state directory `dir` that domain `name` is parked.
+    pub fn save(&self, dir: &Path, name: &str) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let path = Self::path(dir, name);
         let text = serde_json::to_string(self).map_err(std::io::Error::other)?;
         std::fs::write(path, text)
     }

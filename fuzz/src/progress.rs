@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crate::feedback::load_crash;
 use crate::lcov::LineMap;
@@ -71,7 +70,7 @@ pub struct ReportInfo<'a> {
     /// Runs checked twice for determinism, and those that repeated.
     pub stability: (u64, u64),
     /// Time in restore, input writes, guest runs (resume, waits).
-    pub timings: [Duration; 5],
+    pub timings: crate::session::RunTimings,
     /// True for the final report (false: written while running).
     pub finished: bool,
 }
@@ -179,11 +178,11 @@ pub fn render_summary(dir: &Path, info: &ReportInfo<'_>, p: &Progress) -> String
     let _ = writeln!(
         o,
         "| time split | restore {:.1} s, input writes {:.1} s, guest runs {:.1} s (resume {:.1} s, waits {:.1} s) |",
-        t[0].as_secs_f64(),
-        t[1].as_secs_f64(),
-        t[2].as_secs_f64(),
-        t[3].as_secs_f64(),
-        t[4].as_secs_f64()
+        t.restore.as_secs_f64(),
+        t.input.as_secs_f64(),
+        t.run.as_secs_f64(),
+        t.resume.as_secs_f64(),
+        t.wait.as_secs_f64()
     );
     for (what, sub) in [("Crashes", "crashes"), ("Hangs", "hangs")] {
         let saved = saved_in(&dir.join(sub));
@@ -342,7 +341,7 @@ mod tests {
             resumed: 1,
             restarts: 0,
             stability: (40, 39),
-            timings: [Duration::ZERO; 5],
+            timings: Default::default(),
             finished: true,
         };
         write_reports(&dir, &info, &p).expect("write");

@@ -216,6 +216,35 @@ impl InputLayout {
         Ok(())
     }
 }
+/// Where a session's runs spend their time (timed runs only; see
+/// [`Session::timings`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RunTimings {
+    /// Restoring memory and registers to the snapshot.
+    pub restore: Duration,
+    /// Writing the input and its length into the guest.
+    pub input: Duration,
+    /// From the resume to the run's end event (resume and wait below are
+    /// parts of it).
+    pub run: Duration,
+    /// Replying to the start event and notifying Xen.
+    pub resume: Duration,
+    /// Waiting for the guest's next event.
+    pub wait: Duration,
+}
+
+impl std::ops::Sub for RunTimings {
+    type Output = RunTimings;
+    fn sub(self, o: RunTimings) -> RunTimings {
+        RunTimings {
+            restore: self.restore.saturating_sub(o.restore),
+            input: self.input.saturating_sub(o.input),
+            run: self.run.saturating_sub(o.run),
+            resume: self.resume.saturating_sub(o.resume),
+            wait: self.wait.saturating_sub(o.wait),
+        }
+    }
+}
 
 /// What the session did besides running inputs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -313,7 +342,7 @@ pub struct Session {
     /// (for the summary), on every run but traced ones; measured with the
     /// TSC ([`xenprobe::xen::Stamp`]: a clock read is a system call in a
     /// PV dom0, as dear as a vm_event reply).
-    pub timings: [Duration; 5],
+    pub timings: RunTimings,
     /// Runs so far (picks the runs whose stability is checked).
     runs: u64,
     /// Runs checked for determinism, and those that repeated.
@@ -378,7 +407,7 @@ impl Session {
             restarts: 0,
             counters: Counters::default(),
             last_restore: None,
-            timings: [Duration::ZERO; 5],
+            timings: RunTimings::default(),
             runs: 0,
             stability: (0, 0),
             timed: false,
@@ -712,7 +741,11 @@ impl Session {
         let kept = dom
             .detach_paused()
             .map_err(|e| e.to_string())
-            .and_then(|()| parked.save(&self.name).map_err(|e| e.to_string()));
+            .and_then(|()| {
+                parked
+                    .save(&self.xen.settings().state_dir(), &self.name)
+                    .map_err(|e| e.to_string())
+            });
         if let Err(e) = kept {
             tracing::warn!("keeping the booted guest for the next session: {e}");
             destroy(&self.name);
@@ -727,7 +760,8 @@ impl Session {
         let Some(k) = self.spec.kernel.clone() else {
             return Ok(None);
         };
-        let Some(parked) = kernel::Parked::take(&self.name) else {
+        let Some(parked) = kernel::Parked::take(&self.xen.settings().state_dir(), &self.name)
+        else {
             return Ok(None);
         };
         if parked.fingerprint != k.fingerprint(&self.spec.cfg) {
@@ -1248,7 +1282,7 @@ impl Session {
         self.runs += 1;
         let t0 = self.clock();
         let clean = self.prepare()?;
-        self.add_time(0, t0);
+        self.add_time(|t| &mut t.restore, t0);
         let (outcome, mut blocks) = self.run_prepared(input)?;
         if clean && (!blocks.is_empty() || self.runs % STABILITY_SAMPLE == 0) {
             self.check_stability(input, &outcome)?;
@@ -1263,7 +1297,7 @@ impl Session {
         self.counters.replays += 1;
         let t0 = self.clock();
         self.prepare()?;
-        self.add_time(0, t0);
+        self.add_time(|t| &mut t.restore, t0);
         let (again, more) = self.run_prepared(input)?;
         blocks.extend(more);
         self.reset_next = true;
@@ -1399,10 +1433,14 @@ impl Session {
         self.timed.then(xenprobe::xen::Stamp::now)
     }
 
-    /// Adds the time since `since` (a timed run) to phase `i`.
-    fn add_time(&mut self, i: usize, since: Option<xenprobe::xen::Stamp>) {
+    /// Adds the time since `since` (a timed run) to `phase`.
+    fn add_time(
+        &mut self,
+        phase: fn(&mut RunTimings) -> &mut Duration,
+        since: Option<xenprobe::xen::Stamp>,
+    ) {
         if let Some(t) = since {
-            self.timings[i] += t.elapsed();
+            *phase(&mut self.timings) += t.elapsed();
         }
     }
 
@@ -1424,10 +1462,10 @@ impl Session {
             self.write_virt(len_va, &len)?;
         }
         self.drain_console()?;
-        self.add_time(1, t1);
+        self.add_time(|t| &mut t.input, t1);
         let t2 = self.clock();
         let result = self.run_to_stop();
-        self.add_time(2, t2);
+        self.add_time(|t| &mut t.run, t2);
         result
     }
 
@@ -1484,11 +1522,11 @@ impl Session {
         let mut new_blocks = Vec::new();
         let t = self.clock();
         self.dom()?.resume()?;
-        self.add_time(3, t);
+        self.add_time(|t| &mut t.resume, t);
         loop {
             let t = self.clock();
             let ev = self.dom()?.wait_event(timeout)?;
-            self.add_time(4, t);
+            self.add_time(|t| &mut t.wait, t);
             tracing::trace!(?ev, "event");
             match ev {
                 Event::Breakpoint { id, vcpu, addr, .. } => {
@@ -1642,7 +1680,7 @@ impl Session {
                         fingerprint: k.fingerprint(&self.spec.cfg),
                     };
                     dom.detach_paused()?;
-                    if let Err(e) = parked.save(&self.name) {
+                    if let Err(e) = parked.save(&self.xen.settings().state_dir(), &self.name) {
                         tracing::warn!("recording the parked guest: {e}");
                     }
                 }

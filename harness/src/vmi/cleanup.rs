@@ -1,7 +1,7 @@
 //! Detaching cleanly, and repairing domains left dirty by a killed xenprobe.
 //!
 //! While attached, a small journal in dom0 (`/run/xenprobe/<domid>.json`,
-//! directory overridable with `XENPROBE_RUN_DIR`) records every planted
+//! in the state directory of [`super::Settings`]) records every planted
 //! breakpoint byte (physical address, original and planted byte), whether
 //! a vm_event ring, PV debugging or log-dirty tracking is on, and the vCPUs
 //! whose trap flag a step set. It is written *before* memory is
@@ -13,7 +13,7 @@
 //! short, turns log-dirty tracking off and undoes stale pauses.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -25,22 +25,6 @@ use super::error::{Error, Result};
 use super::events::Backend;
 use super::regs::{HvmRegisters, PvRegisters, RegisterBackend, RFLAGS_TF};
 use super::watchpoint::SavedDebugRegs;
-
-/// Environment variable overriding the journal directory.
-pub const RUN_DIR_ENV: &str = "XENPROBE_RUN_DIR";
-
-fn run_dir() -> PathBuf {
-    std::env::var_os(RUN_DIR_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/xenprobe"))
-}
-
-/// Where xenprobe keeps state about domains in dom0 (journals; records of
-/// guests left paused for a later session). Gone when dom0 reboots, as the
-/// domains are.
-pub fn state_dir() -> PathBuf {
-    run_dir()
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct JournalBreakpoint {
@@ -77,9 +61,9 @@ pub(crate) struct Journal {
 }
 
 impl Journal {
-    pub(crate) fn new(domid: u32, name: &str) -> Self {
+    pub(crate) fn new(dir: &Path, domid: u32, name: &str) -> Self {
         Self {
-            path: run_dir().join(format!("{domid}.json")),
+            path: dir.join(format!("{domid}.json")),
             data: JournalData {
                 domid,
                 name: name.into(),
@@ -183,7 +167,7 @@ fn pid_alive(pid: u32) -> bool {
 /// Replays a journal left for `domid` by a xenprobe that did not detach.
 /// Returns whether there was anything to repair.
 pub fn recover(xen: &Xen, domid: u32, name: &str) -> Result<bool> {
-    let path = run_dir().join(format!("{domid}.json"));
+    let path = xen.settings().state_dir().join(format!("{domid}.json"));
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Ok(false);
     };
@@ -504,8 +488,7 @@ mod tests {
     #[test]
     fn journal_round_trips_and_tracks_breakpoints() {
         let dir = std::env::temp_dir().join(format!("xenprobe-journal-{}", std::process::id()));
-        let mut j = Journal::new(7, "guest");
-        j.path = dir.join("7.json");
+        let mut j = Journal::new(&dir, 7, "guest");
         j.add_breakpoint(0x1000, 0x5000, 0x55, 0xf1).expect("add");
         j.add_breakpoint(0x2000, 0x6000, 0x48, 0xf1).expect("add");
         j.set_monitor(true).expect("monitor");

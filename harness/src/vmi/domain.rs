@@ -250,7 +250,7 @@ impl Domain {
         tracing::debug!(domid, %kind, "attached");
         let mut dom = Self {
             mem: GuestMemory::new(xen.fmem.clone(), domid),
-            journal: Journal::new(domid, &summary.name),
+            journal: Journal::new(&xen.settings.state_dir(), domid, &summary.name),
             xen: xen.clone(),
             domid,
             name: summary.name,

@@ -109,8 +109,8 @@
 //! breakpoint instruction forced (`xenprobe --breakpoint int3|icebp`, or
 //! `XENPROBE_BREAKPOINT` read by the binaries and the test API's entry
 //! point), slow step-over with full context loads (`--slow-step`,
-//! `XENPROBE_SLOW_STEP`). The journal directory is `/run/xenprobe`
-//! (`XENPROBE_RUN_DIR` overrides it, for tests that isolate journals).
+//! `XENPROBE_SLOW_STEP`), the state directory for journals and parked
+//! guests (`--state-dir`, `XENPROBE_STATE_DIR`; default `/run/xenprobe`).
 
 mod breakpoint;
 pub mod caps;

@@ -4,6 +4,8 @@
 //!
 //! [`Xen`]: super::Xen
 
+use std::path::PathBuf;
+
 use super::caps::BreakpointInsnKind;
 
 /// How the engine debugs, where a choice exists.
@@ -15,6 +17,23 @@ pub struct Settings {
     /// Steps over breakpoints by loading the whole vCPU context instead of
     /// through the vm_event reply's registers (slower; for diagnosis).
     pub slow_step: bool,
+    /// Where xenprobe keeps state about domains in dom0 (attach journals,
+    /// records of guests left paused for a later session); `None`:
+    /// [`DEFAULT_STATE_DIR`].
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The state directory unless one is given: gone when dom0 reboots, as the
+/// domains are.
+pub const DEFAULT_STATE_DIR: &str = "/run/xenprobe";
+
+impl Settings {
+    /// The state directory in use.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+    }
 }
 
 /// The command-line options that make [`Settings`] (flattened into the
@@ -35,6 +54,11 @@ pub struct SettingsArgs {
         value_parser = clap::builder::FalseyValueParser::new()
     )]
     pub slow_step: bool,
+    /// Directory for xenprobe's state about domains in dom0 (default:
+    /// /run/xenprobe); every program attached to the same guests must use
+    /// the same one.
+    #[arg(long, global = true, env = "XENPROBE_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 impl SettingsArgs {
@@ -57,6 +81,7 @@ impl SettingsArgs {
         Settings {
             breakpoint: self.breakpoint,
             slow_step: self.slow_step,
+            state_dir: self.state_dir.clone(),
         }
     }
 }

@@ -9,7 +9,7 @@
 //! boots), `linux-{pv,pvh,hvm}.cfg` and `kernel.toml` (the paths a fuzzer needs).
 //! `cargo xtask guests run linux --mode M` boots one and reports how it ended.
 
-use super::{Mode, FIND_CONSOLE_LOG};
+use super::{Mode, CONSOLE_VERDICT, FIND_CONSOLE_LOG, STATE_VERDICT};
 use crate::lab::xen::Flavour;
 use crate::{deps, ws};
 use anyhow::{bail, ensure, Context, Result};
@@ -486,21 +486,13 @@ if [ -z "$uh" ]; then
   echo "$N: HVM Linux sometimes takes an interrupt with interrupts disabled and dies during boot (PVH: a"
   echo "$N: page-fault storm, 'Fatal exception in interrupt'; HVM: a hang); see guests/BUGS.md. Run it again."
 fi
-case "$last" in
-  EXIT*) code=${{last#EXIT }}; echo "$N: exited with code $code"; exit $code;;
-  CRASH*) echo "$N: crashed (${{last#CRASH }})"; exit 125;;
-esac
-if [ -n "$panic" ]; then echo "$N: crashed (panic, domain state ${{state:-running}}): $panic"; exit 125; fi
-case "$state" in
-  *sr*) echo "$N: rebooted (no report; a triple fault ends this way)"; exit 126;;
-  *sc*) echo "$N: crashed by Xen without a report"; exit 126;;
-  *s*) echo "$N: shut down ($state) without EXIT line"; exit 126;;
-  gone) echo "$N: ended without EXIT line"; exit 126;;
-esac
-echo "$N: still running after {timeout} s (hang); destroyed"
+{console_verdict}if [ -n "$panic" ]; then echo "$N: crashed (panic, domain state ${{state:-running}}): $panic"; exit 125; fi
+{state_verdict}echo "$N: still running after {timeout} s (hang); destroyed"
 exit 124
 "#,
         find_log = FIND_CONSOLE_LOG,
+        console_verdict = CONSOLE_VERDICT,
+        state_verdict = STATE_VERDICT,
         cfg = cfg.display()
     )
 }

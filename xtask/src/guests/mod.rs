@@ -253,6 +253,24 @@ done
 LOG="$LOGDIR/guest-$N.log"
 "#;
 
+/// Shell lines that end a run script with the verdict of the guest's last
+/// `EXIT CODE` or `CRASH ...` console line (`$last`), if it printed one.
+pub(super) const CONSOLE_VERDICT: &str = r#"case "$last" in
+  EXIT*) code=${last#EXIT }; echo "$N: exited with code $code"; exit $code;;
+  CRASH*) echo "$N: crashed (${last#CRASH })"; exit 125;;
+esac
+"#;
+
+/// Shell lines that end a run script by the domain's state (`$state`: `xl
+/// list`'s, or `gone`) when the console said nothing.
+pub(super) const STATE_VERDICT: &str = r#"case "$state" in
+  *sr*) echo "$N: rebooted without a report (a triple fault ends this way)"; exit 126;;
+  *sc*) echo "$N: crashed by Xen without a report"; exit 126;;
+  *s*) echo "$N: shut down ($state) without EXIT line"; exit 126;;
+  gone) echo "$N: ended without EXIT line"; exit 126;;
+esac
+"#;
+
 /// Shell script (busybox sh in dom0) that boots a guest, waits for its end and
 /// prints its console and status; exit status as documented on `guests run`.
 fn dom0_script(dom: &str, cfg: &Path, overrides: &[String], timeout: u32) -> String {
@@ -280,20 +298,12 @@ cat "$LOG" 2>/dev/null || echo "(no console log: is xenconsoled running with --l
 last=$(grep -E '^(EXIT|CRASH) ' "$LOG" 2>/dev/null | tail -n 1)
 [ "$state" != gone ] && xl destroy "$N" >/dev/null 2>&1
 echo "---"
-case "$last" in
-  EXIT*) code=${{last#EXIT }}; echo "$N: exited with code $code"; exit $code;;
-  CRASH*) echo "$N: crashed (${{last#CRASH }})"; exit 125;;
-esac
-case "$state" in
-  *sr*) echo "$N: triple fault (Xen shut it down as reboot, no report)"; exit 126;;
-  *sc*) echo "$N: crashed by Xen without a report"; exit 126;;
-  *s*) echo "$N: shut down ($state) without EXIT line"; exit 126;;
-  gone) echo "$N: ended without EXIT line"; exit 126;;
-esac
-echo "$N: still running after {timeout} s (hang); destroyed"
+{console_verdict}{state_verdict}echo "$N: still running after {timeout} s (hang); destroyed"
 exit 124
 "#,
         find_log = FIND_CONSOLE_LOG,
+        console_verdict = CONSOLE_VERDICT,
+        state_verdict = STATE_VERDICT,
         cfg = cfg.display()
     )
 }
