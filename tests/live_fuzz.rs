@@ -294,25 +294,25 @@ fn a_timeout_is_a_hang_and_a_triple_fault_a_crash() {
 /// The last `n` bytes the guest put on its console ring, read where a run
 /// left it (stopped at `xenprobe_fuzz_end`, not yet reset).
 fn console_tail(dom: &mut Domain, n: u32) -> String {
-    const OUT: u64 = 1024;
-    const OUT_PROD: u64 = 1024 + 2048 + 12;
+    use xenprobe_abi::target::{console, CONSOLE_RING};
+    let (out, out_prod) = (console::OUT as u64, console::OUT_PROD as u64);
     let sym = dom
         .symbols()
         .expect("symbols")
         .iter()
-        .find(|s| s.name.contains("7console4RING"))
+        .find(|s| s.name == CONSOLE_RING)
         .map(|s| s.addr)
-        .expect("the runtime's console::RING symbol");
-    let ring = dom.read_u64(sym).expect("read console::RING");
+        .expect("the runtime's xenprobe_console_ring symbol");
+    let ring = dom.read_u64(sym).expect("read xenprobe_console_ring");
     assert_ne!(ring, 0, "the guest has no console ring");
     let mut prod = [0u8; 4];
-    dom.read_virt(ring + OUT_PROD, &mut prod).expect("out_prod");
+    dom.read_virt(ring + out_prod, &mut prod).expect("out_prod");
     let prod = u32::from_le_bytes(prod);
     let mut tail = Vec::new();
     for i in (1..=n.min(prod)).rev() {
         let mut b = [0u8];
         let at = u64::from(prod.wrapping_sub(i) & 2047);
-        dom.read_virt(ring + OUT + at, &mut b).expect("ring byte");
+        dom.read_virt(ring + out + at, &mut b).expect("ring byte");
         tail.push(b[0]);
     }
     String::from_utf8_lossy(&tail).into_owned()

@@ -85,25 +85,14 @@ pub enum Outcome {
 /// The fuzz-target ABI's crash sink: its arguments are the runtime's crash
 /// kind, detail and message (guests/README.md). Any other sink is a guest's
 /// own, reported under its name.
-pub const ABI_SINK: &str = "xenprobe_crash";
+pub const ABI_SINK: &str = xenprobe_abi::target::CRASH;
 
 /// Longest message read from the ABI sink's arguments.
 const MESSAGE_MAX: usize = 512;
 
 /// Crash kind name from the ABI's `xenprobe_crash(kind, detail, ..)`
-/// arguments (guests/rt/src/crash.rs).
-pub fn crash_kind(kind: u64, detail: u64) -> &'static str {
-    match (kind, detail) {
-        (1, _) => "panic",
-        (3, _) => "stack-overflow",
-        (_, 0) => "divide-error",
-        (_, 6) => "invalid-opcode",
-        (_, 8) => "double-fault",
-        (_, 13) => "general-protection",
-        (_, 14) => "page-fault",
-        _ => "exception",
-    }
-}
+/// arguments.
+pub use xenprobe_abi::target::crash_name as crash_kind;
 
 /// A message from guest memory as printable text: NUL bytes dropped, tabs
 /// and line breaks made spaces, other control bytes and invalid UTF-8

@@ -10,6 +10,7 @@ use xenprobe::vmi::{
     BreakpointId, Domain, Event, GuestKind, RestoreOptions, ShutdownReason, SnapshotCheck, Xen,
 };
 use xenprobe::xen::{ForeignMemory, Mapping, Prot};
+use xenprobe_abi::target;
 
 use crate::blocks::{self, Block, Function};
 use crate::cmplog::{self, CmpSite, CmpValues};
@@ -99,9 +100,9 @@ impl TargetSpec {
             input_sym: "xenprobe_input".into(),
             len_sym: "xenprobe_input_len".into(),
             len_size: None,
-            start_sym: "xenprobe_fuzz_start".into(),
-            end_sym: "xenprobe_fuzz_end".into(),
-            sinks: vec!["xenprobe_crash".into()],
+            start_sym: target::START.into(),
+            end_sym: target::END.into(),
+            sinks: vec![target::CRASH.into()],
             cover: vec!["xenprobe_target".into(), format!("crate:{krate}")],
             timeout: Duration::from_millis(500),
             discard_console: true,
@@ -177,7 +178,7 @@ pub fn destroy(name: &str) {
 
 /// The optional guest byte that turns the guest's console output off while
 /// a campaign discards it (guests/README.md, "The fuzz-target ABI").
-pub const QUIET_SYM: &str = "xenprobe_quiet";
+pub const QUIET_SYM: &str = target::QUIET;
 
 /// Busy-poll bound (microseconds) of a campaign, with one guest or several
 /// jobs: a run of a sample parser ends within it, so the result is picked up
@@ -1219,13 +1220,13 @@ impl Session {
         Ok(())
     }
 
-    /// Maps the console ring the guest writes to (the runtime's
-    /// `console::RING` variable holds its address), if there is one.
+    /// Maps the console ring the guest writes to (the ABI's
+    /// `xenprobe_console_ring` variable holds its address), if there is one.
     fn map_console(&self, dom: &mut Domain) -> Result<Option<Mapping>> {
         let sym = dom
             .symbols()?
             .iter()
-            .find(|s| s.name.contains("7console4RING"))
+            .find(|s| s.name == target::CONSOLE_RING)
             .map(|s| s.addr);
         let Some(sym) = sym else { return Ok(None) };
         let ring = dom.read_u64(sym)?;
@@ -1244,12 +1245,11 @@ impl Session {
     /// xenconsoled rate-limits a domain that notifies it often, and a full
     /// ring makes the guest wait, which would look like a hang.
     fn drain_console(&mut self) -> Result<()> {
-        const OUT_CONS: usize = 1024 + 2048 + 8;
         if let Some(m) = self.console.as_mut() {
             let mut prod = [0u8; 4];
-            m.read(OUT_CONS + 4, &mut prod)
+            m.read(target::console::OUT_PROD, &mut prod)
                 .map_err(xenprobe::vmi::Error::from)?;
-            m.write(OUT_CONS, &prod)
+            m.write(target::console::OUT_CONS, &prod)
                 .map_err(xenprobe::vmi::Error::from)?;
         }
         Ok(())

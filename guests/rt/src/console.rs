@@ -5,13 +5,27 @@ use crate::{hypercall::hypercall, xen};
 use core::fmt::{self, Write};
 use core::sync::atomic::{fence, Ordering};
 
-static mut RING: usize = 0;
+/// The console ring page's address, exported for the harness under the
+/// fuzz-target ABI's name ([`xenprobe_abi::target::CONSOLE_RING`]).
+#[no_mangle]
+#[used]
+pub static mut xenprobe_console_ring: usize = 0;
+
+// The ring as the harness reads it (xenprobe_abi::target::console).
+const _: () = {
+    use core::mem::offset_of;
+    use xenprobe_abi::target::console as abi;
+    assert!(offset_of!(xen::XenconsInterface, output) == abi::OUT);
+    assert!(offset_of!(xen::XenconsInterface, in_cons) == abi::IN_CONS);
+    assert!(offset_of!(xen::XenconsInterface, out_cons) == abi::OUT_CONS);
+    assert!(offset_of!(xen::XenconsInterface, out_prod) == abi::OUT_PROD);
+};
 static mut EVTCHN: u32 = 0;
 
 /// Uses the console ring page at `ring_va` with event channel `evtchn`.
 pub fn init(ring_va: usize, evtchn: u32) {
     unsafe {
-        RING = ring_va;
+        xenprobe_console_ring = ring_va;
         EVTCHN = evtchn;
     }
 }
@@ -48,7 +62,7 @@ pub fn write_bytes(b: &[u8]) {
 /// ring is full (each notification is a hypercall, and a `println!` writes
 /// its pieces one by one). Returns true when a notification is due.
 fn put_bytes(mut b: &[u8]) -> bool {
-    let ring = unsafe { RING } as *mut xen::XenconsInterface;
+    let ring = unsafe { xenprobe_console_ring } as *mut xen::XenconsInterface;
     if ring.is_null() {
         emergency_write(b);
         return false;
@@ -84,7 +98,7 @@ fn put_bytes(mut b: &[u8]) -> bool {
 
 /// Waits (bounded) until xenconsoled has read everything written so far.
 pub fn flush() {
-    let ring = unsafe { RING } as *mut xen::XenconsInterface;
+    let ring = unsafe { xenprobe_console_ring } as *mut xen::XenconsInterface;
     if ring.is_null() {
         return;
     }

@@ -11,12 +11,8 @@ use core::fmt::Write;
 use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-/// `kind` argument of [`xenprobe_crash`]: a Rust panic.
-pub const CRASH_PANIC: u64 = 1;
-/// `kind` argument of [`xenprobe_crash`]: a CPU exception (detail = vector).
-pub const CRASH_FAULT: u64 = 2;
-/// `kind` argument of [`xenprobe_crash`]: a page fault in the stack guard page.
-pub const CRASH_STACK_OVERFLOW: u64 = 3;
+/// `kind` arguments of [`xenprobe_crash`] (the fuzz-target ABI's).
+pub use xenprobe_abi::target::{CRASH_FAULT, CRASH_PANIC, CRASH_STACK_OVERFLOW};
 
 static CRASHING: AtomicBool = AtomicBool::new(false);
 static mut MSG: [u8; 512] = [0; 512];
@@ -66,18 +62,7 @@ pub unsafe extern "C" fn xenprobe_crash(kind: u64, detail: u64, msg: *const u8, 
 }
 
 /// The name printed after `CRASH` for a crash kind and detail.
-pub fn crash_name(kind: u64, detail: u64) -> &'static str {
-    match (kind, detail) {
-        (CRASH_PANIC, _) => "panic",
-        (CRASH_STACK_OVERFLOW, _) => "stack-overflow",
-        (_, 0) => "divide-error",
-        (_, 6) => "invalid-opcode",
-        (_, 8) => "double-fault",
-        (_, 13) => "general-protection",
-        (_, 14) => "page-fault",
-        _ => "exception",
-    }
-}
+pub use xenprobe_abi::target::crash_name;
 
 fn vector_name(v: u64) -> &'static str {
     const N: [&str; 32] = [

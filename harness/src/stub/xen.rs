@@ -16,8 +16,8 @@ use crate::vmi::{
 
 use super::backend::{Debuggee, Stop};
 
-const EXIT_SYMBOL: &str = "xenprobe_exit";
-const CRASH_SYMBOL: &str = "xenprobe_crash";
+const EXIT_SYMBOL: &str = xenprobe_abi::target::EXIT;
+const CRASH_SYMBOL: &str = xenprobe_abi::target::CRASH;
 
 /// What a hidden breakpoint watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

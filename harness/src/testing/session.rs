@@ -291,8 +291,8 @@ impl Session {
         let syms = self.dom.symbols().ok()?;
         self.dom.capabilities().breakpoint_insn().ok()?;
         Some([
-            syms.lookup("xenprobe_exit")?,
-            syms.lookup("xenprobe_crash")?,
+            syms.lookup(xenprobe_abi::target::EXIT)?,
+            syms.lookup(xenprobe_abi::target::CRASH)?,
             syms.lookup("hypercall_page")? + HYPERCALL_SCHED_OP * 32,
         ])
     }
