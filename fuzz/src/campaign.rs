@@ -2,9 +2,8 @@
 //! [`XenExecutor`], with a progress line, resume from the campaign
 //! directory, and replay of saved crashes.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use libafl::corpus::{Corpus, InMemoryCorpus};
@@ -30,12 +29,10 @@ use crate::corpus_dir::{read_inputs, CorpusDir};
 use crate::executor::XenExecutor;
 use crate::feedback::{load_crash, OutcomeFeedback};
 use crate::i2s::InputToStateStage;
-use crate::lcov::LineMap;
-use crate::progress::{write_reports, Finding, Progress, ReportInfo, Sample};
 use crate::report::{CrashReport, Outcome};
+use crate::reporter::Reporter;
 use crate::session::{Session, TargetSpec};
 use crate::timed::Timed;
-use xenprobe::xen::Stamp;
 
 /// Havoc stacks 2, 4 or 8 mutations per mutant (`1 << (1 + rand(3))`), not
 /// LibAFL's default of up to 128: the sample targets read short streams of
@@ -45,17 +42,6 @@ use xenprobe::xen::Stamp;
 /// with it against 1.8 M with the default; in the lab the same three seeds
 /// found TLV-3 in 423, 300 and 47 s (before: 445, 575 s, not in 600 s).
 pub const HAVOC_STACK_POW: usize = 3;
-
-/// Whether every `KIND` / `KIND@SITE` of `wanted` (non-empty) is among `findings`.
-fn all_found(wanted: &[String], findings: &[Finding]) -> bool {
-    !wanted.is_empty()
-        && wanted.iter().all(|w| {
-            let (kind, site) = w.split_once('@').unwrap_or((w, ""));
-            findings
-                .iter()
-                .any(|f| f.kind == kind && f.site.contains(site))
-        })
-}
 
 /// Options of a campaign.
 #[derive(Debug, Clone)]
@@ -261,74 +247,9 @@ pub fn run(opts: &CampaignOptions) -> Result<CampaignSummary> {
 /// Extra runs of an input that timed out before it counts as a hang.
 pub const HANG_RETRIES: u32 = 2;
 
-/// How often the report files are rewritten while a campaign runs.
-const REPORT_EVERY: Duration = Duration::from_secs(10);
-
 /// How often a job tells the event manager its execution count (the
 /// `--jobs` broker's status line sums them).
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
-
-/// Source lines of the instrumented blocks (None without DWARF or when the
-/// image's blocks differ from the session's).
-fn line_map(image: &Path, cover: &[String], blocks: usize) -> Option<LineMap> {
-    let t = Instant::now();
-    let (funcs, bl) = match crate::blocks::blocks_in_image(image, cover) {
-        Ok(x) => x,
-        Err(e) => {
-            tracing::warn!("no lcov report: {e}");
-            return None;
-        }
-    };
-    if bl.len() != blocks {
-        tracing::warn!(
-            "no lcov report: {} blocks in the image, {blocks} instrumented",
-            bl.len()
-        );
-        return None;
-    }
-    match LineMap::build(image, &funcs, &bl) {
-        Ok(m) => {
-            tracing::info!(took = ?t.elapsed(), lines = m.lines(), "source lines of the blocks");
-            Some(m)
-        }
-        Err(e) => {
-            tracing::warn!("no lcov report: {e}");
-            None
-        }
-    }
-}
-
-/// [`line_map`], cached in `cache` (keyed by the image's bytes and the
-/// cover patterns): a resumed campaign has it at once.
-fn cached_line_map(cache: &Path, image: &Path, cover: &[String], blocks: usize) -> Option<LineMap> {
-    let key = {
-        let mut k = std::fs::read(image).ok()?;
-        k.extend(cover.join("\n").bytes());
-        format!("{:016x}-{blocks}", crate::report::fnv1a(&k))
-    };
-    if let Ok(text) = std::fs::read_to_string(cache) {
-        if let Ok((k, m)) = serde_json::from_str::<(String, LineMap)>(&text) {
-            if k == key {
-                return Some(m);
-            }
-        }
-    }
-    let m = line_map(image, cover, blocks)?;
-    if let Ok(text) = serde_json::to_string(&(&key, &m)) {
-        let _ = std::fs::write(cache, text);
-    }
-    Some(m)
-}
-
-/// The source lines of a kernel session's blocks (module DWARF).
-fn kernel_line_map(session: &Session) -> Option<LineMap> {
-    let syms = session.domain()?.symbols().ok()?;
-    Some(LineMap::build_with(
-        session.functions(),
-        &session.blocks,
-        |a| syms.line(a),
-    ))
-}
 
 /// `99.5% (200 runs)`: share of runs checked twice that repeated.
 pub fn stability_text((checked, same): (u64, u64)) -> String {
@@ -339,14 +260,6 @@ pub fn stability_text((checked, same): (u64, u64)) -> String {
         "{:.1}% ({checked} checked)",
         100.0 * same as f64 / checked as f64
     )
-}
-
-/// The campaign's title in reports: the campaign directory's name.
-fn title(opts: &CampaignOptions) -> String {
-    opts.dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| opts.target.image.display().to_string())
 }
 
 fn campaign<EM>(
@@ -384,26 +297,6 @@ where
     dict.add_tokens(tokens.iter());
     state.add_metadata(dict);
     let mut fuzzer = StdFuzzer::new(QueueScheduler::new(), feedback, objective);
-    let start = Instant::now();
-    // The loop's checks read the TSC: a clock read is a system call in a
-    // PV dom0, about 60 us in the lab (fuzz_one makes 1-128 runs).
-    let tsc_start = Stamp::now();
-    // The DWARF lookups take seconds in the emulated dom0: done aside, the
-    // reports get lcov.info once they are ready.
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    if executor.inner().session().is_kernel() {
-        // A kernel's lines come from the module symbols the session holds.
-        let _ = lines_tx.send(kernel_line_map(executor.inner().session()));
-    } else {
-        let (image, cover) = (opts.target.image.clone(), opts.target.cover.clone());
-        let cache = opts.dir.join(".lines.json");
-        std::thread::spawn(move || {
-            let _ = lines_tx.send(cached_line_map(&cache, &image, &cover, blocks));
-        });
-    }
-    let mut lines: Option<LineMap> = None;
-    let mut progress = Progress::default();
-
     let mut on_disk = CorpusDir::new(corpus_dir);
     let mut inputs = on_disk.inputs();
     let resumed = inputs.len();
@@ -415,6 +308,13 @@ where
     }
     let seeded = inputs.len() - resumed;
     let used_defaults = resumed == 0 && opts.seeds.is_none();
+    let mut reporter = Reporter::new(
+        opts,
+        report_dir,
+        blocks,
+        resumed,
+        executor.inner().session(),
+    );
     for input in inputs {
         // Every starting input joins the corpus (one-shot coverage breakpoints
         // make a re-run of an old input look uninteresting), unless it is a
@@ -468,93 +368,7 @@ where
         cmplog,
     );
     let mut stages = tuple_list!(StdMutationalStage::new(Timed::new(mutator)), i2s);
-    let mut found = Vec::new();
-    let mut last_sample: Option<Stamp> = None;
-    let mut last_report: Option<Stamp> = None;
-    let mut seen_files = 0;
-    loop {
-        let done = tsc_start.elapsed() >= opts.time || xenprobe::vmi::cleanup::interrupted();
-        let obj = fuzzer.objective();
-        let mut stop = false;
-        for f in &obj.new_files[seen_files..] {
-            found.push((f.clone(), start.elapsed()));
-            if let Ok(c) = load_crash(f) {
-                stop |= opts.stop_on.contains(&c.report.kind);
-                progress.findings.push(Finding {
-                    t: start.elapsed().as_secs_f64(),
-                    kind: c.report.kind,
-                    site: c.report.site,
-                    file: f.clone(),
-                });
-            }
-        }
-        seen_files = obj.new_files.len();
-        stop |= all_found(&opts.stop_when_found, &progress.findings);
-        let covered = executor.inner().session().covered();
-        if done || stop || last_sample.is_none_or(|l| l.elapsed() >= Duration::from_secs(1)) {
-            last_sample = Some(Stamp::now());
-            let t = tsc_start.elapsed().as_secs_f64();
-            let sample = Sample {
-                t,
-                execs: *state.executions(),
-                covered,
-                corpus: state.corpus().count(),
-                crashes: obj.crash_sites,
-                hangs: obj.hang_sites,
-            };
-            progress.samples.push(sample);
-            if opts.progress {
-                eprint!(
-                    "\r[{:>5.0}s] execs {} ({:.0}/s)  coverage {}/{}  corpus {}  crashes {}  hangs {}  stability {}  ",
-                    t,
-                    sample.execs,
-                    sample.execs as f64 / t.max(1e-3),
-                    covered,
-                    blocks,
-                    sample.corpus,
-                    sample.crashes,
-                    sample.hangs,
-                    stability_text(executor.inner().session().stability())
-                );
-                let _ = std::io::stderr().flush();
-            }
-        }
-        let finished = done || stop;
-        if lines.is_none() {
-            lines = if finished {
-                // The last report waits for them (bounded; briefly after
-                // Ctrl-C or SIGTERM, which leave the guest's restore 20 s).
-                let wait = if xenprobe::vmi::cleanup::interrupted() {
-                    Duration::from_secs(5)
-                } else {
-                    Duration::from_secs(30)
-                };
-                lines_rx.recv_timeout(wait).ok().flatten()
-            } else {
-                lines_rx.try_recv().ok().flatten()
-            };
-        }
-        if finished || last_report.is_none_or(|l| l.elapsed() >= REPORT_EVERY) {
-            last_report = Some(Stamp::now());
-            let info = ReportInfo {
-                title: title(opts),
-                image: &opts.target.image,
-                blocks,
-                covered: &obj.covered,
-                lines: lines.as_ref(),
-                resumed,
-                restarts: executor.inner().session().restarts(),
-                stability: executor.inner().session().stability(),
-                timings: executor.inner().session().timings,
-                finished,
-            };
-            if let Err(e) = write_reports(report_dir, &info, &progress) {
-                tracing::warn!("writing the reports into {}: {e}", report_dir.display());
-            }
-        }
-        if finished {
-            break;
-        }
+    while !reporter.turn(&state, executor.inner().session(), fuzzer.objective()) {
         // Keeps a --jobs broker's totals current between corpus events.
         mgr.maybe_report_progress(&mut state, PROGRESS_EVERY)?;
         fuzzer.fuzz_one(&mut stages, executor, &mut state, mgr)?;
@@ -562,6 +376,7 @@ where
             .save_new(state.corpus())
             .context("saving the corpus")?;
     }
+    let (start, found) = reporter.finish();
     let t = executor.inner().session().timings;
     let i2s = &stages.1 .0;
     let split = TimeSplit {
@@ -669,32 +484,4 @@ pub fn reproduce(
         Outcome::Crash(r) | Outcome::Hang(r) => Some(r),
     };
     Ok((report, saved))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stops_when_every_wanted_crash_is_found() {
-        let f = |kind: &str, site: &str| Finding {
-            t: 1.0,
-            kind: kind.into(),
-            site: site.into(),
-            file: PathBuf::new(),
-        };
-        let found = vec![
-            f("panic", "panic@tlv.rs:1:1"),
-            f("hang", "hang@xenprobe_fuzz_end"),
-        ];
-        let want = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(all_found(&want(&["panic"]), &found));
-        assert!(all_found(&want(&["panic@tlv.rs", "hang"]), &found));
-        assert!(
-            !all_found(&want(&["hang@bytecode"]), &found),
-            "site must match"
-        );
-        assert!(!all_found(&want(&["panic", "page-fault"]), &found));
-        assert!(!all_found(&[], &found), "nothing wanted: never stops");
-    }
 }

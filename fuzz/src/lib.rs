@@ -40,6 +40,7 @@ pub mod plot;
 pub mod progress;
 pub mod rawloop;
 pub mod report;
+mod reporter;
 pub mod session;
 pub mod structured;
 pub mod timed;
