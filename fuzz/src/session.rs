@@ -905,7 +905,8 @@ impl Session {
         };
         // Read before the guest runs: it takes seconds in an emulated dom0,
         // and the guest must not get to its module meanwhile.
-        let syms = xenprobe::vmi::Symbols::load(&k.symbols)?;
+        let syms =
+            xenprobe::vmi::Symbols::load_cached(&k.symbols, &self.xen.settings().state_dir())?;
         if dom.kind() == GuestKind::Pv {
             // At its link address, in memory as Xen loaded it.
             dom.load_kernel_symbols_from(syms, &only_kernel)?;

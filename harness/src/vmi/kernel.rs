@@ -109,7 +109,9 @@ impl Domain {
     /// `syscall` entry or IDT (any time after early boot), and the modules
     /// must be loaded. Errors name the file that does not fit.
     pub fn load_kernel_symbols(&mut self, spec: &KernelSymbols) -> Result<KernelInfo> {
-        let syms = Symbols::load(&spec.kernel)?;
+        let t = std::time::Instant::now();
+        let syms = Symbols::load_cached(&spec.kernel, &self.xen.settings().state_dir())?;
+        tracing::debug!(took = ?t.elapsed(), "kernel symbols read");
         if !is_linux(&syms) {
             return Err(Error::Symbol(format!(
                 "{} is not a Linux kernel's symbols (no linux_banner and startup_64)",
@@ -145,6 +147,7 @@ impl Domain {
         spec: &KernelSymbols,
     ) -> Result<KernelInfo> {
         let file = spec.kernel.display().to_string();
+        let t = std::time::Instant::now();
         let (slide, slide_from) = self.kaslr_slide(&syms, &file)?;
         syms.slide(slide);
         let image_banner = match syms.origin() {
@@ -152,6 +155,7 @@ impl Domain {
             _ => None,
         };
         let banner = self.check_banner(&syms, &file, image_banner.as_deref())?;
+        tracing::debug!(took = ?t.elapsed(), "kernel slide and banner checked");
         let mut orc = Vec::new();
         if syms.origin() == Origin::Kallsyms {
             match OrcTable::from_vmlinux(&spec.kernel, None, slide) {
@@ -159,6 +163,7 @@ impl Domain {
                 Err(e) => tracing::info!("{file}: no ORC data, backtraces by frame pointer: {e}"),
             }
         }
+        tracing::debug!(took = ?t.elapsed(), "kernel ORC table read");
         let mut modules = Vec::new();
         for ko in &spec.modules {
             let name = module_name(ko);
@@ -179,6 +184,7 @@ impl Domain {
                 Err(e) => tracing::info!("{}: no ORC data: {e}", ko.display()),
             }
             modules.push(layout);
+            tracing::debug!(took = ?t.elapsed(), module = %name, "module found and read");
         }
         self.symbols = Some(syms);
         let info = KernelInfo {
@@ -342,16 +348,20 @@ impl Domain {
 /// The `linux_banner` string of a vmlinux image (link addresses: `syms`
 /// is slid by `slide`).
 fn image_banner(path: &Path, syms: &Symbols, slide: i64) -> Option<String> {
+    use object::read::ReadRef;
     let at = syms.lookup("linux_banner")?.wrapping_sub(slide as u64);
-    let data = std::fs::read(path).ok()?;
-    let obj = object::File::parse(&*data).ok()?;
+    // Only the headers and the banner's bytes are read, not the whole image
+    // (tens of megabytes, most of a second in an emulated dom0).
+    let file = object::ReadCache::new(std::fs::File::open(path).ok()?);
+    let obj = object::File::parse(&file).ok()?;
     let sec = obj
         .sections()
         .find(|s| at >= s.address() && at < s.address().saturating_add(s.size()))?;
-    let bytes = sec.data().ok()?;
-    let from = usize::try_from(at - sec.address()).ok()?;
-    let rest = bytes.get(from..)?;
-    let end = rest.iter().take(160).position(|&b| b == 0 || b == b'\n')?;
+    let (offset, size) = sec.file_range()?;
+    let from = at - sec.address();
+    let len = size.saturating_sub(from).min(160);
+    let rest = file.read_bytes_at(offset + from, len).ok()?;
+    let end = rest.iter().position(|&b| b == 0 || b == b'\n')?;
     Some(String::from_utf8_lossy(&rest[..end]).into_owned())
 }
 

@@ -2,8 +2,9 @@
 //! (`ffffffff81000000 T _text`, module symbols with a `\t[module]` column).
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 
-use super::{Symbol, Symbols};
+use super::{Origin, Symbol, Symbols};
 
 /// Debian's `/boot/System.map-*` holds only this sentence.
 const DEBIAN_PLACEHOLDER: &str = "The real System.map is in";
@@ -86,6 +87,47 @@ pub(super) fn parse(text: &str) -> Result<Vec<Symbol>, String> {
     Ok(out)
 }
 
+/// Where [`Symbols::load_cached`] keeps the symbols recovered from the
+/// kernel image `image`: a name made of the image's canonical path, size
+/// and modification time (None when it has none of those).
+pub(super) fn cache_file(image: &Path, dir: &Path) -> Option<PathBuf> {
+    let canon = image.canonicalize().ok()?;
+    let meta = std::fs::metadata(&canon).ok()?;
+    let mtime = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    let mut h = xenprobe_abi::Fnv1a::new();
+    h.update(canon.to_string_lossy().as_bytes());
+    h.update(&meta.len().to_le_bytes());
+    h.update(&mtime.as_nanos().to_le_bytes());
+    Some(dir.join(format!("kallsyms-{:016x}.map", h.finish())))
+}
+
+/// The symbols a cache file holds: the image's entry point on the first
+/// line (`# entry 0x...`), then the map; None when it is missing or bad.
+pub(super) fn read_cache(file: &Path) -> Option<Symbols> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let (head, map) = text.split_once('\n')?;
+    let entry = u64::from_str_radix(head.strip_prefix("# entry 0x")?, 16).ok()?;
+    let syms = parse(map).ok()?;
+    Some(Symbols::new(syms, None, entry, Origin::Kallsyms))
+}
+
+/// Writes `syms` (recovered from a kernel image) as a cache file, through a
+/// temporary name and a rename.
+pub(super) fn write_cache(syms: &Symbols, file: &Path) -> std::io::Result<()> {
+    if let Some(d) = file.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let mut text = format!("# entry {:#x}\n", syms.entry).into_bytes();
+    syms.write_map(&mut text)?;
+    let tmp = file.with_extension(format!("{}.tmp", std::process::id()));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, file)
+}
+
 impl Symbols {
     /// Writes every symbol as a `/proc/kallsyms` line (also a valid
     /// `System.map`), in address order.
@@ -102,7 +144,6 @@ impl Symbols {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Origin;
     use super::*;
 
     const MAP: &str = "\
@@ -224,5 +265,47 @@ ffffffffc0a00040 T pfkey_send\t[af_key]
             good.truncate(cut);
             let _ = Symbols::parse(&good);
         }
+    }
+
+    /// What a cache file holds comes back as it was: entry point, origin,
+    /// every symbol; a file that is not one is no cache.
+    #[test]
+    fn recovered_symbols_round_trip_through_the_cache() {
+        let syms = Symbols::new(
+            parse(MAP).expect("map"),
+            None,
+            0xffff_ffff_8100_0000,
+            Origin::Kallsyms,
+        );
+        let dir = std::env::temp_dir().join(format!("xenprobe-kcache-{}", std::process::id()));
+        let file = dir.join("k.map");
+        write_cache(&syms, &file).expect("write");
+        let back = read_cache(&file).expect("read back");
+        assert_eq!(back.origin(), Origin::Kallsyms);
+        assert_eq!(back.entry, syms.entry);
+        let names = |s: &Symbols| {
+            s.iter()
+                .map(|x| (x.addr, x.kind, x.name.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&back), names(&syms));
+        std::fs::write(&file, "ffffffff81000000 T _text\n").expect("junk");
+        assert!(read_cache(&file).is_none(), "no entry line: not a cache");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The cache is keyed by the image: another size or time, another file.
+    #[test]
+    fn the_cache_file_follows_the_image() {
+        let dir = std::env::temp_dir().join(format!("xenprobe-kkey-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let img = dir.join("vmlinux");
+        std::fs::write(&img, b"one").expect("image");
+        let a = cache_file(&img, &dir).expect("key");
+        std::fs::write(&img, b"other").expect("image");
+        let b = cache_file(&img, &dir).expect("key");
+        assert_ne!(a, b);
+        assert!(cache_file(&dir.join("missing"), &dir).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -129,6 +129,26 @@ impl Symbols {
         Self::parse(&data).map_err(|e| Error::Symbol(format!("{}: {e}", path.display())))
     }
 
+    /// [`Symbols::load`], keeping what it recovers from a stripped Linux
+    /// kernel's kallsyms tables in `cache_dir` (a map file keyed by the
+    /// image's path, size and modification time): the recovery takes
+    /// seconds in an emulated dom0, a cached map a fraction of that. A cache
+    /// that cannot be read or written is passed over.
+    pub fn load_cached(path: impl AsRef<Path>, cache_dir: &Path) -> Result<Self> {
+        let path = path.as_ref();
+        let cache = kallsyms::cache_file(path, cache_dir);
+        if let Some(syms) = cache.as_deref().and_then(kallsyms::read_cache) {
+            return Ok(syms);
+        }
+        let syms = Self::load(path)?;
+        if let (Some(c), Origin::Kallsyms) = (&cache, syms.origin) {
+            if let Err(e) = kallsyms::write_cache(&syms, c) {
+                tracing::debug!("not cached in {}: {e}", c.display());
+            }
+        }
+        Ok(syms)
+    }
+
     /// Parses an image or a symbol map held in memory.
     pub fn parse(data: &[u8]) -> std::result::Result<Self, String> {
         if data.starts_with(b"\x7fELF") {
