@@ -417,9 +417,7 @@ impl Domain {
         self.mem.unmap_all();
         let mut chunks = Vec::new();
         let mut slot = HashMap::new();
-        // Sized for every page up front: no reallocation copies of tens of
-        // megabytes while the guest's memory is read.
-        let mut data = Vec::with_capacity(self.info()?.nr_pages as usize * PAGE_SIZE);
+        let mut data = Vec::new();
         let mut zero_frames = 0;
         for (from, to, stop_at_hole) in hvm_frame_ranges(max_gpfn) {
             let mut start = from;
@@ -430,23 +428,20 @@ impl Domain {
                     .xen
                     .fmem
                     .map_sparse(self.domid, Prot::ReadWrite, &gfns)?;
+                let mut page = [0u8; PAGE_SIZE];
                 let mut any = false;
                 for (i, &gfn) in gfns.iter().enumerate() {
                     if !map.page_valid(i) {
                         continue;
                     }
                     any = true;
-                    // Read straight into the saved copy; a zero page is
-                    // dropped from it again.
-                    let at = data.len();
-                    data.resize(at + PAGE_SIZE, 0);
-                    map.read(i * PAGE_SIZE, &mut data[at..])?;
-                    if data[at..] == ZERO_PAGE {
-                        data.truncate(at);
+                    map.read(i * PAGE_SIZE, &mut page)?;
+                    if page == ZERO_PAGE {
                         slot.insert(gfn, ZERO);
                         zero_frames += 1;
                     } else {
-                        slot.insert(gfn, at / PAGE_SIZE);
+                        slot.insert(gfn, data.len() / PAGE_SIZE);
+                        data.extend_from_slice(&page);
                     }
                 }
                 if any {
