@@ -274,7 +274,7 @@ impl GuestConfig {
         if cover.is_empty() {
             match &kernel {
                 Some(k) => cover = k.default_cover(),
-                None => cover.push("xenprobe_target".into()),
+                None => cover.push(xenprobe_abi::target::TARGET.into()),
             }
         }
         target.cover = cover;

@@ -97,13 +97,13 @@ impl TargetSpec {
         Self {
             cfg,
             image,
-            input_sym: "xenprobe_input".into(),
-            len_sym: "xenprobe_input_len".into(),
+            input_sym: target::INPUT.into(),
+            len_sym: target::INPUT_LEN.into(),
             len_size: None,
             start_sym: target::START.into(),
             end_sym: target::END.into(),
             sinks: vec![target::CRASH.into()],
-            cover: vec!["xenprobe_target".into(), format!("crate:{krate}")],
+            cover: vec![target::TARGET.into(), format!("crate:{krate}")],
             timeout: Duration::from_millis(500),
             discard_console: true,
             restore: RestoreOptions {
@@ -217,6 +217,7 @@ impl InputLayout {
         Ok(())
     }
 }
+
 /// Where a session's runs spend their time (timed runs only; see
 /// [`Session::timings`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

@@ -12,6 +12,9 @@ pub const INPUT_LEN: &str = "xenprobe_input_len";
 /// Optional byte: nonzero asks the guest not to print (a campaign discards
 /// the console).
 pub const QUIET: &str = "xenprobe_quiet";
+/// Optional function: the code under test, called between [`START`] and
+/// [`END`] (coverage filters, reports).
+pub const TARGET: &str = "xenprobe_target";
 /// Called when the input is in place: the snapshot point.
 pub const START: &str = "xenprobe_fuzz_start";
 /// Called when the run is over: the end point.

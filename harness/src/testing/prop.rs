@@ -32,6 +32,7 @@ use proptest::test_runner::{RngSeed, TestCaseError, TestError, TestRunner};
 
 use super::Session;
 use crate::vmi::Registers;
+use xenprobe_abi::target;
 
 /// `XENPROBE_PROPTEST_SEED`: the RNG seed (default fixed, so runs repeat).
 pub const SEED_ENV: &str = "XENPROBE_PROPTEST_SEED";
@@ -194,15 +195,15 @@ impl Mutation {
                     let cap = s
                         .dom()
                         .symbols()?
-                        .get("xenprobe_input")
+                        .get(target::INPUT)
                         .map(|x| x.size)
                         .unwrap_or(0);
                     if cap > 0 && bytes.len() as u64 > cap {
                         bail!("input of {} bytes, the buffer holds {cap}", bytes.len());
                     }
-                    let addr = s.symbol("xenprobe_input")?;
+                    let addr = s.symbol(target::INPUT)?;
                     s.dom().write_virt(addr, bytes)?;
-                    s.write_var("xenprobe_input_len", bytes.len() as u64)?;
+                    s.write_var(target::INPUT_LEN, bytes.len() as u64)?;
                 }
             }
         }

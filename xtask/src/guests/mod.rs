@@ -178,8 +178,8 @@ pub fn patch_input(image: &Path, input: &[u8], out: &Path) -> Result<()> {
     let mut data = std::fs::read(image).with_context(|| format!("read {}", image.display()))?;
     let (buf, cap, len_at, len_size) = {
         let file = object::File::parse(&*data)?;
-        let (buf, cap) = symbol_bytes(&file, "xenprobe_input")?;
-        let (len_at, len_size) = symbol_bytes(&file, "xenprobe_input_len")?;
+        let (buf, cap) = symbol_bytes(&file, xenprobe_abi::target::INPUT)?;
+        let (len_at, len_size) = symbol_bytes(&file, xenprobe_abi::target::INPUT_LEN)?;
         ensure!(
             matches!(len_size, 1 | 2 | 4 | 8),
             "xenprobe_input_len is {len_size} bytes (its ELF symbol size): the input length \
