@@ -157,6 +157,7 @@ fn main() {
 }
 
 fn real_main() -> Result<i32> {
+    tracing::debug!("started");
     let a = Args::parse();
     let default_dir = |name: &str| PathBuf::from("target/fuzz").join(name);
     let (mut target, mut seeds, dictionary, name) = match &a.config {

@@ -260,7 +260,7 @@ pub fn main(args: FuzzArgs) -> Result<i32> {
             );
         }
     }
-    lab::run_in_dom0(&argv)
+    lab::run_in_dom0_from_ram(&argv)
 }
 
 /// Linux boots as PVH or HVM in the QEMU lab only on the debug hypervisor

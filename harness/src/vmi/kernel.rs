@@ -67,7 +67,27 @@ pub(crate) struct Kernel {
     pub info: KernelInfo,
     /// The image's table (when the symbols came from the image) and each
     /// module's.
-    pub orc: Vec<OrcTable>,
+    orc: Vec<OrcTable>,
+    /// The image whose table is read at the first backtrace (path, slide):
+    /// half a second in an emulated dom0 that a campaign without a crash
+    /// never needs.
+    image_orc: Option<(PathBuf, i64)>,
+}
+
+impl Kernel {
+    /// The ORC tables, the image's read now if it has not been.
+    pub fn orc_tables(&mut self) -> &[OrcTable] {
+        if let Some((path, slide)) = self.image_orc.take() {
+            match OrcTable::from_vmlinux(&path, None, slide) {
+                Ok(t) => self.orc.push(t),
+                Err(e) => tracing::info!(
+                    "{}: no ORC data, backtraces by frame pointer: {e}",
+                    path.display()
+                ),
+            }
+        }
+        &self.orc
+    }
 }
 
 /// The kernel's text is placed at a multiple of this (`CONFIG_PHYSICAL_ALIGN`
@@ -156,14 +176,8 @@ impl Domain {
         };
         let banner = self.check_banner(&syms, &file, image_banner.as_deref())?;
         tracing::debug!(took = ?t.elapsed(), "kernel slide and banner checked");
+        let image_orc = (syms.origin() == Origin::Kallsyms).then(|| (spec.kernel.clone(), slide));
         let mut orc = Vec::new();
-        if syms.origin() == Origin::Kallsyms {
-            match OrcTable::from_vmlinux(&spec.kernel, None, slide) {
-                Ok(t) => orc.push(t),
-                Err(e) => tracing::info!("{file}: no ORC data, backtraces by frame pointer: {e}"),
-            }
-        }
-        tracing::debug!(took = ?t.elapsed(), "kernel ORC table read");
         let mut modules = Vec::new();
         for ko in &spec.modules {
             let name = module_name(ko);
@@ -196,6 +210,7 @@ impl Domain {
         self.kernel = Some(Kernel {
             info: info.clone(),
             orc,
+            image_orc,
         });
         Ok(info)
     }

@@ -83,8 +83,8 @@ impl Domain {
         }
         let by_orc = self
             .kernel
-            .as_ref()
-            .is_some_and(|k| k.orc.iter().any(|t| t.covers(rip)));
+            .as_mut()
+            .is_some_and(|k| k.orc_tables().iter().any(|t| t.covers(rip)));
         if by_orc {
             let start = UnwindRegs {
                 rip,
@@ -93,8 +93,11 @@ impl Domain {
                 ..Default::default()
             };
             // The tables stay with the kernel; the walk reads memory through self.
-            let kernel = self.kernel.take();
-            let tables: Vec<&OrcTable> = kernel.iter().flat_map(|k| k.orc.iter()).collect();
+            let mut kernel = self.kernel.take();
+            let tables: Vec<&OrcTable> = kernel
+                .iter_mut()
+                .flat_map(|k| k.orc_tables().iter())
+                .collect();
             let bt = self.orc_walk_from(vcpu, &start, &tables, max);
             drop(tables);
             self.kernel = kernel;

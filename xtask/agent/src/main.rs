@@ -138,9 +138,72 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
 }
 
 fn spawn(req: &Request) -> Result<Child, (i32, String)> {
-    let Some((prog, args)) = req.argv.split_first() else {
+    let argv = match req.argv.split_first() {
+        Some((first, rest)) if first == builtin::FROM_RAM => rest,
+        _ => &req.argv[..],
+    };
+    let Some((prog, args)) = argv.split_first() else {
         return Err((2, "empty command".into()));
     };
+    let from_ram = argv.len() < req.argv.len();
+    if from_ram {
+        let path = std::path::Path::new(&req.cwd).join(prog);
+        match ram_copy(&path) {
+            Ok(copy) => {
+                if let Ok(child) = command(req, &copy, args).spawn() {
+                    return Ok(child);
+                }
+            }
+            Err(e) => eprintln!("xenlab-agent: {prog} runs from the share: {e}"),
+        }
+    }
+    command(req, prog, args).spawn().map_err(|e| {
+        let code = if e.kind() == std::io::ErrorKind::NotFound {
+            127
+        } else {
+            126
+        };
+        let place = if req.cwd.is_empty() {
+            String::new()
+        } else {
+            format!(" (in {})", req.cwd)
+        };
+        (code, format!("dom0: cannot run `{prog}`{place}: {e}"))
+    })
+}
+
+/// Where [`builtin::FROM_RAM`] keeps its copies.
+const RAM_BIN: &str = "/run/xenlab-bin";
+
+/// A copy of program `prog` in dom0's RAM (`RAM_BIN/NAME/SIZE-MTIME/NAME`),
+/// made unless it is there; older copies of the same name are removed.
+fn ram_copy(src: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let meta = std::fs::metadata(src)?;
+    let name = src
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("no file name"))?;
+    let dir = std::path::Path::new(RAM_BIN).join(name);
+    let key = format!("{}-{}.{}", meta.len(), meta.mtime(), meta.mtime_nsec());
+    let copy = dir.join(&key).join(name);
+    if copy.is_file() {
+        return Ok(copy);
+    }
+    if let Ok(old) = std::fs::read_dir(&dir) {
+        for e in old.flatten() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let parent = dir.join(&key);
+    std::fs::create_dir_all(&parent)?;
+    let tmp = parent.join(format!(".tmp-{}", COPIES.fetch_add(1, Ordering::Relaxed)));
+    std::fs::copy(src, &tmp)?;
+    std::fs::rename(&tmp, &copy)?;
+    Ok(copy)
+}
+
+fn command(req: &Request, prog: impl AsRef<std::ffi::OsStr>, args: &[String]) -> Command {
     let mut cmd = Command::new(prog);
     cmd.args(args)
         .envs(req.env.iter().map(|(k, v)| (k, v)))
@@ -155,19 +218,7 @@ fn spawn(req: &Request) -> Result<Child, (i32, String)> {
     if !req.cwd.is_empty() {
         cmd.current_dir(&req.cwd);
     }
-    cmd.spawn().map_err(|e| {
-        let code = if e.kind() == std::io::ErrorKind::NotFound {
-            127
-        } else {
-            126
-        };
-        let place = if req.cwd.is_empty() {
-            String::new()
-        } else {
-            format!(" (in {})", req.cwd)
-        };
-        (code, format!("dom0: cannot run `{prog}`{place}: {e}"))
-    })
+    cmd
 }
 
 /// Streams one of the command's outputs to the client. Once the client is

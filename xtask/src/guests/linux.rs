@@ -152,7 +152,13 @@ pub fn build() -> Result<()> {
         .status()
         .context("run make (package make)")?;
     ensure!(status.success(), "building the sample module failed");
-    std::fs::copy(build.join(format!("{MODULE}.ko")), &l.module)?;
+    // Files are written only when they change: a parked guest is taken over
+    // only while its module and configs keep their modification times.
+    let ko = build.join(format!("{MODULE}.ko"));
+    write_if_changed(
+        &l.module,
+        &std::fs::read(&ko).with_context(|| format!("read {}", ko.display()))?,
+    )?;
     let magic = vermagic(&std::fs::read(&l.module)?)?;
     check_versions(&magic, &image_version)?;
 
@@ -182,9 +188,12 @@ pub fn build() -> Result<()> {
     let real = deps::on_real_dom0();
     for mode in Mode::ALL {
         let cfg = xl_config(mode, &l, real);
-        std::fs::write(out.join(format!("linux-{}.cfg", mode.name())), cfg)?;
+        write_if_changed(
+            &out.join(format!("linux-{}.cfg", mode.name())),
+            cfg.as_bytes(),
+        )?;
     }
-    std::fs::write(out.join("kernel.toml"), kernel_toml(&l, &elf))?;
+    write_if_changed(&out.join("kernel.toml"), kernel_toml(&l, &elf).as_bytes())?;
     for mode in Mode::ALL {
         fuzz_config(mode)?;
     }

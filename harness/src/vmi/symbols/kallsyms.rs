@@ -24,23 +24,27 @@ pub(super) fn looks_like_map(text: &str) -> bool {
 /// Parses a map. Symbols have no sizes; undefined (`U`) and debugging
 /// (`N`) entries are skipped.
 pub(super) fn parse(text: &str) -> Result<Vec<Symbol>, String> {
-    let mut out = Vec::new();
+    // Lines of a kernel's map average about 40 bytes.
+    let mut out = Vec::with_capacity(text.len() / 40);
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        if let Some(at) = line.find(DEBIAN_PLACEHOLDER) {
+        let bad = |why: &str| format!("line {}: {why}: {line:?}", n + 1);
+        let mut words = line.split_ascii_whitespace();
+        let (Some(addr), Some(ty), Some(name)) = (words.next(), words.next(), words.next()) else {
+            return Err(bad("expected ADDRESS TYPE NAME [[MODULE]]"));
+        };
+        if let Some(at) = (name == "The")
+            .then(|| line.find(DEBIAN_PLACEHOLDER))
+            .flatten()
+        {
             return Err(format!(
                 "a placeholder System.map (\"{}\"); recover the symbols from the \
                  kernel image instead: xenprobe kallsyms VMLINUX > System.map",
                 line.get(at..).unwrap_or(DEBIAN_PLACEHOLDER).trim()
             ));
         }
-        let bad = |why: &str| format!("line {}: {why}: {line:?}", n + 1);
-        let mut words = line.split_whitespace();
-        let (Some(addr), Some(ty), Some(name)) = (words.next(), words.next(), words.next()) else {
-            return Err(bad("expected ADDRESS TYPE NAME [[MODULE]]"));
-        };
         let module = match words.next() {
             None => None,
             Some(m) => match m.strip_prefix('[').and_then(|m| m.strip_suffix(']')) {
@@ -185,6 +189,23 @@ ffffffffc0a00040 T pfkey_send\t[af_key]
                 .map(|(x, o)| (x.name.as_str(), o)),
             Some(("pfkey_send", 0x10))
         );
+    }
+
+    #[test]
+    fn a_name_at_several_addresses_finds_the_lowest() {
+        // Static functions of one name in several files, as kallsyms has
+        // them (listed out of address order here).
+        let map = "\
+ffffffff81003000 t cleanup
+ffffffff81001000 t cleanup
+ffffffff81002000 T other
+ffffffff81000500 t cleanup\t[m]
+";
+        let s = Symbols::parse(map.as_bytes()).expect("map");
+        assert_eq!(s.lookup("cleanup"), Some(0xffffffff81000500));
+        assert_eq!(s.lookup("other"), Some(0xffffffff81002000));
+        assert_eq!(s.lookup("clean"), None);
+        assert_eq!(s.lookup(""), None);
     }
 
     #[test]

@@ -19,7 +19,6 @@ mod module;
 #[cfg(test)]
 mod testelf;
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use super::error::{Error, Result};
@@ -76,6 +75,10 @@ pub enum Origin {
     Kallsyms,
 }
 
+fn name_hash(name: &str) -> u64 {
+    xenprobe_abi::fnv1a(name.as_bytes())
+}
+
 /// A module added by [`Symbols::add_module`].
 struct LoadedModule {
     name: String,
@@ -92,7 +95,9 @@ impl LoadedModule {
 
 /// Symbols and line tables of one image, and of the modules added to it.
 pub struct Symbols {
-    by_name: HashMap<String, usize>,
+    /// Name hashes and indices into `sorted`, ordered by (hash, index): a
+    /// kernel's 90k names are indexed without an allocation each.
+    by_name: Vec<(u64, u32)>,
     /// All symbols (main image and modules), sorted by address.
     sorted: Vec<Symbol>,
     lines: Option<Lines>,
@@ -172,7 +177,7 @@ impl Symbols {
 
     fn new(symbols: Vec<Symbol>, lines: Option<Lines>, entry: u64, origin: Origin) -> Self {
         let mut s = Self {
-            by_name: HashMap::new(),
+            by_name: Vec::new(),
             sorted: symbols,
             lines,
             modules: Vec::new(),
@@ -190,11 +195,11 @@ impl Symbols {
     fn reindex(&mut self) {
         self.sorted
             .sort_by_key(|s| (s.addr, std::cmp::Reverse(s.size)));
-        self.by_name.clear();
-        self.by_name.reserve(self.sorted.len());
-        for (i, s) in self.sorted.iter().enumerate() {
-            self.by_name.entry(s.name.clone()).or_insert(i);
-        }
+        self.by_name = (0u32..)
+            .zip(&self.sorted)
+            .map(|(i, s)| (name_hash(&s.name), i))
+            .collect();
+        self.by_name.sort_unstable();
         self.main_end = self
             .sorted
             .iter()
@@ -227,7 +232,14 @@ impl Symbols {
 
     /// The symbol with this exact name.
     pub fn get(&self, name: &str) -> Option<&Symbol> {
-        self.by_name.get(name).and_then(|&i| self.sorted.get(i))
+        let h = name_hash(name);
+        let from = self.by_name.partition_point(|&(x, _)| x < h);
+        // Equal hashes are in index order: the lowest address wins a name.
+        self.by_name[from..]
+            .iter()
+            .take_while(|&&(x, _)| x == h)
+            .filter_map(|&(_, i)| self.sorted.get(i as usize))
+            .find(|s| s.name == name)
     }
 
     /// The symbol covering `addr` and the offset into it. A symbol of unknown
