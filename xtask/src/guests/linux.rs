@@ -29,8 +29,12 @@ const MEMORY_MB: u32 = 96;
 /// Xen's panic notifier; HVM: as a reboot).
 const CMDLINE: &str = "console=hvc0 quiet panic=-1";
 /// HVM adds `edd=off`: the setup code's BIOS disk probing (int 13h through
-/// SeaBIOS) did not finish within 5 minutes in the lab.
-const CMDLINE_HVM: &str = "console=hvc0 quiet panic=-1 edd=off";
+/// SeaBIOS) did not finish within 5 minutes in the lab; and `reboot=t`: the
+/// restart after a panic is a triple fault, which Xen turns into a reboot
+/// at once. The default (ACPI, then the keyboard controller) left the vCPU
+/// spinning in real mode now and then (RIP 0xff53), seen as a boot that
+/// never reaches its harness.
+const CMDLINE_HVM: &str = "console=hvc0 quiet panic=-1 edd=off reboot=t";
 
 fn cmdline(mode: Mode) -> &'static str {
     if mode == Mode::Hvm {
