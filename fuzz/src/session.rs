@@ -7,9 +7,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use xenprobe::vmi::{
-    BreakpointId, Domain, Event, GuestKind, RestoreOptions, ShutdownReason, SnapshotCheck, Xen,
+    BreakpointId, Domain, Event, GuestKind, RestoreOptions, ShutdownReason, SnapshotCheck, Window,
+    Xen,
 };
-use xenprobe::xen::{ForeignMemory, Mapping, Prot};
 use xenprobe_abi::target;
 
 use crate::blocks::{self, Block, Function};
@@ -315,15 +315,12 @@ pub struct Session {
     marker_buffer: bool,
     /// Width of the length variable in bytes.
     len_width: usize,
-    /// Translations of the input pages (va page -> pa page).
-    pages: HashMap<u64, u64>,
-    /// Persistent read-write mappings of the input pages (va page -> mapping)
-    /// and their contents at the snapshot (to undo an earlier, longer input).
-    input_maps: HashMap<u64, (Mapping, Vec<u8>)>,
-    fmem: ForeignMemory,
-    prev_len: usize,
-    /// The guest's PV console ring page, mapped, while output is discarded.
-    console: Option<Mapping>,
+    /// The input buffer and the length variable, written each run through
+    /// the engine's windows (every restore puts their bytes back).
+    input_win: Option<Window>,
+    len_win: Option<Window>,
+    /// The guest's PV console ring, while output is discarded.
+    console: Option<Window>,
     fresh: bool,
     /// Unexpected shutdowns taken back in place ([`Session::revivals`]).
     revivals: u32,
@@ -395,10 +392,8 @@ impl Session {
             end_marker: None,
             marker_buffer: false,
             len_width: 8,
-            pages: HashMap::new(),
-            input_maps: HashMap::new(),
-            fmem: ForeignMemory::open().map_err(xenprobe::vmi::Error::from)?,
-            prev_len: 0,
+            input_win: None,
+            len_win: None,
             console: None,
             fresh: true,
             revivals: 0,
@@ -1118,42 +1113,11 @@ impl Session {
             Some(_) => size.min(crate::abi::len_max(self.len_width)),
             None => size,
         };
-        self.pages.clear();
-        let first = self.input_va & !0xfff;
-        let end = self
-            .input_va
-            .checked_add(self.input_cap as u64)
-            .ok_or_else(|| {
-                SessionError::Setup(format!(
-                    "the input buffer at {:#x} with {} bytes ends beyond the address space",
-                    self.input_va, self.input_cap
-                ))
-            })?;
-        for page in (first..=(end | 0xfff)).step_by(0x1000) {
-            self.pages.insert(page, dom.translate(0, page)?.frame());
-        }
-        if let Some(len_va) = self.len_va {
-            let last = len_va.saturating_add(self.len_width as u64 - 1);
-            for lpage in [len_va & !0xfff, last & !0xfff] {
-                let lpa = dom.translate(0, lpage)?.frame();
-                self.pages.insert(lpage, lpa);
-            }
-        }
-        // Inputs are written through persistent mappings (a map and unmap per
-        // write costs milliseconds in the lab); restore_snapshot does not see
-        // those writes, so the pages' snapshot contents are kept to undo them.
-        self.input_maps.clear();
-        self.prev_len = 0;
-        let domid = dom.id();
-        for (&va, &pa) in &self.pages {
-            let m = self
-                .fmem
-                .map(domid, Prot::ReadWrite, &[pa >> 12])
-                .map_err(xenprobe::vmi::Error::from)?;
-            let mut orig = vec![0u8; 4096];
-            m.read(0, &mut orig).map_err(xenprobe::vmi::Error::from)?;
-            self.input_maps.insert(va, (m, orig));
-        }
+        self.input_win = Some(dom.window(self.input_va, self.input_cap)?);
+        self.len_win = match self.len_va {
+            Some(va) => Some(dom.window(va, self.len_width)?),
+            None => None,
+        };
         Ok(())
     }
 
@@ -1204,27 +1168,21 @@ impl Session {
         Ok(full)
     }
 
-    fn write_virt(&mut self, va: u64, data: &[u8]) -> Result<()> {
-        let mut done = 0;
-        while done < data.len() {
-            let a = va + done as u64;
-            let page = a & !0xfff;
-            let off = (a & 0xfff) as usize;
-            let n = (0x1000 - off).min(data.len() - done);
-            let (m, _) = self
-                .input_maps
-                .get_mut(&page)
-                .ok_or_else(|| SessionError::Setup(format!("{a:#x} is not an input page")))?;
-            m.write(off, &data[done..done + n])
-                .map_err(xenprobe::vmi::Error::from)?;
-            done += n;
+    /// Writes a run's input and its length.
+    fn write_input(&mut self, data: &[u8]) -> Result<()> {
+        let (Some(dom), Some(input)) = (self.dom.as_mut(), self.input_win.as_ref()) else {
+            return Err(SessionError::Setup("the input buffer is not set up".into()));
+        };
+        dom.write_window(input, 0, data)?;
+        if let Some(len) = &self.len_win {
+            dom.write_window(len, 0, &crate::abi::len_bytes(data.len(), self.len_width))?;
         }
         Ok(())
     }
 
-    /// Maps the console ring the guest writes to (the ABI's
+    /// The console ring the guest writes to (the ABI's
     /// `xenprobe_console_ring` variable holds its address), if there is one.
-    fn map_console(&self, dom: &mut Domain) -> Result<Option<Mapping>> {
+    fn map_console(&self, dom: &mut Domain) -> Result<Option<Window>> {
         let sym = dom
             .symbols()?
             .iter()
@@ -1235,41 +1193,19 @@ impl Session {
         if ring == 0 {
             return Ok(None);
         }
-        let gfn = dom.translate(0, ring)?.frame() >> 12;
-        let m = self
-            .fmem
-            .map(dom.id(), Prot::ReadWrite, &[gfn])
-            .map_err(xenprobe::vmi::Error::from)?;
-        Ok(Some(m))
+        Ok(Some(dom.window(ring, target::console::OUT_PROD + 4)?))
     }
 
     /// Marks everything the guest printed as read (`out_cons = out_prod`):
     /// xenconsoled rate-limits a domain that notifies it often, and a full
     /// ring makes the guest wait, which would look like a hang.
     fn drain_console(&mut self) -> Result<()> {
-        if let Some(m) = self.console.as_mut() {
+        if let (Some(dom), Some(ring)) = (self.dom.as_mut(), self.console.as_ref()) {
             let mut prod = [0u8; 4];
-            m.read(target::console::OUT_PROD, &mut prod)
-                .map_err(xenprobe::vmi::Error::from)?;
-            m.write(target::console::OUT_CONS, &prod)
-                .map_err(xenprobe::vmi::Error::from)?;
+            dom.read_window(ring, target::console::OUT_PROD, &mut prod)?;
+            dom.write_window(ring, target::console::OUT_CONS, &prod)?;
         }
         Ok(())
-    }
-
-    fn snapshot_bytes(&self, va: u64, len: usize) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(len);
-        while out.len() < len {
-            let a = va + out.len() as u64;
-            let (page, off) = (a & !0xfff, (a & 0xfff) as usize);
-            let n = (0x1000 - off).min(len - out.len());
-            let (_, orig) = self
-                .input_maps
-                .get(&page)
-                .ok_or_else(|| SessionError::Setup(format!("{a:#x} is not an input page")))?;
-            out.extend_from_slice(&orig[off..off + n]);
-        }
-        Ok(out)
     }
 
     /// Runs one input from the snapshot (see [`TargetSpec::persistent`]).
@@ -1448,40 +1384,13 @@ impl Session {
 
     fn run_prepared(&mut self, input: &[u8]) -> Result<(Outcome, Vec<usize>)> {
         let t1 = self.clock();
-        let data = &input[..input.len().min(self.input_cap)];
-        self.write_virt(self.input_va, data)?;
-        if self.prev_len > data.len() {
-            // Bring back the snapshot's bytes past this input.
-            let tail = self.snapshot_bytes(
-                self.input_va + data.len() as u64,
-                self.prev_len - data.len(),
-            )?;
-            self.write_virt(self.input_va + data.len() as u64, &tail)?;
-        }
-        self.prev_len = data.len();
-        if let Some(len_va) = self.len_va {
-            let len = crate::abi::len_bytes(data.len(), self.len_width);
-            self.write_virt(len_va, &len)?;
-        }
+        self.write_input(&input[..input.len().min(self.input_cap)])?;
         self.drain_console()?;
         self.add_time(|t| &mut t.input, t1);
         let t2 = self.clock();
         let result = self.run_to_stop();
         self.add_time(|t| &mut t.run, t2);
         result
-    }
-
-    /// Puts the snapshot's own input bytes back (restores do not see the
-    /// session's writes).
-    fn unwrite_input(&mut self) -> Result<()> {
-        let orig = self.snapshot_bytes(self.input_va, self.prev_len)?;
-        self.write_virt(self.input_va, &orig)?;
-        if let Some(len_va) = self.len_va {
-            let len = self.snapshot_bytes(len_va, self.len_width)?;
-            self.write_virt(len_va, &len)?;
-        }
-        self.prev_len = 0;
-        Ok(())
     }
 
     /// Proves the reset exact: resets the guest the way the next run would
@@ -1497,7 +1406,6 @@ impl Session {
         self.prepare()?;
         let id = self.dom()?.add_breakpoint(rip)?;
         let result = (|| -> Result<SnapshotCheck> {
-            self.unwrite_input()?;
             let wait = self.spec.timeout.max(Duration::from_secs(5));
             let dom = self.dom()?;
             dom.resume()?;
@@ -1643,7 +1551,8 @@ impl Session {
     /// toolstack did not keep (coverage breakpoints already hit stay removed).
     fn restart(&mut self) -> Result<()> {
         self.restarts += 1;
-        self.input_maps.clear();
+        self.input_win = None;
+        self.len_win = None;
         self.console = None;
         if let Some(d) = self.dom.take() {
             let _ = d.detach();
@@ -1656,11 +1565,6 @@ impl Session {
     /// vm_event and log-dirty off, the domain running.
     pub fn finish(mut self) -> Result<()> {
         let fresh = self.fresh;
-        if !fresh {
-            // The snapshot's own input (restore_snapshot does not see our writes).
-            self.unwrite_input()?;
-        }
-        self.input_maps.clear();
         self.console = None;
         if let Some(mut dom) = self.dom.take() {
             if !dom.is_stopped() {
@@ -1701,7 +1605,8 @@ impl Session {
     /// ended, snapshot and breakpoints kept), releasing the session's own
     /// mappings: for a debugger that takes over after a run.
     pub fn into_domain(mut self) -> Option<Domain> {
-        self.input_maps.clear();
+        self.input_win = None;
+        self.len_win = None;
         self.console = None;
         let mut dom = self.dom.take()?;
         // The comparison sites' breakpoints are the fuzzer's business.

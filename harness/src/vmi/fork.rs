@@ -151,6 +151,7 @@ impl SnapshotBackend for VmForkBackend {
         workload.mem.invalidate();
         workload.regs_backend.forget();
         workload.mem.written.clear();
+        workload.mem.windows.clear();
         Ok(())
     }
 }

@@ -28,6 +28,8 @@ pub(crate) struct GuestMemory {
     /// Frames written through foreign mappings since the last snapshot
     /// take/restore (log-dirty does not see these writes).
     pub(crate) written: HashSet<u64>,
+    /// Byte ranges written through windows since then (restored as ranges).
+    pub(crate) windows: super::window::WindowWrites,
     /// Cached single-frame mappings: (frame, writable) -> mapping.
     maps: RefCell<HashMap<(u64, bool), Mapping>>,
     /// Persistent read-write mappings of all guest RAM (HVM/PVH, while a
@@ -85,6 +87,7 @@ impl GuestMemory {
             cache: TranslationCache::default(),
             paging: HashMap::new(),
             written: HashSet::new(),
+            windows: Default::default(),
             maps: RefCell::new(HashMap::new()),
             whole: RefCell::new(None),
         }
@@ -153,10 +156,18 @@ impl GuestMemory {
     }
 
     pub(crate) fn write_phys(&mut self, pa: u64, data: &[u8]) -> Result<()> {
+        for (page, _, _) in chunks(pa, data.len()) {
+            self.written.insert(page >> PAGE_SHIFT);
+        }
+        self.write_phys_untracked(pa, data)
+    }
+
+    /// [`GuestMemory::write_phys`] without noting the frames: the caller
+    /// notes what a restore must undo.
+    pub(crate) fn write_phys_untracked(&mut self, pa: u64, data: &[u8]) -> Result<()> {
         let mut done = 0;
         for (page, off, n) in chunks(pa, data.len()) {
             let src = &data[done..done + n];
-            self.written.insert(page >> PAGE_SHIFT);
             self.with_frame(page, Prot::ReadWrite, |m, at| m.write(at + off, src))?;
             done += n;
         }

@@ -134,6 +134,7 @@ pub mod symbols;
 pub mod unwind;
 mod vcpumap;
 pub mod watchpoint;
+mod window;
 
 pub use breakpoint::{BreakpointId, BreakpointInfo, Condition};
 pub use caps::{BreakpointInsnKind, Capabilities, GuestKind, StepMethod};
@@ -154,3 +155,4 @@ pub use snapshot_file::SnapshotFileMeta;
 pub use stack::CodeFrame;
 pub use symbols::{ModuleLayout, Origin, SourceLine, Symbol, Symbols};
 pub use watchpoint::{WatchKind, WatchRoute, WatchpointId, WatchpointInfo};
+pub use window::Window;

@@ -524,6 +524,7 @@ impl Domain {
         let untracked = limit_tracking(&mut tracking, &slot, &backend)?;
         tracking.clean()?;
         self.mem.written.clear();
+        self.mem.windows.clear();
         let info = SnapshotInfo {
             frames: slot.len(),
             zero_frames,
@@ -604,6 +605,11 @@ impl Domain {
         let gfns = snap.stack_gfns.clone();
         let result = self
             .copy_back(&mut snap, &gfns)
+            .and_then(|restored| {
+                let mut sorted = gfns.clone();
+                sorted.sort_unstable();
+                self.undo_windows(&snap, &sorted).map(|()| restored)
+            })
             .map(|restored| RestoreStats {
                 dirty: 0,
                 written: 0,
@@ -644,7 +650,9 @@ impl Domain {
         }
         frames.sort_unstable();
         frames.dedup();
-        let restored = self.copy_back(snap, &frames);
+        let restored = self
+            .copy_back(snap, &frames)
+            .and_then(|n| self.undo_windows(snap, &frames).map(|()| n));
         snap.frames = frames;
         let restored = restored?;
         self.mem.invalidate();
@@ -762,6 +770,35 @@ impl Domain {
             }
         }
         Ok(restored)
+    }
+
+    /// Puts the bytes written through windows back to the snapshot's,
+    /// except in `copied` (sorted): frames copied back whole already.
+    fn undo_windows(&mut self, snap: &Snapshot, copied: &[u64]) -> Result<()> {
+        let opcode = self.bps.insn.as_ref().map(|i| i.opcode());
+        let mut whole = self.mem.whole.borrow_mut();
+        let Some(whole) = whole.as_mut() else {
+            return Err(Error::State("the snapshot's memory mapping is gone".into()));
+        };
+        for (gfn, from, to) in self.mem.windows.take() {
+            if copied.binary_search(&gfn).is_ok() {
+                continue;
+            }
+            let (Some(page), Some((ci, off))) = (snap.page(gfn), whole.locate(gfn)) else {
+                continue;
+            };
+            let map = &mut whole.chunks[ci].1;
+            map.write(off + from, &page[from..to])?;
+            if let Some(op) = opcode {
+                for b in self.bps.planted_in_frame(gfn) {
+                    let at = b.pa as usize & (PAGE_SIZE - 1);
+                    if (from..to).contains(&at) {
+                        map.write(off + at, &[op])?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn restore_vcpus(&mut self, snap: &mut Snapshot, mut st: RestoreStats) -> Result<RestoreStats> {

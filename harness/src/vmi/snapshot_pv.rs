@@ -229,6 +229,7 @@ impl Domain {
             info,
         });
         self.mem.written.clear();
+        self.mem.windows.clear();
         tracing::debug!(domid = self.domid, ?info, "PV snapshot taken");
         Ok(info)
     }
@@ -294,6 +295,7 @@ impl Domain {
                     )));
                 }
                 frames.extend(self.mem.written.iter().copied());
+                frames.extend(self.mem.windows.frames());
                 frames
                     .into_iter()
                     .filter(|m| snap.slot.contains_key(m))
@@ -346,6 +348,7 @@ impl Domain {
             }
         }
         self.mem.written.clear();
+        self.mem.windows.clear();
         for (&vcpu, p) in self.pending.iter_mut() {
             if let StopReason::Breakpoint(id) = p.reason {
                 let saved_rip = snap
