@@ -75,6 +75,46 @@ pub fn functions_in_guest(
 /// run (its extended form passes the input buffer in RSI, its size in ECX).
 pub const KFX_MAGIC: u32 = 0x1337_1337;
 
+/// How long a booting vCPU may run within [`SPIN_SPAN`] bytes of code
+/// before [`SpinWatch`] calls it stuck.
+pub const SPIN_FOR: Duration = Duration::from_secs(15);
+
+/// The code span a spinning vCPU stays in.
+pub const SPIN_SPAN: u64 = 64;
+
+/// Tells a boot that spins in place from one that makes progress: in the
+/// QEMU lab a booting kernel now and then takes an interrupt with
+/// interrupts disabled, and a one-vCPU kernel then spins on a lock forever
+/// (measured: vCPU 0 at `native_queued_spin_lock_slowpath+0x69` for the
+/// whole boot timeout). A halted vCPU (an idle guest) does not count: its
+/// run time stops.
+#[derive(Debug, Default)]
+pub struct SpinWatch {
+    /// Where the current span began: (wall time, RIP, vCPU run time).
+    since: Option<(Duration, u64, Duration)>,
+}
+
+impl SpinWatch {
+    /// Feeds one sample of vCPU 0 (`wall`: time since the boot began).
+    /// Returns the RIP it has spun at, once it has stayed within
+    /// [`SPIN_SPAN`] bytes of it for [`SPIN_FOR`], running a quarter of
+    /// that time at least (the lab's emulated CPUs take turns, so a
+    /// spinning vCPU may get half of the wall time; a halted one gets
+    /// next to none).
+    pub fn sample(&mut self, wall: Duration, rip: u64, ran: Duration) -> Option<u64> {
+        match self.since {
+            Some((w0, r0, c0)) if rip.abs_diff(r0) < SPIN_SPAN => {
+                let (dw, dc) = (wall.saturating_sub(w0), ran.saturating_sub(c0));
+                (dw >= SPIN_FOR && dc.as_secs_f64() >= 0.25 * dw.as_secs_f64()).then_some(r0)
+            }
+            _ => {
+                self.since = Some((wall, rip, ran));
+                None
+            }
+        }
+    }
+}
+
 /// How a kernel harness marks the start and the end of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Marker {
@@ -521,6 +561,28 @@ pub fn kernel_report(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_vcpu_spinning_in_place_is_stuck_and_an_idle_or_moving_one_is_not() {
+        let s = |n: u64| Duration::from_secs(n);
+        let mut w = SpinWatch::default();
+        assert_eq!(w.sample(s(0), 0x1000, s(0)), None);
+        assert_eq!(w.sample(s(10), 0x1010, s(10)), None, "not long enough");
+        assert_eq!(w.sample(s(16), 0x1020, s(16)), Some(0x1000));
+        // Halted (idle): the run time stands still.
+        let mut w = SpinWatch::default();
+        w.sample(s(0), 0x1000, s(0));
+        assert_eq!(w.sample(s(20), 0x1000, s(2)), None);
+        // Spinning while another emulated CPU takes half the time.
+        let mut w = SpinWatch::default();
+        w.sample(s(0), 0x1000, s(0));
+        assert_eq!(w.sample(s(16), 0x1000, s(8)), Some(0x1000));
+        // Moving: every sample starts a new span.
+        let mut w = SpinWatch::default();
+        for t in 0..30 {
+            assert_eq!(w.sample(s(t), 0x1000 + t * 0x100, s(t)), None);
+        }
+    }
+
     use super::*;
 
     #[test]

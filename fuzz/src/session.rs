@@ -190,6 +190,10 @@ pub const DEFAULT_SPIN_US: u64 = 2000;
 /// (docs/linux.md), PV boots do not.
 pub const KERNEL_BOOT_ATTEMPTS: u32 = 3;
 
+/// How often a booting Linux guest's vCPU 0 is sampled for
+/// [`kernel::SpinWatch`].
+const SPIN_SAMPLE: Duration = Duration::from_secs(2);
+
 /// One run in this many is run twice to measure stability
 /// ([`Session::stability`]), besides every run that found new coverage.
 pub const STABILITY_SAMPLE: u64 = 1000;
@@ -838,8 +842,22 @@ impl Session {
         }
         dom.set_cpuid_marker(Some(leaf))?;
         xl(&["unpause", &self.name])?;
+        let began = std::time::Instant::now();
+        let mut spin = kernel::SpinWatch::default();
         let (vcpu, subleaf) = loop {
-            match dom.wait_event(k.boot_timeout)? {
+            let left = k.boot_timeout.saturating_sub(began.elapsed());
+            match dom.wait_event(left.min(SPIN_SAMPLE))? {
+                Event::Timeout if !left.is_zero() => {
+                    let (rip, ran) = (dom.regs(0)?.rip, dom.vcpu_time(0)?);
+                    tracing::debug!(rip = format_args!("{rip:#x}"), ?ran, "booting");
+                    if let Some(at) = spin.sample(began.elapsed(), rip, ran) {
+                        return Err(SessionError::Boot(format!(
+                            "vCPU 0 has spun at {at:#x} for {} s before the harness's start \
+                             marker (cpuid {leaf:#x}): a deadlock while booting?",
+                            kernel::SPIN_FOR.as_secs()
+                        )));
+                    }
+                }
                 Event::Cpuid {
                     vcpu,
                     leaf: l,

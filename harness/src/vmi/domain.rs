@@ -308,6 +308,12 @@ impl Domain {
         Ok(self.xen.xc.domain_info(self.domid)?)
     }
 
+    /// The time `vcpu` has run so far.
+    pub fn vcpu_time(&self, vcpu: u32) -> Result<std::time::Duration> {
+        let ns = self.xen.xc.vcpu_state(self.domid, vcpu)?.cpu_time;
+        Ok(std::time::Duration::from_nanos(ns))
+    }
+
     /// Highest vCPU id.
     pub fn max_vcpu(&self) -> Result<u32> {
         Ok(self.info()?.max_vcpu_id)
