@@ -102,10 +102,10 @@ impl Domain {
         })?;
         let first = va & !(PAGE_SIZE as u64 - 1);
         let mut frames = Vec::new();
-        let mut page = first;
-        while page < end.max(va + 1) {
-            frames.push(self.translate(0, page)?.frame() >> PAGE_SHIFT);
-            page += PAGE_SIZE as u64;
+        let mut page = Some(first);
+        while let Some(p) = page.filter(|&p| p < end.max(va.saturating_add(1))) {
+            frames.push(self.translate(0, p)?.frame() >> PAGE_SHIFT);
+            page = p.checked_add(PAGE_SIZE as u64);
         }
         Ok(Window { va, len, frames })
     }
