@@ -558,7 +558,7 @@ mod tests {
         for line in [
             "type=\"hvm\"",
             "kernel=\"/w/linux/vmlinuz-6.1.0-57-amd64\"",
-            "cmdline=\"console=hvc0 quiet panic=-1 edd=off\"",
+            "cmdline=\"console=hvc0 quiet panic=-1 edd=off reboot=t\"",
             "device_model_version=\"qemu-xen\"",
             "serial=\"pty\"",
         ] {
@@ -576,7 +576,7 @@ mod tests {
         );
         assert_eq!(
             cmdline_override(Mode::Hvm, &[]),
-            "cmdline=\"console=hvc0 quiet panic=-1 edd=off\""
+            "cmdline=\"console=hvc0 quiet panic=-1 edd=off reboot=t\""
         );
     }
 
