@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use crate::xen::{HvmContext, HvmCpu, Prot, VmEventRegs, PAGE_SHIFT, PAGE_SIZE};
 
+use super::breakpoint::Breakpoints;
 use super::caps::GuestKind;
 use super::domain::Domain;
 use super::error::{Error, Result};
@@ -174,7 +175,7 @@ pub(crate) struct Snapshot {
     event_regs: Option<VmEventRegs>,
     tracking: DirtyTracking,
     /// Frames holding the top of vCPU 0's stack at the snapshot (see
-    /// [`Domain::restore_registers`]).
+    /// [`Domain::restore_registers`]), sorted.
     stack_gfns: Vec<u64>,
     /// Restores since the last CLEAN.
     since_clean: u32,
@@ -516,6 +517,7 @@ impl Domain {
                 }
             }
         }
+        stack_gfns.sort_unstable();
         let backend: Vec<u64> = crate::xen::HVM_PARAMS_BACKEND_FRAMES
             .iter()
             .filter_map(|&p| self.xen.xc.hvm_param(self.domid, p).ok())
@@ -605,11 +607,7 @@ impl Domain {
         let gfns = snap.stack_gfns.clone();
         let result = self
             .copy_back(&mut snap, &gfns)
-            .and_then(|restored| {
-                let mut sorted = gfns.clone();
-                sorted.sort_unstable();
-                self.undo_windows(&snap, &sorted).map(|()| restored)
-            })
+            .and_then(|restored| self.undo_windows(&snap, &gfns).map(|()| restored))
             .map(|restored| RestoreStats {
                 dirty: 0,
                 written: 0,
@@ -763,11 +761,7 @@ impl Domain {
             map.write_changed(off, page)?;
             restored += 1;
             // Breakpoints live in memory, not in the snapshot: plant them again.
-            if let Some(op) = opcode {
-                for b in self.bps.planted_in_frame(gfn) {
-                    map.write(off + (b.pa as usize & (PAGE_SIZE - 1)), &[op])?;
-                }
-            }
+            replant_in_frame(&self.bps, map, off, gfn, 0..PAGE_SIZE, opcode)?;
         }
         Ok(restored)
     }
@@ -789,14 +783,7 @@ impl Domain {
             };
             let map = &mut whole.chunks[ci].1;
             map.write(off + from, &page[from..to])?;
-            if let Some(op) = opcode {
-                for b in self.bps.planted_in_frame(gfn) {
-                    let at = b.pa as usize & (PAGE_SIZE - 1);
-                    if (from..to).contains(&at) {
-                        map.write(off + at, &[op])?;
-                    }
-                }
-            }
+            replant_in_frame(&self.bps, map, off, gfn, from..to, opcode)?;
         }
         Ok(())
     }
@@ -968,6 +955,27 @@ impl Domain {
             tracing::warn!(domid = self.domid, "journal: {e}");
         }
     }
+}
+
+/// Writes the breakpoint instruction back at the planted breakpoints
+/// of frame `gfn` whose byte lies in `within` (offsets in the frame);
+/// the frame is at `off` in `map`.
+fn replant_in_frame(
+    bps: &Breakpoints,
+    map: &mut crate::xen::Mapping,
+    off: usize,
+    gfn: u64,
+    within: std::ops::Range<usize>,
+    opcode: Option<u8>,
+) -> Result<()> {
+    let Some(op) = opcode else { return Ok(()) };
+    for b in bps.planted_in_frame(gfn) {
+        let at = b.pa as usize & (PAGE_SIZE - 1);
+        if within.contains(&at) {
+            map.write(off + at, &[op])?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
