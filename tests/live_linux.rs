@@ -283,9 +283,10 @@ fn the_repl_shows_module_frames(mode: &str) -> Result<(), Failed> {
 
 /// KASLR: an HVM kernel (booted from its bzImage, whose decompressor picks
 /// the slide) gets its symbols from the stripped vmlinux, slid by what LSTAR
-/// says and checked against its banner; the vCPU's code and the syscall
-/// entry then resolve to kernel functions. Only the kernel is needed: the
-/// symbols load once it has set up its syscall entry (early in boot).
+/// (or, earlier in boot, the IDT's #PF gate) says and checked against its
+/// banner; the vCPU's code and the syscall entry then resolve to kernel
+/// functions. Only the kernel is needed: the symbols load once it has set up
+/// its IDT or syscall entry (early in boot, the IDT first).
 fn kaslr_is_found_and_checked(mode: &str) -> Result<(), Failed> {
     let loaded = config_for(mode)?;
     let k = loaded.target.kernel.clone().ok_or("not a kernel target")?;
@@ -333,7 +334,14 @@ fn kaslr_is_found_and_checked(mode: &str) -> Result<(), Failed> {
                         "{mode}: slide {:#x} ({}), entry_SYSCALL_64 at {entry:#x}, vCPU 0 at {rip:#x} {at:?}",
                         info.slide, info.slide_from
                     );
-                    if info.slide % 0x20_0000 != 0 || !info.slide_from.starts_with("LSTAR") {
+                    // 2 MiB aligned, inside the 1 GiB KASLR range, from a
+                    // CPU table (the banner check already passed).
+                    let from_cpu = info.slide_from.starts_with("LSTAR")
+                        || info.slide_from.starts_with("IDT");
+                    if info.slide % 0x20_0000 != 0
+                        || !(0..0x4000_0000).contains(&info.slide)
+                        || !from_cpu
+                    {
                         return Err(format!("implausible slide: {info:?}").into());
                     }
                     if rip >= 0xffff_ffff_8000_0000 && at.is_none() {
