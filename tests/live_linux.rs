@@ -336,8 +336,8 @@ fn kaslr_is_found_and_checked(mode: &str) -> Result<(), Failed> {
                     );
                     // 2 MiB aligned, inside the 1 GiB KASLR range, from a
                     // CPU table (the banner check already passed).
-                    let from_cpu = info.slide_from.starts_with("LSTAR")
-                        || info.slide_from.starts_with("IDT");
+                    let from_cpu =
+                        info.slide_from.starts_with("LSTAR") || info.slide_from.starts_with("IDT");
                     if info.slide % 0x20_0000 != 0
                         || !(0..0x4000_0000).contains(&info.slide)
                         || !from_cpu

@@ -390,17 +390,26 @@ impl Throwaway {
     }
 }
 
-impl Drop for Throwaway {
-    fn drop(&mut self) {
-        let exists = Command::new("xl")
+impl Throwaway {
+    fn exists(&self) -> bool {
+        Command::new("xl")
             .args(["domid", &self.name])
             .output()
-            .is_ok_and(|o| o.status.success());
-        if !exists {
+            .is_ok_and(|o| o.status.success())
+    }
+}
+
+impl Drop for Throwaway {
+    fn drop(&mut self) {
+        if !self.exists() {
             return; // ran to its end (on_poweroff="destroy")
         }
+        // A guest that crashed may be going away on its own meanwhile
+        // (on_crash="destroy"; Xen 4.20's xl then fails to destroy it).
         if let Err(e) = xl(&["destroy", &self.name]) {
-            tracing::warn!("{e:#}");
+            if self.exists() {
+                tracing::warn!("{e:#}");
+            }
         }
     }
 }

@@ -79,6 +79,10 @@ pub struct FuzzArgs {
     /// Build the fuzzer unoptimised (faster to build, slower to fuzz).
     #[arg(long)]
     debug_build: bool,
+    /// The lab's hypervisor: stock (default), debug, or 4.20 (Debian 13's;
+    /// the fuzzer is then built against its libraries). See docs/lab.md.
+    #[arg(long, value_enum)]
+    xen: Option<lab::xen::Flavour>,
     /// With --reproduce: stop the guest before the crash (on the faulting
     /// instruction, or at the crash sink for panics) and serve the GDB/LLDB
     /// stub there until the debugger detaches.
@@ -104,17 +108,23 @@ fn absolute(p: &Path) -> PathBuf {
     }
 }
 
-/// Builds `xenprobe-fuzz` into the main target directory (shared with dom0).
+/// Builds `xenprobe-fuzz` for the lab of `XENPROBE_XEN` (see [`build_fuzz_bin`]).
 pub(crate) fn build_fuzzer(release: bool) -> Result<PathBuf> {
-    build_fuzz_bin("xenprobe-fuzz", release)
+    build_fuzz_bin("xenprobe-fuzz", release, lab::xen::Flavour::from_env())
 }
 
-/// Builds binary `bin` of the fuzz crate into the main target directory
-/// (shared with dom0) and returns its path.
-pub(crate) fn build_fuzz_bin(bin: &str, release: bool) -> Result<PathBuf> {
+/// Builds binary `bin` of the fuzz crate against the Xen of `flavour`'s lab
+/// (the target directory is shared with dom0) and returns its path.
+pub(crate) fn build_fuzz_bin(
+    bin: &str,
+    release: bool,
+    flavour: lab::xen::Flavour,
+) -> Result<PathBuf> {
+    let target = flavour.target_dir();
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(ws::root())
-        .env("CARGO_TARGET_DIR", ws::target_dir())
+        .envs(flavour.cargo_env()?)
+        .env("CARGO_TARGET_DIR", &target)
         .args(["build", "-p", "xenprobe-fuzz", "--bin", bin]);
     if release {
         cmd.arg("--release");
@@ -126,7 +136,7 @@ pub(crate) fn build_fuzz_bin(bin: &str, release: bool) -> Result<PathBuf> {
         bail!("building {bin} failed");
     }
     let profile = if release { "release" } else { "debug" };
-    Ok(ws::target_dir().join(profile).join(bin))
+    Ok(target.join(profile).join(bin))
 }
 
 /// The fuzzer arguments naming sample guest `target` in `mode` (`pv`,
@@ -151,6 +161,10 @@ pub fn main(args: FuzzArgs) -> Result<i32> {
             args.target,
             TARGETS.join(", ")
         );
+    }
+    if let Some(xen) = args.xen {
+        // Read by every lab command this process runs; set before any thread starts.
+        std::env::set_var("XENPROBE_XEN", xen.name());
     }
     let linux = args.config.is_none() && args.target == "linux";
     if linux {
@@ -335,10 +349,7 @@ fn debug_args(port: Option<u16>) -> Result<Vec<String>> {
 /// (host port on 127.0.0.1, dom0 port).
 pub(crate) fn lab_forward() -> Result<(u16, u16)> {
     lab::run_in_dom0(&["true".into()])?;
-    let flavour = std::env::var("XENPROBE_XEN")
-        .ok()
-        .and_then(|v| <lab::xen::Flavour as clap::ValueEnum>::from_str(&v, true).ok())
-        .unwrap_or(lab::xen::Flavour::Stock);
+    let flavour = lab::xen::Flavour::from_env();
     let state = lab::Lab::new(flavour)
         .running()
         .context("the lab is not running")?

@@ -1,5 +1,6 @@
 //! `cargo xtask`: build, lab, guests, fuzz, bench and Xen-sysroot commands for xenprobe.
 
+mod archive;
 mod bench;
 mod deps;
 mod fuzz;

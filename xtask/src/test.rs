@@ -7,7 +7,9 @@
 //! hypervisor with CONFIG_GDBSX and shadow paging) runs the PV tests of the
 //! live suites and the debug stub again, where PV breakpoints, PV single-step
 //! and PV log-dirty become available, and the Linux kernel-target suite
-//! (Linux boots as PVH/HVM in the lab only with shadow paging).
+//! (Linux boots as PVH/HVM in the lab only with shadow paging). The 4.20
+//! pass builds against Debian 13's Xen libraries and runs a live subset on
+//! its hypervisor and tools.
 
 use std::process::Command;
 
@@ -20,7 +22,7 @@ use crate::{deps, ws};
 
 #[derive(Args)]
 pub struct TestArgs {
-    /// Run against one hypervisor flavour only (default: stock, then debug).
+    /// Run against one hypervisor flavour only (default: stock, debug, then 4.20).
     #[arg(long, value_enum)]
     xen: Option<Flavour>,
     /// Leave the labs running afterwards (default: stop those this command booted).
@@ -39,7 +41,9 @@ pub fn main(args: TestArgs) -> Result<i32> {
     }
     let flavours = match args.xen {
         Some(f) => vec![f],
-        None => vec![Flavour::Stock, Flavour::Debug],
+        // A real dom0 has the one Xen it runs.
+        None if deps::on_real_dom0() => vec![Flavour::Stock],
+        None => vec![Flavour::Stock, Flavour::Debug, Flavour::Xen420],
     };
     let mut failed = vec![];
     for flavour in flavours {
@@ -49,78 +53,45 @@ pub fn main(args: TestArgs) -> Result<i32> {
             failed.push(format!("the {} lab did not start", flavour.name()));
             continue;
         }
-        let runs: Vec<Vec<&str>> = match flavour {
+        let runs: &[&str] = match flavour {
             // The binaries first: live tests run `xenprobe` (the REPL, the stub),
             // which `cargo test` builds only for tests of its own package.
-            Flavour::Stock => vec![
-                vec!["build", "--workspace", "--bins"],
-                vec!["test", "--workspace", "--no-fail-fast"],
+            Flavour::Stock => &[
+                "build --workspace --bins",
+                "test --workspace --no-fail-fast",
             ],
             // What the debug hypervisor adds: PV breakpoints, stepping,
             // log-dirty (PV snapshots restore by it), the PV insta snapshots
-            // of live_state and the debug stub on PV guests.
-            Flavour::Debug => vec![
-                vec!["build", "--workspace", "--bins"],
-                // Linux as a PVH/HVM guest boots in the lab only here
-                // (shadow paging): the kernel-target suite and its debugger.
-                vec!["test", "-p", "xenprobe-tests", "--test", "live_linux"],
-                vec![
-                    "test",
-                    "-p",
-                    "xtask",
-                    "--test",
-                    "crash_debug",
-                    "--",
-                    "--ignored",
-                    "linux",
-                ],
-                vec![
-                    "test",
-                    "-p",
-                    "xenprobe-tests",
-                    "--test",
-                    "live_vmi",
-                    "--test",
-                    "live_suite",
-                    "--test",
-                    "live_snapshot",
-                    "--test",
-                    "live_watch",
-                    "--test",
-                    "live_state",
-                    "--",
-                    "pv",
-                    "--skip",
-                    "pvh",
-                    "--skip",
-                    "hvm",
-                ],
-                vec![
-                    "test",
-                    "-p",
-                    "xtask",
-                    "--test",
-                    "stub",
-                    "--",
-                    "--ignored",
-                    "on_pv",
-                ],
-                vec![
-                    "test",
-                    "-p",
-                    "xtask",
-                    "--test",
-                    "caps_table",
-                    "--",
-                    "--ignored",
-                ],
+            // of live_state and the debug stub on PV guests; and Linux as a
+            // PVH/HVM guest, which boots in the lab only here (shadow
+            // paging): the kernel-target suite and its debugger.
+            Flavour::Debug => &[
+                "build --workspace --bins",
+                "test -p xenprobe-tests --test live_linux",
+                "test -p xtask --test crash_debug -- --ignored linux",
+                "test -p xenprobe-tests --test live_vmi --test live_suite --test live_snapshot \
+                 --test live_watch --test live_state -- pv --skip pvh --skip hvm",
+                "test -p xtask --test stub -- --ignored on_pv",
+                "test -p xtask --test caps_table -- --ignored",
+            ],
+            // Debian 13's Xen: binaries built against its libraries
+            // (target/xen-4.20), and a subset that covers the engine (events,
+            // breakpoints, registers, memory, log-dirty), snapshots, the
+            // fuzzer's exact reset, the stub with LLDB and the capability table.
+            Flavour::Xen420 => &[
+                "build -p xenprobe -p xenprobe-fuzz --bins",
+                "test -p xenprobe-tests --test live_vmi --test live_snapshot --test live_fuzz_reset",
+                "test -p xtask --test stub -- lldb_on_pvh",
+                "test -p xtask --test caps_table -- --ignored xen_4_20",
             ],
         };
         for run in runs {
+            let run: Vec<&str> = run.split_whitespace().collect();
             let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
             // Snapshot assertions (insta) must match what is committed:
             // never write or accept snapshots here.
             cmd.current_dir(ws::root())
+                .envs(flavour.cargo_env()?)
                 .env("XENPROBE_XEN", flavour.name())
                 .env("INSTA_UPDATE", "no")
                 .args(&run);

@@ -7,7 +7,6 @@
 //! their own (`target/xen-<version>`).
 //! See docs/xen-vmi.md#xen-versions
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,12 +14,10 @@ use std::process::Command;
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
+use crate::archive::Index;
 use crate::ws;
 
-const MIRROR: &str = "http://deb.debian.org/debian";
-const ARCH: &str = "amd64";
 const MULTIARCH: &str = "x86_64-linux-gnu";
-const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
 /// Xen releases this command can fetch: (version, Debian suite, libxenmisc package).
 const RELEASES: &[(&str, &str, &str)] = &[
@@ -60,26 +57,8 @@ pub struct XenSysrootArgs {
 }
 
 pub fn main(args: XenSysrootArgs) -> Result<i32> {
-    let Some(&(version, suite, misc)) = RELEASES.iter().find(|r| r.0 == args.version) else {
-        let known: Vec<&str> = RELEASES.iter().map(|r| r.0).collect();
-        bail!(
-            "no Debian packages known for Xen {}; known: {}",
-            args.version,
-            known.join(", ")
-        );
-    };
-    let root = ws::target_dir().join("xen-sysroot").join(version);
-    let stamp = root.join(".complete");
-    if args.refresh || !stamp.is_file() {
-        if root.exists() {
-            fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
-        }
-        let mut packages = PACKAGES.to_vec();
-        packages.push(misc);
-        let installed = fetch(suite, &packages, &root)?;
-        fs::write(&stamp, installed).context("writing the sysroot's stamp")?;
-    }
-    let env = cargo_env(&root, version);
+    let env = prepare(&args.version, args.refresh)?;
+    let version = args.version.as_str();
     if args.fetch_only {
         for (k, v) in &env {
             println!("export {k}='{v}'");
@@ -117,16 +96,49 @@ pub fn main(args: XenSysrootArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// Makes the sysroot of Xen `version` unless it is there (or `refresh`), and
+/// returns the environment that points cargo at it, with a target
+/// directory of its own (`target/xen-<version>`).
+pub fn prepare(version: &str, refresh: bool) -> Result<Vec<(&'static str, String)>> {
+    let Some(&(version, suite, misc)) = RELEASES.iter().find(|r| r.0 == version) else {
+        let known: Vec<&str> = RELEASES.iter().map(|r| r.0).collect();
+        bail!(
+            "no Debian packages known for Xen {version}; known: {}",
+            known.join(", ")
+        );
+    };
+    let root = ws::target_dir().join("xen-sysroot").join(version);
+    let stamp = root.join(".complete");
+    if refresh || !stamp.is_file() {
+        if root.exists() {
+            fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
+        }
+        let mut packages = PACKAGES.to_vec();
+        packages.push(misc);
+        let installed = fetch(suite, &packages, &root)?;
+        fs::write(&stamp, installed).context("writing the sysroot's stamp")?;
+    }
+    Ok(cargo_env(&root, version))
+}
+
+/// The target directory of builds against Xen `version`'s sysroot.
+pub fn target_dir(version: &str) -> PathBuf {
+    ws::target_dir().join(format!("xen-{version}"))
+}
+
 /// The environment that points the build at the sysroot.
 fn cargo_env(root: &Path, version: &str) -> Vec<(&'static str, String)> {
     let libdir = root.join("usr/lib").join(MULTIARCH);
     // Libraries that libxenctrl itself needs are looked up at link time
-    // through -rpath-link, not -L: without it ld takes the host's.
-    let mut rustflags = std::env::var("RUSTFLAGS").unwrap_or_default();
-    if !rustflags.is_empty() {
-        rustflags.push(' ');
+    // not through -L but (among others) LD_LIBRARY_PATH: without it ld
+    // takes the host's. (Not `-C link-arg=-Wl,-rpath-link`: a RUSTFLAGS of
+    // its own would make every cargo run beside it, xtask's through the
+    // test runner included, rebuild from scratch.) The directory holds Xen's
+    // libraries only, so no host program loads anything else from it.
+    let mut ld_path = libdir.display().to_string();
+    if let Some(old) = std::env::var_os("LD_LIBRARY_PATH").filter(|v| !v.is_empty()) {
+        ld_path = format!("{ld_path}:{}", old.to_string_lossy());
     }
-    rustflags.push_str(&format!("-C link-arg=-Wl,-rpath-link,{}", libdir.display()));
     vec![
         (
             "PKG_CONFIG_LIBDIR",
@@ -138,140 +150,28 @@ fn cargo_env(root: &Path, version: &str) -> Vec<(&'static str, String)> {
         ),
         (
             "CARGO_TARGET_DIR",
-            ws::target_dir()
-                .join(format!("xen-{version}"))
-                .display()
-                .to_string(),
+            target_dir(version).display().to_string(),
         ),
-        ("RUSTFLAGS", rustflags),
+        ("LD_LIBRARY_PATH", ld_path),
     ]
 }
 
-/// Downloads `packages` of `suite` (verified: signed `InRelease` → `Packages.xz`
-/// → each `.deb`), unpacks them into `root` and rewrites their pkg-config
-/// files to point there. Returns the list of what was installed.
+/// Unpacks `packages` of `suite` into `root` (see [`crate::archive`]) and
+/// rewrites their pkg-config files to point there. Returns the list of what
+/// was installed.
 fn fetch(suite: &str, packages: &[&str], root: &Path) -> Result<String> {
-    let dl = PathBuf::from(format!("{}.download", root.display()));
-    fs::create_dir_all(&dl)?;
-    let dist = format!("{MIRROR}/dists/{suite}");
-    let inrelease = dl.join("InRelease");
-    curl(&format!("{dist}/InRelease"), &inrelease)?;
-    let release = dl.join("Release");
-    let out = Command::new("gpgv")
-        .args(["--keyring", KEYRING, "--output"])
-        .args([&release, &inrelease])
-        .output()
-        .context("running gpgv (apt-get install gpgv debian-archive-keyring)")?;
-    if !out.status.success() {
-        bail!(
-            "{dist}/InRelease: bad signature:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let index_name = format!("main/binary-{ARCH}/Packages.xz");
-    let index_sum = release_sha256(&fs::read_to_string(&release)?, &index_name)
-        .with_context(|| format!("{index_name} is not listed in {suite}'s Release"))?;
-    let index = dl.join("Packages.xz");
-    curl(&format!("{dist}/{index_name}"), &index)?;
-    check_sha256(&index, &index_sum)?;
-    let out = Command::new("xz")
-        .arg("-dc")
-        .arg(&index)
-        .output()
-        .context("running xz")?;
-    if !out.status.success() {
-        bail!("xz -dc {} failed", index.display());
-    }
-    let stanzas = parse_packages(&String::from_utf8_lossy(&out.stdout));
-
-    fs::create_dir_all(root)?;
-    let mut installed = String::new();
-    for &name in packages {
-        let p = stanzas
-            .get(name)
-            .with_context(|| format!("{name} is not in {suite}'s {index_name}"))?;
-        let (Some(file), Some(sum), Some(ver)) =
-            (p.get("Filename"), p.get("SHA256"), p.get("Version"))
-        else {
-            bail!("{name}: incomplete entry in {suite}'s {index_name}");
-        };
-        let deb = dl.join(file.rsplit('/').next().unwrap_or(name));
-        eprintln!("xtask xen-sysroot: {name} {ver}");
-        curl(&format!("{MIRROR}/{file}"), &deb)?;
-        check_sha256(&deb, sum)?;
-        let status = Command::new("dpkg-deb")
-            .arg("-x")
-            .args([&deb, &root.to_path_buf()])
-            .status()
-            .context("running dpkg-deb")?;
-        if !status.success() {
-            bail!("dpkg-deb -x {} failed", deb.display());
-        }
-        installed.push_str(&format!("{name} {ver}\n"));
-    }
+    let index = Index::fetch(
+        suite,
+        &PathBuf::from(format!("{}.download", root.display())),
+    )?;
+    let names: Vec<String> = packages.iter().map(|p| p.to_string()).collect();
+    let installed = index.unpack(&names, root)?;
+    index.done();
     relocate_pkgconfig(
         &root.join("usr/lib").join(MULTIARCH).join("pkgconfig"),
         root,
     )?;
-    fs::remove_dir_all(&dl).ok();
     Ok(installed)
-}
-
-fn curl(url: &str, to: &Path) -> Result<()> {
-    let status = Command::new("curl")
-        .args(["-fsSL", "--retry", "3", "-o"])
-        .arg(to)
-        .arg(url)
-        .status()
-        .context("running curl")?;
-    if !status.success() {
-        bail!("downloading {url} failed");
-    }
-    Ok(())
-}
-
-fn check_sha256(file: &Path, want: &str) -> Result<()> {
-    let out = Command::new("sha256sum")
-        .arg(file)
-        .output()
-        .context("running sha256sum")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let got = text.split_whitespace().next().unwrap_or_default();
-    if !out.status.success() || !got.eq_ignore_ascii_case(want) {
-        bail!("{}: SHA256 {got}, the archive says {want}", file.display());
-    }
-    Ok(())
-}
-
-/// The SHA256 of `name` in a Debian `Release` file.
-fn release_sha256(release: &str, name: &str) -> Option<String> {
-    let section = release.split("\nSHA256:").nth(1)?;
-    section
-        .lines()
-        .skip(1)
-        .take_while(|l| l.starts_with(' '))
-        .find_map(|l| {
-            let mut w = l.split_whitespace();
-            let (sum, _size, file) = (w.next()?, w.next()?, w.next()?);
-            (file == name).then(|| sum.to_string())
-        })
-}
-
-/// The stanzas of a `Packages` index by package name (single-line fields only).
-fn parse_packages(text: &str) -> HashMap<String, HashMap<String, String>> {
-    let mut out = HashMap::new();
-    for stanza in text.split("\n\n") {
-        let fields: HashMap<String, String> = stanza
-            .lines()
-            .filter(|l| !l.starts_with(' '))
-            .filter_map(|l| l.split_once(": "))
-            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
-            .collect();
-        if let Some(name) = fields.get("Package") {
-            out.insert(name.clone(), fields);
-        }
-    }
-    out
 }
 
 /// Rewrites `prefix=`, `includedir=` and `libdir=` of every `.pc` file in
@@ -314,28 +214,5 @@ mod tests {
             "prefix=/s/usr\nincludedir=/s/usr/include\nlibdir=/s/usr/lib/x86_64-linux-gnu\n"
         ));
         assert!(out.ends_with("Name: Xencontrol\nCflags: -I${includedir}\n"));
-    }
-
-    #[test]
-    fn reads_archive_indexes() {
-        let release = "Codename: trixie\nMD5Sum:\n 0123 9 main/binary-amd64/Packages.xz\n\
-                       SHA256:\n aaaa 10 main/binary-amd64/Packages\n bbbb 9 main/binary-amd64/Packages.xz\n";
-        assert_eq!(
-            release_sha256(release, "main/binary-amd64/Packages.xz").as_deref(),
-            Some("bbbb")
-        );
-        assert_eq!(release_sha256(release, "contrib/x"), None);
-        let packages =
-            "Package: libxen-dev\nSource: xen\nVersion: 4.20.4-1\nDescription: d\n more\n\
-                        Filename: pool/main/x/xen/libxen-dev_4.20.4-1_amd64.deb\nSHA256: cc\n\n\
-                        Package: libxencall1\nVersion: 4.20.4-1\n";
-        let p = parse_packages(packages);
-        assert_eq!(p.len(), 2);
-        assert_eq!(
-            p["libxen-dev"]["Filename"],
-            "pool/main/x/xen/libxen-dev_4.20.4-1_amd64.deb"
-        );
-        assert_eq!(p["libxen-dev"]["SHA256"], "cc");
-        assert_eq!(p["libxencall1"]["Version"], "4.20.4-1");
     }
 }

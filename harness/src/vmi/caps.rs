@@ -173,7 +173,7 @@ impl Capabilities {
             return Err(Error::unsupported(
                 "VM forks",
                 format!(
-                    "Xen 4.17 forks VMs on Intel VT-x with HAP only; this CPU is {:?} ({})",
+                    "Xen forks VMs on Intel VT-x with HAP only; this CPU is {:?} ({})",
                     self.host.cpu_vendor, self.host.cpu_model
                 ),
             ));

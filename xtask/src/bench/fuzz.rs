@@ -67,8 +67,8 @@ pub fn run(args: &FuzzBenchArgs) -> Result<i32> {
     if args.targets.iter().any(|t| t == "linux") {
         guests::linux::build()?;
     }
-    let bin = crate::fuzz::build_fuzz_bin("xenprobe-fuzz-bench", true)?;
-    let raw_loop = super::rawloop::build()?;
+    let bin = crate::fuzz::build_fuzz_bin("xenprobe-fuzz-bench", true, args.xen)?;
+    let raw_loop = super::rawloop::build(args.xen)?;
     let lab = if deps::on_real_dom0() {
         None
     } else {

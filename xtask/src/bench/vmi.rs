@@ -25,8 +25,10 @@ pub fn run(o: &VmiOptions) -> Result<i32> {
     deps::ensure(deps::Need::Lab)?;
     guests::build()?;
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let target = o.xen.target_dir();
     cmd.current_dir(ws::root())
-        .env("CARGO_TARGET_DIR", ws::target_dir())
+        .envs(o.xen.cargo_env()?)
+        .env("CARGO_TARGET_DIR", &target)
         .args(["build", "-p", "xenprobe", "--example", "bench_vmi"]);
     if !o.debug_build {
         cmd.arg("--release");
@@ -35,10 +37,7 @@ pub fn run(o: &VmiOptions) -> Result<i32> {
         bail!("building the bench_vmi example failed");
     }
     let profile = if o.debug_build { "debug" } else { "release" };
-    let bin = ws::target_dir()
-        .join(profile)
-        .join("examples")
-        .join("bench_vmi");
+    let bin = target.join(profile).join("examples").join("bench_vmi");
     std::env::set_var("XENPROBE_XEN", o.xen.name());
     let argv: Vec<String> = vec![
         bin.display().to_string(),

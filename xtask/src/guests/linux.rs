@@ -393,14 +393,6 @@ fn copy_if_changed(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The lab flavour commands boot (`XENPROBE_XEN`).
-fn flavour() -> Flavour {
-    std::env::var("XENPROBE_XEN")
-        .ok()
-        .and_then(|v| <Flavour as clap::ValueEnum>::from_str(&v, true).ok())
-        .unwrap_or(Flavour::Stock)
-}
-
 /// Boots the Linux guest in `mode` in the lab; exit status as `guests run`.
 pub fn run(mode: Mode, input: Option<&str>, timeout: u32) -> Result<i32> {
     let out = dir();
@@ -410,13 +402,14 @@ pub fn run(mode: Mode, input: Option<&str>, timeout: u32) -> Result<i32> {
         "{} missing: run `cargo xtask guests build linux` first",
         cfg.display()
     );
-    if mode != Mode::Pv && !deps::on_real_dom0() && flavour() == Flavour::Stock {
+    if mode != Mode::Pv && !deps::on_real_dom0() && Flavour::from_env() != Flavour::Debug {
         bail!(
-            "the stock lab cannot boot {} Linux: under the lab's QEMU (TCG emulating AMD SVM) \
+            "the {} lab cannot boot {} Linux: under the lab's QEMU (TCG emulating AMD SVM) \
              a guest reads CR2 = 0 in its page-fault handler with nested paging (HAP), so \
              Linux cannot map its early page faults and halts; the config uses shadow paging \
              (hap=0), which only the debug hypervisor has. Run it on the debug lab: \
-             XENPROBE_XEN=debug cargo xtask guests run linux --mode {} (PV boots on both)",
+             XENPROBE_XEN=debug cargo xtask guests run linux --mode {} (PV boots on all)",
+            Flavour::from_env().name(),
             mode.name().to_uppercase(),
             mode.name()
         );

@@ -81,33 +81,41 @@ if ! pidof xenconsoled >/dev/null; then
 fi
 "#;
 
-/// Builds (or reuses) the dom0 image in `dir`, with `agent` as the lab agent.
-pub fn build(dir: &Path, agent: &Path) -> Result<Dom0> {
+/// Builds (or reuses) the dom0 image in `dir`, with `agent` as the lab agent
+/// and the Xen userland (tools, libraries, device model) of `root`: `/` or
+/// the Debian 13 root of the 4.20 lab. The kernel, its modules, busybox and
+/// the guests' firmware are always the machine's own.
+pub fn build(dir: &Path, agent: &Path, root: &Path) -> Result<Dom0> {
     let kver = kernel_version()?;
     let kernel = super::kernel::dom0_kernel(dir, Path::new(&format!("/boot/vmlinuz-{kver}")));
-    let xen_lib = xen_lib_dir()?;
+    let r = Root(root);
+    let xen_lib = xen_lib_dir(root)?;
     let mut inputs = Inputs::default();
 
     inputs.add("/bin/busybox", "bin/busybox", 0o755);
     inputs.add(agent, "usr/bin/xenlab-agent", 0o755);
     for e in read_dir(&xen_lib.join("bin"))? {
         let name = file_name(&e);
-        inputs.add(&e, &format!("{}/bin/{name}", rel(&xen_lib)), 0o755);
+        inputs.add(
+            r.file(&e),
+            &format!("{}/bin/{name}", r.rel(&xen_lib)),
+            0o755,
+        );
     }
     // From xen_lib/boot only hvmloader (HVM guests without firmware_override,
     // e.g. Linux booted with `kernel=`), not the PVH shim (6 MB, `pvshim` guests).
     let hvmloader = xen_lib.join("boot/hvmloader");
     if hvmloader.exists() {
-        inputs.add(&hvmloader, &rel(&hvmloader), 0o644);
+        inputs.add(r.file(&hvmloader), &r.rel(&hvmloader), 0o644);
     }
-    for e in read_dir(Path::new("/usr/bin"))? {
+    for e in read_dir(&root.join("usr/bin"))? {
         if file_name(&e).starts_with("xenstore") {
-            inputs.add(&e, &format!("usr/bin/{}", file_name(&e)), 0o755);
+            inputs.add(r.file(&e), &format!("usr/bin/{}", file_name(&e)), 0o755);
         }
     }
-    let dm = Path::new("/usr/libexec/xen-qemu-system-i386");
+    let dm = root.join("usr/libexec/xen-qemu-system-i386");
     if dm.exists() {
-        inputs.add(dm, "usr/libexec/xen-qemu-system-i386", 0o755);
+        inputs.add(r.file(&dm), "usr/libexec/xen-qemu-system-i386", 0o755);
         for e in walk(Path::new("/usr/share/qemu/keymaps"))? {
             inputs.add(&e, &rel(&e), 0o644);
         }
@@ -122,15 +130,14 @@ pub fn build(dir: &Path, agent: &Path) -> Result<Dom0> {
             }
         }
     }
-    for f in ["/etc/xen/xl.conf"] {
-        if Path::new(f).exists() {
-            inputs.add(Path::new(f), &rel(Path::new(f)), 0o644);
-        }
+    let xl_conf = root.join("etc/xen/xl.conf");
+    if xl_conf.exists() {
+        inputs.add(r.file(&xl_conf), "etc/xen/xl.conf", 0o644);
     }
     // Every Xen library (test binaries link more of them than xl does),
     // plus what each binary needs, and libgcc_s for Rust's unwinder.
     let mut libs = vec![];
-    for e in read_dir(Path::new("/usr/lib/x86_64-linux-gnu"))? {
+    for e in read_dir(&root.join("usr/lib/x86_64-linux-gnu"))? {
         let n = file_name(&e);
         if n.starts_with("libxen") && n.contains(".so.") {
             libs.push(e);
@@ -139,26 +146,30 @@ pub fn build(dir: &Path, agent: &Path) -> Result<Dom0> {
     let elf_inputs: Vec<PathBuf> = inputs.files.iter().map(|(s, _, _)| s.clone()).collect();
     let mut needed = vec![];
     for f in elf_inputs.iter().chain(libs.iter()) {
-        needed.extend(shared_libs(f)?);
+        needed.extend(r.shared_libs(f)?);
     }
     libs.extend(needed);
-    for l in [
-        "/lib/x86_64-linux-gnu/libgcc_s.so.1",
-        "/lib64/ld-linux-x86-64.so.2",
-    ] {
-        libs.push(l.into());
-    }
+    libs.push(r.find(&[
+        "lib/x86_64-linux-gnu/libgcc_s.so.1",
+        "usr/lib/x86_64-linux-gnu/libgcc_s.so.1",
+    ])?);
     libs.sort();
     libs.dedup();
     for l in &libs {
-        inputs.add(l, &rel(l), 0o755);
+        inputs.add(r.file(l), &r.rel(l), 0o755);
     }
+    let ld_so = r.find(&[
+        "lib64/ld-linux-x86-64.so.2",
+        "usr/lib64/ld-linux-x86-64.so.2",
+        "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    ])?;
+    inputs.add(r.file(&ld_so), "lib64/ld-linux-x86-64.so.2", 0o755);
     let modules = module_paths(&kver)?;
     for m in &modules {
         inputs.add(m, &rel(m), 0o644);
     }
 
-    let rc = RC.replace("@XENBIN@", &format!("/{}/bin", rel(&xen_lib)));
+    let rc = RC.replace("@XENBIN@", &format!("/{}/bin", r.rel(&xen_lib)));
     let inittab = INITTAB.replace("@PORT@", &AGENT_PORT.to_string());
     let module_list: String = modules
         .iter()
@@ -216,7 +227,7 @@ pub fn build(dir: &Path, agent: &Path) -> Result<Dom0> {
     for (_, dst, _) in inputs
         .files
         .iter()
-        .filter(|(_, d, _)| d.starts_with(&format!("{}/bin/", rel(&xen_lib))))
+        .filter(|(_, d, _)| d.starts_with(&format!("{}/bin/", r.rel(&xen_lib))))
     {
         let name = dst.rsplit('/').next().unwrap_or_default();
         if !a.contains(format!("usr/sbin/{name}")) {
@@ -324,10 +335,11 @@ fn natural_key(s: &str) -> Vec<(u64, String)> {
     out
 }
 
-/// `/usr/lib/xen-4.17` or whichever version is installed.
-fn xen_lib_dir() -> Result<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib")
-        .context("reading /usr/lib")?
+/// `root/usr/lib/xen-4.17` or whichever version is installed there.
+fn xen_lib_dir(root: &Path) -> Result<PathBuf> {
+    let lib = root.join("usr/lib");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
         .flatten()
         .map(|e| e.path())
         .filter(|p| file_name(p).starts_with("xen-4.") && p.join("bin/xl").exists())
@@ -377,32 +389,112 @@ fn add_module(kver: &str, name: &str, out: &mut Vec<PathBuf>, depth: usize) -> R
     Ok(())
 }
 
-/// The shared libraries an ELF file needs (empty for static files and non-ELF).
-fn shared_libs(path: &Path) -> Result<Vec<PathBuf>> {
-    let mut head = [0u8; 4];
-    use std::io::Read;
-    let ok = std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .is_ok();
-    if !ok || &head != b"\x7fELF" {
-        return Ok(vec![]);
+/// A root holding a Xen userland: `/`, or a root unpacked from Debian's
+/// archive (whose symbolic links are resolved inside it, not on the host).
+struct Root<'a>(&'a Path);
+
+impl Root<'_> {
+    fn is_host(&self) -> bool {
+        self.0 == Path::new("/")
     }
-    let o = Command::new("ldd")
-        .arg(path)
-        .output()
-        .context("running ldd")?;
-    let text = String::from_utf8_lossy(&o.stdout);
-    Ok(text
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let p = match l.split_once("=>") {
-                Some((_, r)) => r.split_whitespace().next()?,
-                None => l.split_whitespace().next()?,
+
+    /// `path` (below the root) with its symbolic links followed inside the root.
+    fn file(&self, path: &Path) -> PathBuf {
+        let mut p = path.to_path_buf();
+        for _ in 0..40 {
+            let Ok(target) = std::fs::read_link(&p) else {
+                break;
             };
-            p.starts_with('/').then(|| PathBuf::from(p))
-        })
-        .collect())
+            p = if target.is_absolute() {
+                self.0.join(target.strip_prefix("/").unwrap_or(&target))
+            } else {
+                p.parent().unwrap_or(self.0).join(target)
+            };
+        }
+        p
+    }
+
+    /// The first of `candidates` (relative to the root) that exists.
+    fn find(&self, candidates: &[&str]) -> Result<PathBuf> {
+        candidates
+            .iter()
+            .map(|c| self.0.join(c))
+            .find(|p| self.file(p).is_file())
+            .with_context(|| format!("none of {candidates:?} in {}", self.0.display()))
+    }
+
+    /// `root/usr/lib/x` -> `usr/lib/x`.
+    fn rel(&self, p: &Path) -> String {
+        rel(p.strip_prefix(self.0).unwrap_or(p))
+    }
+
+    /// The shared libraries an ELF file needs (empty for static files and
+    /// non-ELF): by `ldd` on the host's root, by the root's own dynamic
+    /// loader (`--list`, its libraries first) on another.
+    fn shared_libs(&self, path: &Path) -> Result<Vec<PathBuf>> {
+        let mut head = [0u8; 4];
+        use std::io::Read;
+        let ok = std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut head))
+            .is_ok();
+        if !ok || &head != b"\x7fELF" {
+            return Ok(vec![]);
+        }
+        let o = if self.is_host() {
+            Command::new("ldd")
+                .arg(path)
+                .output()
+                .context("running ldd")?
+        } else {
+            let ld_so = self.file(&self.find(&[
+                "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+                "usr/lib64/ld-linux-x86-64.so.2",
+                "lib64/ld-linux-x86-64.so.2",
+            ])?);
+            let dirs = ["usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu"]
+                .map(|d| self.0.join(d).display().to_string())
+                .join(":");
+            Command::new(&ld_so)
+                .args(["--library-path", &dirs, "--list"])
+                .arg(path)
+                .output()
+                .with_context(|| format!("running {} --list", ld_so.display()))?
+        };
+        let text = String::from_utf8_lossy(&o.stdout);
+        let mut out = vec![];
+        for l in text.lines().map(str::trim) {
+            let p = match l.split_once("=>") {
+                Some((lib, r)) if r.trim_start().starts_with("not found") => {
+                    bail!(
+                        "{}: {} is not in {}",
+                        path.display(),
+                        lib.trim(),
+                        self.0.display()
+                    )
+                }
+                Some((_, r)) => r.split_whitespace().next(),
+                None => l.split_whitespace().next(),
+            };
+            let Some(p) = p.filter(|p| p.starts_with('/')).map(PathBuf::from) else {
+                continue;
+            };
+            if !self.is_host() && !p.starts_with(self.0) {
+                if p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("ld-linux"))
+                {
+                    continue; // the loader itself: placed by `build`
+                }
+                bail!(
+                    "{}: {} comes from the host, not from {}",
+                    path.display(),
+                    p.display(),
+                    self.0.display()
+                );
+            }
+            out.push(p);
+        }
+        Ok(out)
+    }
 }
 
 fn busybox_applets() -> Result<Vec<String>> {

@@ -170,7 +170,12 @@ impl Lab {
         crate::deps::ensure(crate::deps::Need::Lab)?;
         let agent_bin = build_agent()?;
         let xen = xen::hypervisor(self.flavour, &ws::lab_dir().join("xen"))?;
-        let dom0 = image::build(&ws::lab_dir().join("dom0"), &agent_bin)?;
+        // One dom0 image per Xen userland: the machine's, or a foreign release's.
+        let dom0_dir = match self.flavour.foreign_release() {
+            None => ws::lab_dir().join("dom0"),
+            Some(v) => ws::lab_dir().join(format!("dom0-{v}")),
+        };
+        let dom0 = image::build(&dom0_dir, &agent_bin, &self.flavour.root()?)?;
         tracing::debug!(hypervisor = %xen.id, dom0 = %dom0.id, "lab images");
         let (accel, why) = qemu::choose_accel(&ws::lab_dir());
         match self.boot_with(accel, &why, &xen, &dom0, opts) {

@@ -14,6 +14,7 @@ pub mod instance;
 pub(crate) mod kernel;
 mod qemu;
 mod qmp;
+mod root;
 mod saved;
 pub mod xen;
 
@@ -329,10 +330,7 @@ pub fn run_in_dom0_from_ram(argv: &[String]) -> Result<i32> {
 
 fn default_options() -> LabOptions {
     LabOptions {
-        xen: std::env::var("XENPROBE_XEN")
-            .ok()
-            .and_then(|v| <Flavour as clap::ValueEnum>::from_str(&v, true).ok())
-            .unwrap_or(Flavour::Stock),
+        xen: Flavour::from_env(),
         forward: None,
         timeout: boot_timeout(),
         cold: false,

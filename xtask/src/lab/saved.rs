@@ -58,8 +58,12 @@ impl SavedStates {
     }
 
     fn paths(&self, flavour: &str, key: &str) -> (PathBuf, PathBuf) {
-        let base = self.dir.join(format!("{flavour}-{key}"));
-        (base.with_extension("state"), base.with_extension("json"))
+        // Not `with_extension`: a flavour may have dots ("4.20").
+        let base = format!("{flavour}-{key}");
+        (
+            self.dir.join(format!("{base}.state")),
+            self.dir.join(format!("{base}.json")),
+        )
     }
 
     /// Finds the state for `key`.
@@ -105,7 +109,7 @@ impl SavedStates {
     pub fn save(&self, qmp: &mut Qmp, flavour: &str, key: &str, inputs: &[String]) -> Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let (state, record) = self.paths(flavour, key);
-        let tmp = state.with_extension("state.tmp");
+        let tmp = PathBuf::from(format!("{}.tmp", state.display()));
         let _ = std::fs::remove_file(&tmp);
         qmp.execute(
             "migrate-set-parameters",
@@ -178,6 +182,15 @@ mod tests {
         assert_eq!(a, key(&["qemu 10".into(), "xen abc".into()]));
         assert_ne!(a, key(&["qemu 10".into(), "xen abd".into()]));
         assert_ne!(a, key(&["qemu 10xen abc".into()]));
+    }
+
+    #[test]
+    fn flavours_with_dots_keep_their_whole_name() {
+        let s = SavedStates::new(PathBuf::from("/s"));
+        let (state, record) = s.paths("4.20", "k1");
+        assert_eq!(state, Path::new("/s/4.20-k1.state"));
+        assert_eq!(record, Path::new("/s/4.20-k1.json"));
+        assert_ne!(s.paths("4.21", "k1").0, state);
     }
 
     #[test]

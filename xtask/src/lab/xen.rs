@@ -37,6 +37,11 @@ pub enum Flavour {
     /// Debian's hypervisor source rebuilt with [`DEBUG_FRAGMENT`] (gdbsx, shadow paging,
     /// memory sharing): PV breakpoints, single-step and PV log-dirty work.
     Debug,
+    /// Debian 13's Xen 4.20: its hypervisor, and a dom0 whose Xen tools,
+    /// libraries and device model are Debian 13's ([`super::root`]).
+    #[value(name = "4.20")]
+    #[serde(rename = "4.20")]
+    Xen420,
 }
 
 impl Flavour {
@@ -45,6 +50,50 @@ impl Flavour {
         match self {
             Flavour::Stock => "stock",
             Flavour::Debug => "debug",
+            Flavour::Xen420 => "4.20",
+        }
+    }
+
+    /// The flavour commands use when none is given: `XENPROBE_XEN`, else stock.
+    pub fn from_env() -> Self {
+        std::env::var("XENPROBE_XEN")
+            .ok()
+            .and_then(|v| <Self as clap::ValueEnum>::from_str(&v, true).ok())
+            .unwrap_or_default()
+    }
+
+    /// The Xen release whose libraries dom0 has when it is not the
+    /// machine's own: binaries for this lab are built against them.
+    pub fn foreign_release(self) -> Option<&'static str> {
+        match self {
+            Flavour::Stock | Flavour::Debug => None,
+            Flavour::Xen420 => Some("4.20"),
+        }
+    }
+
+    /// The environment for cargo builds of binaries that run in this lab's
+    /// dom0 (empty: the machine's own Xen), see [`crate::xen_sysroot`].
+    pub fn cargo_env(self) -> Result<Vec<(&'static str, String)>> {
+        match self.foreign_release() {
+            None => Ok(vec![]),
+            Some(v) => crate::xen_sysroot::prepare(v, false),
+        }
+    }
+
+    /// Where cargo puts binaries for this lab's dom0.
+    pub fn target_dir(self) -> PathBuf {
+        match self.foreign_release() {
+            None => crate::ws::target_dir(),
+            Some(v) => crate::xen_sysroot::target_dir(v),
+        }
+    }
+
+    /// The root holding the flavour's hypervisor (`boot/`) and dom0 userland:
+    /// the machine's own, or the Debian 13 root made for the 4.20 lab.
+    pub fn root(self) -> Result<PathBuf> {
+        match self {
+            Flavour::Stock | Flavour::Debug => Ok(PathBuf::from("/")),
+            Flavour::Xen420 => super::root::ensure(),
         }
     }
 }
@@ -89,11 +138,11 @@ const BUILD_PACKAGES: &[&str] = &[
 pub fn hypervisor(flavour: Flavour, cache_dir: &Path) -> Result<XenImage> {
     fs::create_dir_all(cache_dir).with_context(|| format!("creating {}", cache_dir.display()))?;
     let _lock = DirLock::acquire(cache_dir)?;
-    let boot = BootXen::find(Path::new("/boot"))?;
+    let boot = BootXen::find(&flavour.root()?.join("boot"))?;
     let dir = cache_dir.join(flavour.name());
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let elf = match flavour {
-        Flavour::Stock => stock(&boot, &dir)?,
+        Flavour::Stock | Flavour::Xen420 => stock(&boot, &dir)?,
         Flavour::Debug => debug(&boot, &dir)?,
     };
     let bytes = fs::read(&elf).with_context(|| format!("reading {}", elf.display()))?;
