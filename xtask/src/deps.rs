@@ -39,6 +39,12 @@ const BUILD: &[Package] = &[
     pkg("libclang-dev", "bindgen for the Xen bindings"),
     pkg("pkg-config", "locating the Xen libraries"),
     pkg("gcc", "the C sample guest (guests/cguest)"),
+    // Debian 13's Xen packages for the 4.20 lab and `xen-sysroot`, checked
+    // against the archive's signature.
+    pkg("curl", "downloading Debian 13's Xen packages"),
+    pkg("gpgv", "checking the Debian archive's signed index"),
+    pkg("debian-archive-keyring", "the Debian archive's keys"),
+    pkg("xz-utils", "unpacking the Debian archive's index"),
 ];
 
 /// Packages for booting the lab.
