@@ -10,6 +10,7 @@
 //! - PV debugging (int3 and TF stepping that pause the domain) needs a
 //!   hypervisor built with `CONFIG_GDBSX`; PV log-dirty needs shadow paging.
 //! - VM forks need Intel VT-x with HAP.
+//! - Xen loads a PV kernel at its link address (no KASLR slide to find).
 
 use crate::xen::HostCaps;
 
@@ -161,6 +162,49 @@ impl Capabilities {
         Ok(())
     }
 
+    /// Debug-register watchpoints: hits reported by the debug-exception
+    /// monitor (HVM/PVH) or by the gdbsx debugger pause (PV).
+    pub fn watchpoints(&self) -> Result<()> {
+        if self.kind.is_hvm_container() {
+            Ok(())
+        } else {
+            self.pv_debugging()
+        }
+    }
+
+    /// Xen's mem_access (p2m access types), as far as the guest type goes
+    /// (whether the host has it shows only when tried).
+    pub fn mem_access(&self) -> Result<()> {
+        if self.kind.is_hvm_container() {
+            Ok(())
+        } else {
+            Err(Error::unsupported(
+                "mem_access",
+                "Xen's mem_access (p2m access types) exists for HVM and PVH guests only; this \
+                 guest is PV",
+            ))
+        }
+    }
+
+    /// What to add to Xen's own answer when turning log-dirty on fails.
+    pub fn log_dirty_hint(&self) -> Option<&'static str> {
+        (self.kind == GuestKind::Pv && !self.host.shadow)
+            .then_some(" (PV log-dirty needs shadow paging: CONFIG_SHADOW_PAGING)")
+    }
+
+    /// A KASLR slide to find (HVM/PVH); Xen loads a PV kernel at its link
+    /// address.
+    pub fn kaslr(&self) -> Result<()> {
+        if self.kind.is_hvm_container() {
+            Ok(())
+        } else {
+            Err(Error::unsupported(
+                "KASLR",
+                "Xen loads a PV kernel at its link address",
+            ))
+        }
+    }
+
     /// VM forks (`xc_memshr_fork`).
     pub fn vm_forks(&self) -> Result<()> {
         if !self.kind.is_hvm_container() {
@@ -241,6 +285,14 @@ mod tests {
         assert!(c.step_method().is_err());
         assert!(c.vm_event().unwrap_err().to_string().contains("PV"));
         assert!(c.log_dirty().unwrap_err().to_string().contains("shadow"));
+        assert!(c.log_dirty_hint().is_some_and(|h| h.contains("SHADOW")));
+        assert!(c.kaslr().is_err(), "loaded at its link address");
+        assert!(c
+            .watchpoints()
+            .unwrap_err()
+            .to_string()
+            .contains("CONFIG_GDBSX"));
+        assert!(c.mem_access().unwrap_err().to_string().contains("PV"));
     }
 
     #[test]
@@ -255,6 +307,7 @@ mod tests {
         assert!(forced.breakpoint_insn().is_err());
         assert_eq!(c.step_method().ok(), Some(StepMethod::TrapFlagGdbsx));
         assert!(c.log_dirty().is_ok());
+        assert_eq!(c.log_dirty_hint(), None);
     }
 
     #[test]
@@ -273,6 +326,9 @@ mod tests {
             assert_eq!(c.step_method().ok(), Some(StepMethod::TrapFlagMonitor));
             assert!(c.vm_event().is_ok());
             assert!(c.log_dirty().is_ok());
+            assert_eq!(c.log_dirty_hint(), None);
+            assert!(c.kaslr().is_ok());
+            assert!(c.watchpoints().is_ok() && c.mem_access().is_ok());
             assert!(c.vm_forks().unwrap_err().to_string().contains("Intel"));
         }
     }

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use super::domain::{Domain, Xen};
 use super::error::{Error, Result};
-use super::events::Backend;
-use super::regs::{HvmRegisters, PvRegisters, RegisterBackend, RFLAGS_TF};
+use super::platform::Platform;
+use super::regs::RFLAGS_TF;
 use super::watchpoint::SavedDebugRegs;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -211,15 +211,11 @@ pub fn recover(xen: &Xen, domid: u32, name: &str) -> Result<bool> {
             }
         }
         if !data.debugregs.is_empty() || !data.stepping.is_empty() {
-            let kind = super::domain::kind_of(&xc.domain_info(domid)?);
-            let backend: Box<dyn RegisterBackend> = if kind.is_hvm_container() {
-                Box::new(HvmRegisters::new(xc.domain_info(domid)?.max_vcpu_id + 1))
-            } else {
-                Box::<PvRegisters>::default()
-            };
+            let platform = Platform::of(super::platform::kind_of(&xc.domain_info(domid)?));
+            let backend = platform.registers(xc, domid)?;
             for (vcpu, saved) in &data.debugregs {
                 let mut r = backend.get(xc, domid, *vcpu, true)?;
-                saved.restore_into(&mut r, kind.is_hvm_container());
+                saved.restore_into(&mut r, platform.parks_debug_slot());
                 backend.set(xc, domid, *vcpu, &r, true)?;
                 backend.forget();
             }
@@ -407,24 +403,13 @@ impl Domain {
         note(self.remove_all_watchpoints());
         // Answer pending events, then drop the ring (options off, disable, unmap).
         let pending = std::mem::take(&mut self.pending);
-        if let Backend::Monitor(ring) = &mut self.backend {
-            for (v, p) in pending {
-                if let Some(rsp) = p.response(self.regs_changed.contains(&v)) {
-                    note(ring.put_response(&rsp).map_err(Error::from));
-                }
+        for (v, p) in pending {
+            if let Some(rsp) = p.response(self.regs_changed.contains(&v)) {
+                note(self.events.respond(&rsp));
             }
         }
-        if matches!(self.backend, Backend::Gdbsx) {
-            note(
-                self.xen
-                    .xc
-                    .domain_set_debugging(self.domid, false)
-                    .map_err(Error::from),
-            );
-        }
-        self.backend = Backend::None;
+        note(self.events.close(&self.xen.xc, self.domid));
         self.snapshot = None;
-        self.pv_snapshot = None;
         self.queued.clear();
         self.mem.invalidate();
         self.mem.unmap_all();
@@ -464,8 +449,7 @@ impl Domain {
         self.pending.clear();
         self.queued.clear();
         self.snapshot = None;
-        self.pv_snapshot = None;
-        self.backend = Backend::None;
+        self.events.forget();
         self.mem.invalidate();
         self.mem.unmap_all();
         self.pause_count = 0;

@@ -9,9 +9,10 @@ use super::breakpoint::Breakpoints;
 use super::caps::{Capabilities, GuestKind};
 use super::cleanup::Journal;
 use super::error::{Error, Result};
-use super::events::{Backend, Event, Pending};
+use super::events::{Event, Pending};
 use super::memory::GuestMemory;
-use super::regs::{HvmRegisters, PvRegisters, RegisterBackend, Registers};
+use super::platform::{Events, Platform, SnapshotStore};
+use super::regs::{RegisterBackend, Registers};
 use super::symbols::Symbols;
 
 /// Entry point: open handles to the hypervisor (libxenctrl, foreign memory).
@@ -66,16 +67,6 @@ impl From<&str> for DomainRef {
 impl From<String> for DomainRef {
     fn from(name: String) -> Self {
         Self::from(name.as_str())
-    }
-}
-
-pub(crate) fn kind_of(info: &DomainInfo) -> GuestKind {
-    if !info.hvm {
-        GuestKind::Pv
-    } else if info.is_pvh() {
-        GuestKind::Pvh
-    } else {
-        GuestKind::Hvm
     }
 }
 
@@ -142,7 +133,7 @@ impl Xen {
                             .flatten()
                     })
                     .unwrap_or_default(),
-                kind: kind_of(&info),
+                kind: super::platform::kind_of(&info),
                 info,
             })
             .collect())
@@ -175,6 +166,8 @@ pub struct Domain {
     pub(crate) domid: u32,
     pub(crate) name: String,
     pub(crate) kind: GuestKind,
+    /// How the engine reaches this guest type (see [`super::platform`]).
+    pub(crate) platform: Platform,
     pub(crate) caps: Capabilities,
     pub(crate) regs_backend: Box<dyn RegisterBackend>,
     pub(crate) mem: GuestMemory,
@@ -184,13 +177,12 @@ pub struct Domain {
     pub(crate) pending: super::vcpumap::VcpuMap<Pending>,
     /// Events seen while doing something else, delivered by the next `wait_event`.
     pub(crate) queued: VecDeque<Event>,
-    pub(crate) backend: Backend,
+    pub(crate) events: Events,
     pub(crate) bps: Breakpoints,
     pub(crate) watches: super::watchpoint::Watchpoints,
     pub(crate) journal: Journal,
     pub(crate) symbols: Option<Symbols>,
-    pub(crate) snapshot: Option<super::snapshot::Snapshot>,
-    pub(crate) pv_snapshot: Option<super::snapshot_pv::PvSnapshot>,
+    pub(crate) snapshot: Option<SnapshotStore>,
     pub(crate) restore_options: super::snapshot::RestoreOptions,
     /// How long `wait_event` busy-polls the vm_event ring before blocking.
     pub(crate) event_spin: std::time::Duration,
@@ -241,12 +233,8 @@ impl Domain {
         super::cleanup::recover(xen, domid, &summary.name)?;
         let mut caps = Capabilities::new(kind, xen.host_caps()?);
         caps.forced_breakpoint = xen.settings.breakpoint;
-        let regs_backend: Box<dyn RegisterBackend> = match kind {
-            GuestKind::Pv => Box::<PvRegisters>::default(),
-            GuestKind::Pvh | GuestKind::Hvm => Box::new(HvmRegisters::new(
-                xen.xc.domain_info(domid)?.max_vcpu_id + 1,
-            )),
-        };
+        let platform = Platform::of(kind);
+        let regs_backend = platform.registers(&xen.xc, domid)?;
         tracing::debug!(domid, %kind, "attached");
         let mut dom = Self {
             mem: GuestMemory::new(xen.fmem.clone(), domid),
@@ -255,17 +243,17 @@ impl Domain {
             domid,
             name: summary.name,
             kind,
+            platform,
             caps,
             regs_backend,
             pause_count: 0,
             pending: Default::default(),
             queued: VecDeque::new(),
-            backend: Backend::None,
+            events: platform.events(),
             bps: Breakpoints::default(),
             watches: Default::default(),
             symbols: None,
             snapshot: None,
-            pv_snapshot: None,
             restore_options: Default::default(),
             event_spin: std::time::Duration::ZERO,
             single_vcpu: summary.info.max_vcpu_id == 0,
@@ -353,8 +341,8 @@ impl Domain {
         let pending = std::mem::take(&mut self.pending);
         for (v, p) in pending {
             let changed = self.regs_changed.contains(&v);
-            if let (Some(rsp), Backend::Monitor(ring)) = (p.response(changed), &mut self.backend) {
-                ring.put_response(&rsp)?;
+            if let Some(rsp) = p.response(changed) {
+                self.events.respond(&rsp)?;
             }
         }
         self.regs_changed.clear();

@@ -5,15 +5,14 @@
 
 use std::time::{Duration, Instant};
 
-use crate::xen::{
-    DebugEventType, EventReason, MonitorRing, Stamp, VmEventRegs, VmEventRequest, VmEventResponse,
-};
+use crate::xen::{DebugEventType, EventReason, VmEventRegs, VmEventRequest, VmEventResponse};
 
-use super::breakpoint::{BreakpointId, Icebp, Int3};
-use super::caps::{BreakpointInsnKind, GuestKind};
+use super::breakpoint::BreakpointId;
+use super::caps::BreakpointInsnKind;
 use super::domain::Domain;
 use super::error::{Error, Result};
 use super::pagewalk::{self, PagingMode};
+use super::platform::Waited;
 use super::watchpoint::WatchpointId;
 use crate::xen::PAGE_SHIFT;
 
@@ -137,16 +136,6 @@ impl Event {
     }
 }
 
-/// Where debug events come from.
-pub(crate) enum Backend {
-    /// Not set up yet.
-    None,
-    /// vm_event ring (HVM/PVH).
-    Monitor(MonitorRing),
-    /// `xc_domain_setdebugging` on a gdbsx hypervisor (PV).
-    Gdbsx,
-}
-
 /// Why a vCPU is stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StopReason {
@@ -190,18 +179,10 @@ impl Pending {
     }
 }
 
-/// Unanswered ring checks between two clock reads while busy-polling
-/// (reading the clock is a system call in a PV dom0).
-const SPIN_CHECKS: u32 = 32;
-
-/// The longest single blocking wait on the event channel: a lost
-/// notification costs at most this.
-const MAX_BLOCK: Duration = Duration::from_millis(50);
-
 /// A timeout that becomes a deadline only when it is needed: an event
 /// already on the ring, or announced during the first blocking wait, is
 /// taken without reading the clock. A wait woken early by a stale
-/// notification may end up to one blocking wait ([`MAX_BLOCK`]) late.
+/// notification may end up to one blocking wait late.
 pub(crate) struct Deadline {
     timeout: Duration,
     at: Option<Instant>,
@@ -231,12 +212,12 @@ impl Deadline {
     }
 
     /// Time left now.
-    fn left(&mut self) -> Duration {
+    pub(crate) fn left(&mut self) -> Duration {
         self.left_at(Instant::now())
     }
 
     /// Time left, without the clock the first time (the whole timeout).
-    fn left_lazy(&mut self) -> Duration {
+    pub(crate) fn left_lazy(&mut self) -> Duration {
         if self.at.is_none() && !self.lazy_used {
             self.lazy_used = true;
             return self.timeout;
@@ -246,7 +227,7 @@ impl Deadline {
 
     /// How long to busy-poll at most: `spin`, bounded by the time left
     /// (without reading the clock while the deadline has not started).
-    fn spin_bound(&mut self, spin: Duration) -> Duration {
+    pub(crate) fn spin_bound(&mut self, spin: Duration) -> Duration {
         match self.at {
             None => spin.min(self.timeout.saturating_sub(self.passed)),
             Some(_) => spin.min(self.left()),
@@ -254,7 +235,7 @@ impl Deadline {
     }
 
     /// A wait before the first clock read took (at least) `d`.
-    fn waited(&mut self, d: Duration) {
+    pub(crate) fn waited(&mut self, d: Duration) {
         if self.at.is_none() {
             self.passed += d;
         }
@@ -278,53 +259,6 @@ pub(crate) enum Decision {
 }
 
 impl Domain {
-    /// Sets up the debug backend on first use: the vm_event ring with the
-    /// debug-exception (and for int3 the software-breakpoint) monitor for
-    /// HVM/PVH, `xc_domain_setdebugging` for PV on a gdbsx hypervisor.
-    pub(crate) fn ensure_debug(&mut self) -> Result<()> {
-        if !matches!(self.backend, Backend::None) {
-            return Ok(());
-        }
-        match self.kind {
-            GuestKind::Pv => {
-                self.caps.pv_debugging()?;
-                self.journal.set_debugging(true)?;
-                self.xen.xc.domain_set_debugging(self.domid, true)?;
-                self.bps.insn = Some(Box::new(Int3 { rip_after: true }));
-                self.backend = Backend::Gdbsx;
-            }
-            GuestKind::Pvh | GuestKind::Hvm => {
-                let kind = self.caps.breakpoint_insn()?;
-                self.journal.set_monitor(true)?;
-                let mut ring = match MonitorRing::enable(&self.xen.xc, self.domid) {
-                    Err(e) if e.raw_errno() == Some(libc::EBUSY) => {
-                        tracing::warn!(domid = self.domid, "stale vm_event ring: replacing it");
-                        super::cleanup::release_stale_ring(&self.xen, self.domid)?;
-                        MonitorRing::enable(&self.xen.xc, self.domid)?
-                    }
-                    r => r?,
-                };
-                ring.set_debug_exceptions(true, true)?;
-                if kind == BreakpointInsnKind::Int3 {
-                    ring.set_software_breakpoint(true)?;
-                }
-                if self.caps.host.is_intel() {
-                    match ring.set_singlestep(true) {
-                        Ok(()) => self.caps.mtf = true,
-                        Err(e) => tracing::info!("MTF single-step unavailable: {e}"),
-                    }
-                }
-                self.bps.insn = Some(match kind {
-                    BreakpointInsnKind::Int3 => Box::new(Int3 { rip_after: false }),
-                    BreakpointInsnKind::Icebp => Box::new(Icebp),
-                });
-                self.backend = Backend::Monitor(ring);
-            }
-        }
-        tracing::debug!(domid = self.domid, "debugging set up");
-        Ok(())
-    }
-
     fn shutdown_state(&self) -> Result<Option<ShutdownReason>> {
         match self.xen.xc.domain_info(self.domid) {
             Ok(i) if i.dying => Ok(Some(ShutdownReason::Destroyed)),
@@ -345,7 +279,7 @@ impl Domain {
     /// CPU faults on it, so a harness marker there needs a breakpoint.
     /// See docs/xen-vmi.md#cpuid-events
     pub fn set_cpuid_marker(&mut self, leaf: Option<u32>) -> Result<()> {
-        if self.kind == GuestKind::Pv {
+        if self.caps.vm_event().is_err() {
             return Err(Error::unsupported(
                 "cpuid events",
                 "they need the vm_event ring, which Xen offers HVM and PVH guests only: \
@@ -353,7 +287,7 @@ impl Domain {
             ));
         }
         self.ensure_debug()?;
-        let Backend::Monitor(ring) = &mut self.backend else {
+        let Some(ring) = self.events.ring() else {
             return Err(Error::State("no vm_event ring".into()));
         };
         // Xen refuses to switch an option on twice (EEXIST).
@@ -403,73 +337,28 @@ impl Domain {
     /// the ring is busy-polled for up to the spin bound, then the event
     /// channel is waited on.
     pub(crate) fn next_raw(&mut self, deadline: &mut Deadline) -> Result<Option<Raw>> {
-        let mut poll = Duration::from_micros(200);
-        if let Backend::Monitor(ring) = &mut self.backend {
-            if let Some(req) = ring.get_request() {
-                return Ok(Some(Raw::Request(req)));
-            }
-            if !self.event_spin.is_zero() {
-                // Bounded by the TSC: a clock read here would cost as much
-                // as the guest's whole run in a PV dom0.
-                let start = Stamp::now();
-                let until = start.after(deadline.spin_bound(self.event_spin));
-                loop {
-                    for _ in 0..SPIN_CHECKS {
-                        if let Some(req) = ring.get_request() {
-                            return Ok(Some(Raw::Request(req)));
-                        }
-                        std::hint::spin_loop();
-                    }
-                    if Stamp::now() >= until {
-                        break;
-                    }
-                }
-                deadline.waited(start.elapsed());
-            }
+        if let Some(req) = self.events.poll(self.event_spin, deadline) {
+            return Ok(Some(Raw::Request(req)));
         }
+        let mut poll = Duration::from_micros(200);
         loop {
             if super::cleanup::interrupted() {
                 return Err(Error::Interrupted);
             }
-            let left = if matches!(self.backend, Backend::Monitor(_)) {
-                deadline.left_lazy()
-            } else {
-                deadline.left()
+            let left = match self
+                .events
+                .wait(&self.xen.xc, self.domid, deadline, &mut poll)?
+            {
+                Waited::Request(req) => return Ok(Some(Raw::Request(req))),
+                Waited::DebuggerPause => {
+                    // The debugger pause is a controller pause: ours to undo.
+                    self.pause_count += 1;
+                    return Ok(Some(Raw::PvStopped));
+                }
+                Waited::Destroyed => return Ok(Some(Raw::Shutdown(ShutdownReason::Destroyed))),
+                Waited::Again => continue,
+                Waited::Nothing { left } => left,
             };
-            match &mut self.backend {
-                Backend::Monitor(ring) => {
-                    let wait = left.min(MAX_BLOCK);
-                    let woken = ring.wait_notification(wait)?;
-                    if let Some(req) = ring.get_request() {
-                        return Ok(Some(Raw::Request(req)));
-                    }
-                    if !woken {
-                        deadline.waited(wait);
-                    }
-                    if woken && !left.is_zero() {
-                        // The notification of a request already taken (a
-                        // spin or a check found it first): wait again.
-                        continue;
-                    }
-                }
-                Backend::Gdbsx => {
-                    let info = match self.xen.xc.domain_info(self.domid) {
-                        Ok(i) => i,
-                        Err(e) if e.raw_errno() == Some(libc::ESRCH) => {
-                            return Ok(Some(Raw::Shutdown(ShutdownReason::Destroyed)))
-                        }
-                        Err(e) => return Err(e.into()),
-                    };
-                    if info.paused && !info.shutdown && !info.crashed {
-                        // The debugger pause is a controller pause: ours to undo.
-                        self.pause_count += 1;
-                        return Ok(Some(Raw::PvStopped));
-                    }
-                    std::thread::sleep(poll.min(left));
-                    poll = (poll * 2).min(Duration::from_millis(2));
-                }
-                Backend::None => std::thread::sleep(left.min(Duration::from_millis(20))),
-            }
             if let Some(r) = self.shutdown_state()? {
                 return Ok(Some(Raw::Shutdown(r)));
             }
@@ -510,10 +399,7 @@ impl Domain {
     }
 
     fn respond(&mut self, req: &VmEventRequest) -> Result<()> {
-        if let Backend::Monitor(ring) = &mut self.backend {
-            ring.put_response(&req.response())?;
-        }
-        Ok(())
+        self.events.respond(&req.response())
     }
 
     /// Sorts out a vm_event request that is not the step being waited for.
@@ -532,9 +418,7 @@ impl Domain {
             // registers do not carry IDTR, LDTR or TR, so a restore must load
             // the whole vCPU state. Xen emulates the instruction on reply.
             self.descriptors_changed |= write;
-            if let Backend::Monitor(ring) = &mut self.backend {
-                ring.put_response(&req.response().emulate())?;
-            }
+            self.events.respond(&req.response().emulate())?;
             return Ok(Decision::Ignore);
         }
         if let Some(c) = req.cpuid() {
@@ -553,9 +437,7 @@ impl Domain {
             // only RIP has to move.
             let mut r = req.regs();
             r.rip = r.rip.wrapping_add(u64::from(c.insn_length));
-            if let Backend::Monitor(ring) = &mut self.backend {
-                ring.put_response(&req.response().set_registers(&r))?;
-            }
+            self.events.respond(&req.response().set_registers(&r))?;
             return Ok(Decision::Ignore);
         }
         let insn_kind = self.bps.insn.as_ref().map(|i| i.kind());

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 
 use object::{Object, ObjectSection};
 
-use super::caps::GuestKind;
 use super::domain::Domain;
 use super::error::{Error, Result};
 use super::symbols::{ModuleLayout, Origin, Symbols};
@@ -273,8 +272,7 @@ impl Domain {
     /// The KASLR slide of the running kernel against `syms` (link
     /// addresses), and where it was read.
     fn kaslr_slide(&mut self, syms: &Symbols, file: &str) -> Result<(i64, &'static str)> {
-        if self.kind == GuestKind::Pv {
-            // PV kernels are loaded by Xen at their link address.
+        if self.caps.kaslr().is_err() {
             return Ok((0, "PV: loaded at its link address"));
         }
         let cpu = self.xen.xc.hvm_cpu(self.domid, 0)?;

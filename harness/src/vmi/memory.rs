@@ -447,7 +447,7 @@ impl Domain {
     /// copy. PV: unsupported (machine frames).
     pub fn memory_image(&self) -> Result<MemoryImage> {
         let xc = &self.xen.xc;
-        if self.kind == super::caps::GuestKind::Pv {
+        if !self.platform.guest_frames() {
             return Err(Error::unsupported(
                 "memory image",
                 "PV guest frames are machine frames; copying them needs the guest's p2m",
@@ -610,20 +610,7 @@ impl Domain {
     pub fn track_dirty(&mut self) -> Result<DirtyTracking> {
         self.caps.log_dirty()?;
         let xc = &self.xen.xc;
-        let pages = match self.kind {
-            // A PV guest's p2m size comes from the guest (shared info
-            // max_pfn); bare-metal guests may leave it 0: fall back to the
-            // allocation plus slack.
-            super::caps::GuestKind::Pv => {
-                let n = xc.domain_nr_gpfns(self.domid)?;
-                if n > 1 {
-                    n
-                } else {
-                    xc.domain_info(self.domid)?.nr_pages + 4096
-                }
-            }
-            _ => xc.domain_maximum_gpfn(self.domid)? + 1,
-        };
+        let pages = self.platform.dirty_bitmap_pages(xc, self.domid)?;
         // Journal first: a killed harness's tracking is turned off by the
         // next attach.
         self.journal.set_logdirty(true)?;

@@ -56,6 +56,9 @@
 //!   [`Domain::memory_image`] (a copy of all guest memory, to compare).
 //! - Snapshot backends: [`SnapshotBackend`] ([`fork::LogDirtyBackend`],
 //!   [`fork::VmForkBackend`] where Xen forks VMs).
+//! - What differs between PV and HVM/PVH guests is chosen once at attach
+//!   (`platform.rs`); features one type lacks are asked for:
+//!   [`Domain::support_guest_frames`].
 //! - Watchpoints on debug registers: [`Domain::add_watchpoint`],
 //!   [`Domain::remove_watchpoint`], [`Domain::watchpoints`], hits as
 //!   [`Event::Watchpoint`] (see [`watchpoint`]); [`Domain::mem_access_support`]
@@ -123,6 +126,7 @@ pub mod kernel;
 mod memory;
 mod notice;
 pub mod pagewalk;
+mod platform;
 mod regs;
 mod settings;
 pub mod snapshot;
@@ -146,6 +150,7 @@ pub use kernel::{KernelInfo, KernelSymbols};
 pub use memory::{DirtyTracking, MemoryImage};
 pub use notice::Notice;
 pub use pagewalk::{PagingMode, Translation};
+pub use platform::GuestFrames;
 pub use regs::{Registers, Segment, RFLAGS_TF};
 pub use settings::{Settings, SettingsArgs};
 pub use snapshot::{

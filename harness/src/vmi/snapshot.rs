@@ -23,13 +23,13 @@ use std::time::Instant;
 use crate::xen::{HvmContext, HvmCpu, Prot, VmEventRegs, PAGE_SHIFT, PAGE_SIZE};
 
 use super::breakpoint::Breakpoints;
-use super::caps::GuestKind;
 use super::domain::Domain;
 use super::error::{Error, Result};
-use super::events::{Backend, StopReason};
+use super::events::StopReason;
 use super::memory::{
     hvm_frame_ranges, DirtyTracking, WholeMap, HIGH_FIRST, SPECIAL_FIRST, WHOLE_CHUNK,
 };
+use super::platform::SnapshotStore;
 
 /// Bytes from the snapshot's RSP up that [`Domain::restore_registers`] restores.
 pub const STACK_KEEP: u64 = 512;
@@ -194,7 +194,7 @@ pub(crate) struct Snapshot {
     down: Vec<(u32, u64)>,
     /// Frames log-dirty reported at the last restore (see [`clean_now`]).
     last_dirty: usize,
-    info: SnapshotInfo,
+    pub(crate) info: SnapshotInfo,
 }
 
 impl Snapshot {
@@ -399,17 +399,8 @@ fn limit_tracking(
 }
 
 impl Domain {
-    /// Saves the stopped domain's memory and vCPU state as the domain's
-    /// snapshot (replacing an earlier one). PV: see [`super::snapshot_pv`].
-    pub fn take_snapshot(&mut self) -> Result<SnapshotInfo> {
-        if !self.is_stopped() {
-            return Err(Error::State(
-                "take_snapshot() needs a stopped domain: pause() first".into(),
-            ));
-        }
-        if self.kind == GuestKind::Pv {
-            return self.take_pv_snapshot();
-        }
+    /// Saves the stopped HVM/PVH domain as its snapshot (see the module docs).
+    pub(crate) fn take_hvm_snapshot(&mut self) -> Result<SnapshotInfo> {
         let t0 = Instant::now();
         self.settle_register_reset()?;
         self.snapshot = None;
@@ -459,7 +450,7 @@ impl Domain {
         let nr_pages = info.nr_pages as usize;
         // A vm_event ring's frame is out of the guest's physmap while the
         // ring is on, but still counts in the domain's pages.
-        let ring_out = matches!(self.backend, super::events::Backend::Monitor(_))
+        let ring_out = self.events.has_ring()
             && self
                 .xen
                 .xc
@@ -532,7 +523,7 @@ impl Domain {
             zero_frames,
             took: t0.elapsed(),
         };
-        self.snapshot = Some(Snapshot {
+        self.snapshot = Some(SnapshotStore::Hvm(Snapshot {
             slot,
             data,
             cpu,
@@ -546,7 +537,7 @@ impl Domain {
             down,
             last_dirty: 0,
             info,
-        });
+        }));
         tracing::debug!(domid = self.domid, ?info, "snapshot taken");
         Ok(info)
     }
@@ -561,63 +552,26 @@ impl Domain {
         self.restore_options
     }
 
-    /// Brings the stopped domain back to its snapshot: memory and vCPU state.
-    /// With [`RegisterReset::EventReply`] the vCPU is reset when it resumes;
-    /// reading or writing its registers before that loads the context first.
-    pub fn restore_snapshot(&mut self) -> Result<RestoreStats> {
-        if !self.is_stopped() {
-            return Err(Error::State(
-                "restore_snapshot() needs a stopped domain: pause() first".into(),
-            ));
-        }
-        if self.kind == GuestKind::Pv {
-            return self.restore_pv_snapshot();
-        }
-        let mut snap = self
-            .snapshot
-            .take()
-            .ok_or_else(|| Error::State("no snapshot taken".into()))?;
-        let result = self.restore_memory(&mut snap);
-        let result = result.and_then(|st| self.restore_vcpus(&mut snap, st));
-        self.snapshot = Some(snap);
-        result
+    /// Brings the stopped HVM/PVH domain back to `snap`.
+    pub(crate) fn restore_hvm_snapshot(&mut self, snap: &mut Snapshot) -> Result<RestoreStats> {
+        let st = self.restore_memory(snap)?;
+        self.restore_vcpus(snap, st)
     }
 
-    /// Resets the vCPU state to the snapshot's, and the page(s) holding the
-    /// top of its stack ([`STACK_KEEP`] bytes from the snapshot's RSP: a
-    /// snapshot taken at a function's entry has its return address there,
-    /// which the run's next call overwrites). Everything else keeps what the
-    /// runs wrote (persistent mode). Same register paths as a restore.
-    pub fn restore_registers(&mut self) -> Result<RestoreStats> {
-        if !self.is_stopped() {
-            return Err(Error::State(
-                "restore_registers() needs a stopped domain: pause() first".into(),
-            ));
-        }
-        if self.kind == GuestKind::Pv {
-            return Err(Error::unsupported(
-                "register-only restore",
-                "persistent mode restores HVM/PVH guests only; PV restores compare all memory anyway",
-            ));
-        }
-        let mut snap = self
-            .snapshot
-            .take()
-            .ok_or_else(|| Error::State("no snapshot taken".into()))?;
+    /// The vCPU state and the top of the stack back to `snap` (see
+    /// [`Domain::restore_registers`]).
+    pub(crate) fn restore_hvm_registers(&mut self, snap: &mut Snapshot) -> Result<RestoreStats> {
         let gfns = snap.stack_gfns.clone();
-        let result = self
-            .copy_back(&mut snap, &gfns)
-            .and_then(|restored| self.undo_windows(&snap, &gfns).map(|()| restored))
-            .map(|restored| RestoreStats {
-                dirty: 0,
-                written: 0,
-                restored,
-                cleaned: false,
-                regs_in_reply: false,
-            })
-            .and_then(|st| self.restore_vcpus(&mut snap, st));
-        self.snapshot = Some(snap);
-        result
+        let restored = self.copy_back(snap, &gfns)?;
+        self.undo_windows(snap, &gfns)?;
+        let st = RestoreStats {
+            dirty: 0,
+            written: 0,
+            restored,
+            cleaned: false,
+            regs_in_reply: false,
+        };
+        self.restore_vcpus(snap, st)
     }
 
     fn restore_memory(&mut self, snap: &mut Snapshot) -> Result<RestoreStats> {
@@ -691,7 +645,7 @@ impl Domain {
     /// Without them (a hypervisor that lacks the event) restores load the
     /// whole vCPU state.
     fn watch_descriptors(&mut self) {
-        if let Backend::Monitor(ring) = &mut self.backend {
+        if let Some(ring) = self.events.ring() {
             if !ring.descriptor_access() {
                 if let Err(e) = ring.set_descriptor_access(true) {
                     tracing::info!(
@@ -707,8 +661,7 @@ impl Domain {
     /// descriptor-table register written since the last full load, and
     /// such writes are watched.
     fn descriptors_unchanged(&self) -> bool {
-        !self.descriptors_changed
-            && matches!(&self.backend, Backend::Monitor(r) if r.descriptor_access())
+        !self.descriptors_changed && self.events.sees_descriptors()
     }
 
     /// Before a restore loads the vCPUs: answers the requests still on the
@@ -717,9 +670,9 @@ impl Domain {
     fn settle_vcpus(&mut self, down: &mut [(u32, u64)]) -> Result<usize> {
         // Events seen before this restore belong to the runs it undoes.
         self.queued.clear();
-        let stale = match &mut self.backend {
-            Backend::Monitor(ring) => ring.drain()?,
-            _ => 0,
+        let stale = match self.events.ring() {
+            Some(ring) => ring.drain()?,
+            None => 0,
         };
         for (v, ran) in down.iter_mut() {
             let v = *v;
@@ -728,8 +681,8 @@ impl Domain {
                 continue;
             }
             if let Some(p) = self.pending.remove(&v) {
-                if let (Some(req), Backend::Monitor(ring)) = (&p.request, &mut self.backend) {
-                    ring.put_response(&req.response())?;
+                if let Some(req) = &p.request {
+                    self.events.respond(&req.response())?;
                 }
             }
             self.regs_changed.remove(&v);
@@ -839,7 +792,7 @@ impl Domain {
     /// whole context (idempotent; the reply still resets the same values).
     pub(crate) fn apply_register_reset(&self) -> Result<()> {
         if self.pending.values().any(|p| p.reset_regs.is_some()) {
-            if let Some(snap) = &self.snapshot {
+            if let Some(snap) = self.snapshot.as_ref().and_then(SnapshotStore::hvm) {
                 self.regs_backend.forget();
                 self.xen.xc.set_hvm_context(self.domid, &snap.cpu)?;
             }
@@ -858,21 +811,8 @@ impl Domain {
     }
 
     /// Compares the stopped domain's memory (every saved frame) and vCPU 0's
-    /// CPU record with the snapshot.
-    pub fn check_snapshot(&mut self) -> Result<SnapshotCheck> {
-        if !self.is_stopped() {
-            return Err(Error::State(
-                "check_snapshot() needs a stopped domain: pause() first".into(),
-            ));
-        }
-        if self.kind == GuestKind::Pv {
-            return self.check_pv_snapshot();
-        }
-        self.apply_register_reset()?;
-        let snap = self
-            .snapshot
-            .as_ref()
-            .ok_or_else(|| Error::State("no snapshot taken".into()))?;
+    /// CPU record with `snap`.
+    pub(crate) fn check_hvm_snapshot(&self, snap: &Snapshot) -> Result<SnapshotCheck> {
         let mut gfns: Vec<u64> = snap.slot.keys().copied().collect();
         gfns.sort_unstable();
         let mut page = vec![0u8; PAGE_SIZE];
@@ -936,24 +876,6 @@ impl Domain {
             hash_now,
             hash_snapshot,
         })
-    }
-
-    /// The current snapshot's size, if one was taken.
-    pub fn snapshot_info(&self) -> Option<SnapshotInfo> {
-        self.snapshot
-            .as_ref()
-            .map(|s| s.info)
-            .or_else(|| self.pv_snapshot.as_ref().map(|s| s.info))
-    }
-
-    /// Forgets the snapshot (log-dirty off, mappings released).
-    pub fn drop_snapshot(&mut self) {
-        self.snapshot = None;
-        self.pv_snapshot = None;
-        self.mem.unmap_all();
-        if let Err(e) = self.journal.set_logdirty(false) {
-            tracing::warn!(domid = self.domid, "journal: {e}");
-        }
     }
 }
 

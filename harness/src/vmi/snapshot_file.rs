@@ -24,7 +24,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::xen::{HvmContext, Prot, PAGE_SHIFT, PAGE_SIZE};
 
-use super::caps::GuestKind;
 use super::domain::Domain;
 use super::error::{Error, Result};
 use super::memory::{for_each_frame, hvm_frame_ranges};
@@ -92,7 +91,7 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 fn snapshots_supported(dom: &Domain, what: &'static str) -> Result<()> {
-    if dom.kind == GuestKind::Pv {
+    if dom.support_guest_frames().is_none() {
         return Err(Error::unsupported(
             what,
             "snapshot files are HVM/PVH only: a PV snapshot is kept by machine frame, and a new domain gets other machine frames (loading one needs the guest's p2m, which the sample guests do not publish)",

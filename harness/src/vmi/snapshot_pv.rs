@@ -31,11 +31,11 @@ use crate::xen::{
     Mapping, Prot, PvFrameType, VcpuContext, DOMID_XEN, FRAME_TYPE_BATCH, PAGE_SHIFT, PAGE_SIZE,
 };
 
-use super::caps::GuestKind;
 use super::domain::Domain;
 use super::error::{Error, Result};
 use super::events::StopReason;
 use super::memory::DirtyTracking;
+use super::platform::SnapshotStore;
 use super::regs::Registers;
 use super::snapshot::{RestoreStats, SnapshotCheck, SnapshotInfo};
 
@@ -161,10 +161,10 @@ impl Domain {
         Ok((owned, p2m))
     }
 
+    /// Saves the stopped PV domain as its snapshot (see the module docs).
     pub(crate) fn take_pv_snapshot(&mut self) -> Result<SnapshotInfo> {
-        debug_assert_eq!(self.kind, GuestKind::Pv);
         let t0 = Instant::now();
-        self.pv_snapshot = None;
+        self.snapshot = None;
         let (owned, p2m) = self.pv_owned_frames()?;
         let nr_pages = self.info()?.nr_pages as usize;
         let mut chunks = Vec::new();
@@ -220,14 +220,14 @@ impl Domain {
             zero_frames,
             took: t0.elapsed(),
         };
-        self.pv_snapshot = Some(PvSnapshot {
+        self.snapshot = Some(SnapshotStore::Pv(PvSnapshot {
             chunks,
             slot,
             data,
             vcpus,
             tracking,
             info,
-        });
+        }));
         self.mem.written.clear();
         self.mem.windows.clear();
         tracing::debug!(domid = self.domid, ?info, "PV snapshot taken");
@@ -263,17 +263,8 @@ impl Domain {
         Ok(out)
     }
 
-    pub(crate) fn restore_pv_snapshot(&mut self) -> Result<RestoreStats> {
-        let mut snap = self
-            .pv_snapshot
-            .take()
-            .ok_or_else(|| Error::State("no snapshot taken".into()))?;
-        let result = self.restore_pv(&mut snap);
-        self.pv_snapshot = Some(snap);
-        result
-    }
-
-    fn restore_pv(&mut self, snap: &mut PvSnapshot) -> Result<RestoreStats> {
+    /// Brings the stopped PV domain back to `snap`.
+    pub(crate) fn restore_pv_snapshot(&mut self, snap: &mut PvSnapshot) -> Result<RestoreStats> {
         let written = self.mem.written.len();
         let cleaned = snap.tracking.is_some();
         let differ = match &mut snap.tracking {
@@ -408,11 +399,8 @@ impl Domain {
         Ok((real, ad))
     }
 
-    pub(crate) fn check_pv_snapshot(&mut self) -> Result<SnapshotCheck> {
-        let snap = self
-            .pv_snapshot
-            .as_ref()
-            .ok_or_else(|| Error::State("no snapshot taken".into()))?;
+    /// Compares the stopped PV domain with `snap`.
+    pub(crate) fn check_pv_snapshot(&self, snap: &PvSnapshot) -> Result<SnapshotCheck> {
         let differ = self.pv_differing(snap)?;
         let (frames_differ, frames_ad_only) = self.pv_split_ad_only(snap, differ)?;
         // SipHash (std's, optimised even in debug builds: a byte loop here

@@ -14,7 +14,7 @@ use super::breakpoint::BreakpointId;
 use super::caps::StepMethod;
 use super::domain::Domain;
 use super::error::{Error, Result};
-use super::events::{Backend, Deadline, Decision, Event, Raw, StopReason};
+use super::events::{Deadline, Decision, Event, Raw, StopReason};
 use super::regs::RFLAGS_TF;
 
 /// How long a single step may take before it is reported as stuck.
@@ -204,8 +204,8 @@ impl Domain {
     fn run_until_step(&mut self, vcpu: u32) -> Result<u64> {
         if let Some(p) = self.pending.remove(&vcpu) {
             let changed = self.regs_changed.contains(&vcpu);
-            if let (Some(rsp), Backend::Monitor(ring)) = (p.response(changed), &mut self.backend) {
-                ring.put_response(&rsp)?;
+            if let Some(rsp) = p.response(changed) {
+                self.events.respond(&rsp)?;
             }
         }
         self.unpause_all()?;
@@ -300,7 +300,7 @@ impl Domain {
     /// stop is a trap-flag-monitor breakpoint stop whose registers nobody
     /// changed; returns false when it does not apply.
     fn fast_step_over(&mut self, vcpu: u32, id: BreakpointId, va: u64) -> Result<bool> {
-        if !matches!(self.backend, Backend::Monitor(_))
+        if !self.events.has_ring()
             || self.caps.step_method()? != StepMethod::TrapFlagMonitor
             || self.regs_changed.contains(&vcpu)
         {
@@ -322,9 +322,7 @@ impl Domain {
         }
         self.unplant(id)?;
         self.pending.remove(&vcpu);
-        if let Backend::Monitor(ring) = &mut self.backend {
-            ring.put_response(&req.response().set_registers(&regs))?;
-        }
+        self.events.respond(&req.response().set_registers(&regs))?;
         self.unpause_all()?;
         let step = self.wait_for_step(vcpu);
         let replanted = self.replant(id);
@@ -342,9 +340,8 @@ impl Domain {
                 self.write_virt_on(vcpu, after.rsp, &v.to_le_bytes())?;
             }
         }
-        if let Backend::Monitor(ring) = &mut self.backend {
-            ring.put_response(&step.response().set_registers(&after))?;
-        }
+        self.events
+            .respond(&step.response().set_registers(&after))?;
         if !had_tf {
             self.journal.set_stepping(vcpu, false)?;
         }

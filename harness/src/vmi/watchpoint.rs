@@ -138,14 +138,14 @@ pub(crate) struct SavedDebugRegs {
 }
 
 impl SavedDebugRegs {
-    /// Writes these (the guest's) debug registers into `r`. On HVM/PVH, a
-    /// guest without enabled breakpoints gets slot 0 parked (see
-    /// [`PARKED_SLOT_ENABLE`]) so that Xen reloads the hardware's DR7.
-    pub(crate) fn restore_into(&self, r: &mut Registers, hvm: bool) {
+    /// Writes these (the guest's) debug registers into `r`. With `park`
+    /// (HVM/PVH), a guest without enabled breakpoints gets slot 0 parked
+    /// (see [`PARKED_SLOT_ENABLE`]) so that Xen reloads the hardware's DR7.
+    pub(crate) fn restore_into(&self, r: &mut Registers, park: bool) {
         [r.dr0, r.dr1, r.dr2, r.dr3] = self.dr;
         r.dr6 = self.dr6;
         r.dr7 = self.dr7;
-        if hvm && self.dr7 & DR7_ENABLES == 0 {
+        if park && self.dr7 & DR7_ENABLES == 0 {
             r.dr0 = 0;
             r.dr7 |= PARKED_SLOT_ENABLE;
         }
@@ -285,13 +285,7 @@ impl Domain {
     /// rwx, the default access: nothing changes).
     pub fn mem_access_support(&mut self, va: u64) -> Result<()> {
         let caps = self.capabilities().clone();
-        if !caps.kind.is_hvm_container() {
-            return Err(Error::unsupported(
-                "mem_access",
-                "Xen's mem_access (p2m access types) exists for HVM and PVH guests only; this \
-                 guest is PV",
-            ));
-        }
+        caps.mem_access()?;
         let gfn = self.translate(0, va)?.frame() >> 12;
         if let Err(e) = self
             .xen
@@ -317,9 +311,7 @@ impl Domain {
     /// Whether debug-register watchpoints can work on this guest: HVM/PVH
     /// (debug-exception monitor) or PV on a gdbsx hypervisor.
     pub fn watchpoint_support(&mut self) -> Result<WatchRoute> {
-        if !self.caps.kind.is_hvm_container() {
-            self.caps.pv_debugging()?;
-        }
+        self.caps.watchpoints()?;
         Ok(WatchRoute::DebugRegisters)
     }
 
@@ -427,11 +419,11 @@ impl Domain {
             .remove(&id)
             .ok_or_else(|| Error::State(format!("no {id}")))?;
         let saved = self.watches.saved.clone();
-        let hvm = self.caps.kind.is_hvm_container();
+        let park = self.platform.parks_debug_slot();
         for (&vcpu, s) in &saved {
             let mut r = self.regs(vcpu)?;
             if self.watches.list.is_empty() {
-                s.restore_into(&mut r, hvm);
+                s.restore_into(&mut r, park);
             } else {
                 for &(slot, ..) in &w.pieces {
                     set_dr(&mut r, slot, s.dr[usize::from(slot)]);
