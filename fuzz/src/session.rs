@@ -7,8 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use xenprobe::vmi::{
-    BreakpointId, Domain, Event, GuestKind, RestoreOptions, ShutdownReason, SnapshotCheck, Window,
-    Xen,
+    BreakpointId, Domain, Event, RestoreOptions, ShutdownReason, SnapshotCheck, Window, Xen,
 };
 use xenprobe_abi::target;
 
@@ -798,7 +797,7 @@ impl Session {
 
     /// Lets a guest built on the fuzz-target ABI run to its start symbol.
     fn reach_abi_start(&mut self, dom: &mut Domain) -> Result<()> {
-        if dom.kind() == GuestKind::Pv {
+        if dom.capabilities().vm_event().is_err() {
             destroy(&self.name);
             return Err(SessionError::Unsupported(
                 "fuzzing PV guests is not supported yet: PV has no vm_event ring, so breakpoints \
@@ -834,7 +833,7 @@ impl Session {
         let Marker::Cpuid(leaf) = k.marker else {
             return self.reach_kernel_start_symbol(dom, k);
         };
-        if dom.kind() == GuestKind::Pv {
+        if dom.capabilities().vm_event().is_err() {
             return Err(SessionError::Unsupported(format!(
                 "a PV guest's cpuid does not reach Xen, so the harness's marker (cpuid {leaf:#x}) \
                  cannot be seen: boot the kernel as a PVH or HVM guest"
@@ -921,7 +920,7 @@ impl Session {
         // and the guest must not get to its module meanwhile.
         let syms =
             xenprobe::vmi::Symbols::load_cached(&k.symbols, &self.xen.settings().state_dir())?;
-        if dom.kind() == GuestKind::Pv {
+        if dom.capabilities().kaslr().is_err() {
             // At its link address, in memory as Xen loaded it.
             dom.load_kernel_symbols_from(syms, &only_kernel)?;
             xl(&["unpause", &self.name])?;

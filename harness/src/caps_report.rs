@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::testing::{GuestImages, Mode};
-use crate::vmi::{self, Domain, Event, GuestKind, Xen};
+use crate::vmi::{self, Domain, Event, Xen};
 use crate::xen::{DirtyBitmap, MemAccess, MonitorRing, XenError};
 
 /// How long a breakpoint probe waits for the hit.
@@ -323,8 +323,8 @@ fn probe_log_dirty(xen: &Xen, dom: &mut Domain) -> FeatureResult {
     });
     if let Err(e) = raw {
         let mut why = xen_reason(&e);
-        if dom.kind() == GuestKind::Pv && !dom.capabilities().host.shadow {
-            why.push_str(" (PV log-dirty needs shadow paging: CONFIG_SHADOW_PAGING)");
+        if let Some(hint) = dom.capabilities().log_dirty_hint() {
+            why.push_str(hint);
         }
         return no(FEATURES[9], why);
     }

@@ -140,13 +140,13 @@ impl Pool {
         let mut session = boot(images, &key)?;
         // PV snapshots work (by machine frame) but cost seconds to take
         // and a comparison of all memory per restore: a fresh boot is faster.
-        let taken = if session.dom.kind() == crate::vmi::GuestKind::Pv {
+        let taken = if session.dom.support_guest_frames().is_some() {
+            session.dom.take_snapshot()
+        } else {
             Err(crate::vmi::Error::unsupported(
                 "pooled PV guests",
                 "a PV snapshot takes seconds and each restore compares all memory; a fresh boot is faster",
             ))
-        } else {
-            session.dom.take_snapshot()
         };
         match taken {
             Ok(info) => {

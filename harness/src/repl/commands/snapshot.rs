@@ -4,7 +4,6 @@ use std::fmt::Write as _;
 
 use crate::repl::session::{Session, Snapshot};
 use crate::repl::ReplError;
-use crate::vmi::GuestKind;
 
 use super::{usage, where_am_i};
 
@@ -25,7 +24,14 @@ pub(super) fn snapshot(s: &mut Session, rest: &str, out: &mut String) -> Result<
         }
         "take" => {
             let dom = s.stopped()?;
-            let snap = if dom.kind() == GuestKind::Pv {
+            let snap = if let Some(frames) = dom.support_guest_frames() {
+                let pages = frames.memory_image()?;
+                let info = dom.info()?;
+                let regs = (0..=info.max_vcpu_id)
+                    .map(|v| dom.regs(v).map(|r| (v, r)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Snapshot::Image { pages, regs }
+            } else {
                 // PV memory is machine frames: the engine's PV snapshot
                 // finds the domain's frames; it keeps one per domain.
                 let info = dom.take_snapshot()?;
@@ -47,13 +53,6 @@ pub(super) fn snapshot(s: &mut Session, rest: &str, out: &mut String) -> Result<
                 Snapshot::Engine {
                     frames: info.frames,
                 }
-            } else {
-                let pages = dom.guest_memory_image()?;
-                let info = dom.info()?;
-                let regs = (0..=info.max_vcpu_id)
-                    .map(|v| dom.regs(v).map(|r| (v, r)))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Snapshot::Image { pages, regs }
             };
             let _ = writeln!(out, "snapshot {name}: {}", snap.describe());
             s.snapshots.insert(name, snap);
