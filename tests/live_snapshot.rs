@@ -14,9 +14,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use xenprobe::vmi::{
-    fork, Domain, Error, MemoryImage, Registers, ShutdownReason, SnapshotBackend, Xen,
-};
+use xenprobe::vmi::{fork, Domain, Error, MemoryImage, Registers, ShutdownReason, Xen};
 use xenprobe_tests::{same_memory, sym, wait_breakpoint, wait_shutdown, xen, Guest};
 
 /// Restore rounds by default: 1,000 take minutes in the emulated lab under
@@ -433,7 +431,7 @@ fn snapshot_file_round_trip_pv() {
     file_round_trip("pv");
 }
 
-/// The snapshot backends behind one trait: log-dirty restore always, VM
+/// The two ways back to a saved state: log-dirty restore always, VM
 /// forks where the hypervisor forks (Intel VT-x; elsewhere skipped with the
 /// rule and Xen's own answer to a real fork attempt). Each brings the
 /// workload's domain back to the snapshot's registers and memory.
@@ -444,9 +442,8 @@ fn backends(mode: &str) {
     dom.add_breakpoint_at("known_checkpoint").expect("bp");
     let regs0 = dom.regs(0).expect("regs");
 
-    let mut ld = fork::LogDirtyBackend;
-    assert_eq!(ld.take(&mut dom).expect("take"), dom.id(), "in place");
-    exercise_backend(&mut ld, &mut dom, regs0);
+    dom.take_snapshot().expect("take");
+    exercise_backend("log-dirty", &mut restore_in_place, &mut dom, regs0);
 
     match fork::VmForkBackend::probe(&xen, &dom) {
         Err(e @ Error::Unsupported { .. }) => {
@@ -464,7 +461,7 @@ fn backends(mode: &str) {
             let mut cd = Domain::attach(&xen, child).expect("attach fork");
             cd.load_symbols(g.image()).expect("symbols");
             cd.add_breakpoint_at("known_checkpoint").expect("bp");
-            exercise_backend(&mut vf, &mut cd, regs0);
+            exercise_backend("vm-fork", &mut |d| vf.restore(d), &mut cd, regs0);
         }
     }
     let bps: Vec<_> = dom.breakpoints().into_iter().map(|b| b.id).collect();
@@ -475,13 +472,23 @@ fn backends(mode: &str) {
     wait_shutdown(&mut dom);
 }
 
-fn exercise_backend(b: &mut dyn SnapshotBackend, dom: &mut Domain, regs0: Registers) {
-    let name = b.name();
+/// The domain's own snapshot as the log-dirty backend restores it.
+fn restore_in_place(dom: &mut Domain) -> Result<(), Error> {
+    dom.pause()?;
+    dom.restore_snapshot().map(|_| ())
+}
+
+fn exercise_backend(
+    name: &str,
+    restore: &mut dyn FnMut(&mut Domain) -> Result<(), Error>,
+    dom: &mut Domain,
+    regs0: Registers,
+) {
     let mem0 = dom.memory_image().expect("memory");
     for round in 0..3 {
         dom.resume().expect("resume");
         wait_breakpoint(dom, "known_checkpoint");
-        b.restore(dom).expect("restore");
+        restore(dom).expect("restore");
         assert_eq!(dom.regs(0).expect("regs"), regs0, "{name}: round {round}");
         same_memory(dom, &mem0, &format!("{name}: round {round}"));
     }

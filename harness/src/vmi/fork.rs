@@ -1,52 +1,19 @@
-//! Snapshot backends: restoring dirty pages (log-dirty) or resetting a VM
-//! fork, behind one small trait.
+//! VM forks, the other way to bring a workload back to a saved state than
+//! the domain's own snapshot ([`Domain::take_snapshot`] /
+//! [`Domain::restore_snapshot`], where the workload runs in the
+//! snapshotted domain itself).
 //!
-//! - [`LogDirtyBackend`]: the domain's own in-memory snapshot
-//!   ([`Domain::take_snapshot`] / [`Domain::restore_snapshot`]); works on
-//!   every HVM/PVH host with HAP or shadow paging. The workload runs in the
-//!   snapshotted domain itself.
-//! - [`VmForkBackend`]: `xc_memshr_fork` makes a child domain that shares
-//!   the paused parent's memory copy-on-write; `xc_memshr_fork_reset` throws
-//!   the child's private pages and vCPU state away. The workload runs in the
-//!   child (attach to it by id); the parent stays paused. Xen 4.17 forks
-//!   HVM/PVH guests on Intel VT-x with HAP only (not in the QEMU lab, which
-//!   emulates an AMD CPU): [`VmForkBackend::probe`] says why not.
+//! [`VmForkBackend`]: `xc_memshr_fork` makes a child domain that shares
+//! the paused parent's memory copy-on-write; `xc_memshr_fork_reset` throws
+//! the child's private pages and vCPU state away. The workload runs in the
+//! child (attach to it by id); the parent stays paused. Xen 4.17 forks
+//! HVM/PVH guests on Intel VT-x with HAP only (not in the QEMU lab, which
+//! emulates an AMD CPU): [`VmForkBackend::probe`] says why not.
 
 use crate::xen::XenCtrl;
 
 use super::domain::{Domain, Xen};
 use super::error::{Error, Result};
-
-/// A way to save a stopped domain's state and bring a workload back to it.
-pub trait SnapshotBackend {
-    /// Short name for reports ("log-dirty", "vm-fork").
-    fn name(&self) -> &'static str;
-    /// Saves the stopped `dom`. Returns the id of the domain the workload
-    /// must run in: `dom` itself, or a new domain (a fork) to attach to.
-    fn take(&mut self, dom: &mut Domain) -> Result<u32>;
-    /// Brings `workload` (the domain [`SnapshotBackend::take`] named) back
-    /// to the saved memory and vCPU state; it is left stopped.
-    fn restore(&mut self, workload: &mut Domain) -> Result<()>;
-}
-
-/// Restores the pages log-dirty reports (the domain's own snapshot).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LogDirtyBackend;
-
-impl SnapshotBackend for LogDirtyBackend {
-    fn name(&self) -> &'static str {
-        "log-dirty"
-    }
-    fn take(&mut self, dom: &mut Domain) -> Result<u32> {
-        dom.take_snapshot()?;
-        Ok(dom.id())
-    }
-    fn restore(&mut self, workload: &mut Domain) -> Result<()> {
-        workload.pause()?;
-        workload.restore_snapshot()?;
-        Ok(())
-    }
-}
 
 /// VM forks (`xc_memshr_fork` / `xc_memshr_fork_reset`); the child is
 /// destroyed on drop.
@@ -107,12 +74,10 @@ fn try_fork(xc: &XenCtrl, parent: u32) -> Result<()> {
     result
 }
 
-impl SnapshotBackend for VmForkBackend {
-    fn name(&self) -> &'static str {
-        "vm-fork"
-    }
-
-    fn take(&mut self, dom: &mut Domain) -> Result<u32> {
+impl VmForkBackend {
+    /// Forks the stopped `dom` (a fork taken earlier is destroyed); returns
+    /// the child's id, the domain to attach to and run the workload in.
+    pub fn take(&mut self, dom: &mut Domain) -> Result<u32> {
         dom.capabilities().vm_forks()?;
         if !dom.is_stopped() {
             return Err(Error::State(
@@ -133,7 +98,9 @@ impl SnapshotBackend for VmForkBackend {
         Ok(child)
     }
 
-    fn restore(&mut self, workload: &mut Domain) -> Result<()> {
+    /// Brings `workload` (the fork [`VmForkBackend::take`] made) back to the
+    /// parent's memory and vCPU state; it is left stopped.
+    pub fn restore(&mut self, workload: &mut Domain) -> Result<()> {
         match self.child {
             Some(c) if c == workload.id() => {}
             _ => {

@@ -54,8 +54,7 @@
 //!   [`Domain::save_snapshot_file`] / [`Domain::load_snapshot_file`] (to a
 //!   file and into a fresh domain of the same config);
 //!   [`Domain::memory_image`] (a copy of all guest memory, to compare).
-//! - Snapshot backends: [`SnapshotBackend`] ([`fork::LogDirtyBackend`],
-//!   [`fork::VmForkBackend`] where Xen forks VMs).
+//! - VM forks where Xen has them: [`fork::VmForkBackend`].
 //! - What differs between PV and HVM/PVH guests is chosen once at attach
 //!   (`platform.rs`); features one type lacks are asked for:
 //!   [`Domain::support_guest_frames`].
@@ -145,7 +144,6 @@ pub use caps::{BreakpointInsnKind, Capabilities, GuestKind, StepMethod};
 pub use domain::{Domain, DomainRef, DomainSummary, Xen};
 pub use error::{Error, Result};
 pub use events::{Event, ShutdownReason};
-pub use fork::SnapshotBackend;
 pub use kernel::{KernelInfo, KernelSymbols};
 pub use memory::{DirtyTracking, MemoryImage};
 pub use notice::Notice;
