@@ -79,16 +79,21 @@ impl Capabilities {
         }
     }
 
-    /// vm_event (monitor ring).
-    pub fn vm_event(&self) -> Result<()> {
+    /// Ok for HVM and PVH guests; for PV, `what` is unsupported because of `why`.
+    fn hvm_only(&self, what: &'static str, why: &str) -> Result<()> {
         if self.kind.is_hvm_container() {
             Ok(())
         } else {
-            Err(Error::unsupported(
-                "vm_event",
-                "Xen offers vm_event for HVM and PVH guests only; this guest is PV",
-            ))
+            Err(Error::unsupported(what, why))
         }
+    }
+
+    /// vm_event (monitor ring).
+    pub fn vm_event(&self) -> Result<()> {
+        self.hvm_only(
+            "vm_event",
+            "Xen offers vm_event for HVM and PVH guests only; this guest is PV",
+        )
     }
 
     /// PV debugging through gdbsx (int3/TF pause the domain).
@@ -175,15 +180,11 @@ impl Capabilities {
     /// Xen's mem_access (p2m access types), as far as the guest type goes
     /// (whether the host has it shows only when tried).
     pub fn mem_access(&self) -> Result<()> {
-        if self.kind.is_hvm_container() {
-            Ok(())
-        } else {
-            Err(Error::unsupported(
-                "mem_access",
-                "Xen's mem_access (p2m access types) exists for HVM and PVH guests only; this \
-                 guest is PV",
-            ))
-        }
+        self.hvm_only(
+            "mem_access",
+            "Xen's mem_access (p2m access types) exists for HVM and PVH guests only; this \
+             guest is PV",
+        )
     }
 
     /// What to add to Xen's own answer when turning log-dirty on fails.
@@ -195,24 +196,15 @@ impl Capabilities {
     /// A KASLR slide to find (HVM/PVH); Xen loads a PV kernel at its link
     /// address.
     pub fn kaslr(&self) -> Result<()> {
-        if self.kind.is_hvm_container() {
-            Ok(())
-        } else {
-            Err(Error::unsupported(
-                "KASLR",
-                "Xen loads a PV kernel at its link address",
-            ))
-        }
+        self.hvm_only("KASLR", "Xen loads a PV kernel at its link address")
     }
 
     /// VM forks (`xc_memshr_fork`).
     pub fn vm_forks(&self) -> Result<()> {
-        if !self.kind.is_hvm_container() {
-            return Err(Error::unsupported(
-                "VM forks",
-                "Xen forks HVM/PVH guests only; this guest is PV",
-            ));
-        }
+        self.hvm_only(
+            "VM forks",
+            "Xen forks HVM/PVH guests only; this guest is PV",
+        )?;
         if !self.host.is_intel() || !self.host.hap {
             return Err(Error::unsupported(
                 "VM forks",

@@ -392,13 +392,10 @@ impl Domain {
                 "restore_snapshot() needs a stopped domain: pause() first".into(),
             ));
         }
-        let mut store = self.snapshot.take().ok_or_else(no_snapshot)?;
-        let result = match &mut store {
-            SnapshotStore::Hvm(snap) => self.restore_hvm_snapshot(snap),
-            SnapshotStore::Pv(snap) => self.restore_pv_snapshot(snap),
-        };
-        self.snapshot = Some(store);
-        result
+        self.with_snapshot(|dom, store| match store {
+            SnapshotStore::Hvm(snap) => dom.restore_hvm_snapshot(snap),
+            SnapshotStore::Pv(snap) => dom.restore_pv_snapshot(snap),
+        })
     }
 
     /// Resets the vCPU state to the snapshot's, and the page(s) holding the
@@ -419,13 +416,10 @@ impl Domain {
                 "persistent mode restores HVM/PVH guests only; PV restores compare all memory anyway",
             ));
         }
-        let mut store = self.snapshot.take().ok_or_else(no_snapshot)?;
-        let result = match &mut store {
-            SnapshotStore::Hvm(snap) => self.restore_hvm_registers(snap),
+        self.with_snapshot(|dom, store| match store {
+            SnapshotStore::Hvm(snap) => dom.restore_hvm_registers(snap),
             SnapshotStore::Pv(_) => Err(no_snapshot()),
-        };
-        self.snapshot = Some(store);
-        result
+        })
     }
 
     /// Compares the stopped domain's memory (every saved frame) and vCPU 0's
@@ -441,6 +435,17 @@ impl Domain {
             SnapshotStore::Hvm(snap) => self.check_hvm_snapshot(snap),
             SnapshotStore::Pv(snap) => self.check_pv_snapshot(snap),
         }
+    }
+
+    /// Runs `f` on the snapshot, taken out of the domain meanwhile.
+    fn with_snapshot<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self, &mut SnapshotStore) -> Result<T>,
+    ) -> Result<T> {
+        let mut store = self.snapshot.take().ok_or_else(no_snapshot)?;
+        let result = f(self, &mut store);
+        self.snapshot = Some(store);
+        result
     }
 
     /// The current snapshot's size, if one was taken.
