@@ -17,6 +17,10 @@ use crate::kernel::{self, KernelTarget, Marker};
 use crate::report::{self, CrashReport, Outcome};
 use crate::structured::InputFormat;
 
+/// Reads of a running guest's module list in a row that may fail (see
+/// `reach_kernel_start_symbol`) before the error counts.
+const MODULE_READ_RETRIES: u32 = 50;
+
 /// Errors of a fuzzing session.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -946,9 +950,21 @@ impl Session {
         // harness must wait a moment after its module loads (the sample's
         // /init holds it a second on PV).
         let deadline = std::time::Instant::now() + k.boot_timeout;
+        // The guest runs while its module list is read: a frame it frees or
+        // remaps between two reads cannot be mapped (EPERM) or translated.
+        // Such a read is tried again; only an error that persists counts.
+        let mut failed_reads = 0;
         loop {
-            if dom.module_loaded(&wanted)? {
-                break;
+            match dom.module_loaded(&wanted) {
+                Ok(true) => break,
+                Ok(false) => failed_reads = 0,
+                Err(
+                    e @ (xenprobe::vmi::Error::Xen(_) | xenprobe::vmi::Error::Translate { .. }),
+                ) if failed_reads < MODULE_READ_RETRIES => {
+                    failed_reads += 1;
+                    tracing::debug!("reading the running guest's module list: {e}; reading again");
+                }
+                Err(e) => return Err(e.into()),
             }
             if dom
                 .info()
