@@ -85,13 +85,14 @@ pub fn main(args: TestArgs) -> Result<i32> {
                 "test -p xtask --test caps_table -- --ignored xen_4_20",
             ],
         };
+        let env = flavour.cargo_env()?;
         for run in runs {
             let run: Vec<&str> = run.split_whitespace().collect();
             let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
             // Snapshot assertions (insta) must match what is committed:
             // never write or accept snapshots here.
             cmd.current_dir(ws::root())
-                .envs(flavour.cargo_env()?)
+                .envs(env.iter().cloned())
                 .env("XENPROBE_XEN", flavour.name())
                 .env("INSTA_UPDATE", "no")
                 .args(&run);

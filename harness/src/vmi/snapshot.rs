@@ -561,9 +561,13 @@ impl Domain {
     /// The vCPU state and the top of the stack back to `snap` (see
     /// [`Domain::restore_registers`]).
     pub(crate) fn restore_hvm_registers(&mut self, snap: &mut Snapshot) -> Result<RestoreStats> {
-        let gfns = snap.stack_gfns.clone();
-        let restored = self.copy_back(snap, &gfns)?;
-        self.undo_windows(snap, &gfns)?;
+        // Taken out and put back: no copy of the list per persistent-mode run.
+        let gfns = std::mem::take(&mut snap.stack_gfns);
+        let result = self
+            .copy_back(snap, &gfns)
+            .and_then(|restored| self.undo_windows(snap, &gfns).map(|()| restored));
+        snap.stack_gfns = gfns;
+        let restored = result?;
         let st = RestoreStats {
             dirty: 0,
             written: 0,

@@ -158,11 +158,7 @@ pub fn build(dir: &Path, agent: &Path, root: &Path) -> Result<Dom0> {
     for l in &libs {
         inputs.add(r.file(l), &r.rel(l), 0o755);
     }
-    let ld_so = r.find(&[
-        "lib64/ld-linux-x86-64.so.2",
-        "usr/lib64/ld-linux-x86-64.so.2",
-        "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
-    ])?;
+    let ld_so = r.find(LD_SO)?;
     inputs.add(r.file(&ld_so), "lib64/ld-linux-x86-64.so.2", 0o755);
     let modules = module_paths(&kver)?;
     for m in &modules {
@@ -389,6 +385,13 @@ fn add_module(kver: &str, name: &str, out: &mut Vec<PathBuf>, depth: usize) -> R
     Ok(())
 }
 
+/// Where a root may keep the dynamic loader (merged `/usr` or not).
+const LD_SO: &[&str] = &[
+    "lib64/ld-linux-x86-64.so.2",
+    "usr/lib64/ld-linux-x86-64.so.2",
+    "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+];
+
 /// A root holding a Xen userland: `/`, or a root unpacked from Debian's
 /// archive (whose symbolic links are resolved inside it, not on the host).
 struct Root<'a>(&'a Path);
@@ -446,11 +449,7 @@ impl Root<'_> {
                 .output()
                 .context("running ldd")?
         } else {
-            let ld_so = self.file(&self.find(&[
-                "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
-                "usr/lib64/ld-linux-x86-64.so.2",
-                "lib64/ld-linux-x86-64.so.2",
-            ])?);
+            let ld_so = self.file(&self.find(LD_SO)?);
             let dirs = ["usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu"]
                 .map(|d| self.0.join(d).display().to_string())
                 .join(":");
