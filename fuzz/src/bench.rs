@@ -315,13 +315,7 @@ fn measure(s: &mut Session, opts: &BenchOptions) -> Result<Vec<Row>> {
             let before = s.counters;
             let (rate, not_ok) = run_batch(s, &inputs, opts.execs, opts.batch)?;
             let after = s.counters;
-            row.counters = Counters {
-                full_restores: after.full_restores - before.full_restores,
-                register_resets: after.register_resets - before.register_resets,
-                regs_in_reply: after.regs_in_reply - before.regs_in_reply,
-                replays: after.replays - before.replays,
-                unstable: after.unstable - before.unstable,
-            };
+            row.counters = after - before;
             eprintln!(
                 "[bench] round {}: {:<44} {:>7.0} execs/s ({} not ok, {:?})",
                 round + 1,
@@ -557,6 +551,9 @@ pub struct FloorRow {
     /// The input-to-state stage: share of the campaign's time, traced runs
     /// and candidates, each campaign.
     pub i2s: Vec<(f64, u64, u64)>,
+    /// What the guest runs of the row were like, all batches together
+    /// (xenprobe's rows).
+    pub runs: Counters,
 }
 
 impl FloorRow {
@@ -570,6 +567,7 @@ impl FloorRow {
             restores: Vec::new(),
             covered: Vec::new(),
             i2s: Vec::new(),
+            runs: Counters::default(),
         }
     }
 
@@ -792,7 +790,9 @@ fn xp_batch(
     let (t0, c0) = (s.timings, s.counters);
     let (rate, runs) = timed_batch(s, inputs, opts.batch)?;
     let (t1, c1) = (s.timings, s.counters);
-    let n = (c1.full_restores - c0.full_restores) + (c1.register_resets - c0.register_resets);
+    let c = c1 - c0;
+    let n = c.full_restores + c.register_resets;
+    row.runs = row.runs + c;
     let d = t1 - t0;
     let per_run = |t: Duration| t.as_secs_f64() * 1e6 / runs.max(1) as f64;
     let p = PerRun {
@@ -862,6 +862,7 @@ fn campaign_run(
         c.split.restore.as_secs_f64() * 1e6 / n,
     ));
     row.covered.push(c.covered);
+    row.runs = row.runs + c.counters;
     row.i2s.push((
         c.split.i2s.as_secs_f64() / c.split.wall.as_secs_f64().max(1e-9),
         c.i2s_runs.0,
@@ -928,6 +929,11 @@ pub fn print_comparison(guest: &str, rows: &[FloorRow]) {
             p.other,
             p.total()
         );
+    }
+    for i in [XP_EXACT, CAMPAIGN, CAMPAIGN_I2S] {
+        if rows[i].runs.guest_runs > 0 {
+            println!("{}: {}", rows[i].name, rows[i].runs.runs_text());
+        }
     }
     let met = |ok: bool| if ok { "met" } else { "NOT met" };
     let raw_restore = PerRun::median(&rows[RAW_EXACT].phases).restore;

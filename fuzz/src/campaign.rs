@@ -124,6 +124,8 @@ pub struct CampaignSummary {
     pub split: TimeSplit,
     /// The input-to-state stage's traced runs and candidate inputs.
     pub i2s_runs: (u64, u64),
+    /// The session's counters: restores, and what the guest runs were like.
+    pub counters: crate::session::Counters,
 }
 
 /// Where a campaign's time went, in total. The guest-run phases include
@@ -422,6 +424,10 @@ where
             opts.dir.display()
         );
         eprintln!(
+            "[xenprobe-fuzz] {}",
+            executor.inner().session().counters.runs_text()
+        );
+        eprintln!(
             "[xenprobe-fuzz] time in whole runs {:.1} s, mutation {:.1} s, feedback {:.1} s, the rest (scheduling, corpus, reports) {:.1} s of {:.1} s",
             split.runs.as_secs_f64(),
             split.mutation.as_secs_f64(),
@@ -450,6 +456,7 @@ where
         stability: executor.inner().session().stability(),
         split,
         i2s_runs: (i2s.traced, i2s.candidates),
+        counters: executor.inner().session().counters,
     })
 }
 

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use rustc_hash::FxHashMap;
+
 use xenprobe::vmi::{
     BreakpointId, Domain, Event, RestoreOptions, ShutdownReason, SnapshotCheck, Window, Xen,
 };
@@ -268,6 +270,65 @@ pub struct Counters {
     pub replays: u64,
     /// ... that did not happen again from the snapshot (not reported).
     pub unstable: u64,
+    /// Guest runs (replays and stability runs included).
+    pub guest_runs: u64,
+    /// Guest runs that ended in a crash sink, a fault or a shutdown.
+    pub crashed: u64,
+    /// Guest runs that hung.
+    pub hung: u64,
+    /// Input bytes written into the guest, all runs together.
+    pub input_bytes: u64,
+    /// Frames the full restores brought back, all together.
+    pub frames_restored: u64,
+}
+
+/// Applies `op` to each pair of fields of two sets of counters.
+macro_rules! counters_op {
+    ($a:expr, $b:expr, $op:ident) => {
+        Counters {
+            full_restores: $a.full_restores.$op($b.full_restores),
+            register_resets: $a.register_resets.$op($b.register_resets),
+            regs_in_reply: $a.regs_in_reply.$op($b.regs_in_reply),
+            replays: $a.replays.$op($b.replays),
+            unstable: $a.unstable.$op($b.unstable),
+            guest_runs: $a.guest_runs.$op($b.guest_runs),
+            crashed: $a.crashed.$op($b.crashed),
+            hung: $a.hung.$op($b.hung),
+            input_bytes: $a.input_bytes.$op($b.input_bytes),
+            frames_restored: $a.frames_restored.$op($b.frames_restored),
+        }
+    };
+}
+
+impl std::ops::Sub for Counters {
+    type Output = Counters;
+    fn sub(self, o: Counters) -> Counters {
+        counters_op!(self, o, saturating_sub)
+    }
+}
+
+impl std::ops::Add for Counters {
+    type Output = Counters;
+    fn add(self, o: Counters) -> Counters {
+        counters_op!(self, o, saturating_add)
+    }
+}
+
+impl Counters {
+    /// What the guest runs were like: how many crashed and hung, and the
+    /// mean input length (what makes one campaign's runs slower than
+    /// another's on the same guest).
+    pub fn runs_text(&self) -> String {
+        let n = self.guest_runs.max(1) as f64;
+        format!(
+            "{} guest runs: {:.1}% crashed, {:.1}% hung, inputs of {:.0} bytes and {:.1} frames a full restore on average",
+            self.guest_runs,
+            100.0 * self.crashed as f64 / n,
+            100.0 * self.hung as f64 / n,
+            self.input_bytes as f64 / n,
+            self.frames_restored as f64 / self.full_restores.max(1) as f64
+        )
+    }
 }
 
 enum Role {
@@ -306,7 +367,7 @@ pub struct Session {
     cmp_bps: Vec<BreakpointId>,
     trace: Option<Trace>,
     covered: BTreeSet<usize>,
-    roles: HashMap<BreakpointId, Role>,
+    roles: FxHashMap<BreakpointId, Role>,
     input_va: u64,
     /// Bytes a run passes at most: the buffer's size, at most what the
     /// length variable holds.
@@ -391,7 +452,7 @@ impl Session {
             cmp_bps: Vec::new(),
             trace: None,
             covered: BTreeSet::new(),
-            roles: HashMap::new(),
+            roles: FxHashMap::default(),
             input_va: 0,
             input_cap: 0,
             len_va: None,
@@ -1185,6 +1246,7 @@ impl Session {
         let st = if full {
             let st = self.dom()?.restore_snapshot()?;
             self.counters.full_restores += 1;
+            self.counters.frames_restored += st.restored as u64;
             self.since_reset = 0;
             self.reset_next = false;
             st
@@ -1234,9 +1296,15 @@ impl Session {
     /// ring makes the guest wait, which would look like a hang.
     fn drain_console(&mut self) -> Result<()> {
         if let (Some(dom), Some(ring)) = (self.dom.as_mut(), self.console.as_ref()) {
-            let mut prod = [0u8; 4];
-            dom.read_window(ring, target::console::OUT_PROD, &mut prod)?;
-            dom.write_window(ring, target::console::OUT_CONS, &prod)?;
+            // OUT_CONS, then OUT_PROD.
+            let mut idx = [0u8; 8];
+            dom.read_window(ring, target::console::OUT_CONS, &mut idx)?;
+            let (cons, prod) = idx.split_at(4);
+            // Usually equal (the snapshot's ring was read to the end): no
+            // write, so nothing for the next restore to put back.
+            if prod != cons {
+                dom.write_window(ring, target::console::OUT_CONS, prod)?;
+            }
         }
         Ok(())
     }
@@ -1417,12 +1485,21 @@ impl Session {
 
     fn run_prepared(&mut self, input: &[u8]) -> Result<(Outcome, Vec<usize>)> {
         let t1 = self.clock();
-        self.write_input(&input[..input.len().min(self.input_cap)])?;
+        let input = &input[..input.len().min(self.input_cap)];
+        self.write_input(input)?;
         self.drain_console()?;
         self.add_time(|t| &mut t.input, t1);
         let t2 = self.clock();
         let result = self.run_to_stop();
         self.add_time(|t| &mut t.run, t2);
+        let c = &mut self.counters;
+        c.guest_runs += 1;
+        c.input_bytes += input.len() as u64;
+        match &result {
+            Ok((Outcome::Crash(_), _)) => c.crashed += 1,
+            Ok((Outcome::Hang(_), _)) => c.hung += 1,
+            _ => {}
+        }
         result
     }
 
@@ -1665,7 +1742,7 @@ fn site_name(dom: &Domain, addr: u64) -> String {
 /// by what it is to the session.
 fn describe_notice(
     dom: &Domain,
-    roles: &HashMap<BreakpointId, Role>,
+    roles: &FxHashMap<BreakpointId, Role>,
     n: &xenprobe::vmi::Notice,
 ) -> String {
     use xenprobe::vmi::Notice;
