@@ -4,7 +4,9 @@
 //! ([`BreakpointInsnKind`]); [`BreakpointInsn`] is the seam between its two
 //! implementations: int3 (0xCC) and ICEBP (0xF1).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 
 use super::caps::BreakpointInsnKind;
 use super::domain::Domain;
@@ -106,12 +108,12 @@ pub(crate) struct Breakpoints {
     /// [`Breakpoints::remove`] (they keep the indexes).
     pub list: BTreeMap<BreakpointId, Breakpoint>,
     pub insn: Option<Box<dyn BreakpointInsn>>,
-    by_va: HashMap<u64, BreakpointId>,
-    by_frame: HashMap<u64, Vec<BreakpointId>>,
+    by_va: FxHashMap<u64, BreakpointId>,
+    by_frame: FxHashMap<u64, Vec<BreakpointId>>,
     /// Breakpoints removed since debugging started, by physical address:
     /// (id, address, original byte). Code the guest copied while one was
     /// planted still carries its byte (see [`super::notice`]).
-    pub gone: HashMap<u64, (BreakpointId, u64, u8)>,
+    pub gone: FxHashMap<u64, (BreakpointId, u64, u8)>,
 }
 
 impl Breakpoints {

@@ -9,8 +9,8 @@
 //! numbers for HVM/PVH, machine frame numbers for PV (PV page tables hold
 //! machine addresses, and foreign mappings of PV guests take them).
 
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
 
 use crate::xen::{ForeignMemory, Mapping, Prot, PAGE_SHIFT, PAGE_SIZE};
 
@@ -24,14 +24,14 @@ pub(crate) struct GuestMemory {
     domid: u32,
     cache: TranslationCache,
     /// Paging mode and CR3 per vCPU, valid until the guest runs again.
-    paging: HashMap<u32, (PagingMode, u64)>,
+    paging: FxHashMap<u32, (PagingMode, u64)>,
     /// Frames written through foreign mappings since the last snapshot
     /// take/restore (log-dirty does not see these writes).
-    pub(crate) written: HashSet<u64>,
+    pub(crate) written: FxHashSet<u64>,
     /// Byte ranges written through windows since then (restored as ranges).
     pub(crate) windows: super::window::WindowWrites,
     /// Cached single-frame mappings: (frame, writable) -> mapping.
-    maps: RefCell<HashMap<(u64, bool), Mapping>>,
+    maps: RefCell<FxHashMap<(u64, bool), Mapping>>,
     /// Persistent read-write mappings of all guest RAM (HVM/PVH, while a
     /// snapshot exists).
     pub(crate) whole: RefCell<Option<WholeMap>>,
@@ -85,10 +85,10 @@ impl GuestMemory {
             fmem,
             domid,
             cache: TranslationCache::default(),
-            paging: HashMap::new(),
-            written: HashSet::new(),
+            paging: FxHashMap::default(),
+            written: FxHashSet::default(),
             windows: Default::default(),
-            maps: RefCell::new(HashMap::new()),
+            maps: RefCell::new(FxHashMap::default()),
             whole: RefCell::new(None),
         }
     }

@@ -4,7 +4,7 @@
 //! "read physical u64" function, so it runs the same over live guest memory
 //! and over synthetic tables in a byte buffer (see the tests).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// Paging mode of a vCPU, from CR0/CR4/EFER.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,8 +181,8 @@ fn walk_levels<E>(
 /// changes and whenever the guest runs again.
 #[derive(Debug, Default)]
 pub struct TranslationCache {
-    map: HashMap<(u64, u64), Translation>,
-    cr3: HashMap<u32, u64>,
+    map: FxHashMap<(u64, u64), Translation>,
+    cr3: FxHashMap<u32, u64>,
 }
 
 impl TranslationCache {

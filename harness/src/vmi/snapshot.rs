@@ -15,8 +15,8 @@
 //! PV guests: see [`super::snapshot_pv`] (by machine frame, restores by
 //! comparing all memory).
 
+use rustc_hash::FxHashMap;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
 use std::hash::Hasher;
 use std::time::Instant;
 
@@ -167,7 +167,7 @@ impl SnapshotCheck {
 /// A saved domain state (see the module docs).
 pub(crate) struct Snapshot {
     /// gfn -> index into `data` pages, or [`ZERO`].
-    slot: HashMap<u64, usize>,
+    slot: FxHashMap<u64, usize>,
     data: Vec<u8>,
     cpu: HvmContext,
     /// vCPU 0's registers as its vm_event reported them at the snapshot
@@ -368,7 +368,7 @@ const MAX_UNTRACKED: usize = 64;
 /// after the snapshot lives in such a frame).
 fn limit_tracking(
     tracking: &mut DirtyTracking,
-    slot: &HashMap<u64, usize>,
+    slot: &FxHashMap<u64, usize>,
     backend: &[u64],
 ) -> Result<Vec<u64>> {
     if slot.keys().any(|&g| g >= HIGH_FIRST) {
@@ -408,7 +408,7 @@ impl Domain {
         let max_gpfn = self.xen.xc.domain_maximum_gpfn(self.domid)?;
         self.mem.unmap_all();
         let mut chunks = Vec::new();
-        let mut slot = HashMap::new();
+        let mut slot = FxHashMap::default();
         let mut data = Vec::new();
         let mut zero_frames = 0;
         for (from, to, stop_at_hole) in hvm_frame_ranges(max_gpfn) {

@@ -34,13 +34,53 @@ const CALIBRATION: Duration = Duration::from_millis(20);
 
 /// Counter ticks per microsecond (calibrated once).
 pub fn ticks_per_us() -> f64 {
-    static RATE: OnceLock<f64> = OnceLock::new();
-    *RATE.get_or_init(|| {
+    scale().per_us
+}
+
+/// The calibrated rate, also as fixed-point factors (40 fraction bits): conversions on
+/// hot paths use integer arithmetic only (floating point is emulated in
+/// software under QEMU's TCG, which made each conversion cost microseconds).
+struct Scale {
+    per_us: f64,
+    /// Nanoseconds per tick, times 2^FRACTION.
+    ns_per_tick: u128,
+    /// Ticks per nanosecond, times 2^FRACTION.
+    ticks_per_ns: u128,
+}
+
+/// Fraction bits of [`Scale`]'s factors: an hour's worth of ticks converts
+/// within nanoseconds.
+const FRACTION: u32 = 40;
+
+fn scale() -> &'static Scale {
+    static SCALE: OnceLock<Scale> = OnceLock::new();
+    SCALE.get_or_init(|| {
         let (t0, k0) = (Instant::now(), ticks());
         std::thread::sleep(CALIBRATION);
         let (k1, dt) = (ticks(), t0.elapsed());
-        rate(k1.wrapping_sub(k0), dt)
+        Scale::new(rate(k1.wrapping_sub(k0), dt))
     })
+}
+
+impl Scale {
+    fn new(per_us: f64) -> Self {
+        let fixed = |x: f64| (x * (1u64 << FRACTION) as f64) as u128;
+        Self {
+            per_us,
+            ns_per_tick: fixed(1e3 / per_us),
+            ticks_per_ns: fixed(per_us / 1e3),
+        }
+    }
+
+    fn duration_of(&self, ticks: u64) -> Duration {
+        let ns = (u128::from(ticks) * self.ns_per_tick) >> FRACTION;
+        Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+    }
+
+    fn ticks_in(&self, d: Duration) -> u64 {
+        let t = (d.as_nanos().saturating_mul(self.ticks_per_ns)) >> FRACTION;
+        u64::try_from(t).unwrap_or(u64::MAX)
+    }
 }
 
 /// Ticks per microsecond from `ticks` counted over `over` (at least 1).
@@ -52,16 +92,6 @@ fn rate(ticks: u64, over: Duration) -> f64 {
     (ticks as f64 / us).max(1e-3)
 }
 
-/// Ticks in `d` at rate `per_us`.
-fn ticks_in(d: Duration, per_us: f64) -> u64 {
-    (d.as_secs_f64() * 1e6 * per_us) as u64
-}
-
-/// `ticks` as a duration at rate `per_us`.
-fn duration_of(ticks: u64, per_us: f64) -> Duration {
-    Duration::from_secs_f64(ticks as f64 / per_us / 1e6)
-}
-
 impl Stamp {
     /// Now.
     pub fn now() -> Self {
@@ -70,7 +100,7 @@ impl Stamp {
 
     /// Time from `earlier` to this stamp (zero if `earlier` is later).
     pub fn since(self, earlier: Stamp) -> Duration {
-        duration_of(self.0.saturating_sub(earlier.0), ticks_per_us())
+        scale().duration_of(self.0.saturating_sub(earlier.0))
     }
 
     /// Time since this stamp.
@@ -80,7 +110,7 @@ impl Stamp {
 
     /// This stamp moved `d` later.
     pub fn after(self, d: Duration) -> Self {
-        Self(self.0.saturating_add(ticks_in(d, ticks_per_us())))
+        Self(self.0.saturating_add(scale().ticks_in(d)))
     }
 }
 
@@ -90,15 +120,15 @@ mod tests {
 
     #[test]
     fn conversions_round_trip() {
-        let per_us = 1722.3;
+        let s = Scale::new(1722.3);
         let d = Duration::from_micros(2000);
-        let t = ticks_in(d, per_us);
-        assert_eq!(t, 3_444_600);
-        let back = duration_of(t, per_us);
-        assert!(
-            (back.as_secs_f64() - d.as_secs_f64()).abs() < 1e-9,
-            "{back:?}"
-        );
+        let t = s.ticks_in(d);
+        assert!(t.abs_diff(3_444_600) <= 1, "{t}");
+        let back = s.duration_of(t);
+        assert!(back.abs_diff(d) < Duration::from_nanos(5), "{back:?}");
+        let long = Duration::from_secs(3600);
+        assert!(s.duration_of(s.ticks_in(long)).abs_diff(long) < Duration::from_micros(1));
+        assert_eq!(s.ticks_in(Duration::MAX), u64::MAX, "saturates");
         assert_eq!(rate(1_722_300, Duration::from_millis(1)), 1722.3);
         assert_eq!(rate(5, Duration::ZERO), 1.0, "no time: a sane rate");
     }
