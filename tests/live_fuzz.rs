@@ -954,21 +954,7 @@ fn sigterm_stops_a_campaign_in_order_and_leaves_the_guest_clean() {
 /// `xenprobe-fuzz` next to this test binary (`cargo xtask test` builds the
 /// workspace's binaries first), or `XENPROBE_FUZZ_BIN`.
 fn fuzz_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("XENPROBE_FUZZ_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|d| d.join("xenprobe-fuzz"))
-        .expect("target dir");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build -p xenprobe-fuzz` (or set XENPROBE_FUZZ_BIN)",
-        bin.display()
-    );
-    bin
+    xenprobe_tests::workspace_bin("xenprobe-fuzz", "XENPROBE_FUZZ_BIN")
 }
 
 #[test]

@@ -15,18 +15,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use xenprobe::vmi::{fork, Domain, Error, MemoryImage, Registers, ShutdownReason, Xen};
-use xenprobe_tests::{same_memory, sym, wait_breakpoint, wait_shutdown, xen, Guest};
+use xenprobe_tests::{env_num, same_memory, sym, wait_breakpoint, wait_shutdown, xen, Guest};
 
 /// Restore rounds by default: 1,000 take minutes in the emulated lab under
 /// load (~0.1-0.4 s a round); `XENPROBE_SNAPSHOT_ROUNDS=1000` runs the full count.
 const DEFAULT_ROUNDS: u64 = 50;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Runs a fresh guest to the first `known_tick` (breakpoint removed there)
 /// and returns it stopped, with a breakpoint on `known_checkpoint`.
@@ -110,11 +103,7 @@ fn restore_rounds(mode: &str) {
         matches!(reason, ShutdownReason::Poweroff | ShutdownReason::Destroyed),
         "{reason:?}"
     );
-    let log = g.console_after("EXIT");
-    assert!(
-        log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
-        "guest did not finish normally after the restores:\n{log}"
-    );
+    g.assert_known_finished("guest did not finish normally after the restores");
 }
 
 /// A snapshot saves every frame the domain owns: all of them without a
@@ -284,11 +273,7 @@ fn pv_restore_rounds(xen: &Xen, g: &Guest, rounds: u64) {
     dom.write_virt(spin, &0u64.to_le_bytes())
         .expect("clear known_spin");
     dom.detach().expect("detach (resumes the guest)");
-    let log = g.console_after("EXIT");
-    assert!(
-        log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
-        "guest did not finish normally after the restores:\n{log}"
-    );
+    g.assert_known_finished("guest did not finish normally after the restores");
 }
 
 #[test]
@@ -400,11 +385,7 @@ fn file_round_trip(mode: &str) {
         matches!(reason, ShutdownReason::Poweroff | ShutdownReason::Destroyed),
         "{reason:?}"
     );
-    let log = g.console_after("EXIT");
-    assert!(
-        log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
-        "loaded guest did not finish like the original:\n{log}"
-    );
+    g.assert_known_finished("loaded guest did not finish like the original");
 }
 
 /// A file removed on drop (snapshot files live in dom0's tmpfs, i.e. RAM).

@@ -407,11 +407,7 @@ fn recovers_from_abandoned_attach(mode: &str) {
     // undone. The guest finishes.
     let mut dom = g.attach(&xen);
     assert_clean_exit(wait_shutdown(&mut dom));
-    let log = g.console_after("EXIT");
-    assert!(
-        log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
-        "guest did not finish normally after recovery:\n{log}"
-    );
+    g.assert_known_finished("guest did not finish normally after recovery");
 }
 
 #[test]
@@ -465,11 +461,7 @@ fn detach_while_stopped(mode: &str) {
     assert!(matches!(ev, Event::Breakpoint { hits: 1, .. }), "{ev:?}");
     dom.step(0).expect("step");
     dom.detach().expect("detach");
-    let log = g.console_after("EXIT");
-    assert!(
-        log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
-        "guest did not finish normally after detach:\n{log}"
-    );
+    g.assert_known_finished("guest did not finish normally after detach");
 }
 
 #[test]
@@ -603,11 +595,7 @@ fn ctrl_c_restores_guest() {
     let status = child.wait().expect("child exit");
     eprintln!("child exited {status:?} {:?} after SIGINT", t0.elapsed());
     assert_eq!(status.code(), Some(130), "handler exits with 130");
-    let log = g.console_after("EXIT");
-    assert!(
-        log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
-        "guest did not finish normally after Ctrl-C:\n{log}"
-    );
+    g.assert_known_finished("guest did not finish normally after Ctrl-C");
 }
 
 /// Snapshot at the first `known_tick`, run to `known_checkpoint`, restore,
@@ -687,11 +675,7 @@ fn snapshot_restore(mode: &str) {
     dom.remove_breakpoint(check).expect("remove");
     dom.resume().expect("resume");
     assert_clean_exit(wait_shutdown(&mut dom));
-    let log = g.console_after("EXIT");
-    assert!(
-        log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
-        "guest did not finish normally after restores:\n{log}"
-    );
+    g.assert_known_finished("guest did not finish normally after restores");
 }
 
 #[test]
@@ -863,11 +847,9 @@ fn sigkill_then_attach(mode: &str) {
         );
     }
     dom.detach().expect("detach");
-    let log = g.console_after("EXIT");
-    assert!(
-        log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
-        "{mode}: guest did not finish normally after the SIGKILL:\n{log}"
-    );
+    g.assert_known_finished(&format!(
+        "{mode}: guest did not finish normally after the SIGKILL"
+    ));
 }
 
 fn libc_sigkill() -> i32 {

@@ -173,14 +173,20 @@ fn watchpoints(mode: &str) {
     // Detach with the watch armed: the guest's registers come back, the
     // guest runs to its clean end without seeing a #DB.
     dom.detach().expect("detach");
-    let mut dom = Domain::attach(&xen, g.name()).expect("attach again");
+    let dom = Domain::attach(&xen, g.name()).expect("attach again");
+    runs_to_clean_end(mode, dom, guest_drs, "");
+}
+
+/// A freshly attached `dom` has the guest's debug registers `guest_drs`
+/// back, and the guest runs to a clean exit (`when` ends the message).
+fn runs_to_clean_end(mode: &str, mut dom: Domain, guest_drs: [u64; 5], when: &str) {
     dom.pause().expect("pause");
     assert_restored(mode, &dom, guest_drs);
     dom.resume().expect("resume");
     let reason = wait_shutdown(&mut dom);
     assert!(
         matches!(reason, ShutdownReason::Poweroff | ShutdownReason::Destroyed),
-        "expected a clean exit, got {reason:?}"
+        "expected a clean exit{when}, got {reason:?}"
     );
 }
 
@@ -229,15 +235,8 @@ fn recovers_from_abandoned_watch(mode: &str) {
         // Vanish: the watchpoint stays armed, a vCPU waits for its answer.
         std::mem::forget(dom);
     }
-    let mut dom = Domain::attach(&xen, g.name()).expect("attach repairs");
-    dom.pause().expect("pause");
-    assert_restored(mode, &dom, guest_drs);
-    dom.resume().expect("resume");
-    let reason = wait_shutdown(&mut dom);
-    assert!(
-        matches!(reason, ShutdownReason::Poweroff | ShutdownReason::Destroyed),
-        "expected a clean exit after the repair, got {reason:?}"
-    );
+    let dom = Domain::attach(&xen, g.name()).expect("attach repairs");
+    runs_to_clean_end(mode, dom, guest_drs, " after the repair");
 }
 
 #[test]

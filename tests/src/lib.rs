@@ -5,7 +5,7 @@ mod guest;
 
 use std::path::{Path, PathBuf};
 
-use xenprobe::vmi::Xen;
+use xenprobe::vmi::{SnapshotCheck, Xen};
 
 pub use domain::{same_memory, sym, wait_breakpoint, wait_shutdown, WAIT};
 pub use guest::Guest;
@@ -45,19 +45,53 @@ pub fn root() -> PathBuf {
 
 /// The `xenprobe` binary next to the test binary (`XENPROBE_BIN` overrides).
 pub fn xenprobe_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("XENPROBE_BIN") {
+    workspace_bin("xenprobe", "XENPROBE_BIN")
+}
+
+/// The binary `name` of the package `name`, next to the test binary (`cargo
+/// xtask test` builds the workspace's binaries first), or the path in
+/// `env_var`; the one next to the test binary must exist.
+pub fn workspace_bin(name: &str, env_var: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env_var) {
         return PathBuf::from(p);
     }
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|d| d.join("xenprobe"))
-        .expect("target dir");
+    let bin = beside_test_binary(name);
     assert!(
         bin.exists(),
-        "{} missing: run `cargo build -p xenprobe` (or set XENPROBE_BIN)",
+        "{} missing: run `cargo build -p {name}` (or set {env_var})",
         bin.display()
     );
     bin
+}
+
+/// Where the workspace's binary `name` is built: next to the test binary's
+/// `deps/` folder.
+pub fn beside_test_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .map(|d| d.join(name))
+        .expect("target dir")
+}
+
+/// The number in the environment variable `name`, or `default`.
+pub fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// What a reset check found different: frames (the first 8), CPU fields,
+/// hashes.
+pub fn reset_differences(c: &SnapshotCheck) -> String {
+    format!(
+        "{} of {} frames differ ({:x?}), CPU fields {:?}, hash {:#x} vs {:#x}",
+        c.frames_differ.len(),
+        c.frames,
+        &c.frames_differ[..c.frames_differ.len().min(8)],
+        c.cpu_differ,
+        c.hash_now,
+        c.hash_snapshot
+    )
 }
