@@ -23,7 +23,7 @@ use libafl::state::{HasCorpus, HasExecutions, StdState};
 use libafl::HasMetadata;
 use libafl_bolts::rands::StdRand;
 use libafl_bolts::tuples::{tuple_list, Merge};
-use xenprobe::vmi::{RegisterReset, RestoreOptions, RestoreStrategy};
+use xenprobe::vmi::{RegisterReset, RestoreOptions, RestoreStrategy, SnapshotCheck};
 
 use crate::campaign::{CampaignOptions, TimeSplit};
 use crate::executor::XenExecutor;
@@ -268,28 +268,13 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Row>> {
 fn measure(s: &mut Session, opts: &BenchOptions) -> Result<Vec<Row>> {
     // Warm-up: every coverage breakpoint these inputs reach is hit (and
     // removed) once; keep the inputs that end normally.
-    let all = generate_inputs(opts.inputs.max(1), 0x5eed);
-    let exact_default = modes(Duration::ZERO)[5].restore;
-    s.set_mode(exact_default, 1, Duration::ZERO);
-    for inp in &all {
-        s.run(inp)?;
-    }
-    let mut inputs = Vec::new();
-    for inp in &all {
-        if matches!(s.run(inp)?.0, Outcome::Ok) {
-            inputs.push(inp.clone());
-        }
-    }
-    anyhow::ensure!(
-        !inputs.is_empty(),
-        "none of the {} generated inputs ends normally",
-        all.len()
-    );
+    let generated = opts.inputs.max(1);
+    let inputs = normal_inputs(s, generated, Duration::ZERO)?;
     eprintln!(
         "[bench] {}: {} of {} inputs end normally; up to {} execs or {:?} per mode per round, {} rounds",
         s.name(),
         inputs.len(),
-        all.len(),
+        generated,
         opts.execs,
         opts.batch,
         opts.rounds
@@ -334,13 +319,7 @@ fn measure(s: &mut Session, opts: &BenchOptions) -> Result<Vec<Row>> {
             if opts.check && round == 0 {
                 let c = s.check_reset()?;
                 if !c.exact() {
-                    eprintln!(
-                        "[bench] {}: NOT EXACT: {} frames differ ({}), cpu fields {:?}",
-                        m.name,
-                        c.frames_differ.len(),
-                        gfn_list(&c.frames_differ),
-                        c.cpu_differ
-                    );
+                    eprintln!("[bench] {}: NOT EXACT: {}", m.name, differences(&c));
                 }
                 row.exact = Some(c.exact());
             }
@@ -720,12 +699,7 @@ fn compare_in(
         s.run(&inputs[0])?;
         let c = s.check_reset()?;
         if !c.exact() {
-            eprintln!(
-                "[bench] xenprobe's reset is NOT EXACT: {} frames differ ({}), cpu fields {:?}",
-                c.frames_differ.len(),
-                gfn_list(&c.frames_differ),
-                c.cpu_differ
-            );
+            eprintln!("[bench] xenprobe's reset is NOT EXACT: {}", differences(&c));
         }
         rows[XP_EXACT].exact(c.exact());
         Ok(())
@@ -739,8 +713,15 @@ fn compare_in(
 /// The loops' inputs: generated, kept if they end normally once every
 /// coverage breakpoint they reach is gone (a warm-up run of each first).
 fn pick_inputs(s: &mut Session, opts: &FloorOptions) -> Result<Vec<Vec<u8>>> {
-    s.set_mode(modes(Duration::ZERO)[5].restore, 1, opts.spin);
-    let all = generate_inputs(opts.inputs.max(1), 0x5eed);
+    normal_inputs(s, opts.inputs.max(1), opts.spin)
+}
+
+/// `n` generated inputs, run once each in the exact mode (event spin
+/// `spin`) to hit and remove the coverage breakpoints they reach, then
+/// kept if a second run ends normally.
+fn normal_inputs(s: &mut Session, n: usize, spin: Duration) -> Result<Vec<Vec<u8>>> {
+    s.set_mode(modes(Duration::ZERO)[5].restore, 1, spin);
+    let all = generate_inputs(n, 0x5eed);
     for inp in &all {
         s.run(inp)?;
     }
@@ -998,6 +979,17 @@ pub fn print_comparison(guest: &str, rows: &[FloorRow]) {
 }
 
 /// The first frames of a list, in hex (for a message).
+/// What a reset check found different: frames (the first few) and CPU
+/// fields.
+fn differences(c: &SnapshotCheck) -> String {
+    format!(
+        "{} frames differ ({}), cpu fields {:?}",
+        c.frames_differ.len(),
+        gfn_list(&c.frames_differ),
+        c.cpu_differ
+    )
+}
+
 fn gfn_list(frames: &[u64]) -> String {
     let mut l: Vec<String> = frames
         .iter()
