@@ -772,9 +772,7 @@ pub(super) mod tests {
             }
             let mut seed = 0x9e37_79b9_7f4a_7c15u64;
             for _ in 0..150 {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
+                testelf::xorshift(&mut seed);
                 let mut d = data.clone();
                 let at = (seed as usize) % d.len();
                 d[at] ^= (seed >> 32) as u8 | 1;

@@ -149,6 +149,7 @@ impl Symbols {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmi::symbols::testelf;
 
     const MAP: &str = "\
 0000000000000000 A fixed_percpu_data
@@ -269,9 +270,7 @@ ffffffff81000500 t cleanup\t[m]
     fn garbage_never_panics() {
         let mut seed = 0x1234_5678_9abc_def0u64;
         let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+            testelf::xorshift(&mut seed);
             seed
         };
         let alphabet = b"0123456789abcdefTtDd []\t\n\r xyz_\xc3\xa9";
