@@ -90,77 +90,73 @@ pub fn modes(spin: Duration) -> Vec<Mode> {
         strategy,
         registers,
     };
+    // A row without a target, not spinning.
+    let row = |name: &str, restore, persistent, exact| Mode {
+        name: name.into(),
+        restore,
+        persistent,
+        spin: Duration::ZERO,
+        target: "",
+        exact,
+        min_ratio: None,
+        min_rate: None,
+    };
     let peek = RestoreStrategy::PeekCleanEvery(1000);
+    let clean = RestoreStrategy::CleanEveryRun;
     let mut v = vec![
         Mode {
-            name: "floor: no memory reset, vCPU in the reply".into(),
-            restore: opts(peek, RegisterReset::EventReply),
-            persistent: u32::MAX,
-            spin: Duration::ZERO,
             target: "1.00x (baseline)",
-            exact: false,
-            min_ratio: None,
-            min_rate: None,
+            ..row(
+                "floor: no memory reset, vCPU in the reply",
+                opts(peek, RegisterReset::EventReply),
+                u32::MAX,
+                false,
+            )
         },
+        row(
+            "no memory reset, setcontext",
+            opts(peek, RegisterReset::Context),
+            u32::MAX,
+            false,
+        ),
+        row(
+            "clean every run + setcontext (session 1)",
+            opts(clean, RegisterReset::Context),
+            1,
+            true,
+        ),
+        row(
+            "clean every run + vCPU in the reply",
+            opts(clean, RegisterReset::EventReply),
+            1,
+            true,
+        ),
+        row(
+            "peek, clean every 1000 + setcontext",
+            opts(peek, RegisterReset::Context),
+            1,
+            true,
+        ),
         Mode {
-            name: "no memory reset, setcontext".into(),
-            restore: opts(peek, RegisterReset::Context),
-            persistent: u32::MAX,
-            spin: Duration::ZERO,
-            target: "",
-            exact: false,
-            min_ratio: None,
-            min_rate: None,
-        },
-        Mode {
-            name: "clean every run + setcontext (session 1)".into(),
-            restore: opts(RestoreStrategy::CleanEveryRun, RegisterReset::Context),
-            persistent: 1,
-            spin: Duration::ZERO,
-            target: "",
-            exact: true,
-            min_ratio: None,
-            min_rate: None,
-        },
-        Mode {
-            name: "clean every run + vCPU in the reply".into(),
-            restore: opts(RestoreStrategy::CleanEveryRun, RegisterReset::EventReply),
-            persistent: 1,
-            spin: Duration::ZERO,
-            target: "",
-            exact: true,
-            min_ratio: None,
-            min_rate: None,
-        },
-        Mode {
-            name: "peek, clean every 1000 + setcontext".into(),
-            restore: opts(peek, RegisterReset::Context),
-            persistent: 1,
-            spin: Duration::ZERO,
-            target: "",
-            exact: true,
-            min_ratio: None,
-            min_rate: None,
-        },
-        Mode {
-            name: "peek, clean every 1000 + vCPU in reply".into(),
-            restore: opts(peek, RegisterReset::EventReply),
-            persistent: 1,
-            spin: Duration::ZERO,
             target: ">= 0.5x and >= 2500/s",
-            exact: true,
             min_ratio: Some(0.5),
             min_rate: Some(2500.0),
+            ..row(
+                "peek, clean every 1000 + vCPU in reply",
+                opts(peek, RegisterReset::EventReply),
+                1,
+                true,
+            )
         },
         Mode {
-            name: "persistent 100 (peek + reply)".into(),
-            restore: opts(peek, RegisterReset::EventReply),
-            persistent: 100,
-            spin: Duration::ZERO,
             target: ">= 0.85x",
-            exact: false,
             min_ratio: Some(0.85),
-            min_rate: None,
+            ..row(
+                "persistent 100 (peek + reply)",
+                opts(peek, RegisterReset::EventReply),
+                100,
+                false,
+            )
         },
     ];
     if !spin.is_zero() {
