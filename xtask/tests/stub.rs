@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{run, text, xtask};
+use common::{have, run, text, workspace, xtask};
 
 /// `xtask lab [--xen debug] ARGS...`: PV guests need the debug hypervisor's lab.
 fn lab(debug: bool, args: &[&str]) -> std::process::Output {
@@ -49,13 +49,6 @@ fn status_field(debug: bool, key: &str) -> Option<String> {
 
 /// One stub session at a time: there is one forwarded port.
 static PORT_LOCK: Mutex<()> = Mutex::new(());
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
 
 fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
@@ -238,15 +231,6 @@ impl Drop for Served {
             .stderr(Stdio::null())
             .status();
     }
-}
-
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 fn run_client(mut c: Command) -> String {
