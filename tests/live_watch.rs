@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use xenprobe::vmi::{Domain, Error, Event, ShutdownReason, WatchKind};
+use xenprobe::vmi::{BreakpointId, Domain, Error, Event, ShutdownReason, WatchKind, Xen};
 use xenprobe_tests::{wait_shutdown, xen, Guest, WAIT};
 
 /// The guest stays (shut down, inspectable) after its end: once the harness
@@ -21,6 +21,21 @@ fn u64_of(b: &[u8]) -> u64 {
     let mut v = [0u8; 8];
     v[..b.len()].copy_from_slice(b);
     u64::from_le_bytes(v)
+}
+
+/// Lets the created (paused) guest run to the breakpoint `bp` at
+/// `known_tick`, removes it, and returns the guest's own debug registers.
+fn run_to_tick(xen: &Xen, dom: &mut Domain, bp: BreakpointId) -> [u64; 5] {
+    dom.resume().expect("resume");
+    xen.ctrl()
+        .domain_unpause(dom.id())
+        .expect("unpause created guest");
+    match dom.wait_event(WAIT).expect("wait") {
+        Event::Breakpoint { id, .. } if id == bp => {}
+        other => panic!("expected the known_tick breakpoint, got {other:?}"),
+    }
+    dom.remove_breakpoint(bp).expect("remove breakpoint");
+    drs(dom)
 }
 
 /// Debug registers of vCPU 0 (DR0-3, DR7).
@@ -67,16 +82,7 @@ fn watchpoints(mode: &str) {
         }
         Err(e) => panic!("add_breakpoint_at(known_tick): {e}"),
     };
-    dom.resume().expect("resume");
-    xen.ctrl()
-        .domain_unpause(dom.id())
-        .expect("unpause created guest");
-    match dom.wait_event(WAIT).expect("wait") {
-        Event::Breakpoint { id, .. } if id == bp => {}
-        other => panic!("expected the known_tick breakpoint, got {other:?}"),
-    }
-    dom.remove_breakpoint(bp).expect("remove breakpoint");
-    let guest_drs = drs(&dom);
+    let guest_drs = run_to_tick(&xen, &mut dom, bp);
 
     // Refused shapes leave the debug registers as they were.
     let e = dom
@@ -215,16 +221,7 @@ fn recovers_from_abandoned_watch(mode: &str) {
     {
         let mut dom = g.attach(&xen);
         let bp = dom.add_breakpoint_at("known_tick").expect("breakpoint");
-        dom.resume().expect("resume");
-        xen.ctrl()
-            .domain_unpause(dom.id())
-            .expect("unpause created guest");
-        match dom.wait_event(WAIT).expect("wait") {
-            Event::Breakpoint { id, .. } if id == bp => {}
-            other => panic!("expected the known_tick breakpoint, got {other:?}"),
-        }
-        dom.remove_breakpoint(bp).expect("remove breakpoint");
-        guest_drs = drs(&dom);
+        guest_drs = run_to_tick(&xen, &mut dom, bp);
         let counter = dom.symbol("known_counter").expect("known_counter");
         dom.add_watchpoint(counter, 8, WatchKind::Write)
             .expect("watchpoint");
