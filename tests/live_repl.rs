@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use xenprobe_tests::Guest;
+use xenprobe_tests::{mode_tests, Guest};
 
 /// A paused `known` guest; `xl create` is tried three times (a leftover of
 /// a failed try destroyed, 1 s between tries).
@@ -222,15 +222,7 @@ fn scripted(mode: &str) {
     assert!(tail.contains("the guest shut down"), "{tail}");
 }
 
-#[test]
-fn scripted_repl_on_pvh() {
-    scripted("pvh");
-}
-
-#[test]
-fn scripted_repl_on_hvm() {
-    scripted("hvm");
-}
+mode_tests!(scripted: scripted_repl_on_pvh = "pvh", scripted_repl_on_hvm = "hvm");
 
 /// Watchpoints through the REPL: a write watch on `known_counter` stops at
 /// each tick with the old and new value, the list shows the hits, refused
@@ -295,15 +287,7 @@ fn watch_session(mode: &str) {
     assert!(tail.contains("the guest shut down"), "{tail}");
 }
 
-#[test]
-fn repl_watchpoints_on_pvh() {
-    watch_session("pvh");
-}
-
-#[test]
-fn repl_watchpoints_on_hvm() {
-    watch_session("hvm");
-}
+mode_tests!(watch_session: repl_watchpoints_on_pvh = "pvh", repl_watchpoints_on_hvm = "hvm");
 
 /// A number printed as `0x.. (N)`.
 fn number(a: &str) -> u64 {

@@ -13,7 +13,7 @@ use xenprobe::vmi::{
     BreakpointInsnKind, Domain, Error, Event, GuestKind, MemoryImage, Registers, ShutdownReason,
     Xen, RFLAGS_TF,
 };
-use xenprobe_tests::{guests_dir, same_memory, sym, wait_shutdown, xen, Guest, WAIT};
+use xenprobe_tests::{guests_dir, mode_tests, same_memory, sym, wait_shutdown, xen, Guest, WAIT};
 
 /// `known_buffer` in guests/known/src/main.rs.
 const KNOWN_BUFFER: &[u8; 64] =
@@ -163,20 +163,7 @@ fn syms_image_boundary(dom: &mut Domain) -> u64 {
     panic!("no mapped page boundary near known_counter/known_buffer");
 }
 
-#[test]
-fn inspect_hvm() {
-    inspect("hvm");
-}
-
-#[test]
-fn inspect_pvh() {
-    inspect("pvh");
-}
-
-#[test]
-fn inspect_pv() {
-    inspect("pv");
-}
+mode_tests!(inspect: inspect_hvm = "hvm", inspect_pvh = "pvh", inspect_pv = "pv");
 
 /// Breakpoints: hit counts, arguments, stepping, register changes that alter
 /// the guest's result, conditions, and a clean run to the end.
@@ -329,20 +316,7 @@ fn step_three(dom: &mut Domain, vcpu: u32, tick: u64) {
     }
 }
 
-#[test]
-fn breakpoints_hvm() {
-    breakpoints("hvm");
-}
-
-#[test]
-fn breakpoints_pvh() {
-    breakpoints("pvh");
-}
-
-#[test]
-fn breakpoints_pv() {
-    breakpoints("pv");
-}
+mode_tests!(breakpoints: breakpoints_hvm = "hvm", breakpoints_pvh = "pvh", breakpoints_pv = "pv");
 
 /// A condition filters stops; hits still count every call.
 #[test]
@@ -410,15 +384,10 @@ fn recovers_from_abandoned_attach(mode: &str) {
     g.assert_known_finished("guest did not finish normally after recovery");
 }
 
-#[test]
-fn recovers_from_abandoned_attach_hvm() {
-    recovers_from_abandoned_attach("hvm");
-}
-
-#[test]
-fn recovers_from_abandoned_attach_pv() {
-    recovers_from_abandoned_attach("pv");
-}
+mode_tests!(recovers_from_abandoned_attach:
+    recovers_from_abandoned_attach_hvm = "hvm",
+    recovers_from_abandoned_attach_pv = "pv",
+);
 
 /// First byte of known_tick read through libxenforeignmemory directly,
 /// without attaching (attaching would repair the domain).
@@ -464,15 +433,7 @@ fn detach_while_stopped(mode: &str) {
     g.assert_known_finished("guest did not finish normally after detach");
 }
 
-#[test]
-fn detach_while_stopped_pvh() {
-    detach_while_stopped("pvh");
-}
-
-#[test]
-fn detach_while_stopped_pv() {
-    detach_while_stopped("pv");
-}
+mode_tests!(detach_while_stopped: detach_while_stopped_pvh = "pvh", detach_while_stopped_pv = "pv");
 
 /// Log-dirty reports the page the guest writes (known_counter) and not a
 /// page it only reads (known_buffer).
@@ -531,15 +492,7 @@ fn log_dirty(mode: &str) {
     assert_clean_exit(wait_shutdown(&mut dom));
 }
 
-#[test]
-fn log_dirty_hvm() {
-    log_dirty("hvm");
-}
-
-#[test]
-fn log_dirty_pv() {
-    log_dirty("pv");
-}
+mode_tests!(log_dirty: log_dirty_hvm = "hvm", log_dirty_pv = "pv");
 
 /// Helper process for `ctrl_c_restores_guest`: attaches, stops at a
 /// breakpoint and sleeps until interrupted.
@@ -678,20 +631,11 @@ fn snapshot_restore(mode: &str) {
     g.assert_known_finished("guest did not finish normally after restores");
 }
 
-#[test]
-fn snapshot_restore_hvm() {
-    snapshot_restore("hvm");
-}
-
-#[test]
-fn snapshot_restore_pvh() {
-    snapshot_restore("pvh");
-}
-
-#[test]
-fn snapshot_restore_pv() {
-    snapshot_restore("pv");
-}
+mode_tests!(snapshot_restore:
+    snapshot_restore_hvm = "hvm",
+    snapshot_restore_pvh = "pvh",
+    snapshot_restore_pv = "pv",
+);
 
 /// Bytes of the guest image at virtual address `va` (from its ELF program
 /// headers: the code as built, without any breakpoint).
@@ -860,20 +804,11 @@ fn libc_ebusy() -> i32 {
     16
 }
 
-#[test]
-fn sigkill_then_attach_hvm() {
-    sigkill_then_attach("hvm");
-}
-
-#[test]
-fn sigkill_then_attach_pvh() {
-    sigkill_then_attach("pvh");
-}
-
-#[test]
-fn sigkill_then_attach_pv() {
-    sigkill_then_attach("pv");
-}
+mode_tests!(sigkill_then_attach:
+    sigkill_then_attach_hvm = "hvm",
+    sigkill_then_attach_pvh = "pvh",
+    sigkill_then_attach_pv = "pv",
+);
 
 /// PV: hash of the guest image's loaded segments (code, read-only data,
 /// data, bss with the boot stack) as they are in the running guest's
@@ -1015,17 +950,8 @@ fn caps_on_running_guest(mode: &str) {
     assert!(log.contains("EXIT 25"), "{mode}: after caps:\n{log}");
 }
 
-#[test]
-fn caps_on_running_guest_hvm() {
-    caps_on_running_guest("hvm");
-}
-
-#[test]
-fn caps_on_running_guest_pvh() {
-    caps_on_running_guest("pvh");
-}
-
-#[test]
-fn caps_on_running_guest_pv() {
-    caps_on_running_guest("pv");
-}
+mode_tests!(caps_on_running_guest:
+    caps_on_running_guest_hvm = "hvm",
+    caps_on_running_guest_pvh = "pvh",
+    caps_on_running_guest_pv = "pv",
+);

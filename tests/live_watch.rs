@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 use xenprobe::vmi::{BreakpointId, Domain, Error, Event, ShutdownReason, WatchKind, Xen};
-use xenprobe_tests::{wait_shutdown, xen, Guest, WAIT};
+use xenprobe_tests::{mode_tests, wait_shutdown, xen, Guest, WAIT};
 
 /// The guest stays (shut down, inspectable) after its end: once the harness
 /// lets go, a fast guest may finish before the test looks at its registers.
@@ -196,20 +196,7 @@ fn runs_to_clean_end(mode: &str, mut dom: Domain, guest_drs: [u64; 5], when: &st
     );
 }
 
-#[test]
-fn watchpoints_pvh() {
-    watchpoints("pvh");
-}
-
-#[test]
-fn watchpoints_hvm() {
-    watchpoints("hvm");
-}
-
-#[test]
-fn watchpoints_pv() {
-    watchpoints("pv");
-}
+mode_tests!(watchpoints: watchpoints_pvh = "pvh", watchpoints_hvm = "hvm", watchpoints_pv = "pv");
 
 /// A harness that vanishes with a watchpoint armed (no detach, no drop) is
 /// repaired by the next attach: the guest's debug registers come back from
@@ -236,12 +223,7 @@ fn recovers_from_abandoned_watch(mode: &str) {
     runs_to_clean_end(mode, dom, guest_drs, " after the repair");
 }
 
-#[test]
-fn recovers_from_abandoned_watch_pvh() {
-    recovers_from_abandoned_watch("pvh");
-}
-
-#[test]
-fn recovers_from_abandoned_watch_hvm() {
-    recovers_from_abandoned_watch("hvm");
-}
+mode_tests!(recovers_from_abandoned_watch:
+    recovers_from_abandoned_watch_pvh = "pvh",
+    recovers_from_abandoned_watch_hvm = "hvm",
+);

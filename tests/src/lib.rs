@@ -10,6 +10,21 @@ use xenprobe::vmi::{SnapshotCheck, Xen};
 pub use domain::{same_memory, sym, wait_breakpoint, wait_shutdown, WAIT};
 pub use guest::Guest;
 
+/// One `#[test]` per guest mode, each calling `body(mode)`:
+/// `mode_tests!(inspect: inspect_hvm = "hvm", inspect_pv = "pv");` declares
+/// `inspect_hvm` (running `inspect("hvm")`) and `inspect_pv`.
+#[macro_export]
+macro_rules! mode_tests {
+    ($body:ident: $($name:ident = $mode:literal),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $body($mode);
+            }
+        )+
+    };
+}
+
 /// True in a Xen dom0. Elsewhere the test fails with the reason, or, when
 /// `XENPROBE_ALLOW_NO_XEN=1`, prints `SKIP` and returns false.
 pub fn have_xen() -> bool {
