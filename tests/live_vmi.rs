@@ -6,7 +6,8 @@
 //! Without `/dev/xen/privcmd` every test fails with the reason, unless
 //! `XENPROBE_ALLOW_NO_XEN=1`, in which case it prints `SKIP` and returns.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use xenprobe::vmi::{
@@ -520,16 +521,13 @@ fn ctrl_c_child() {
     }
 }
 
-/// SIGINT to a process stopped at a breakpoint: the handler repairs the
-/// domain (bytes, ring, waiting vCPU, pauses) and the guest finishes.
-#[test]
-fn ctrl_c_restores_guest() {
-    use std::io::{BufRead, BufReader};
-    let Some(_xen) = xen() else { return };
-    let g = Guest::create("vmi", "hvm");
+/// Starts this binary's ignored test `test` in a child process with the
+/// environment `envs`, and reads its output until it prints READY (false:
+/// it ended without).
+fn spawn_child(test: &str, envs: &[(&str, &str)]) -> (Child, bool) {
     let mut child = Command::new(std::env::current_exe().expect("exe"))
-        .args(["--exact", "ctrl_c_child", "--ignored", "--nocapture"])
-        .env("XENPROBE_TEST_GUEST", g.name())
+        .args(["--exact", test, "--ignored", "--nocapture"])
+        .envs(envs.iter().copied())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn child");
@@ -538,6 +536,16 @@ fn ctrl_c_restores_guest() {
         .lines()
         .map_while(|l| l.ok())
         .any(|l| l.contains("READY"));
+    (child, ready)
+}
+
+/// SIGINT to a process stopped at a breakpoint: the handler repairs the
+/// domain (bytes, ring, waiting vCPU, pauses) and the guest finishes.
+#[test]
+fn ctrl_c_restores_guest() {
+    let Some(_xen) = xen() else { return };
+    let g = Guest::create("vmi", "hvm");
+    let (mut child, ready) = spawn_child("ctrl_c_child", &[("XENPROBE_TEST_GUEST", g.name())]);
     assert!(ready, "child did not reach the breakpoint");
     let t0 = Instant::now();
     let kill = Command::new("kill")
@@ -711,7 +719,6 @@ fn sigkill_child() {
 /// to its normal exit. The guest is created with `on_poweroff="preserve"`
 /// so that its memory can still be read after it exits.
 fn sigkill_then_attach(mode: &str) {
-    use std::io::{BufRead, BufReader};
     let Some(xen) = xen() else { return };
     if mode == "pv" {
         let caps =
@@ -730,18 +737,13 @@ fn sigkill_then_attach(mode: &str) {
             (va, elf_bytes(g.image(), va, 16))
         })
         .collect();
-    let mut child = Command::new(std::env::current_exe().expect("exe"))
-        .args(["--exact", "sigkill_child", "--ignored", "--nocapture"])
-        .env("XENPROBE_TEST_GUEST", g.name())
-        .env("XENPROBE_TEST_MODE", mode)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn child");
-    let stdout = child.stdout.take().expect("stdout");
-    let ready = BufReader::new(stdout)
-        .lines()
-        .map_while(|l| l.ok())
-        .any(|l| l.contains("READY"));
+    let (mut child, ready) = spawn_child(
+        "sigkill_child",
+        &[
+            ("XENPROBE_TEST_GUEST", g.name()),
+            ("XENPROBE_TEST_MODE", mode),
+        ],
+    );
     assert!(ready, "{mode}: child did not reach the breakpoint");
     child.kill().expect("SIGKILL the child"); // Child::kill sends SIGKILL
     let status = child.wait().expect("child exit");
