@@ -337,6 +337,20 @@ fn conditional_breakpoint_hvm() {
     assert_eq!(dom.breakpoint_hits(bp).expect("hits"), 10);
 }
 
+/// Adds a breakpoint at `known_tick`; false (the test `what` is skipped,
+/// with a SKIP line) where the hypervisor has no PV breakpoints.
+fn tick_breakpoint(dom: &mut Domain, mode: &str, what: &str) -> bool {
+    let Err(e) = dom.add_breakpoint_at("known_tick") else {
+        return true;
+    };
+    assert!(
+        mode == "pv" && matches!(e, Error::Unsupported { .. }),
+        "{e}"
+    );
+    eprintln!("SKIP {mode} {what}: {e}");
+    false
+}
+
 /// A harness that vanishes without detaching (HVM: ring active with a vCPU
 /// waiting for an answer; PV: debugger pause and debugging on; both:
 /// breakpoint bytes planted, domain paused) is repaired by the next attach,
@@ -347,12 +361,7 @@ fn recovers_from_abandoned_attach(mode: &str) {
     let opcode;
     {
         let mut dom = g.attach(&xen);
-        if let Err(e) = dom.add_breakpoint_at("known_tick") {
-            assert!(
-                mode == "pv" && matches!(e, Error::Unsupported { .. }),
-                "{e}"
-            );
-            eprintln!("SKIP {mode} recovery: {e}");
+        if !tick_breakpoint(&mut dom, mode, "recovery") {
             return;
         }
         opcode = match dom.breakpoint_kind().expect("kind") {
@@ -396,17 +405,7 @@ fn attach_raw_peek(xen: &Xen, g: &Guest) -> u8 {
     let syms = xenprobe::vmi::Symbols::load(g.image()).expect("symbols");
     let tick = syms.require("known_tick").expect("known_tick");
     let domid = xen.find(g.name()).expect("find").domid;
-    let frame = xen
-        .ctrl()
-        .translate_foreign_address(domid, 0, tick)
-        .expect("translate");
-    let fmem = xenprobe::xen::ForeignMemory::open().expect("fmem");
-    let map = fmem
-        .map(domid, xenprobe::xen::Prot::Read, &[frame])
-        .expect("map");
-    let mut b = [0u8];
-    map.read((tick & 0xfff) as usize, &mut b).expect("read");
-    b[0]
+    raw_peek(xen, domid, tick, 1)[0]
 }
 
 /// Detaching while stopped (on a breakpoint, mid-step) restores the bytes,
@@ -415,12 +414,7 @@ fn detach_while_stopped(mode: &str) {
     let Some(xen) = xen() else { return };
     let g = Guest::create("vmi", mode);
     let mut dom = g.attach(&xen);
-    if let Err(e) = dom.add_breakpoint_at("known_tick") {
-        assert!(
-            mode == "pv" && matches!(e, Error::Unsupported { .. }),
-            "{e}"
-        );
-        eprintln!("SKIP {mode} detach: {e}");
+    if !tick_breakpoint(&mut dom, mode, "detach") {
         return;
     }
     dom.add_breakpoint_at("known_compute").expect("bp compute");
@@ -510,6 +504,13 @@ fn ctrl_c_child() {
     dom.load_symbols(guests_dir().join("known-hvm"))
         .expect("symbols");
     dom.add_breakpoint_at("known_tick").expect("bp");
+    ready_at_breakpoint(&xen, dom)
+}
+
+/// A child test's end: unpauses the created guest, waits for a breakpoint
+/// of `dom`, prints READY (what [`spawn_child`] waits for) and sleeps until
+/// the parent stops the process.
+fn ready_at_breakpoint(xen: &Xen, mut dom: Domain) -> ! {
     xen.ctrl()
         .domain_unpause(dom.id())
         .expect("unpause created guest");
@@ -701,15 +702,7 @@ fn sigkill_child() {
     dom.add_breakpoint_at("known_tick").expect("bp tick");
     dom.add_breakpoint_at("known_checkpoint")
         .expect("bp checkpoint");
-    xen.ctrl()
-        .domain_unpause(dom.id())
-        .expect("unpause created guest");
-    let ev = dom.wait_event(WAIT).expect("wait");
-    assert!(matches!(ev, Event::Breakpoint { .. }), "{ev:?}");
-    println!("READY");
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    ready_at_breakpoint(&xen, dom)
 }
 
 /// SIGKILL a harness process that holds breakpoints, the vm_event ring (PV:
