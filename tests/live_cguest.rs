@@ -40,12 +40,7 @@ const FLAGS: u32 = 0xc6a6_0001;
 /// Returns the copy's path and the work directory.
 fn example_config(tag: &str) -> (PathBuf, PathBuf) {
     let root = xenprobe_tests::root();
-    let image = root.join("target/guests/cguest-pvh");
-    assert!(
-        image.exists(),
-        "{} is missing: run cargo xtask guests build",
-        image.display()
-    );
+    let image = xenprobe_tests::guest_image("cguest-pvh");
     let work = root.join(format!("target/live-cguest/{tag}"));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).expect("work dir");

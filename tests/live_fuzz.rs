@@ -71,21 +71,11 @@ fn guest(krate: &str, tag: &str) -> (TargetSpec, String, PathBuf) {
 
 /// Like [`guest`], keeping what the work directory holds.
 fn spec_for(krate: &str, tag: &str) -> (TargetSpec, String, PathBuf) {
-    let image = xenprobe_tests::root().join(format!("target/guests/{krate}-pvh"));
-    assert!(
-        image.exists(),
-        "{} is missing: run cargo xtask guests build",
-        image.display()
-    );
+    let image = xenprobe_tests::guest_image(&format!("{krate}-pvh"));
     let work = xenprobe_tests::root().join(format!("target/live-fuzz/{tag}"));
     std::fs::create_dir_all(&work).expect("create work dir");
     let name = format!("live-fuzz-{tag}");
-    let cfg = format!(
-        "name=\"{name}\"\ntype=\"pvh\"\nkernel=\"{}\"\nmemory=32\nvcpus=1\non_poweroff=\"preserve\"\non_reboot=\"preserve\"\non_crash=\"preserve\"\n",
-        image.display()
-    );
-    let cfg_path = work.join("guest.cfg");
-    std::fs::write(&cfg_path, cfg).expect("write cfg");
+    let cfg_path = xenprobe_tests::write_pvh_cfg(&work, &name, &image, "");
     let mut spec = TargetSpec::sample(krate, cfg_path, image);
     spec.timeout = Duration::from_millis(400);
     (spec, name, work)

@@ -37,22 +37,13 @@ fn runs() -> usize {
 }
 
 fn spec(tag: &str) -> (TargetSpec, String) {
-    let image = xenprobe_tests::root().join("target/guests/tlv-pvh");
-    assert!(
-        image.exists(),
-        "{} is missing: run cargo xtask guests build",
-        image.display()
-    );
+    let image = xenprobe_tests::guest_image("tlv-pvh");
     let work: PathBuf = xenprobe_tests::root().join(format!("target/live-fuzz-reset/{tag}"));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).expect("create work dir");
     let name = format!("live-reset-{tag}");
-    let cfg = format!(
-        "name=\"{name}\"\ntype=\"pvh\"\nkernel=\"{}\"\ncmdline=\"xenprobe.test=1\"\nmemory=32\nvcpus=1\non_poweroff=\"preserve\"\non_reboot=\"preserve\"\non_crash=\"preserve\"\n",
-        image.display()
-    );
-    let cfg_path = work.join("guest.cfg");
-    std::fs::write(&cfg_path, cfg).expect("write cfg");
+    let cfg_path =
+        xenprobe_tests::write_pvh_cfg(&work, &name, &image, "cmdline=\"xenprobe.test=1\"\n");
     let mut spec = TargetSpec::sample("tlv", cfg_path, image);
     spec.timeout = Duration::from_millis(2000);
     (spec, name)

@@ -50,6 +50,30 @@ pub fn guests_dir() -> PathBuf {
     root().join("target/guests")
 }
 
+/// The sample guest image `name` (e.g. `tlv-pvh`), which must have been built.
+pub fn guest_image(name: &str) -> PathBuf {
+    let image = guests_dir().join(name);
+    assert!(
+        image.exists(),
+        "{} is missing: run cargo xtask guests build",
+        image.display()
+    );
+    image
+}
+
+/// Writes `work/guest.cfg`, an xl config of the PVH guest `name` booting
+/// `image` (32 MiB, one vCPU, kept after its end, a reboot or a crash), with
+/// the config lines `extra` after the kernel's; returns its path.
+pub fn write_pvh_cfg(work: &Path, name: &str, image: &Path, extra: &str) -> PathBuf {
+    let cfg = format!(
+        "name=\"{name}\"\ntype=\"pvh\"\nkernel=\"{}\"\n{extra}memory=32\nvcpus=1\non_poweroff=\"preserve\"\non_reboot=\"preserve\"\non_crash=\"preserve\"\n",
+        image.display()
+    );
+    let cfg_path = work.join("guest.cfg");
+    std::fs::write(&cfg_path, cfg).expect("write cfg");
+    cfg_path
+}
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
