@@ -37,7 +37,7 @@ fn create_guest_with(mode: &str, overrides: &[&str]) -> Guest {
 
 /// Runs the REPL on `g`: `first` commands, then `xl unpause` (the guest was
 /// created paused; the REPL holds its own pause), then `rest`.
-fn session(g: &Guest, first: &[&str], rest: &[String]) -> String {
+fn session(g: &Guest, first: &[&str], rest: &[&str]) -> String {
     let mut child = Command::new(xenprobe_tests::xenprobe_bin())
         .args(["repl", g.name(), "--symbols"])
         .arg(g.image())
@@ -122,7 +122,7 @@ fn scripted(mode: &str) {
         // xl's own pause (the guest was created paused) still holds it.
         "cont",
     ];
-    let rest: Vec<String> = [
+    let rest = [
         "continue 60",
         "print $rdi",
         "print *(u64*)&known_counter",
@@ -149,10 +149,7 @@ fn scripted(mode: &str) {
         "set *(u64*)&known_counter = 42",
         "x/1ug &known_counter",
         "continue 60",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ];
     let out = session(&g, &first, &rest);
 
     assert!(answer(&out, "info").contains("breakpoints: "), "{out}");
@@ -232,7 +229,7 @@ fn watch_session(mode: &str) {
         return;
     }
     let g = create_guest(mode);
-    let rest: Vec<String> = [
+    let rest = [
         "continue 60",
         "watch known_counter",
         "delete 1",
@@ -246,10 +243,7 @@ fn watch_session(mode: &str) {
         "unwatch all",
         "watchpoints",
         "continue 60",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ];
     let out = session(&g, &["break known_tick"], &rest);
     let a = answer(&out, "watch known_counter");
     assert!(
@@ -306,7 +300,7 @@ fn repl_snapshots_on_pv() {
         return;
     }
     let g = create_guest_with("pv", &["extra=\"known.spin=1\""]);
-    let rest: Vec<String> = [
+    let rest = [
         "pause",
         "snapshot take a",
         "print *(u64*)&known_counter * 1",
@@ -318,10 +312,7 @@ fn repl_snapshots_on_pv() {
         "snapshot list",
         "snapshot drop b",
         "snapshot restore b",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ];
     let out = session(&g, &["info"], &rest);
     let _ = g.destroy();
     assert!(
