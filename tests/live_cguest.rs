@@ -40,12 +40,7 @@ const FLAGS: u32 = 0xc6a6_0001;
 /// Returns the copy's path and the work directory.
 fn example_config(tag: &str) -> (PathBuf, PathBuf) {
     let root = xenprobe_tests::root();
-    let image = root.join("target/guests/cguest-pvh");
-    assert!(
-        image.exists(),
-        "{} is missing: run cargo xtask guests build",
-        image.display()
-    );
+    let image = xenprobe_tests::guest_image("cguest-pvh");
     let work = root.join(format!("target/live-cguest/{tag}"));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).expect("work dir");
@@ -158,21 +153,7 @@ fn the_length_is_written_as_a_uint32_and_flags_after_it_stay_intact() {
 /// `xenprobe-fuzz` next to this test binary (`cargo xtask test` builds the
 /// workspace's binaries first), or `XENPROBE_FUZZ_BIN`.
 fn fuzz_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("XENPROBE_FUZZ_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|d| d.join("xenprobe-fuzz"))
-        .expect("target dir");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build -p xenprobe-fuzz` (or set XENPROBE_FUZZ_BIN)",
-        bin.display()
-    );
-    bin
+    xenprobe_tests::workspace_bin("xenprobe-fuzz", "XENPROBE_FUZZ_BIN")
 }
 
 /// The guest `name` (on_poweroff="destroy") is gone within 10 s: left

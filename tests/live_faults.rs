@@ -289,33 +289,42 @@ fn fuzz_campaign() -> Result<()> {
     )?;
     let fuzz = bin("xenprobe-fuzz")?;
     let mut rng = Rng(0x5eed_f022);
-    let mut left = Left::default();
-    let result = (|| -> Result<()> {
-        for i in 0..kills() {
-            let mut child = Command::new(&fuzz)
-                .arg("--cfg")
-                .arg(&cfg)
-                .arg("--image")
-                .arg(&image)
-                .args(["--krate", "tlv", "--time", "600s", "--timeout-ms", "500"])
-                .args(["--rng-seed", &i.to_string()])
-                .arg("--dir")
-                .arg(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()?;
-            wait_line(&mut child, "blocks instrumented", Duration::from_secs(120))
-                .with_context(|| format!("campaign {i}"))?;
-            std::thread::sleep(Duration::from_millis(rng.below(KILL_WINDOW_MS)));
-            kill(&mut child)?;
-            clean_attach(&xen, name, &code, None, &mut left)
-                .with_context(|| format!("after the kill of campaign {i}"))?;
-        }
+    kill_rounds(name, "fuzz campaign", |i, left| {
+        let mut child = Command::new(&fuzz)
+            .arg("--cfg")
+            .arg(&cfg)
+            .arg("--image")
+            .arg(&image)
+            .args(["--krate", "tlv", "--time", "600s", "--timeout-ms", "500"])
+            .args(["--rng-seed", &i.to_string()])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        wait_line(&mut child, "blocks instrumented", Duration::from_secs(120))
+            .with_context(|| format!("campaign {i}"))?;
+        std::thread::sleep(Duration::from_millis(rng.below(KILL_WINDOW_MS)));
+        kill(&mut child)?;
+        clean_attach(&xen, name, &code, None, left)
+            .with_context(|| format!("after the kill of campaign {i}"))?;
         Ok(())
-    })();
+    })
+}
+
+/// Runs `round` at each kill point (`kills()`, numbered, adding what the
+/// killed harness left to the count), then destroys the guest `name`, also
+/// after a failed round, and prints the count for the session kind `what`.
+fn kill_rounds(
+    name: &str,
+    what: &str,
+    mut round: impl FnMut(usize, &mut Left) -> Result<()>,
+) -> Result<()> {
+    let mut left = Left::default();
+    let result = (0..kills()).try_for_each(|i| round(i, &mut left));
     destroy(name);
     result?;
-    eprintln!("{}", left.line("fuzz campaign"));
+    eprintln!("{}", left.line(what));
     Ok(())
 }
 
@@ -355,42 +364,35 @@ fn repl() -> Result<()> {
         script += "continue 5\nstepi\nregs\nx/2xg $rsp\nbt\n";
     }
     let mut rng = Rng(0x5eed_4e91);
-    let mut left = Left::default();
-    let result = (|| -> Result<()> {
-        for i in 0..kills() {
-            let mut child = Command::new(&xenprobe)
-                .args(["repl", name])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()?;
-            let mut stdin = child.stdin.take().context("stdin")?;
-            let stdout = child.stdout.take().context("stdout")?;
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                for l in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
-                    if String::from_utf8_lossy(&l).contains("breakpoint") {
-                        let _ = tx.send(());
-                    }
+    kill_rounds(name, "REPL session", |i, left| {
+        let mut child = Command::new(&xenprobe)
+            .args(["repl", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+                if String::from_utf8_lossy(&l).contains("breakpoint") {
+                    let _ = tx.send(());
                 }
-            });
-            let text = script.clone();
-            std::thread::spawn(move || {
-                let _ = stdin.write_all(text.as_bytes());
-            });
-            rx.recv_timeout(Duration::from_secs(120))
-                .map_err(|_| anyhow::anyhow!("REPL {i} never stopped at its breakpoint"))?;
-            std::thread::sleep(Duration::from_millis(rng.below(KILL_WINDOW_MS)));
-            kill(&mut child)?;
-            clean_attach(&xen, name, &g.code, Some(g.counter), &mut left)
-                .with_context(|| format!("after the kill of REPL {i}"))?;
-        }
+            }
+        });
+        let text = script.clone();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(text.as_bytes());
+        });
+        rx.recv_timeout(Duration::from_secs(120))
+            .map_err(|_| anyhow::anyhow!("REPL {i} never stopped at its breakpoint"))?;
+        std::thread::sleep(Duration::from_millis(rng.below(KILL_WINDOW_MS)));
+        kill(&mut child)?;
+        clean_attach(&xen, name, &g.code, Some(g.counter), left)
+            .with_context(|| format!("after the kill of REPL {i}"))?;
         Ok(())
-    })();
-    destroy(name);
-    result?;
-    eprintln!("{}", left.line("REPL session"));
-    Ok(())
+    })
 }
 
 /// A GDB remote-protocol client as small as it gets (acks, checksums).
@@ -470,31 +472,24 @@ fn stub() -> Result<()> {
     let bp = g.tick;
     let xenprobe = bin("xenprobe")?;
     let mut rng = Rng(0x5eed_57b0);
-    let mut left = Left::default();
-    let result = (|| -> Result<()> {
-        for i in 0..kills() {
-            let port = 17_400 + i as u16;
-            let mut child = Command::new(&xenprobe)
-                .args(["gdbserver", name, "--port", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?;
-            let (tx, rx) = std::sync::mpsc::channel();
-            let client = std::thread::spawn(move || stub_client(port, bp, tx));
-            rx.recv_timeout(Duration::from_secs(120))
-                .map_err(|_| anyhow::anyhow!("stub session {i} never stopped at its breakpoint"))?;
-            std::thread::sleep(Duration::from_millis(rng.below(KILL_WINDOW_MS)));
-            kill(&mut child)?;
-            let _ = client.join();
-            clean_attach(&xen, name, &g.code, Some(g.counter), &mut left)
-                .with_context(|| format!("after the kill of stub {i}"))?;
-        }
+    kill_rounds(name, "stub session", |i, left| {
+        let port = 17_400 + i as u16;
+        let mut child = Command::new(&xenprobe)
+            .args(["gdbserver", name, "--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let client = std::thread::spawn(move || stub_client(port, bp, tx));
+        rx.recv_timeout(Duration::from_secs(120))
+            .map_err(|_| anyhow::anyhow!("stub session {i} never stopped at its breakpoint"))?;
+        std::thread::sleep(Duration::from_millis(rng.below(KILL_WINDOW_MS)));
+        kill(&mut child)?;
+        let _ = client.join();
+        clean_attach(&xen, name, &g.code, Some(g.counter), left)
+            .with_context(|| format!("after the kill of stub {i}"))?;
         Ok(())
-    })();
-    destroy(name);
-    result?;
-    eprintln!("{}", left.line("stub session"));
-    Ok(())
+    })
 }
 
 /// A guest that wants far more memory than the lab has, through the fuzzer.

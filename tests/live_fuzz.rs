@@ -71,21 +71,11 @@ fn guest(krate: &str, tag: &str) -> (TargetSpec, String, PathBuf) {
 
 /// Like [`guest`], keeping what the work directory holds.
 fn spec_for(krate: &str, tag: &str) -> (TargetSpec, String, PathBuf) {
-    let image = xenprobe_tests::root().join(format!("target/guests/{krate}-pvh"));
-    assert!(
-        image.exists(),
-        "{} is missing: run cargo xtask guests build",
-        image.display()
-    );
+    let image = xenprobe_tests::guest_image(&format!("{krate}-pvh"));
     let work = xenprobe_tests::root().join(format!("target/live-fuzz/{tag}"));
     std::fs::create_dir_all(&work).expect("create work dir");
     let name = format!("live-fuzz-{tag}");
-    let cfg = format!(
-        "name=\"{name}\"\ntype=\"pvh\"\nkernel=\"{}\"\nmemory=32\nvcpus=1\non_poweroff=\"preserve\"\non_reboot=\"preserve\"\non_crash=\"preserve\"\n",
-        image.display()
-    );
-    let cfg_path = work.join("guest.cfg");
-    std::fs::write(&cfg_path, cfg).expect("write cfg");
+    let cfg_path = xenprobe_tests::write_pvh_cfg(&work, &name, &image, "");
     let mut spec = TargetSpec::sample(krate, cfg_path, image);
     spec.timeout = Duration::from_millis(400);
     (spec, name, work)
@@ -954,21 +944,7 @@ fn sigterm_stops_a_campaign_in_order_and_leaves_the_guest_clean() {
 /// `xenprobe-fuzz` next to this test binary (`cargo xtask test` builds the
 /// workspace's binaries first), or `XENPROBE_FUZZ_BIN`.
 fn fuzz_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("XENPROBE_FUZZ_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|d| d.join("xenprobe-fuzz"))
-        .expect("target dir");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build -p xenprobe-fuzz` (or set XENPROBE_FUZZ_BIN)",
-        bin.display()
-    );
-    bin
+    xenprobe_tests::workspace_bin("xenprobe-fuzz", "XENPROBE_FUZZ_BIN")
 }
 
 #[test]

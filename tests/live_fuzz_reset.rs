@@ -37,22 +37,13 @@ fn runs() -> usize {
 }
 
 fn spec(tag: &str) -> (TargetSpec, String) {
-    let image = xenprobe_tests::root().join("target/guests/tlv-pvh");
-    assert!(
-        image.exists(),
-        "{} is missing: run cargo xtask guests build",
-        image.display()
-    );
+    let image = xenprobe_tests::guest_image("tlv-pvh");
     let work: PathBuf = xenprobe_tests::root().join(format!("target/live-fuzz-reset/{tag}"));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).expect("create work dir");
     let name = format!("live-reset-{tag}");
-    let cfg = format!(
-        "name=\"{name}\"\ntype=\"pvh\"\nkernel=\"{}\"\ncmdline=\"xenprobe.test=1\"\nmemory=32\nvcpus=1\non_poweroff=\"preserve\"\non_reboot=\"preserve\"\non_crash=\"preserve\"\n",
-        image.display()
-    );
-    let cfg_path = work.join("guest.cfg");
-    std::fs::write(&cfg_path, cfg).expect("write cfg");
+    let cfg_path =
+        xenprobe_tests::write_pvh_cfg(&work, &name, &image, "cmdline=\"xenprobe.test=1\"\n");
     let mut spec = TargetSpec::sample("tlv", cfg_path, image);
     spec.timeout = Duration::from_millis(2000);
     (spec, name)
@@ -100,153 +91,143 @@ fn strategies() -> Vec<(RestoreOptions, u32)> {
     ]
 }
 
+/// Runs `body` on a session of the guest [`spec`]`(tag)` (changed by
+/// `setup`), one test at a time; the session is finished and the guest
+/// destroyed also when `body` panics (the panic goes on after that).
+fn with_session(tag: &str, setup: impl FnOnce(&mut TargetSpec), body: impl FnOnce(&mut Session)) {
+    if !xenprobe_tests::have_xen() {
+        return;
+    }
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (mut spec, name) = spec(tag);
+    setup(&mut spec);
+    let mut s = Session::start(spec).expect("start the guest");
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut s)));
+    let fin = s.finish();
+    destroy(&name);
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+    fin.expect("finish");
+}
+
 fn assert_exact(s: &mut Session, what: &str) {
     let c = s.check_reset().expect("check_reset");
     assert!(
         c.exact(),
-        "{what}: not reset exactly: {} of {} frames differ ({:x?}), CPU fields {:?}, hash {:#x} vs {:#x}",
-        c.frames_differ.len(),
-        c.frames,
-        &c.frames_differ[..c.frames_differ.len().min(8)],
-        c.cpu_differ,
-        c.hash_now,
-        c.hash_snapshot
+        "{what}: not reset exactly: {}",
+        xenprobe_tests::reset_differences(&c)
     );
     assert!(c.frames > 1000, "{what}: only {} frames compared", c.frames);
 }
 
 #[test]
 fn every_strategy_resets_exactly_after_many_runs() {
-    if !xenprobe_tests::have_xen() {
-        return;
-    }
-    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (spec, name) = spec("many");
-    let mut s = Session::start(spec).expect("start the guest");
-    let mut inputs = vec![TLV1.to_vec(), FILL.to_vec()];
-    inputs.extend(generate_inputs(30, 42));
-    let n = runs();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        for (opts, persistent) in strategies() {
-            let what = format!("{:?}, persistent {persistent}", opts);
-            s.set_mode(opts, persistent, Duration::ZERO);
-            let before = s.counters;
-            let mut crashes = 0;
-            for i in 0..n {
-                let (o, _) = s.run(&inputs[i % inputs.len()]).expect("run");
-                crashes += usize::from(matches!(o, Outcome::Crash(_)));
+    with_session(
+        "many",
+        |_| {},
+        |s| {
+            let mut inputs = vec![TLV1.to_vec(), FILL.to_vec()];
+            inputs.extend(generate_inputs(30, 42));
+            let n = runs();
+            for (opts, persistent) in strategies() {
+                let what = format!("{:?}, persistent {persistent}", opts);
+                s.set_mode(opts, persistent, Duration::ZERO);
+                let before = s.counters;
+                let mut crashes = 0;
+                for i in 0..n {
+                    let (o, _) = s.run(&inputs[i % inputs.len()]).expect("run");
+                    crashes += usize::from(matches!(o, Outcome::Crash(_)));
+                }
+                assert!(crashes > 0, "{what}: TLV-1 never crashed in {n} runs");
+                if opts.registers == RegisterReset::EventReply {
+                    assert!(
+                        s.counters.regs_in_reply > before.regs_in_reply,
+                        "{what}: the vm_event-reply register reset was never used"
+                    );
+                }
+                eprintln!("{what}: {n} runs, {crashes} crashes, {:?}", s.counters);
+                assert_exact(s, &what);
             }
-            assert!(crashes > 0, "{what}: TLV-1 never crashed in {n} runs");
-            if opts.registers == RegisterReset::EventReply {
-                assert!(
-                    s.counters.regs_in_reply > before.regs_in_reply,
-                    "{what}: the vm_event-reply register reset was never used"
-                );
-            }
-            eprintln!("{what}: {n} runs, {crashes} crashes, {:?}", s.counters);
-            assert_exact(&mut s, &what);
-        }
-    }));
-    let fin = s.finish();
-    destroy(&name);
-    if let Err(p) = result {
-        std::panic::resume_unwind(p);
-    }
-    fin.expect("finish");
+        },
+    );
 }
 
 #[test]
 fn hundreds_of_dirty_pages_are_reset_exactly() {
-    if !xenprobe_tests::have_xen() {
-        return;
-    }
-    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (spec, name) = spec("pages");
-    let mut s = Session::start(spec).expect("start the guest");
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        for (opts, persistent) in strategies() {
-            let what = format!("{:?}, persistent {persistent}", opts);
-            s.set_mode(opts, persistent, Duration::ZERO);
-            for _ in 0..3 {
+    with_session(
+        "pages",
+        |_| {},
+        |s| {
+            for (opts, persistent) in strategies() {
+                let what = format!("{:?}, persistent {persistent}", opts);
+                s.set_mode(opts, persistent, Duration::ZERO);
+                for _ in 0..3 {
+                    let (o, _) = s.run(FILL).expect("run");
+                    assert!(matches!(o, Outcome::Ok), "{what}: FILL crashed: {o:?}");
+                    let (o, _) = s.run(b"\x01\x00").expect("run");
+                    assert!(matches!(o, Outcome::Ok), "{what}: {o:?}");
+                }
+                // The run before this one wrote 510 pages: a full restore copies them back.
                 let (o, _) = s.run(FILL).expect("run");
-                assert!(matches!(o, Outcome::Ok), "{what}: FILL crashed: {o:?}");
-                let (o, _) = s.run(b"\x01\x00").expect("run");
-                assert!(matches!(o, Outcome::Ok), "{what}: {o:?}");
+                assert!(matches!(o, Outcome::Ok));
+                s.run(b"\x01\x00").expect("run");
+                if persistent == 1 {
+                    let st = s.last_restore().expect("a restore");
+                    assert!(
+                        st.restored >= 510,
+                        "{what}: only {} frames restored after a FILL run ({st:?})",
+                        st.restored
+                    );
+                }
+                s.run(FILL).expect("run");
+                assert_exact(s, &what);
             }
-            // The run before this one wrote 510 pages: a full restore copies them back.
-            let (o, _) = s.run(FILL).expect("run");
-            assert!(matches!(o, Outcome::Ok));
-            s.run(b"\x01\x00").expect("run");
-            if persistent == 1 {
-                let st = s.last_restore().expect("a restore");
-                assert!(
-                    st.restored >= 510,
-                    "{what}: only {} frames restored after a FILL run ({st:?})",
-                    st.restored
-                );
-            }
-            s.run(FILL).expect("run");
-            assert_exact(&mut s, &what);
-        }
-    }));
-    let fin = s.finish();
-    destroy(&name);
-    if let Err(p) = result {
-        std::panic::resume_unwind(p);
-    }
-    fin.expect("finish");
+        },
+    );
 }
 
 #[test]
 fn a_persistent_mode_crash_is_replayed_from_the_snapshot() {
-    if !xenprobe_tests::have_xen() {
-        return;
-    }
-    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (mut spec, name) = spec("persistent");
-    spec.persistent = 100;
-    let mut s = Session::start(spec).expect("start the guest");
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        // Coverage first (new coverage forces full restores), then steady state.
-        for _ in 0..3 {
-            for inp in [&b"\x01\x00\x02\x04xp!k\x03\x01A"[..], b"\x01\x00", FILL] {
-                s.run(inp).expect("run");
+    with_session(
+        "persistent",
+        |spec| spec.persistent = 100,
+        |s| {
+            // Coverage first (new coverage forces full restores), then steady state.
+            for _ in 0..3 {
+                for inp in [&b"\x01\x00\x02\x04xp!k\x03\x01A"[..], b"\x01\x00", FILL] {
+                    s.run(inp).expect("run");
+                }
             }
-        }
-        let before = s.counters;
-        for _ in 0..10 {
-            let (o, _) = s.run(b"\x01\x00").expect("run");
-            assert!(matches!(o, Outcome::Ok));
-        }
-        assert!(
-            s.counters.register_resets >= before.register_resets + 9,
-            "persistent mode did not skip memory restores: {:?}",
-            s.counters
-        );
-        let before = s.counters;
-        let (o, _) = s.run(TLV1).expect("run");
-        let Outcome::Crash(r) = o else {
-            panic!("TLV-1 did not crash in persistent mode: {o:?}")
-        };
-        assert_eq!(r.kind, "panic", "{r:?}");
-        assert_eq!(
-            s.counters.replays,
-            before.replays + 1,
-            "the crash was not replayed from the snapshot: {:?}",
-            s.counters
-        );
-        assert_eq!(s.counters.unstable, before.unstable);
-        assert!(s.counters.full_restores > before.full_restores);
-        // The crash forces a full restore before the next run.
-        let before = s.counters;
-        s.run(b"\x01\x00").expect("run");
-        assert_eq!(s.counters.full_restores, before.full_restores + 1);
-        assert_exact(&mut s, "persistent 100");
-    }));
-    let fin = s.finish();
-    destroy(&name);
-    if let Err(p) = result {
-        std::panic::resume_unwind(p);
-    }
-    fin.expect("finish");
+            let before = s.counters;
+            for _ in 0..10 {
+                let (o, _) = s.run(b"\x01\x00").expect("run");
+                assert!(matches!(o, Outcome::Ok));
+            }
+            assert!(
+                s.counters.register_resets >= before.register_resets + 9,
+                "persistent mode did not skip memory restores: {:?}",
+                s.counters
+            );
+            let before = s.counters;
+            let (o, _) = s.run(TLV1).expect("run");
+            let Outcome::Crash(r) = o else {
+                panic!("TLV-1 did not crash in persistent mode: {o:?}")
+            };
+            assert_eq!(r.kind, "panic", "{r:?}");
+            assert_eq!(
+                s.counters.replays,
+                before.replays + 1,
+                "the crash was not replayed from the snapshot: {:?}",
+                s.counters
+            );
+            assert_eq!(s.counters.unstable, before.unstable);
+            assert!(s.counters.full_restores > before.full_restores);
+            // The crash forces a full restore before the next run.
+            let before = s.counters;
+            s.run(b"\x01\x00").expect("run");
+            assert_eq!(s.counters.full_restores, before.full_restores + 1);
+            assert_exact(s, "persistent 100");
+        },
+    );
 }

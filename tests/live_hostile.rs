@@ -118,13 +118,8 @@ fn run(s: &mut Session, what: &str, input: &[u8]) -> Result<Ran> {
     eprintln!("hostile {what} {}: {line}", hex(input));
     ensure!(
         c.exact(),
-        "{what}: the reset after it is not exact: {} of {} frames differ ({:x?}), CPU fields {:?}, hash {:#x} vs {:#x}",
-        c.frames_differ.len(),
-        c.frames,
-        &c.frames_differ[..c.frames_differ.len().min(8)],
-        c.cpu_differ,
-        c.hash_now,
-        c.hash_snapshot
+        "{what}: the reset after it is not exact: {}",
+        xenprobe_tests::reset_differences(&c)
     );
     ensure!(c.frames > 1000, "{what}: only {} frames compared", c.frames);
     Ok(Ran {

@@ -27,16 +27,9 @@ use std::time::{Duration, Instant};
 
 use xenprobe::vmi::{Domain, Xen};
 use xenprobe::xen::{ForeignMemory, Prot, PAGE_SIZE};
-use xenprobe_tests::Guest;
+use xenprobe_tests::{env_num, Guest};
 
 const GUEST_MIB: u64 = 32;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn pattern(i: usize) -> u64 {
     (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5a5a_1234_dead_beef
@@ -176,14 +169,9 @@ fn idle_guest(xen: &Xen, fmem: &ForeignMemory, mode: &str) -> Result<u64, String
 /// `xenprobe-fuzz` next to this test binary (`cargo xtask test` builds the
 /// workspace's binaries first), or `XENPROBE_FUZZ_BIN`.
 fn fuzz_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("XENPROBE_FUZZ_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .map(|d| d.join("xenprobe-fuzz"))
-        .expect("target dir")
+    std::env::var_os("XENPROBE_FUZZ_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| xenprobe_tests::beside_test_binary("xenprobe-fuzz"))
 }
 
 /// Starts a `secs`-second campaign on the tlv sample under a name of its own.

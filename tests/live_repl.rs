@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use xenprobe_tests::Guest;
+use xenprobe_tests::{mode_tests, Guest};
 
 /// A paused `known` guest; `xl create` is tried three times (a leftover of
 /// a failed try destroyed, 1 s between tries).
@@ -37,7 +37,7 @@ fn create_guest_with(mode: &str, overrides: &[&str]) -> Guest {
 
 /// Runs the REPL on `g`: `first` commands, then `xl unpause` (the guest was
 /// created paused; the REPL holds its own pause), then `rest`.
-fn session(g: &Guest, first: &[&str], rest: &[String]) -> String {
+fn session(g: &Guest, first: &[&str], rest: &[&str]) -> String {
     let mut child = Command::new(xenprobe_tests::xenprobe_bin())
         .args(["repl", g.name(), "--symbols"])
         .arg(g.image())
@@ -122,7 +122,7 @@ fn scripted(mode: &str) {
         // xl's own pause (the guest was created paused) still holds it.
         "cont",
     ];
-    let rest: Vec<String> = [
+    let rest = [
         "continue 60",
         "print $rdi",
         "print *(u64*)&known_counter",
@@ -149,10 +149,7 @@ fn scripted(mode: &str) {
         "set *(u64*)&known_counter = 42",
         "x/1ug &known_counter",
         "continue 60",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ];
     let out = session(&g, &first, &rest);
 
     assert!(answer(&out, "info").contains("breakpoints: "), "{out}");
@@ -222,15 +219,7 @@ fn scripted(mode: &str) {
     assert!(tail.contains("the guest shut down"), "{tail}");
 }
 
-#[test]
-fn scripted_repl_on_pvh() {
-    scripted("pvh");
-}
-
-#[test]
-fn scripted_repl_on_hvm() {
-    scripted("hvm");
-}
+mode_tests!(scripted: scripted_repl_on_pvh = "pvh", scripted_repl_on_hvm = "hvm");
 
 /// Watchpoints through the REPL: a write watch on `known_counter` stops at
 /// each tick with the old and new value, the list shows the hits, refused
@@ -240,7 +229,7 @@ fn watch_session(mode: &str) {
         return;
     }
     let g = create_guest(mode);
-    let rest: Vec<String> = [
+    let rest = [
         "continue 60",
         "watch known_counter",
         "delete 1",
@@ -254,10 +243,7 @@ fn watch_session(mode: &str) {
         "unwatch all",
         "watchpoints",
         "continue 60",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ];
     let out = session(&g, &["break known_tick"], &rest);
     let a = answer(&out, "watch known_counter");
     assert!(
@@ -295,15 +281,7 @@ fn watch_session(mode: &str) {
     assert!(tail.contains("the guest shut down"), "{tail}");
 }
 
-#[test]
-fn repl_watchpoints_on_pvh() {
-    watch_session("pvh");
-}
-
-#[test]
-fn repl_watchpoints_on_hvm() {
-    watch_session("hvm");
-}
+mode_tests!(watch_session: repl_watchpoints_on_pvh = "pvh", repl_watchpoints_on_hvm = "hvm");
 
 /// A number printed as `0x.. (N)`.
 fn number(a: &str) -> u64 {
@@ -322,7 +300,7 @@ fn repl_snapshots_on_pv() {
         return;
     }
     let g = create_guest_with("pv", &["extra=\"known.spin=1\""]);
-    let rest: Vec<String> = [
+    let rest = [
         "pause",
         "snapshot take a",
         "print *(u64*)&known_counter * 1",
@@ -334,10 +312,7 @@ fn repl_snapshots_on_pv() {
         "snapshot list",
         "snapshot drop b",
         "snapshot restore b",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ];
     let out = session(&g, &["info"], &rest);
     let _ = g.destroy();
     assert!(

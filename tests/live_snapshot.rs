@@ -15,18 +15,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use xenprobe::vmi::{fork, Domain, Error, MemoryImage, Registers, ShutdownReason, Xen};
-use xenprobe_tests::{same_memory, sym, wait_breakpoint, wait_shutdown, xen, Guest};
+use xenprobe_tests::{
+    env_num, mode_tests, same_memory, sym, wait_breakpoint, wait_shutdown, xen, Guest,
+};
 
 /// Restore rounds by default: 1,000 take minutes in the emulated lab under
 /// load (~0.1-0.4 s a round); `XENPROBE_SNAPSHOT_ROUNDS=1000` runs the full count.
 const DEFAULT_ROUNDS: u64 = 50;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Runs a fresh guest to the first `known_tick` (breakpoint removed there)
 /// and returns it stopped, with a breakpoint on `known_checkpoint`.
@@ -110,11 +105,7 @@ fn restore_rounds(mode: &str) {
         matches!(reason, ShutdownReason::Poweroff | ShutdownReason::Destroyed),
         "{reason:?}"
     );
-    let log = g.console_after("EXIT");
-    assert!(
-        log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
-        "guest did not finish normally after the restores:\n{log}"
-    );
+    g.assert_known_finished("guest did not finish normally after the restores");
 }
 
 /// A snapshot saves every frame the domain owns: all of them without a
@@ -150,15 +141,10 @@ fn snapshot_frame_count(mode: &str) {
     dom.drop_snapshot();
 }
 
-#[test]
-fn snapshot_frame_count_pvh() {
-    snapshot_frame_count("pvh");
-}
-
-#[test]
-fn snapshot_frame_count_hvm() {
-    snapshot_frame_count("hvm");
-}
+mode_tests!(snapshot_frame_count:
+    snapshot_frame_count_pvh = "pvh",
+    snapshot_frame_count_hvm = "hvm",
+);
 
 /// PV restore rounds by default (each checks all guest memory twice: about
 /// 10 s a round in the loaded lab); `XENPROBE_SNAPSHOT_ROUNDS` overrides.
@@ -284,27 +270,14 @@ fn pv_restore_rounds(xen: &Xen, g: &Guest, rounds: u64) {
     dom.write_virt(spin, &0u64.to_le_bytes())
         .expect("clear known_spin");
     dom.detach().expect("detach (resumes the guest)");
-    let log = g.console_after("EXIT");
-    assert!(
-        log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
-        "guest did not finish normally after the restores:\n{log}"
-    );
+    g.assert_known_finished("guest did not finish normally after the restores");
 }
 
-#[test]
-fn restore_rounds_hvm() {
-    restore_rounds("hvm");
-}
-
-#[test]
-fn restore_rounds_pvh() {
-    restore_rounds("pvh");
-}
-
-#[test]
-fn restore_rounds_pv() {
-    restore_rounds("pv");
-}
+mode_tests!(restore_rounds:
+    restore_rounds_hvm = "hvm",
+    restore_rounds_pvh = "pvh",
+    restore_rounds_pv = "pv",
+);
 
 /// Save a snapshot file at the first `known_tick`, let the guest finish,
 /// destroy it, recreate the domain from the same config, load the file:
@@ -400,11 +373,7 @@ fn file_round_trip(mode: &str) {
         matches!(reason, ShutdownReason::Poweroff | ShutdownReason::Destroyed),
         "{reason:?}"
     );
-    let log = g.console_after("EXIT");
-    assert!(
-        log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
-        "loaded guest did not finish like the original:\n{log}"
-    );
+    g.assert_known_finished("loaded guest did not finish like the original");
 }
 
 /// A file removed on drop (snapshot files live in dom0's tmpfs, i.e. RAM).
@@ -416,20 +385,11 @@ impl Drop for TempFile {
     }
 }
 
-#[test]
-fn snapshot_file_round_trip_hvm() {
-    file_round_trip("hvm");
-}
-
-#[test]
-fn snapshot_file_round_trip_pvh() {
-    file_round_trip("pvh");
-}
-
-#[test]
-fn snapshot_file_round_trip_pv() {
-    file_round_trip("pv");
-}
+mode_tests!(file_round_trip:
+    snapshot_file_round_trip_hvm = "hvm",
+    snapshot_file_round_trip_pvh = "pvh",
+    snapshot_file_round_trip_pv = "pv",
+);
 
 /// The two ways back to a saved state: log-dirty restore always, VM
 /// forks where the hypervisor forks (Intel VT-x; elsewhere skipped with the
@@ -494,12 +454,4 @@ fn exercise_backend(
     }
 }
 
-#[test]
-fn snapshot_backends_hvm() {
-    backends("hvm");
-}
-
-#[test]
-fn snapshot_backends_pvh() {
-    backends("pvh");
-}
+mode_tests!(backends: snapshot_backends_hvm = "hvm", snapshot_backends_pvh = "pvh");

@@ -6,14 +6,15 @@
 //! Without `/dev/xen/privcmd` every test fails with the reason, unless
 //! `XENPROBE_ALLOW_NO_XEN=1`, in which case it prints `SKIP` and returns.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use xenprobe::vmi::{
     BreakpointInsnKind, Domain, Error, Event, GuestKind, MemoryImage, Registers, ShutdownReason,
     Xen, RFLAGS_TF,
 };
-use xenprobe_tests::{guests_dir, same_memory, sym, wait_shutdown, xen, Guest, WAIT};
+use xenprobe_tests::{guests_dir, mode_tests, same_memory, sym, wait_shutdown, xen, Guest, WAIT};
 
 /// `known_buffer` in guests/known/src/main.rs.
 const KNOWN_BUFFER: &[u8; 64] =
@@ -163,20 +164,7 @@ fn syms_image_boundary(dom: &mut Domain) -> u64 {
     panic!("no mapped page boundary near known_counter/known_buffer");
 }
 
-#[test]
-fn inspect_hvm() {
-    inspect("hvm");
-}
-
-#[test]
-fn inspect_pvh() {
-    inspect("pvh");
-}
-
-#[test]
-fn inspect_pv() {
-    inspect("pv");
-}
+mode_tests!(inspect: inspect_hvm = "hvm", inspect_pvh = "pvh", inspect_pv = "pv");
 
 /// Breakpoints: hit counts, arguments, stepping, register changes that alter
 /// the guest's result, conditions, and a clean run to the end.
@@ -329,20 +317,7 @@ fn step_three(dom: &mut Domain, vcpu: u32, tick: u64) {
     }
 }
 
-#[test]
-fn breakpoints_hvm() {
-    breakpoints("hvm");
-}
-
-#[test]
-fn breakpoints_pvh() {
-    breakpoints("pvh");
-}
-
-#[test]
-fn breakpoints_pv() {
-    breakpoints("pv");
-}
+mode_tests!(breakpoints: breakpoints_hvm = "hvm", breakpoints_pvh = "pvh", breakpoints_pv = "pv");
 
 /// A condition filters stops; hits still count every call.
 #[test]
@@ -362,6 +337,20 @@ fn conditional_breakpoint_hvm() {
     assert_eq!(dom.breakpoint_hits(bp).expect("hits"), 10);
 }
 
+/// Adds a breakpoint at `known_tick`; false (the test `what` is skipped,
+/// with a SKIP line) where the hypervisor has no PV breakpoints.
+fn tick_breakpoint(dom: &mut Domain, mode: &str, what: &str) -> bool {
+    let Err(e) = dom.add_breakpoint_at("known_tick") else {
+        return true;
+    };
+    assert!(
+        mode == "pv" && matches!(e, Error::Unsupported { .. }),
+        "{e}"
+    );
+    eprintln!("SKIP {mode} {what}: {e}");
+    false
+}
+
 /// A harness that vanishes without detaching (HVM: ring active with a vCPU
 /// waiting for an answer; PV: debugger pause and debugging on; both:
 /// breakpoint bytes planted, domain paused) is repaired by the next attach,
@@ -372,12 +361,7 @@ fn recovers_from_abandoned_attach(mode: &str) {
     let opcode;
     {
         let mut dom = g.attach(&xen);
-        if let Err(e) = dom.add_breakpoint_at("known_tick") {
-            assert!(
-                mode == "pv" && matches!(e, Error::Unsupported { .. }),
-                "{e}"
-            );
-            eprintln!("SKIP {mode} recovery: {e}");
+        if !tick_breakpoint(&mut dom, mode, "recovery") {
             return;
         }
         opcode = match dom.breakpoint_kind().expect("kind") {
@@ -407,22 +391,13 @@ fn recovers_from_abandoned_attach(mode: &str) {
     // undone. The guest finishes.
     let mut dom = g.attach(&xen);
     assert_clean_exit(wait_shutdown(&mut dom));
-    let log = g.console_after("EXIT");
-    assert!(
-        log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
-        "guest did not finish normally after recovery:\n{log}"
-    );
+    g.assert_known_finished("guest did not finish normally after recovery");
 }
 
-#[test]
-fn recovers_from_abandoned_attach_hvm() {
-    recovers_from_abandoned_attach("hvm");
-}
-
-#[test]
-fn recovers_from_abandoned_attach_pv() {
-    recovers_from_abandoned_attach("pv");
-}
+mode_tests!(recovers_from_abandoned_attach:
+    recovers_from_abandoned_attach_hvm = "hvm",
+    recovers_from_abandoned_attach_pv = "pv",
+);
 
 /// First byte of known_tick read through libxenforeignmemory directly,
 /// without attaching (attaching would repair the domain).
@@ -430,17 +405,7 @@ fn attach_raw_peek(xen: &Xen, g: &Guest) -> u8 {
     let syms = xenprobe::vmi::Symbols::load(g.image()).expect("symbols");
     let tick = syms.require("known_tick").expect("known_tick");
     let domid = xen.find(g.name()).expect("find").domid;
-    let frame = xen
-        .ctrl()
-        .translate_foreign_address(domid, 0, tick)
-        .expect("translate");
-    let fmem = xenprobe::xen::ForeignMemory::open().expect("fmem");
-    let map = fmem
-        .map(domid, xenprobe::xen::Prot::Read, &[frame])
-        .expect("map");
-    let mut b = [0u8];
-    map.read((tick & 0xfff) as usize, &mut b).expect("read");
-    b[0]
+    raw_peek(xen, domid, tick, 1)[0]
 }
 
 /// Detaching while stopped (on a breakpoint, mid-step) restores the bytes,
@@ -449,12 +414,7 @@ fn detach_while_stopped(mode: &str) {
     let Some(xen) = xen() else { return };
     let g = Guest::create("vmi", mode);
     let mut dom = g.attach(&xen);
-    if let Err(e) = dom.add_breakpoint_at("known_tick") {
-        assert!(
-            mode == "pv" && matches!(e, Error::Unsupported { .. }),
-            "{e}"
-        );
-        eprintln!("SKIP {mode} detach: {e}");
+    if !tick_breakpoint(&mut dom, mode, "detach") {
         return;
     }
     dom.add_breakpoint_at("known_compute").expect("bp compute");
@@ -465,22 +425,10 @@ fn detach_while_stopped(mode: &str) {
     assert!(matches!(ev, Event::Breakpoint { hits: 1, .. }), "{ev:?}");
     dom.step(0).expect("step");
     dom.detach().expect("detach");
-    let log = g.console_after("EXIT");
-    assert!(
-        log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
-        "guest did not finish normally after detach:\n{log}"
-    );
+    g.assert_known_finished("guest did not finish normally after detach");
 }
 
-#[test]
-fn detach_while_stopped_pvh() {
-    detach_while_stopped("pvh");
-}
-
-#[test]
-fn detach_while_stopped_pv() {
-    detach_while_stopped("pv");
-}
+mode_tests!(detach_while_stopped: detach_while_stopped_pvh = "pvh", detach_while_stopped_pv = "pv");
 
 /// Log-dirty reports the page the guest writes (known_counter) and not a
 /// page it only reads (known_buffer).
@@ -539,15 +487,7 @@ fn log_dirty(mode: &str) {
     assert_clean_exit(wait_shutdown(&mut dom));
 }
 
-#[test]
-fn log_dirty_hvm() {
-    log_dirty("hvm");
-}
-
-#[test]
-fn log_dirty_pv() {
-    log_dirty("pv");
-}
+mode_tests!(log_dirty: log_dirty_hvm = "hvm", log_dirty_pv = "pv");
 
 /// Helper process for `ctrl_c_restores_guest`: attaches, stops at a
 /// breakpoint and sleeps until interrupted.
@@ -564,6 +504,13 @@ fn ctrl_c_child() {
     dom.load_symbols(guests_dir().join("known-hvm"))
         .expect("symbols");
     dom.add_breakpoint_at("known_tick").expect("bp");
+    ready_at_breakpoint(&xen, dom)
+}
+
+/// A child test's end: unpauses the created guest, waits for a breakpoint
+/// of `dom`, prints READY (what [`spawn_child`] waits for) and sleeps until
+/// the parent stops the process.
+fn ready_at_breakpoint(xen: &Xen, mut dom: Domain) -> ! {
     xen.ctrl()
         .domain_unpause(dom.id())
         .expect("unpause created guest");
@@ -575,16 +522,13 @@ fn ctrl_c_child() {
     }
 }
 
-/// SIGINT to a process stopped at a breakpoint: the handler repairs the
-/// domain (bytes, ring, waiting vCPU, pauses) and the guest finishes.
-#[test]
-fn ctrl_c_restores_guest() {
-    use std::io::{BufRead, BufReader};
-    let Some(_xen) = xen() else { return };
-    let g = Guest::create("vmi", "hvm");
+/// Starts this binary's ignored test `test` in a child process with the
+/// environment `envs`, and reads its output until it prints READY (false:
+/// it ended without).
+fn spawn_child(test: &str, envs: &[(&str, &str)]) -> (Child, bool) {
     let mut child = Command::new(std::env::current_exe().expect("exe"))
-        .args(["--exact", "ctrl_c_child", "--ignored", "--nocapture"])
-        .env("XENPROBE_TEST_GUEST", g.name())
+        .args(["--exact", test, "--ignored", "--nocapture"])
+        .envs(envs.iter().copied())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn child");
@@ -593,6 +537,16 @@ fn ctrl_c_restores_guest() {
         .lines()
         .map_while(|l| l.ok())
         .any(|l| l.contains("READY"));
+    (child, ready)
+}
+
+/// SIGINT to a process stopped at a breakpoint: the handler repairs the
+/// domain (bytes, ring, waiting vCPU, pauses) and the guest finishes.
+#[test]
+fn ctrl_c_restores_guest() {
+    let Some(_xen) = xen() else { return };
+    let g = Guest::create("vmi", "hvm");
+    let (mut child, ready) = spawn_child("ctrl_c_child", &[("XENPROBE_TEST_GUEST", g.name())]);
     assert!(ready, "child did not reach the breakpoint");
     let t0 = Instant::now();
     let kill = Command::new("kill")
@@ -603,11 +557,7 @@ fn ctrl_c_restores_guest() {
     let status = child.wait().expect("child exit");
     eprintln!("child exited {status:?} {:?} after SIGINT", t0.elapsed());
     assert_eq!(status.code(), Some(130), "handler exits with 130");
-    let log = g.console_after("EXIT");
-    assert!(
-        log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
-        "guest did not finish normally after Ctrl-C:\n{log}"
-    );
+    g.assert_known_finished("guest did not finish normally after Ctrl-C");
 }
 
 /// Snapshot at the first `known_tick`, run to `known_checkpoint`, restore,
@@ -687,27 +637,14 @@ fn snapshot_restore(mode: &str) {
     dom.remove_breakpoint(check).expect("remove");
     dom.resume().expect("resume");
     assert_clean_exit(wait_shutdown(&mut dom));
-    let log = g.console_after("EXIT");
-    assert!(
-        log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
-        "guest did not finish normally after restores:\n{log}"
-    );
+    g.assert_known_finished("guest did not finish normally after restores");
 }
 
-#[test]
-fn snapshot_restore_hvm() {
-    snapshot_restore("hvm");
-}
-
-#[test]
-fn snapshot_restore_pvh() {
-    snapshot_restore("pvh");
-}
-
-#[test]
-fn snapshot_restore_pv() {
-    snapshot_restore("pv");
-}
+mode_tests!(snapshot_restore:
+    snapshot_restore_hvm = "hvm",
+    snapshot_restore_pvh = "pvh",
+    snapshot_restore_pv = "pv",
+);
 
 /// Bytes of the guest image at virtual address `va` (from its ELF program
 /// headers: the code as built, without any breakpoint).
@@ -765,15 +702,7 @@ fn sigkill_child() {
     dom.add_breakpoint_at("known_tick").expect("bp tick");
     dom.add_breakpoint_at("known_checkpoint")
         .expect("bp checkpoint");
-    xen.ctrl()
-        .domain_unpause(dom.id())
-        .expect("unpause created guest");
-    let ev = dom.wait_event(WAIT).expect("wait");
-    assert!(matches!(ev, Event::Breakpoint { .. }), "{ev:?}");
-    println!("READY");
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    ready_at_breakpoint(&xen, dom)
 }
 
 /// SIGKILL a harness process that holds breakpoints, the vm_event ring (PV:
@@ -783,7 +712,6 @@ fn sigkill_child() {
 /// to its normal exit. The guest is created with `on_poweroff="preserve"`
 /// so that its memory can still be read after it exits.
 fn sigkill_then_attach(mode: &str) {
-    use std::io::{BufRead, BufReader};
     let Some(xen) = xen() else { return };
     if mode == "pv" {
         let caps =
@@ -802,18 +730,13 @@ fn sigkill_then_attach(mode: &str) {
             (va, elf_bytes(g.image(), va, 16))
         })
         .collect();
-    let mut child = Command::new(std::env::current_exe().expect("exe"))
-        .args(["--exact", "sigkill_child", "--ignored", "--nocapture"])
-        .env("XENPROBE_TEST_GUEST", g.name())
-        .env("XENPROBE_TEST_MODE", mode)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn child");
-    let stdout = child.stdout.take().expect("stdout");
-    let ready = BufReader::new(stdout)
-        .lines()
-        .map_while(|l| l.ok())
-        .any(|l| l.contains("READY"));
+    let (mut child, ready) = spawn_child(
+        "sigkill_child",
+        &[
+            ("XENPROBE_TEST_GUEST", g.name()),
+            ("XENPROBE_TEST_MODE", mode),
+        ],
+    );
     assert!(ready, "{mode}: child did not reach the breakpoint");
     child.kill().expect("SIGKILL the child"); // Child::kill sends SIGKILL
     let status = child.wait().expect("child exit");
@@ -863,11 +786,9 @@ fn sigkill_then_attach(mode: &str) {
         );
     }
     dom.detach().expect("detach");
-    let log = g.console_after("EXIT");
-    assert!(
-        log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
-        "{mode}: guest did not finish normally after the SIGKILL:\n{log}"
-    );
+    g.assert_known_finished(&format!(
+        "{mode}: guest did not finish normally after the SIGKILL"
+    ));
 }
 
 fn libc_sigkill() -> i32 {
@@ -878,20 +799,11 @@ fn libc_ebusy() -> i32 {
     16
 }
 
-#[test]
-fn sigkill_then_attach_hvm() {
-    sigkill_then_attach("hvm");
-}
-
-#[test]
-fn sigkill_then_attach_pvh() {
-    sigkill_then_attach("pvh");
-}
-
-#[test]
-fn sigkill_then_attach_pv() {
-    sigkill_then_attach("pv");
-}
+mode_tests!(sigkill_then_attach:
+    sigkill_then_attach_hvm = "hvm",
+    sigkill_then_attach_pvh = "pvh",
+    sigkill_then_attach_pv = "pv",
+);
 
 /// PV: hash of the guest image's loaded segments (code, read-only data,
 /// data, bss with the boot stack) as they are in the running guest's
@@ -1033,17 +945,8 @@ fn caps_on_running_guest(mode: &str) {
     assert!(log.contains("EXIT 25"), "{mode}: after caps:\n{log}");
 }
 
-#[test]
-fn caps_on_running_guest_hvm() {
-    caps_on_running_guest("hvm");
-}
-
-#[test]
-fn caps_on_running_guest_pvh() {
-    caps_on_running_guest("pvh");
-}
-
-#[test]
-fn caps_on_running_guest_pv() {
-    caps_on_running_guest("pv");
-}
+mode_tests!(caps_on_running_guest:
+    caps_on_running_guest_hvm = "hvm",
+    caps_on_running_guest_pvh = "pvh",
+    caps_on_running_guest_pv = "pv",
+);

@@ -10,8 +10,8 @@
 
 use std::time::Instant;
 
-use xenprobe::vmi::{Domain, Error, Event, ShutdownReason, WatchKind};
-use xenprobe_tests::{wait_shutdown, xen, Guest, WAIT};
+use xenprobe::vmi::{BreakpointId, Domain, Error, Event, ShutdownReason, WatchKind, Xen};
+use xenprobe_tests::{mode_tests, wait_shutdown, xen, Guest, WAIT};
 
 /// The guest stays (shut down, inspectable) after its end: once the harness
 /// lets go, a fast guest may finish before the test looks at its registers.
@@ -21,6 +21,21 @@ fn u64_of(b: &[u8]) -> u64 {
     let mut v = [0u8; 8];
     v[..b.len()].copy_from_slice(b);
     u64::from_le_bytes(v)
+}
+
+/// Lets the created (paused) guest run to the breakpoint `bp` at
+/// `known_tick`, removes it, and returns the guest's own debug registers.
+fn run_to_tick(xen: &Xen, dom: &mut Domain, bp: BreakpointId) -> [u64; 5] {
+    dom.resume().expect("resume");
+    xen.ctrl()
+        .domain_unpause(dom.id())
+        .expect("unpause created guest");
+    match dom.wait_event(WAIT).expect("wait") {
+        Event::Breakpoint { id, .. } if id == bp => {}
+        other => panic!("expected the known_tick breakpoint, got {other:?}"),
+    }
+    dom.remove_breakpoint(bp).expect("remove breakpoint");
+    drs(dom)
 }
 
 /// Debug registers of vCPU 0 (DR0-3, DR7).
@@ -67,16 +82,7 @@ fn watchpoints(mode: &str) {
         }
         Err(e) => panic!("add_breakpoint_at(known_tick): {e}"),
     };
-    dom.resume().expect("resume");
-    xen.ctrl()
-        .domain_unpause(dom.id())
-        .expect("unpause created guest");
-    match dom.wait_event(WAIT).expect("wait") {
-        Event::Breakpoint { id, .. } if id == bp => {}
-        other => panic!("expected the known_tick breakpoint, got {other:?}"),
-    }
-    dom.remove_breakpoint(bp).expect("remove breakpoint");
-    let guest_drs = drs(&dom);
+    let guest_drs = run_to_tick(&xen, &mut dom, bp);
 
     // Refused shapes leave the debug registers as they were.
     let e = dom
@@ -173,31 +179,24 @@ fn watchpoints(mode: &str) {
     // Detach with the watch armed: the guest's registers come back, the
     // guest runs to its clean end without seeing a #DB.
     dom.detach().expect("detach");
-    let mut dom = Domain::attach(&xen, g.name()).expect("attach again");
+    let dom = Domain::attach(&xen, g.name()).expect("attach again");
+    runs_to_clean_end(mode, dom, guest_drs, "");
+}
+
+/// A freshly attached `dom` has the guest's debug registers `guest_drs`
+/// back, and the guest runs to a clean exit (`when` ends the message).
+fn runs_to_clean_end(mode: &str, mut dom: Domain, guest_drs: [u64; 5], when: &str) {
     dom.pause().expect("pause");
     assert_restored(mode, &dom, guest_drs);
     dom.resume().expect("resume");
     let reason = wait_shutdown(&mut dom);
     assert!(
         matches!(reason, ShutdownReason::Poweroff | ShutdownReason::Destroyed),
-        "expected a clean exit, got {reason:?}"
+        "expected a clean exit{when}, got {reason:?}"
     );
 }
 
-#[test]
-fn watchpoints_pvh() {
-    watchpoints("pvh");
-}
-
-#[test]
-fn watchpoints_hvm() {
-    watchpoints("hvm");
-}
-
-#[test]
-fn watchpoints_pv() {
-    watchpoints("pv");
-}
+mode_tests!(watchpoints: watchpoints_pvh = "pvh", watchpoints_hvm = "hvm", watchpoints_pv = "pv");
 
 /// A harness that vanishes with a watchpoint armed (no detach, no drop) is
 /// repaired by the next attach: the guest's debug registers come back from
@@ -209,16 +208,7 @@ fn recovers_from_abandoned_watch(mode: &str) {
     {
         let mut dom = g.attach(&xen);
         let bp = dom.add_breakpoint_at("known_tick").expect("breakpoint");
-        dom.resume().expect("resume");
-        xen.ctrl()
-            .domain_unpause(dom.id())
-            .expect("unpause created guest");
-        match dom.wait_event(WAIT).expect("wait") {
-            Event::Breakpoint { id, .. } if id == bp => {}
-            other => panic!("expected the known_tick breakpoint, got {other:?}"),
-        }
-        dom.remove_breakpoint(bp).expect("remove breakpoint");
-        guest_drs = drs(&dom);
+        guest_drs = run_to_tick(&xen, &mut dom, bp);
         let counter = dom.symbol("known_counter").expect("known_counter");
         dom.add_watchpoint(counter, 8, WatchKind::Write)
             .expect("watchpoint");
@@ -229,23 +219,11 @@ fn recovers_from_abandoned_watch(mode: &str) {
         // Vanish: the watchpoint stays armed, a vCPU waits for its answer.
         std::mem::forget(dom);
     }
-    let mut dom = Domain::attach(&xen, g.name()).expect("attach repairs");
-    dom.pause().expect("pause");
-    assert_restored(mode, &dom, guest_drs);
-    dom.resume().expect("resume");
-    let reason = wait_shutdown(&mut dom);
-    assert!(
-        matches!(reason, ShutdownReason::Poweroff | ShutdownReason::Destroyed),
-        "expected a clean exit after the repair, got {reason:?}"
-    );
+    let dom = Domain::attach(&xen, g.name()).expect("attach repairs");
+    runs_to_clean_end(mode, dom, guest_drs, " after the repair");
 }
 
-#[test]
-fn recovers_from_abandoned_watch_pvh() {
-    recovers_from_abandoned_watch("pvh");
-}
-
-#[test]
-fn recovers_from_abandoned_watch_hvm() {
-    recovers_from_abandoned_watch("hvm");
-}
+mode_tests!(recovers_from_abandoned_watch:
+    recovers_from_abandoned_watch_pvh = "pvh",
+    recovers_from_abandoned_watch_hvm = "hvm",
+);

@@ -23,7 +23,7 @@ use libafl::state::{HasCorpus, HasExecutions, StdState};
 use libafl::HasMetadata;
 use libafl_bolts::rands::StdRand;
 use libafl_bolts::tuples::{tuple_list, Merge};
-use xenprobe::vmi::{RegisterReset, RestoreOptions, RestoreStrategy};
+use xenprobe::vmi::{RegisterReset, RestoreOptions, RestoreStrategy, SnapshotCheck};
 
 use crate::campaign::{CampaignOptions, TimeSplit};
 use crate::executor::XenExecutor;
@@ -90,77 +90,73 @@ pub fn modes(spin: Duration) -> Vec<Mode> {
         strategy,
         registers,
     };
+    // A row without a target, not spinning.
+    let row = |name: &str, restore, persistent, exact| Mode {
+        name: name.into(),
+        restore,
+        persistent,
+        spin: Duration::ZERO,
+        target: "",
+        exact,
+        min_ratio: None,
+        min_rate: None,
+    };
     let peek = RestoreStrategy::PeekCleanEvery(1000);
+    let clean = RestoreStrategy::CleanEveryRun;
     let mut v = vec![
         Mode {
-            name: "floor: no memory reset, vCPU in the reply".into(),
-            restore: opts(peek, RegisterReset::EventReply),
-            persistent: u32::MAX,
-            spin: Duration::ZERO,
             target: "1.00x (baseline)",
-            exact: false,
-            min_ratio: None,
-            min_rate: None,
+            ..row(
+                "floor: no memory reset, vCPU in the reply",
+                opts(peek, RegisterReset::EventReply),
+                u32::MAX,
+                false,
+            )
         },
+        row(
+            "no memory reset, setcontext",
+            opts(peek, RegisterReset::Context),
+            u32::MAX,
+            false,
+        ),
+        row(
+            "clean every run + setcontext (session 1)",
+            opts(clean, RegisterReset::Context),
+            1,
+            true,
+        ),
+        row(
+            "clean every run + vCPU in the reply",
+            opts(clean, RegisterReset::EventReply),
+            1,
+            true,
+        ),
+        row(
+            "peek, clean every 1000 + setcontext",
+            opts(peek, RegisterReset::Context),
+            1,
+            true,
+        ),
         Mode {
-            name: "no memory reset, setcontext".into(),
-            restore: opts(peek, RegisterReset::Context),
-            persistent: u32::MAX,
-            spin: Duration::ZERO,
-            target: "",
-            exact: false,
-            min_ratio: None,
-            min_rate: None,
-        },
-        Mode {
-            name: "clean every run + setcontext (session 1)".into(),
-            restore: opts(RestoreStrategy::CleanEveryRun, RegisterReset::Context),
-            persistent: 1,
-            spin: Duration::ZERO,
-            target: "",
-            exact: true,
-            min_ratio: None,
-            min_rate: None,
-        },
-        Mode {
-            name: "clean every run + vCPU in the reply".into(),
-            restore: opts(RestoreStrategy::CleanEveryRun, RegisterReset::EventReply),
-            persistent: 1,
-            spin: Duration::ZERO,
-            target: "",
-            exact: true,
-            min_ratio: None,
-            min_rate: None,
-        },
-        Mode {
-            name: "peek, clean every 1000 + setcontext".into(),
-            restore: opts(peek, RegisterReset::Context),
-            persistent: 1,
-            spin: Duration::ZERO,
-            target: "",
-            exact: true,
-            min_ratio: None,
-            min_rate: None,
-        },
-        Mode {
-            name: "peek, clean every 1000 + vCPU in reply".into(),
-            restore: opts(peek, RegisterReset::EventReply),
-            persistent: 1,
-            spin: Duration::ZERO,
             target: ">= 0.5x and >= 2500/s",
-            exact: true,
             min_ratio: Some(0.5),
             min_rate: Some(2500.0),
+            ..row(
+                "peek, clean every 1000 + vCPU in reply",
+                opts(peek, RegisterReset::EventReply),
+                1,
+                true,
+            )
         },
         Mode {
-            name: "persistent 100 (peek + reply)".into(),
-            restore: opts(peek, RegisterReset::EventReply),
-            persistent: 100,
-            spin: Duration::ZERO,
             target: ">= 0.85x",
-            exact: false,
             min_ratio: Some(0.85),
-            min_rate: None,
+            ..row(
+                "persistent 100 (peek + reply)",
+                opts(peek, RegisterReset::EventReply),
+                100,
+                false,
+            )
         },
     ];
     if !spin.is_zero() {
@@ -268,28 +264,13 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Row>> {
 fn measure(s: &mut Session, opts: &BenchOptions) -> Result<Vec<Row>> {
     // Warm-up: every coverage breakpoint these inputs reach is hit (and
     // removed) once; keep the inputs that end normally.
-    let all = generate_inputs(opts.inputs.max(1), 0x5eed);
-    let exact_default = modes(Duration::ZERO)[5].restore;
-    s.set_mode(exact_default, 1, Duration::ZERO);
-    for inp in &all {
-        s.run(inp)?;
-    }
-    let mut inputs = Vec::new();
-    for inp in &all {
-        if matches!(s.run(inp)?.0, Outcome::Ok) {
-            inputs.push(inp.clone());
-        }
-    }
-    anyhow::ensure!(
-        !inputs.is_empty(),
-        "none of the {} generated inputs ends normally",
-        all.len()
-    );
+    let generated = opts.inputs.max(1);
+    let inputs = normal_inputs(s, generated, Duration::ZERO)?;
     eprintln!(
         "[bench] {}: {} of {} inputs end normally; up to {} execs or {:?} per mode per round, {} rounds",
         s.name(),
         inputs.len(),
-        all.len(),
+        generated,
         opts.execs,
         opts.batch,
         opts.rounds
@@ -328,13 +309,7 @@ fn measure(s: &mut Session, opts: &BenchOptions) -> Result<Vec<Row>> {
             if opts.check && round == 0 {
                 let c = s.check_reset()?;
                 if !c.exact() {
-                    eprintln!(
-                        "[bench] {}: NOT EXACT: {} frames differ ({}), cpu fields {:?}",
-                        m.name,
-                        c.frames_differ.len(),
-                        gfn_list(&c.frames_differ),
-                        c.cpu_differ
-                    );
+                    eprintln!("[bench] {}: NOT EXACT: {}", m.name, differences(&c));
                 }
                 row.exact = Some(c.exact());
             }
@@ -718,12 +693,7 @@ fn compare_in(
         s.run(&inputs[0])?;
         let c = s.check_reset()?;
         if !c.exact() {
-            eprintln!(
-                "[bench] xenprobe's reset is NOT EXACT: {} frames differ ({}), cpu fields {:?}",
-                c.frames_differ.len(),
-                gfn_list(&c.frames_differ),
-                c.cpu_differ
-            );
+            eprintln!("[bench] xenprobe's reset is NOT EXACT: {}", differences(&c));
         }
         rows[XP_EXACT].exact(c.exact());
         Ok(())
@@ -737,8 +707,15 @@ fn compare_in(
 /// The loops' inputs: generated, kept if they end normally once every
 /// coverage breakpoint they reach is gone (a warm-up run of each first).
 fn pick_inputs(s: &mut Session, opts: &FloorOptions) -> Result<Vec<Vec<u8>>> {
-    s.set_mode(modes(Duration::ZERO)[5].restore, 1, opts.spin);
-    let all = generate_inputs(opts.inputs.max(1), 0x5eed);
+    normal_inputs(s, opts.inputs.max(1), opts.spin)
+}
+
+/// `n` generated inputs, run once each in the exact mode (event spin
+/// `spin`) to hit and remove the coverage breakpoints they reach, then
+/// kept if a second run ends normally.
+fn normal_inputs(s: &mut Session, n: usize, spin: Duration) -> Result<Vec<Vec<u8>>> {
+    s.set_mode(modes(Duration::ZERO)[5].restore, 1, spin);
+    let all = generate_inputs(n, 0x5eed);
     for inp in &all {
         s.run(inp)?;
     }
@@ -1004,6 +981,17 @@ pub fn print_comparison(guest: &str, rows: &[FloorRow]) {
 }
 
 /// The first frames of a list, in hex (for a message).
+/// What a reset check found different: frames (the first few) and CPU
+/// fields.
+fn differences(c: &SnapshotCheck) -> String {
+    format!(
+        "{} frames differ ({}), cpu fields {:?}",
+        c.frames_differ.len(),
+        gfn_list(&c.frames_differ),
+        c.cpu_differ
+    )
+}
+
 fn gfn_list(frames: &[u64]) -> String {
     let mut l: Vec<String> = frames
         .iter()

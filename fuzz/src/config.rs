@@ -367,13 +367,7 @@ pub fn load(path: &Path, work: &Path) -> Result<Loaded, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tmp(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("xenprobe-config-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("tmp");
-        d
-    }
+    use crate::testutil::fresh_tmp_dir;
 
     #[test]
     fn the_example_config_parses_and_names_an_abi_guest() {
@@ -415,7 +409,7 @@ mod tests {
 
     #[test]
     fn kernel_configs_say_what_is_wrong() {
-        let d = tmp("kernel");
+        let d = fresh_tmp_dir("config-kernel");
         std::fs::write(d.join("vmlinux"), b"x").expect("vmlinux");
         std::fs::write(d.join("m.ko"), b"x").expect("ko");
         std::fs::write(d.join("g.cfg"), "name=\"g\"\n").expect("cfg");
@@ -459,7 +453,7 @@ mod tests {
 
     #[test]
     fn resolves_paths_symbols_and_a_generated_xl_config() {
-        let d = tmp("resolve");
+        let d = fresh_tmp_dir("config-resolve");
         std::fs::write(d.join("img"), b"\x7fELF").expect("img");
         std::fs::create_dir_all(d.join("seeds")).expect("seeds");
         let path = d.join("my-guest.toml");
@@ -498,7 +492,7 @@ input_format = "tlv-records"
 
     #[test]
     fn bad_configs_say_what_is_wrong() {
-        let d = tmp("bad");
+        let d = fresh_tmp_dir("config-bad");
         std::fs::write(d.join("img"), b"x").expect("img");
         let path = d.join("g.toml");
         let err =

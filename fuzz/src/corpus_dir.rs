@@ -95,18 +95,12 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::fresh_tmp_dir;
     use libafl::corpus::{InMemoryCorpus, Testcase};
-
-    fn tmpdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("xenprobe-corpus-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("tmp dir");
-        d
-    }
 
     #[test]
     fn saves_each_new_entry_once_and_reads_them_back() {
-        let d = tmpdir("save");
+        let d = fresh_tmp_dir("corpus-save");
         let mut corpus = InMemoryCorpus::<BytesInput>::new();
         let mut cd = CorpusDir::new(&d);
         corpus
@@ -133,7 +127,7 @@ mod tests {
     /// is written when it is found again, and the leftovers are not inputs.
     #[test]
     fn a_killed_writers_leftovers_do_not_stop_the_entry_being_written() {
-        let d = tmpdir("leftover");
+        let d = fresh_tmp_dir("corpus-leftover");
         let input = BytesInput::new(b"found again".to_vec());
         let name = input.generate_name(None);
         std::fs::write(d.join(format!(".{name}")), "1").expect("lock");

@@ -439,9 +439,7 @@ mod tests {
 
     #[test]
     fn job_configs_get_distinct_names() {
-        let d = std::env::temp_dir().join(format!("xenprobe-jobs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("tmp");
+        let d = crate::testutil::fresh_tmp_dir("jobs");
         let cfg = d.join("g.cfg");
         std::fs::write(&cfg, "name=\"tlv-pvh\"\ntype=\"pvh\"\n").expect("cfg");
         let p1 = job_cfg(&cfg, &d, 1).expect("job 1");

@@ -44,3 +44,18 @@ mod reporter;
 pub mod session;
 pub mod structured;
 pub mod timed;
+
+/// Helpers of the unit tests.
+#[cfg(test)]
+mod testutil {
+    use std::path::PathBuf;
+
+    /// An empty directory of the test's own: `xenprobe-NAME-PID` in the
+    /// system's temporary directory, emptied first.
+    pub(crate) fn fresh_tmp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("xenprobe-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("tmp dir");
+        d
+    }
+}

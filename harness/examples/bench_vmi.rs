@@ -166,28 +166,17 @@ fn basics(xen: &Xen, dom: &mut Domain, runs: usize) -> Result<()> {
     // The least a write can load: the save header and the one CPU record.
     let header = ctx.header().context("HVM context without a header")?;
     let small = xenprobe::xen::HvmContext::with_cpus(&header, &[(0, xc.hvm_cpu(id, 0)?)]);
-    let (rw, rw_raw) = time2(
-        runs,
-        || Ok(dom.set_regs(0, &regs)?),
-        || Ok(xc.set_hvm_context(id, &ctx)?),
-    )?;
-    row(
-        "register write (floor: setcontext)",
-        rw,
-        Some(rw_raw),
-        "<= 1.2x",
-    );
-    let (rw, rw_small) = time2(
-        runs,
-        || Ok(dom.set_regs(0, &regs)?),
-        || Ok(xc.set_hvm_context(id, &small)?),
-    )?;
-    row(
-        "register write (floor: CPU record only)",
-        rw,
-        Some(rw_small),
-        "<= 1.2x",
-    );
+    for (what, floor) in [
+        ("register write (floor: setcontext)", &ctx),
+        ("register write (floor: CPU record only)", &small),
+    ] {
+        let (rw, rw_floor) = time2(
+            runs,
+            || Ok(dom.set_regs(0, &regs)?),
+            || Ok(xc.set_hvm_context(id, floor)?),
+        )?;
+        row(what, rw, Some(rw_floor), "<= 1.2x");
+    }
     // A stop's usual pattern: read (not cached yet), change, write.
     let (rrw, rrw_raw) = time2(
         runs,

@@ -8,12 +8,12 @@
 //! Usage (in dom0): `stub_bench --cfg CFG --image ELF --port PORT --pages N --rounds R`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use xenprobe::vmi::{Domain, Event, Xen};
+use xenprobe::vmi::{BreakpointId, Domain, Event, Xen};
 
 struct Args {
     cfg: PathBuf,
@@ -80,18 +80,25 @@ impl Drop for Guest {
     }
 }
 
-/// Raw engine: 4 KiB reads of the image's pages, and breakpoint round trips
-/// at `known_tick`.
-fn raw(a: &Args, xen: &Xen) -> Result<()> {
-    let g = Guest::create(&a.cfg, "raw")?;
+/// Attaches to the created (paused) guest `g`, unpauses it and returns it
+/// stopped at its first `known_tick`, with that breakpoint.
+fn to_first_tick(xen: &Xen, g: &Guest, image: &Path) -> Result<(Domain, BreakpointId)> {
     let mut dom = Domain::attach(xen, g.0.as_str())?;
-    dom.load_symbols(&a.image)?;
+    dom.load_symbols(image)?;
     let tick = dom.add_breakpoint_at("known_tick")?;
     xl(&["unpause", &g.0])?;
     match dom.wait_event(Duration::from_secs(30))? {
         Event::Breakpoint { id, .. } if id == tick => {}
         other => bail!("the guest did not reach known_tick: {other:?}"),
     }
+    Ok((dom, tick))
+}
+
+/// Raw engine: 4 KiB reads of the image's pages, and breakpoint round trips
+/// at `known_tick`.
+fn raw(a: &Args, xen: &Xen) -> Result<()> {
+    let g = Guest::create(&a.cfg, "raw")?;
+    let (mut dom, tick) = to_first_tick(xen, &g, &a.image)?;
     let base = dom.symbols()?.entry() & !0xfff;
     let mut buf = vec![0u8; 4096];
     let t = Instant::now();
@@ -156,14 +163,7 @@ fn main() -> Result<()> {
     {
         // Boot it to its first known_tick (paging on, as for the raw
         // reads), then leave it paused by the toolstack between sessions.
-        let mut dom = Domain::attach(&xen, g.0.as_str())?;
-        dom.load_symbols(&a.image)?;
-        let tick = dom.add_breakpoint_at("known_tick")?;
-        xl(&["unpause", &g.0])?;
-        match dom.wait_event(Duration::from_secs(30))? {
-            Event::Breakpoint { id, .. } if id == tick => {}
-            other => bail!("the guest did not reach known_tick: {other:?}"),
-        }
+        let (mut dom, tick) = to_first_tick(&xen, &g, &a.image)?;
         dom.remove_breakpoint(tick)?;
         xl(&["pause", &g.0])?;
         // The stub's memory path without the protocol.

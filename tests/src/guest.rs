@@ -148,6 +148,18 @@ impl Guest {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+
+    /// The `known` sample ran to its normal end: its result line and
+    /// `EXIT 25` on the console (read once `EXIT` shows); else panics with
+    /// `failure` and the console.
+    #[track_caller]
+    pub fn assert_known_finished(&self, failure: &str) {
+        let log = self.console_after("EXIT");
+        assert!(
+            log.contains("KNOWN counter=10 state=3 result=25") && log.contains("EXIT 25"),
+            "{failure}:\n{log}"
+        );
+    }
 }
 
 impl Drop for Guest {

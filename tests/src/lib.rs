@@ -5,10 +5,25 @@ mod guest;
 
 use std::path::{Path, PathBuf};
 
-use xenprobe::vmi::Xen;
+use xenprobe::vmi::{SnapshotCheck, Xen};
 
 pub use domain::{same_memory, sym, wait_breakpoint, wait_shutdown, WAIT};
 pub use guest::Guest;
+
+/// One `#[test]` per guest mode, each calling `body(mode)`:
+/// `mode_tests!(inspect: inspect_hvm = "hvm", inspect_pv = "pv");` declares
+/// `inspect_hvm` (running `inspect("hvm")`) and `inspect_pv`.
+#[macro_export]
+macro_rules! mode_tests {
+    ($body:ident: $($name:ident = $mode:literal),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $body($mode);
+            }
+        )+
+    };
+}
 
 /// True in a Xen dom0. Elsewhere the test fails with the reason, or, when
 /// `XENPROBE_ALLOW_NO_XEN=1`, prints `SKIP` and returns false.
@@ -35,6 +50,30 @@ pub fn guests_dir() -> PathBuf {
     root().join("target/guests")
 }
 
+/// The sample guest image `name` (e.g. `tlv-pvh`), which must have been built.
+pub fn guest_image(name: &str) -> PathBuf {
+    let image = guests_dir().join(name);
+    assert!(
+        image.exists(),
+        "{} is missing: run cargo xtask guests build",
+        image.display()
+    );
+    image
+}
+
+/// Writes `work/guest.cfg`, an xl config of the PVH guest `name` booting
+/// `image` (32 MiB, one vCPU, kept after its end, a reboot or a crash), with
+/// the config lines `extra` after the kernel's; returns its path.
+pub fn write_pvh_cfg(work: &Path, name: &str, image: &Path, extra: &str) -> PathBuf {
+    let cfg = format!(
+        "name=\"{name}\"\ntype=\"pvh\"\nkernel=\"{}\"\n{extra}memory=32\nvcpus=1\non_poweroff=\"preserve\"\non_reboot=\"preserve\"\non_crash=\"preserve\"\n",
+        image.display()
+    );
+    let cfg_path = work.join("guest.cfg");
+    std::fs::write(&cfg_path, cfg).expect("write cfg");
+    cfg_path
+}
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -45,19 +84,53 @@ pub fn root() -> PathBuf {
 
 /// The `xenprobe` binary next to the test binary (`XENPROBE_BIN` overrides).
 pub fn xenprobe_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("XENPROBE_BIN") {
+    workspace_bin("xenprobe", "XENPROBE_BIN")
+}
+
+/// The binary `name` of the package `name`, next to the test binary (`cargo
+/// xtask test` builds the workspace's binaries first), or the path in
+/// `env_var`; the one next to the test binary must exist.
+pub fn workspace_bin(name: &str, env_var: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env_var) {
         return PathBuf::from(p);
     }
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|d| d.join("xenprobe"))
-        .expect("target dir");
+    let bin = beside_test_binary(name);
     assert!(
         bin.exists(),
-        "{} missing: run `cargo build -p xenprobe` (or set XENPROBE_BIN)",
+        "{} missing: run `cargo build -p {name}` (or set {env_var})",
         bin.display()
     );
     bin
+}
+
+/// Where the workspace's binary `name` is built: next to the test binary's
+/// `deps/` folder.
+pub fn beside_test_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .map(|d| d.join(name))
+        .expect("target dir")
+}
+
+/// The number in the environment variable `name`, or `default`.
+pub fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// What a reset check found different: frames (the first 8), CPU fields,
+/// hashes.
+pub fn reset_differences(c: &SnapshotCheck) -> String {
+    format!(
+        "{} of {} frames differ ({:x?}), CPU fields {:?}, hash {:#x} vs {:#x}",
+        c.frames_differ.len(),
+        c.frames,
+        &c.frames_differ[..c.frames_differ.len().min(8)],
+        c.cpu_differ,
+        c.hash_now,
+        c.hash_snapshot
+    )
 }

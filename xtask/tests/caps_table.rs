@@ -20,10 +20,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{run, text, xtask};
+use common::{run, text, workspace, xtask};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -58,13 +58,6 @@ struct Report {
     gdbsx: bool,
     guests: Vec<Guest>,
     left: Option<Left>,
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
 }
 
 fn doc_path() -> PathBuf {

@@ -30,26 +30,10 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{text, xtask};
+use common::{have, text, workspace, xtask};
 
 /// One stub at a time: there is one forwarded port.
 static PORT_LOCK: Mutex<()> = Mutex::new(());
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 fn hex(s: &str) -> Vec<u8> {
     xenprobe_abi::hex::decode(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
@@ -191,6 +175,25 @@ fn run_debugger(mut c: Command) -> String {
     t
 }
 
+/// LLDB (for at most 120 s) with `image`'s symbols, connected to the stub
+/// that the debugger command line `cmd` names, then running `cmds`; what it
+/// printed.
+fn lldb(image: &Path, cmd: &str, cmds: &[&str]) -> String {
+    let mut c = Command::new("timeout");
+    c.args(["120", "lldb", "--batch", "--no-lldbinit"]);
+    let connect = [
+        format!("target create {}", image.display()),
+        format!("gdb-remote {}", endpoint(cmd)),
+    ];
+    for o in connect
+        .into_iter()
+        .chain(cmds.iter().map(|c| c.to_string()))
+    {
+        c.arg("-o").arg(o);
+    }
+    run_debugger(c)
+}
+
 /// LLDB at a page fault (TLV-2) of a PVH guest.
 #[test]
 fn lldb_at_a_page_fault_on_pvh() {
@@ -226,18 +229,11 @@ fn lldb_at_a_page_fault_on_pvh() {
         "stopped on the faulting instruction:\n{}",
         r.out.join("\n")
     );
-    let mut c = Command::new("timeout");
-    c.args(["120", "lldb", "--batch", "--no-lldbinit"]);
-    for o in [
-        format!("target create {}", image.display()),
-        format!("gdb-remote {}", endpoint(&cmd)),
-        "bt".into(),
-        "register read rip rsp rbp".into(),
-        "continue".into(),
-    ] {
-        c.arg("-o").arg(o);
-    }
-    let out = run_debugger(c);
+    let out = lldb(
+        &image,
+        &cmd,
+        &["bt", "register read rip rsp rbp", "continue"],
+    );
     let (ok, log) = r.finish();
     let frame0 = out
         .lines()
@@ -380,18 +376,7 @@ fn lldb_at_a_failed_guest_test() {
         seen.join("\n")
     );
     let image = workspace().join("target/guests/known-pvh");
-    let mut c = Command::new("timeout");
-    c.args(["120", "lldb", "--batch", "--no-lldbinit"]);
-    for o in [
-        format!("target create {}", image.display()),
-        format!("gdb-remote {}", endpoint(&cmd)),
-        "register read rip rdi".into(),
-        "bt".into(),
-        "continue".into(),
-    ] {
-        c.arg("-o").arg(o);
-    }
-    let out = run_debugger(c);
+    let out = lldb(&image, &cmd, &["register read rip rdi", "bt", "continue"]);
     let status = child.wait().expect("the demo test ends");
     let rest: Vec<String> = rx.try_iter().collect();
     assert!(

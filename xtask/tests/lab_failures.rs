@@ -14,11 +14,16 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// A lab directory of a test's own, with no lab left running in it.
 fn scratch_lab(name: &str) -> std::path::PathBuf {
     let d = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let mut c = xtask(&["lab", "down"]);
-    c.env("XENPROBE_LAB_DIR", &d);
-    run(c);
+    in_lab(&d, &["lab", "down"]);
     let _ = std::fs::remove_dir_all(&d);
     d
+}
+
+/// `xtask ARGS` on the lab in `dir`.
+fn in_lab(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let mut c = xtask(args);
+    c.env("XENPROBE_LAB_DIR", dir);
+    run(c)
 }
 
 #[test]
@@ -38,9 +43,7 @@ fn a_missing_qemu_is_named_with_what_to_install() {
 fn a_boot_timeout_prints_the_last_serial_lines_and_stops_qemu() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = scratch_lab("timeout");
-    let mut c = xtask(&["lab", "up", "--cold", "--timeout", "4"]);
-    c.env("XENPROBE_LAB_DIR", &dir);
-    let out = run(c);
+    let out = in_lab(&dir, &["lab", "up", "--cold", "--timeout", "4"]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("did not come up within 4 s"), "stderr: {err}");
@@ -135,9 +138,7 @@ fn a_state_for_another_configuration_is_not_used() {
     let err = text(&out.stderr);
     assert!(err.contains("cold boot"), "stderr: {err}");
     assert!(!err.contains("restored"), "stderr: {err}");
-    let mut c = xtask(&["lab", "down"]);
-    c.env("XENPROBE_LAB_DIR", &dir);
-    assert!(run(c).status.success());
+    assert!(in_lab(&dir, &["lab", "down"]).status.success());
 }
 
 #[test]
@@ -152,19 +153,15 @@ fn a_truncated_state_leads_to_a_cold_boot_with_a_message() {
         f.set_len(len / 2).unwrap();
     }
     let dir = scratch_lab("truncated");
-    let mut c = xtask(&["lab", "up"]);
-    c.env("XENPROBE_LAB_DIR", &dir);
-    let out = run(c);
+    let out = in_lab(&dir, &["lab", "up"]);
     assert!(out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("saved state is damaged"), "stderr: {err}");
     assert!(err.contains("cold boot"), "stderr: {err}");
-    let mut c = xtask(&["lab", "run", "--", "xl", "info"]);
-    c.env("XENPROBE_LAB_DIR", &dir);
-    assert!(run(c).status.success());
-    let mut c = xtask(&["lab", "down"]);
-    c.env("XENPROBE_LAB_DIR", &dir);
-    assert!(run(c).status.success());
+    assert!(in_lab(&dir, &["lab", "run", "--", "xl", "info"])
+        .status
+        .success());
+    assert!(in_lab(&dir, &["lab", "down"]).status.success());
 }
 
 /// The lab's QEMU killed while `cargo xtask fuzz` runs a campaign in it (a
@@ -179,12 +176,11 @@ fn a_lab_killed_mid_campaign_is_named_and_the_next_command_recovers() {
 
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = scratch_lab("killed-mid-campaign");
-    let mut up = xtask(&["lab", "up"]);
-    up.env("XENPROBE_LAB_DIR", &dir);
-    assert!(run(up).status.success(), "the scratch lab boots");
-    let mut st = xtask(&["lab", "status"]);
-    st.env("XENPROBE_LAB_DIR", &dir);
-    let status = text(&run(st).stdout);
+    assert!(
+        in_lab(&dir, &["lab", "up"]).status.success(),
+        "the scratch lab boots"
+    );
+    let status = text(&in_lab(&dir, &["lab", "status"]).stdout);
     let pid = status
         .lines()
         .find_map(|l| l.trim().strip_prefix("lab: stock: up (QEMU pid"))
@@ -249,13 +245,9 @@ fn a_lab_killed_mid_campaign_is_named_and_the_next_command_recovers() {
         "says what happens next: {err}"
     );
     // The next command recovers.
-    let mut next = xtask(&["lab", "run", "--", "sh", "-c", "echo alive"]);
-    next.env("XENPROBE_LAB_DIR", &dir);
-    let out = run(next);
+    let out = in_lab(&dir, &["lab", "run", "--", "sh", "-c", "echo alive"]);
     assert!(out.status.success());
     assert_eq!(text(&out.stdout), "alive\n");
     assert!(text(&out.stderr).contains("cleaning up after"));
-    let mut down = xtask(&["lab", "down"]);
-    down.env("XENPROBE_LAB_DIR", &dir);
-    assert!(run(down).status.success());
+    assert!(in_lab(&dir, &["lab", "down"]).status.success());
 }

@@ -18,10 +18,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{run, text, xtask};
+use common::{have, run, text, workspace, xtask};
 
 /// `xtask lab [--xen debug] ARGS...`: PV guests need the debug hypervisor's lab.
 fn lab(debug: bool, args: &[&str]) -> std::process::Output {
@@ -49,13 +49,6 @@ fn status_field(debug: bool, key: &str) -> Option<String> {
 
 /// One stub session at a time: there is one forwarded port.
 static PORT_LOCK: Mutex<()> = Mutex::new(());
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
 
 fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
@@ -240,15 +233,6 @@ impl Drop for Served {
     }
 }
 
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn run_client(mut c: Command) -> String {
     let out = c.output().expect("debugger runs");
     let t = format!("{}{}", text(&out.stdout), text(&out.stderr));
@@ -269,45 +253,131 @@ fn gdb_reg(out: &str, reg: &str) -> Vec<u64> {
         .collect()
 }
 
+/// A host debugger in batch mode.
+#[derive(Clone, Copy)]
+enum Debugger {
+    Gdb,
+    Lldb,
+}
+
+impl Debugger {
+    fn tool(self) -> &'static str {
+        match self {
+            Debugger::Gdb => "gdb",
+            Debugger::Lldb => "lldb",
+        }
+    }
+
+    /// The debugger (at most 180 s) connected to `s`'s stub, then running
+    /// `cmds`.
+    fn command(self, s: &Served, cmds: &[&str]) -> Command {
+        let mut c = Command::new("timeout");
+        let (flag, connect) = match self {
+            Debugger::Gdb => {
+                c.args(["180", "gdb", "-batch", "-nx"]);
+                let connect = vec![
+                    format!("file {}", s.image.display()),
+                    // GDB's default 2 s reply timeout is too short on a loaded 2-core
+                    // host (replies then arrive late and desynchronise the session).
+                    "set remotetimeout 30".into(),
+                    format!("target remote 127.0.0.1:{}", s.port),
+                ];
+                ("-ex", connect)
+            }
+            Debugger::Lldb => {
+                c.args(["180", "lldb", "--batch", "--no-lldbinit"]);
+                let connect = vec![
+                    format!("target create {}", s.image.display()),
+                    format!("gdb-remote 127.0.0.1:{}", s.port),
+                ];
+                ("-o", connect)
+            }
+        };
+        for cmd in connect
+            .into_iter()
+            .chain(cmds.iter().map(|c| c.to_string()))
+        {
+            c.arg(flag).arg(cmd);
+        }
+        c
+    }
+}
+
+/// One debugger session against the stub on `guest`: what the debugger
+/// printed, the stub's log, and the guest (destroyed on drop, before the
+/// port is free again).
+struct Session {
+    out: String,
+    log: String,
+    served: Served,
+    _port: MutexGuard<'static, ()>,
+}
+
+impl Session {
+    /// Runs `cmds` in `debugger` (`what` names the test in a SKIP line, and
+    /// `client` the guest) against a fresh stub on `guest`; None (skipped)
+    /// without the debugger on the host.
+    fn run(
+        debugger: Debugger,
+        what: &str,
+        guest: &str,
+        client: &str,
+        cmds: &[&str],
+    ) -> Option<Self> {
+        let tool = debugger.tool();
+        if !have(tool) {
+            eprintln!("SKIP {what} {guest}: no {tool} on the host (apt-get install {tool})");
+            return None;
+        }
+        let port = PORT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let served = Served::start(guest, client);
+        let out = run_client(debugger.command(&served, cmds));
+        let log = served.finish();
+        eprintln!("--- stub log\n{log}");
+        Some(Session {
+            out,
+            log,
+            served,
+            _port: port,
+        })
+    }
+
+    /// The guest's console shows the counter at `counter` and exit code 25;
+    /// else panics with `failure` and the console.
+    fn assert_console(&self, counter: u32, failure: &str) {
+        let console = self.served.console();
+        assert!(
+            console.contains(&format!("KNOWN counter={counter} ")) && console.contains("EXIT 25"),
+            "{failure}: {console}"
+        );
+    }
+}
+
 fn gdb_session(guest: &str) {
-    if !have("gdb") {
-        eprintln!("SKIP gdb {guest}: no gdb on the host (apt-get install gdb)");
+    let cmds = [
+        "info registers rip cr0 cr3 fs_base gs_base",
+        "break known_compute",
+        "continue",
+        "info registers rdi rsi rip",
+        "print known::known_counter",
+        "stepi",
+        "info registers rip",
+        "set var known::known_counter = 77",
+        "print known::known_counter",
+        "info threads",
+        "delete",
+        "continue",
+    ];
+    let Some(s) = Session::run(Debugger::Gdb, "gdb", guest, "gdb", &cmds) else {
         return;
-    }
-    let _lock = PORT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let s = Served::start(guest, "gdb");
-    let mut c = Command::new("timeout");
-    c.args(["180", "gdb", "-batch", "-nx"]);
-    for ex in [
-        format!("file {}", s.image.display()),
-        // GDB's default 2 s reply timeout is too short on a loaded 2-core
-        // host (replies then arrive late and desynchronise the session).
-        "set remotetimeout 30".into(),
-        format!("target remote 127.0.0.1:{}", s.port),
-        "info registers rip cr0 cr3 fs_base gs_base".into(),
-        "break known_compute".into(),
-        "continue".into(),
-        "info registers rdi rsi rip".into(),
-        "print known::known_counter".into(),
-        "stepi".into(),
-        "info registers rip".into(),
-        "set var known::known_counter = 77".into(),
-        "print known::known_counter".into(),
-        "info threads".into(),
-        "delete".into(),
-        "continue".into(),
-    ] {
-        c.arg("-ex").arg(ex);
-    }
-    let out = run_client(c);
-    let log = s.finish();
-    eprintln!("--- stub log\n{log}");
+    };
+    let (out, log) = (&s.out, &s.log);
     assert!(out.contains("Breakpoint 1, "), "breakpoint not hit:\n{out}");
-    assert_eq!(gdb_reg(&out, "rdi"), vec![3], "rdi at known_compute(3, 4)");
-    assert_eq!(gdb_reg(&out, "rsi"), vec![4]);
-    assert!(!gdb_reg(&out, "cr0").is_empty(), "control registers served");
-    assert!(!gdb_reg(&out, "fs_base").is_empty(), "fs_base served");
-    let rips = gdb_reg(&out, "rip");
+    assert_eq!(gdb_reg(out, "rdi"), vec![3], "rdi at known_compute(3, 4)");
+    assert_eq!(gdb_reg(out, "rsi"), vec![4]);
+    assert!(!gdb_reg(out, "cr0").is_empty(), "control registers served");
+    assert!(!gdb_reg(out, "fs_base").is_empty(), "fs_base served");
+    let rips = gdb_reg(out, "rip");
     assert_eq!(rips.len(), 3, "{rips:?}");
     assert_ne!(rips[1], rips[2], "stepi moved rip");
     assert!(
@@ -321,43 +391,28 @@ fn gdb_session(guest: &str) {
     assert!(out.contains("= 77"), "the write reads back:\n{out}");
     assert!(out.contains("vcpu 0"), "vCPUs as threads:\n{out}");
     assert!(out.contains("exited with code 031"), "exit code 25:\n{out}");
-    let console = s.console();
-    assert!(
-        console.contains("KNOWN counter=77 ") && console.contains("EXIT 25"),
-        "the guest saw the write and exited: {console}"
-    );
+    s.assert_console(77, "the guest saw the write and exited");
     assert!(log.contains("Exited(25)"), "{log}");
 }
 
 fn lldb_session(guest: &str) {
-    if !have("lldb") {
-        eprintln!("SKIP lldb {guest}: no lldb on the host (apt-get install lldb)");
+    let cmds = [
+        "register read rip cr0 cr3 fs_base gs_base efer",
+        "breakpoint set -n known_compute",
+        "continue",
+        "register read rdi rsi",
+        "target variable known_counter",
+        "thread step-inst",
+        "memory write -s 8 &known_counter 0x4e",
+        "memory read -s 8 -c 1 -f x &known_counter",
+        "thread list",
+        "breakpoint delete -f",
+        "continue",
+    ];
+    let Some(s) = Session::run(Debugger::Lldb, "lldb", guest, "lldb", &cmds) else {
         return;
-    }
-    let _lock = PORT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let s = Served::start(guest, "lldb");
-    let mut c = Command::new("timeout");
-    c.args(["180", "lldb", "--batch", "--no-lldbinit"]);
-    for o in [
-        format!("target create {}", s.image.display()),
-        format!("gdb-remote 127.0.0.1:{}", s.port),
-        "register read rip cr0 cr3 fs_base gs_base efer".into(),
-        "breakpoint set -n known_compute".into(),
-        "continue".into(),
-        "register read rdi rsi".into(),
-        "target variable known_counter".into(),
-        "thread step-inst".into(),
-        "memory write -s 8 &known_counter 0x4e".into(),
-        "memory read -s 8 -c 1 -f x &known_counter".into(),
-        "thread list".into(),
-        "breakpoint delete -f".into(),
-        "continue".into(),
-    ] {
-        c.arg("-o").arg(o);
-    }
-    let out = run_client(c);
-    let log = s.finish();
-    eprintln!("--- stub log\n{log}");
+    };
+    let out = &s.out;
     assert!(
         out.contains("stop reason = breakpoint 1.1"),
         "breakpoint not hit:\n{out}"
@@ -374,45 +429,29 @@ fn lldb_session(guest: &str) {
         "memory write reads back:\n{out}"
     );
     assert!(out.contains("exited with status = 25"), "{out}");
-    let console = s.console();
-    assert!(
-        console.contains("KNOWN counter=78 ") && console.contains("EXIT 25"),
-        "the guest saw the write and exited: {console}"
-    );
+    s.assert_console(78, "the guest saw the write and exited");
 }
 
 /// GDB `watch` on the guest's counter: hardware watchpoints (Z2) on the
 /// guest's debug registers, two hits with old and new values, then a clean
 /// run to the exit code.
 fn gdb_watch_session(guest: &str) {
-    if !have("gdb") {
-        eprintln!("SKIP gdb watch {guest}: no gdb on the host (apt-get install gdb)");
+    let cmds = [
+        "break known_tick",
+        "continue",
+        "delete",
+        "watch known::known_counter",
+        "continue",
+        "continue",
+        "info registers rip",
+        "bt",
+        "delete",
+        "continue",
+    ];
+    let Some(s) = Session::run(Debugger::Gdb, "gdb watch", guest, "gdbw", &cmds) else {
         return;
-    }
-    let _lock = PORT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let s = Served::start(guest, "gdbw");
-    let mut c = Command::new("timeout");
-    c.args(["180", "gdb", "-batch", "-nx"]);
-    for ex in [
-        format!("file {}", s.image.display()),
-        "set remotetimeout 30".into(),
-        format!("target remote 127.0.0.1:{}", s.port),
-        "break known_tick".into(),
-        "continue".into(),
-        "delete".into(),
-        "watch known::known_counter".into(),
-        "continue".into(),
-        "continue".into(),
-        "info registers rip".into(),
-        "bt".into(),
-        "delete".into(),
-        "continue".into(),
-    ] {
-        c.arg("-ex").arg(ex);
-    }
-    let out = run_client(c);
-    let log = s.finish();
-    eprintln!("--- stub log\n{log}");
+    };
+    let out = &s.out;
     assert!(
         out.contains("Hardware watchpoint 2: known::known_counter"),
         "a hardware watchpoint:\n{out}"
@@ -434,11 +473,7 @@ fn gdb_watch_session(guest: &str) {
         "backtrace from known_tick to {}: {frames:#?}",
         entry_symbol(guest)
     );
-    let console = s.console();
-    assert!(
-        console.contains("KNOWN counter=10 ") && console.contains("EXIT 25"),
-        "the guest ran to its end without a #DB: {console}"
-    );
+    s.assert_console(10, "the guest ran to its end without a #DB");
 }
 
 /// The guest's 64-bit entry: the outermost frame of every backtrace.
@@ -452,33 +487,22 @@ fn entry_symbol(guest: &str) -> &'static str {
 
 /// LLDB `watchpoint set variable`: the same through LLDB's gdb-remote.
 fn lldb_watch_session(guest: &str) {
-    if !have("lldb") {
-        eprintln!("SKIP lldb watch {guest}: no lldb on the host (apt-get install lldb)");
+    let cmds = [
+        "breakpoint set -n known_tick",
+        "continue",
+        "breakpoint delete -f",
+        "watchpoint set variable known_counter",
+        "continue",
+        "continue",
+        "thread backtrace",
+        "watchpoint list",
+        "watchpoint delete -f",
+        "continue",
+    ];
+    let Some(s) = Session::run(Debugger::Lldb, "lldb watch", guest, "lldbw", &cmds) else {
         return;
-    }
-    let _lock = PORT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let s = Served::start(guest, "lldbw");
-    let mut c = Command::new("timeout");
-    c.args(["180", "lldb", "--batch", "--no-lldbinit"]);
-    for o in [
-        format!("target create {}", s.image.display()),
-        format!("gdb-remote 127.0.0.1:{}", s.port),
-        "breakpoint set -n known_tick".into(),
-        "continue".into(),
-        "breakpoint delete -f".into(),
-        "watchpoint set variable known_counter".into(),
-        "continue".into(),
-        "continue".into(),
-        "thread backtrace".into(),
-        "watchpoint list".into(),
-        "watchpoint delete -f".into(),
-        "continue".into(),
-    ] {
-        c.arg("-o").arg(o);
-    }
-    let out = run_client(c);
-    let log = s.finish();
-    eprintln!("--- stub log\n{log}");
+    };
+    let out = &s.out;
     assert!(out.contains("Watchpoint created"), "{out}");
     assert!(out.contains("stop reason = watchpoint 1"), "{out}");
     assert!(
@@ -502,11 +526,7 @@ fn lldb_watch_session(guest: &str) {
         entry_symbol(guest)
     );
     assert!(out.contains("exited with status = 25"), "{out}");
-    let console = s.console();
-    assert!(
-        console.contains("KNOWN counter=10 ") && console.contains("EXIT 25"),
-        "the guest ran to its end without a #DB: {console}"
-    );
+    s.assert_console(10, "the guest ran to its end without a #DB");
 }
 
 #[test]

@@ -9,7 +9,8 @@ use core::arch::global_asm;
 // pseudo-physical, like Mini-OS) and enters `_start_pv`; PVH and HVM enter
 // `_start32` in 32-bit protected mode with paging off.
 global_asm!(
-    ".macro xen_note type, kind, value",
+    // A note's header; its description follows, ended by `2:`.
+    ".macro xen_note_head type",
     ".p2align 2",
     ".long 4",
     ".long 2f - 1f",
@@ -17,18 +18,15 @@ global_asm!(
     ".asciz \"Xen\"",
     ".p2align 2",
     "1:",
+    ".endm",
+    ".macro xen_note type, kind, value",
+    "xen_note_head \\type",
     "\\kind \\value",
     "2:",
     ".p2align 2",
     ".endm",
     ".macro xen_note_str type, value",
-    ".p2align 2",
-    ".long 4",
-    ".long 2f - 1f",
-    ".long \\type",
-    ".asciz \"Xen\"",
-    ".p2align 2",
-    "1:",
+    "xen_note_head \\type",
     ".asciz \"\\value\"",
     "2:",
     ".p2align 2",

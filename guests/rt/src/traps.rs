@@ -10,22 +10,22 @@ use core::arch::{asm, global_asm};
 // (error code, vector) so that `trap_common` sees one frame layout.
 global_asm!(
     r#"
-    .macro hvm_stub n, err
-trap_hvm_\n:
+    .macro push_vector n, err
     .if \err == 0
     push $0
     .endif
     push $\n
+    .endm
+    .macro hvm_stub n, err
+trap_hvm_\n:
+    push_vector \n, \err
     jmp trap_common
     .endm
     .macro pv_stub n, err
 trap_pv_\n:
     pop %rcx
     pop %r11
-    .if \err == 0
-    push $0
-    .endif
-    push $\n
+    push_vector \n, \err
     jmp trap_common
     .endm
 

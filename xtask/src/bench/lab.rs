@@ -27,23 +27,23 @@ pub fn run(runs: usize, flavour: Flavour) -> Result<i32> {
         cold,
         saved_states,
     };
-    let mut cold = vec![];
-    for i in 0..runs {
-        eprintln!("bench: cold boot {}/{runs}", i + 1);
-        let r = lab.up(&opts(true, false))?;
-        cold.push(r.state.boot_secs);
-        lab.down()?;
-    }
+    // `runs` starts of the lab (`what`: cold boots without saved states, or
+    // restored starts), and each one's boot time.
+    let starts = |what: &str, cold: bool| -> Result<Vec<f64>> {
+        let mut secs = vec![];
+        for i in 0..runs {
+            eprintln!("bench: {what} {}/{runs}", i + 1);
+            let r = lab.up(&opts(cold, !cold))?;
+            secs.push(r.state.boot_secs);
+            lab.down()?;
+        }
+        Ok(secs)
+    };
+    let cold = starts("cold boot", true)?;
     // One cold boot that saves the state, then restores.
     lab.up(&opts(true, true))?;
     lab.down()?;
-    let mut restored = vec![];
-    for i in 0..runs {
-        eprintln!("bench: restored start {}/{runs}", i + 1);
-        let r = lab.up(&opts(false, true))?;
-        restored.push(r.state.boot_secs);
-        lab.down()?;
-    }
+    let restored = starts("restored start", false)?;
     let r = lab.up(&opts(false, true))?;
     let ping_req = Request {
         argv: vec![xenlab_proto::builtin::PING.into()],

@@ -9,7 +9,7 @@
 //! boots), `linux-{pv,pvh,hvm}.cfg` and `kernel.toml` (the paths a fuzzer needs).
 //! `cargo xtask guests run linux --mode M` boots one and reports how it ended.
 
-use super::{Mode, CONSOLE_VERDICT, FIND_CONSOLE_LOG, STATE_VERDICT};
+use super::{quoted_args, script_start, Mode, CONSOLE_VERDICT, STATE_VERDICT};
 use crate::lab::xen::Flavour;
 use crate::{deps, ws};
 use anyhow::{bail, ensure, Context, Result};
@@ -443,16 +443,11 @@ pub fn run(mode: Mode, input: Option<&str>, timeout: u32) -> Result<i32> {
 /// end, prints its console, the times from `xl create` to the harness and to
 /// the end, and how it ended (exit status as documented on `guests run`).
 fn dom0_script(dom: &str, cfg: &Path, overrides: &[String], timeout: u32) -> String {
-    let mut args = String::new();
-    for o in overrides {
-        let _ = write!(args, " '{o}'");
-    }
+    let args = quoted_args(overrides);
+    let start = script_start(dom);
     format!(
         r#"
-N="{dom}"
-{find_log}xl destroy "$N" >/dev/null 2>&1
-rm -f "$LOG"
-read -r t0 _ </proc/uptime
+{start}read -r t0 _ </proc/uptime
 xl create "{cfg}"{args} || exit 2
 read -r tc _ </proc/uptime
 state=""; th=""; te=""
@@ -492,13 +487,10 @@ if [ -z "$uh" ]; then
   echo "$N: HVM Linux sometimes takes an interrupt with interrupts disabled and dies during boot (PVH: a"
   echo "$N: page-fault storm, 'Fatal exception in interrupt'; HVM: a hang); see guests/BUGS.md. Run it again."
 fi
-{console_verdict}if [ -n "$panic" ]; then echo "$N: crashed (panic, domain state ${{state:-running}}): $panic"; exit 125; fi
-{state_verdict}echo "$N: still running after {timeout} s (hang); destroyed"
+{CONSOLE_VERDICT}if [ -n "$panic" ]; then echo "$N: crashed (panic, domain state ${{state:-running}}): $panic"; exit 125; fi
+{STATE_VERDICT}echo "$N: still running after {timeout} s (hang); destroyed"
 exit 124
 "#,
-        find_log = FIND_CONSOLE_LOG,
-        console_verdict = CONSOLE_VERDICT,
-        state_verdict = STATE_VERDICT,
         cfg = cfg.display()
     )
 }

@@ -271,19 +271,34 @@ pub(super) const STATE_VERDICT: &str = r#"case "$state" in
 esac
 "#;
 
-/// Shell script (busybox sh in dom0) that boots a guest, waits for its end and
-/// prints its console and status; exit status as documented on `guests run`.
-fn dom0_script(dom: &str, cfg: &Path, overrides: &[String], timeout: u32) -> String {
-    let mut args = format!("'name=\"{dom}\"'");
+/// Shell lines that start a run script: the guest's name `$N`, its console
+/// log `$LOG`, a guest and a log left by an earlier run removed.
+pub(super) fn script_start(dom: &str) -> String {
+    format!(
+        r#"N="{dom}"
+{FIND_CONSOLE_LOG}xl destroy "$N" >/dev/null 2>&1
+rm -f "$LOG"
+"#
+    )
+}
+
+/// `overrides` as `xl create` arguments, each quoted and after a space.
+pub(super) fn quoted_args(overrides: &[String]) -> String {
+    let mut args = String::new();
     for o in overrides {
         let _ = write!(args, " '{o}'");
     }
+    args
+}
+
+/// Shell script (busybox sh in dom0) that boots a guest, waits for its end and
+/// prints its console and status; exit status as documented on `guests run`.
+fn dom0_script(dom: &str, cfg: &Path, overrides: &[String], timeout: u32) -> String {
+    let args = format!("'name=\"{dom}\"'{}", quoted_args(overrides));
+    let start = script_start(dom);
     format!(
         r#"
-N="{dom}"
-{find_log}xl destroy "$N" >/dev/null 2>&1
-rm -f "$LOG"
-xl create "{cfg}" {args} || exit 2
+{start}xl create "{cfg}" {args} || exit 2
 state=""; i=0
 while [ $i -lt {timeout} ]; do
   line=$(xl list "$N" 2>/dev/null | tail -n +2)
@@ -298,12 +313,9 @@ cat "$LOG" 2>/dev/null || echo "(no console log: is xenconsoled running with --l
 last=$(grep -E '^(EXIT|CRASH) ' "$LOG" 2>/dev/null | tail -n 1)
 [ "$state" != gone ] && xl destroy "$N" >/dev/null 2>&1
 echo "---"
-{console_verdict}{state_verdict}echo "$N: still running after {timeout} s (hang); destroyed"
+{CONSOLE_VERDICT}{STATE_VERDICT}echo "$N: still running after {timeout} s (hang); destroyed"
 exit 124
 "#,
-        find_log = FIND_CONSOLE_LOG,
-        console_verdict = CONSOLE_VERDICT,
-        state_verdict = STATE_VERDICT,
         cfg = cfg.display()
     )
 }

@@ -273,12 +273,7 @@ impl Inputs {
         let mut s = String::new();
         for (src, dst, mode) in &self.files {
             let m = std::fs::metadata(src).with_context(|| format!("{}", src.display()))?;
-            let mtime = m
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
+            let mtime = super::modified_since_epoch(&m).as_nanos();
             writeln!(s, "{} {dst} {mode:o} {} {mtime}", src.display(), m.len())?;
         }
         for e in extra {

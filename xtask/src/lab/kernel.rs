@@ -49,12 +49,7 @@ pub fn dom0_kernel(dir: &Path, bzimage: &Path) -> PathBuf {
 
 fn decompress(dir: &Path, bzimage: &Path) -> Result<PathBuf> {
     let meta = std::fs::metadata(bzimage).with_context(|| format!("{}", bzimage.display()))?;
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let mtime = super::modified_since_epoch(&meta).as_secs();
     let name = bzimage
         .file_name()
         .and_then(|n| n.to_str())

@@ -337,6 +337,15 @@ fn default_options() -> LabOptions {
     }
 }
 
+/// A file's modification time since the epoch (zero where it cannot be
+/// told).
+fn modified_since_epoch(meta: &std::fs::Metadata) -> Duration {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .unwrap_or_default()
+}
+
 /// Seconds to wait for dom0 when a command other than `lab` boots the lab:
 /// `XENPROBE_LAB_TIMEOUT`, default 300 (`lab --timeout` has the same default).
 pub fn boot_timeout() -> u64 {

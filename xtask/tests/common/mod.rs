@@ -2,7 +2,8 @@
 
 #![allow(dead_code)]
 
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 
 /// An `xtask` command (the binary cargo built for these tests).
 pub fn xtask(args: &[&str]) -> Command {
@@ -41,4 +42,22 @@ pub fn status_field(key: &str) -> Option<String> {
     text(&out.stdout)
         .lines()
         .find_map(|l| l.trim().strip_prefix(key).map(|v| v.trim().to_string()))
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// `tool --version` runs and succeeds (the tool is installed).
+pub fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }

@@ -106,29 +106,23 @@ impl<'a> Bytes<'a> {
         let end = at.checked_add(N)?;
         self.d.get(at..end)?.try_into().ok()
     }
+    /// The `N` bytes at `at` in little-endian order (reversed where the
+    /// image is big-endian).
+    fn le<const N: usize>(self, at: usize) -> Option<[u8; N]> {
+        let mut b = self.get::<N>(at)?;
+        if self.big {
+            b.reverse();
+        }
+        Some(b)
+    }
     fn u16(self, at: usize) -> Option<u16> {
-        let b = self.get(at)?;
-        Some(if self.big {
-            u16::from_be_bytes(b)
-        } else {
-            u16::from_le_bytes(b)
-        })
+        self.le(at).map(u16::from_le_bytes)
     }
     fn u32(self, at: usize) -> Option<u32> {
-        let b = self.get(at)?;
-        Some(if self.big {
-            u32::from_be_bytes(b)
-        } else {
-            u32::from_le_bytes(b)
-        })
+        self.le(at).map(u32::from_le_bytes)
     }
     fn u64(self, at: usize) -> Option<u64> {
-        let b = self.get(at)?;
-        Some(if self.big {
-            u64::from_be_bytes(b)
-        } else {
-            u64::from_le_bytes(b)
-        })
+        self.le(at).map(u64::from_le_bytes)
     }
     fn word(self, at: usize, word: usize) -> Option<u64> {
         if word == 8 {
@@ -772,9 +766,7 @@ pub(super) mod tests {
             }
             let mut seed = 0x9e37_79b9_7f4a_7c15u64;
             for _ in 0..150 {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
+                testelf::xorshift(&mut seed);
                 let mut d = data.clone();
                 let at = (seed as usize) % d.len();
                 d[at] ^= (seed >> 32) as u8 | 1;

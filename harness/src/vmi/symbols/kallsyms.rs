@@ -149,6 +149,7 @@ impl Symbols {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmi::symbols::testelf;
 
     const MAP: &str = "\
 0000000000000000 A fixed_percpu_data
@@ -184,11 +185,12 @@ ffffffffc0a00040 T pfkey_send\t[af_key]
         // Per-CPU offsets are values, not addresses.
         assert_eq!(s.lookup("cpu_debug_store"), Some(0x1000));
         assert!(s.symbolize(0x1008).is_none());
-        assert_eq!(
-            s.symbolize(0xffffffffc0a00050)
-                .map(|(x, o)| (x.name.as_str(), o)),
-            Some(("pfkey_send", 0x10))
-        );
+        assert_eq!(named(&s, 0xffffffffc0a00050), Some(("pfkey_send", 0x10)));
+    }
+
+    /// The symbol `addr` is in, by name, and the offset into it.
+    fn named(s: &Symbols, addr: u64) -> Option<(&str, u64)> {
+        s.symbolize(addr).map(|(x, o)| (x.name.as_str(), o))
     }
 
     #[test]
@@ -225,8 +227,7 @@ ffffffff81000500 t cleanup\t[m]
         assert_eq!(s.lookup("pfkey_send"), Some(0xffffffffc0a00040));
         assert_eq!(s.lookup("cpu_debug_store"), Some(0x1000));
         assert_eq!(
-            s.symbolize(0xffffffff82e00071)
-                .map(|(x, o)| (x.name.as_str(), o)),
+            named(&s, 0xffffffff82e00071),
             Some(("secondary_startup_64_no_verify", 1))
         );
     }
@@ -269,9 +270,7 @@ ffffffff81000500 t cleanup\t[m]
     fn garbage_never_panics() {
         let mut seed = 0x1234_5678_9abc_def0u64;
         let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+            testelf::xorshift(&mut seed);
             seed
         };
         let alphabet = b"0123456789abcdefTtDd []\t\n\r xyz_\xc3\xa9";

@@ -783,9 +783,7 @@ mod tests {
         }
         let mut seed = 0x0123_4567_89ab_cdefu64;
         for _ in 0..500 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+            testelf::xorshift(&mut seed);
             let mut d = good.clone();
             let at = (seed as usize) % d.len();
             d[at] = (seed >> 48) as u8;

@@ -469,9 +469,7 @@ pub(super) mod tests {
         }
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         for _ in 0..500 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+            testelf::xorshift(&mut seed);
             let mut d = good.clone();
             let at = (seed as usize) % d.len();
             d[at] = (seed >> 40) as u8;

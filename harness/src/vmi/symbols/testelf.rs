@@ -1,6 +1,13 @@
 //! A minimal ELF64 little-endian x86-64 writer for the tests: sections,
 //! symbols, RELA relocations.
 
+/// Advances the tests' xorshift64 generator `seed` (never 0).
+pub(crate) fn xorshift(seed: &mut u64) {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+}
+
 /// Section type and flags.
 pub(crate) type Kind = (u32, u64);
 

@@ -362,9 +362,7 @@ impl OrcTable {
         slide: i64,
     ) -> Result<Self, OrcError> {
         let path = path.as_ref();
-        let cache = open(path)?;
-        let obj = object::File::parse(&cache)?;
-        vmlinux(&obj, file_name(path), format, slide)
+        with_object(path, |obj| vmlinux(obj, file_name(path), format, slide))
     }
 
     /// [`OrcTable::from_vmlinux`] on the bytes of the image.
@@ -387,9 +385,7 @@ impl OrcTable {
         format: Option<OrcFormat>,
     ) -> Result<Self, OrcError> {
         let path = path.as_ref();
-        let cache = open(path)?;
-        let obj = object::File::parse(&cache)?;
-        module(&obj, module_name(path), sections, format)
+        with_object(path, |obj| module(obj, module_name(path), sections, format))
     }
 
     /// [`OrcTable::from_module`] on the bytes of the `.ko`.
@@ -477,6 +473,16 @@ pub fn find_entry(tables: &[&OrcTable], addr: u64) -> Option<OrcEntry> {
     tables.iter().find(|t| t.covers(addr))?.find(addr)
 }
 
+/// The object file at `path` (read as it is parsed), handed to `f`.
+fn with_object<T>(
+    path: &Path,
+    f: impl FnOnce(&object::File<'_, &ReadCache<File>>) -> Result<T, OrcError>,
+) -> Result<T, OrcError> {
+    let cache = open(path)?;
+    let obj = object::File::parse(&cache)?;
+    f(&obj)
+}
+
 fn open(path: &Path) -> Result<ReadCache<File>, OrcError> {
     File::open(path)
         .map(ReadCache::new)
@@ -519,16 +525,22 @@ fn detect<'d, R: ReadRef<'d>>(obj: &object::File<'d, R>) -> OrcFormat {
     }
 }
 
-/// The two sections, checked to hold the same number of entries.
+/// The two sections, checked to hold the same number of entries, and
+/// their format.
 struct Sections<'d, 'f, R: ReadRef<'d>> {
+    format: OrcFormat,
     ip_sec: object::Section<'d, 'f, R>,
     ip_data: &'d [u8],
     ent_data: &'d [u8],
 }
 
+/// The tables of an x86-64 object; `format`: `None` detects it.
 fn sections<'d, 'f, R: ReadRef<'d>>(
     obj: &'f object::File<'d, R>,
+    format: Option<OrcFormat>,
 ) -> Result<Sections<'d, 'f, R>, OrcError> {
+    check_arch(obj)?;
+    let format = format.unwrap_or_else(|| detect(obj));
     let ip_sec = obj
         .section_by_name(".orc_unwind_ip")
         .ok_or(OrcError::Missing(".orc_unwind_ip"))?;
@@ -547,6 +559,7 @@ fn sections<'d, 'f, R: ReadRef<'d>>(
         });
     }
     Ok(Sections {
+        format,
         ip_sec,
         ip_data,
         ent_data,
@@ -581,21 +594,15 @@ fn vmlinux<'d, R: ReadRef<'d>>(
     format: Option<OrcFormat>,
     slide: i64,
 ) -> Result<OrcTable, OrcError> {
-    check_arch(obj)?;
-    let format = format.unwrap_or_else(|| detect(obj));
-    let Sections {
-        ip_sec,
-        ip_data,
-        ent_data,
-    } = sections(obj)?;
-    let base = ip_sec.address();
-    let ips = ip_data.chunks_exact(4).enumerate().map(|(i, c)| {
+    let orc = sections(obj, format)?;
+    let base = orc.ip_sec.address();
+    let ips = orc.ip_data.chunks_exact(4).enumerate().map(|(i, c)| {
         let rel = le_i32(c);
         base.wrapping_add(4 * i as u64)
             .wrapping_add_signed(i64::from(rel))
             .wrapping_add_signed(slide)
     });
-    let entries = ips.zip(decode_all(format, ent_data)).collect();
+    let entries = ips.zip(decode_all(orc.format, orc.ent_data)).collect();
     let text = obj
         .sections()
         .filter(|s| is_exec(s.flags()) && s.address() != 0 && s.size() != 0)
@@ -604,7 +611,7 @@ fn vmlinux<'d, R: ReadRef<'d>>(
             lo..lo.wrapping_add(s.size())
         })
         .collect();
-    Ok(OrcTable::from_entries(name, format, entries, text))
+    Ok(OrcTable::from_entries(name, orc.format, entries, text))
 }
 
 fn module<'d, R: ReadRef<'d>>(
@@ -613,16 +620,10 @@ fn module<'d, R: ReadRef<'d>>(
     loaded: &BTreeMap<String, u64>,
     format: Option<OrcFormat>,
 ) -> Result<OrcTable, OrcError> {
-    check_arch(obj)?;
-    let format = format.unwrap_or_else(|| detect(obj));
-    let Sections {
-        ip_sec,
-        ip_data,
-        ent_data,
-    } = sections(obj)?;
-    let n = ip_data.len() / 4;
+    let orc = sections(obj, format)?;
+    let n = orc.ip_data.len() / 4;
     let mut ips: Vec<Option<u64>> = vec![None; n];
-    for (offset, rel) in ip_sec.relocations() {
+    for (offset, rel) in orc.ip_sec.relocations() {
         let bad = |why: &str| OrcError::Relocation {
             offset,
             why: why.to_owned(),
@@ -661,7 +662,7 @@ fn module<'d, R: ReadRef<'d>>(
         let mut addend = rel.addend();
         if rel.has_implicit_addend() {
             let o = offset as usize;
-            if let Some(c) = ip_data.get(o..o.saturating_add(4)) {
+            if let Some(c) = orc.ip_data.get(o..o.saturating_add(4)) {
                 addend = addend.wrapping_add(i64::from(le_i32(c)));
             }
         }
@@ -670,7 +671,7 @@ fn module<'d, R: ReadRef<'d>>(
     }
     let mut entries = Vec::with_capacity(n);
     let mut unresolved = 0;
-    for (ip, e) in ips.into_iter().zip(decode_all(format, ent_data)) {
+    for (ip, e) in ips.into_iter().zip(decode_all(orc.format, orc.ent_data)) {
         match ip {
             Some(ip) => entries.push((ip, e)),
             None => unresolved += 1,
@@ -684,7 +685,7 @@ fn module<'d, R: ReadRef<'d>>(
             Some(lo..lo.wrapping_add(s.size()))
         })
         .collect();
-    let mut table = OrcTable::from_entries(name, format, entries, text);
+    let mut table = OrcTable::from_entries(name, orc.format, entries, text);
     table.unresolved = unresolved;
     Ok(table)
 }

@@ -458,6 +458,15 @@ mod tests {
     use super::super::orc::OrcFormat;
     use super::*;
 
+    /// Registers at `rip` with stack pointer `rsp`, the others zero.
+    fn at(rip: u64, rsp: u64) -> UnwindRegs {
+        UnwindRegs {
+            rip,
+            rsp,
+            ..UnwindRegs::default()
+        }
+    }
+
     /// Word-addressed fake memory.
     #[derive(Default)]
     struct Mem(BTreeMap<u64, u64>);
@@ -782,11 +791,7 @@ mod tests {
         m.put(handler_sp, ENTRY + 0x11); // return into the call site
         m.put(irq_top - 8, task_sp); // saved task sp
         m.put(task_sp, THREAD + 7); // the call site's caller
-        let start = UnwindRegs {
-            rip: HANDLER + 3,
-            rsp: handler_sp,
-            ..UnwindRegs::default()
-        };
+        let start = at(HANDLER + 3, handler_sp);
         let bt = walk(&t, &m, &start, 64);
         assert_eq!(bt.pcs(), vec![HANDLER + 3, ENTRY + 0x11, THREAD + 7]);
         assert_eq!(bt.frames[2].sp, task_sp + 8);
@@ -805,11 +810,7 @@ mod tests {
         let mut m = Mem::default();
         let sp = 0xffff_c900_0000_1000u64;
         m.put(sp - 16, WORKER + 1);
-        let start = UnwindRegs {
-            rip: WORKER,
-            rsp: sp,
-            ..UnwindRegs::default()
-        };
+        let start = at(WORKER, sp);
         let bt = walk(&t, &m, &start, 64);
         assert!(
             matches!(bt.stop, StopReason::WrongDirection { .. }),
@@ -835,11 +836,7 @@ mod tests {
         }
         m.put(sp + 8 * pt::IP as u64, ENTRY);
         m.put(sp + 8 * pt::SP as u64, sp);
-        let start = UnwindRegs {
-            rip: ENTRY,
-            rsp: sp,
-            ..UnwindRegs::default()
-        };
+        let start = at(ENTRY, sp);
         let bt = walk(&t, &m, &start, 1000);
         assert!(
             matches!(bt.stop, StopReason::WrongDirection { .. }),
@@ -861,11 +858,7 @@ mod tests {
         m.put(b, WORKER + 1);
         m.put(b + 8, a);
         m.put(a - 8, WORKER + 1);
-        let start = UnwindRegs {
-            rip: WORKER,
-            rsp: a,
-            ..UnwindRegs::default()
-        };
+        let start = at(WORKER, a);
         let bt = walk(&t, &m, &start, 1000);
         assert!(
             bt.frames.len() < 2 + MAX_SWITCHES * 2,
@@ -902,11 +895,7 @@ mod tests {
             let t = OrcTable::from_entries("c", OrcFormat::V3, vec![(WORKER, e)], vec![]);
             let mut m = Mem::default();
             m.put(sp, THREAD);
-            let start = UnwindRegs {
-                rip: WORKER,
-                rsp: sp,
-                ..UnwindRegs::default()
-            };
+            let start = at(WORKER, sp);
             let bt = walk(&t, &m, &start, 64);
             assert!(
                 format!("{:?}", bt.stop).starts_with(stop),
