@@ -113,8 +113,8 @@ impl VmForkBackend {
         workload.pause()?;
         self.xc.memshr_fork_reset(workload.id())?;
         // Every vCPU and page is the parent's again.
-        let pending: Vec<u32> = workload.pending.keys().copied().collect();
-        workload.regs_changed.extend(pending);
+        let pending: Vec<u32> = workload.stops.pending.keys().copied().collect();
+        workload.stops.regs_changed.extend(pending);
         workload.mem.invalidate();
         workload.regs_backend.forget();
         workload.mem.written.clear();

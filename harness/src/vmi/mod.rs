@@ -133,6 +133,7 @@ pub mod snapshot_file;
 mod snapshot_pv;
 mod stack;
 mod step;
+mod stops;
 pub mod symbols;
 pub mod unwind;
 mod vcpumap;

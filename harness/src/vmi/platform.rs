@@ -325,7 +325,7 @@ impl Domain {
     /// debug-exception (and for int3 the software-breakpoint) monitor for
     /// HVM/PVH, `xc_domain_setdebugging` for PV on a gdbsx hypervisor.
     pub(crate) fn ensure_debug(&mut self) -> Result<()> {
-        match &mut self.events {
+        match &mut self.stops.events {
             Events::Ring(Some(_)) | Events::Gdbsx(true) => return Ok(()),
             Events::Gdbsx(on) => {
                 self.caps.pv_debugging()?;

@@ -450,7 +450,7 @@ impl Domain {
         let nr_pages = info.nr_pages as usize;
         // A vm_event ring's frame is out of the guest's physmap while the
         // ring is on, but still counts in the domain's pages.
-        let ring_out = self.events.has_ring()
+        let ring_out = self.stops.events.has_ring()
             && self
                 .xen
                 .xc
@@ -489,8 +489,9 @@ impl Domain {
         }
         self.watch_descriptors();
         self.descriptors_changed = false;
-        let event_regs = if info.max_vcpu_id == 0 && !self.regs_changed.contains(&0) {
-            self.pending
+        let event_regs = if info.max_vcpu_id == 0 && !self.stops.regs_changed.contains(&0) {
+            self.stops
+                .pending
                 .get(&0)
                 .and_then(|p| p.request.as_ref())
                 .map(|r| r.regs())
@@ -649,7 +650,7 @@ impl Domain {
     /// Without them (a hypervisor that lacks the event) restores load the
     /// whole vCPU state.
     fn watch_descriptors(&mut self) {
-        if let Some(ring) = self.events.ring() {
+        if let Some(ring) = self.stops.events.ring() {
             if !ring.descriptor_access() {
                 if let Err(e) = ring.set_descriptor_access(true) {
                     tracing::info!(
@@ -665,7 +666,7 @@ impl Domain {
     /// descriptor-table register written since the last full load, and
     /// such writes are watched.
     fn descriptors_unchanged(&self) -> bool {
-        !self.descriptors_changed && self.events.sees_descriptors()
+        !self.descriptors_changed && self.stops.events.sees_descriptors()
     }
 
     /// Before a restore loads the vCPUs: answers the requests still on the
@@ -673,8 +674,8 @@ impl Domain {
     /// brings down the vCPUs the guest brought up since the snapshot.
     fn settle_vcpus(&mut self, down: &mut [(u32, u64)]) -> Result<usize> {
         // Events seen before this restore belong to the runs it undoes.
-        self.queued.clear();
-        let stale = match self.events.ring() {
+        self.stops.clear_queued();
+        let stale = match self.stops.events.ring() {
             Some(ring) => ring.drain()?,
             None => 0,
         };
@@ -684,12 +685,12 @@ impl Domain {
             if !st.online && st.cpu_time == *ran {
                 continue;
             }
-            if let Some(p) = self.pending.remove(&v) {
+            if let Some(p) = self.stops.pending.remove(&v) {
                 if let Some(req) = &p.request {
-                    self.events.respond(&req.response())?;
+                    self.stops.events.respond(&req.response())?;
                 }
             }
-            self.regs_changed.remove(&v);
+            self.stops.regs_changed.remove(&v);
             self.xen.xc.vcpu_reset(self.domid, v)?;
             *ran = self.xen.xc.vcpu_state(self.domid, v)?.cpu_time;
             self.notice(super::notice::Notice::VcpuReset { vcpu: v });
@@ -751,7 +752,7 @@ impl Domain {
         // A vCPU stopped on a breakpoint sits on it after the restore only
         // if the snapshot's RIP is that breakpoint: else nothing to step over
         // (and no register read to find out).
-        for (&vcpu, p) in self.pending.iter_mut() {
+        for (&vcpu, p) in self.stops.pending.iter_mut() {
             p.reset_regs = None;
             if let StopReason::Breakpoint(id) = p.reason {
                 let saved_rip = snap.rips.get(vcpu as usize).copied().flatten();
@@ -761,16 +762,18 @@ impl Domain {
             }
         }
         let reply = match (self.restore_options.registers, &snap.event_regs) {
-            (RegisterReset::EventReply, Some(saved)) if fast && self.pending.len() == 1 => self
-                .pending
-                .get_mut(&0)
-                .filter(|p| {
-                    p.request
-                        .as_ref()
-                        .is_some_and(|r| same_control_state(&r.regs(), saved))
-                })
-                .map(|p| p.reset_regs = Some(*saved))
-                .is_some(),
+            (RegisterReset::EventReply, Some(saved)) if fast && self.stops.pending.len() == 1 => {
+                self.stops
+                    .pending
+                    .get_mut(&0)
+                    .filter(|p| {
+                        p.request
+                            .as_ref()
+                            .is_some_and(|r| same_control_state(&r.regs(), saved))
+                    })
+                    .map(|p| p.reset_regs = Some(*saved))
+                    .is_some()
+            }
             _ => false,
         };
         if !reply {
@@ -781,12 +784,14 @@ impl Domain {
         tracing::trace!(
             domid = self.domid,
             reply,
-            pending = self.pending.len(),
+            pending = self.stops.pending.len(),
             event_regs = snap.event_regs.is_some(),
             "vCPU reset"
         );
         // Pending vm_event register copies no longer match the vCPUs.
-        self.regs_changed.extend(self.pending.keys().copied());
+        self.stops
+            .regs_changed
+            .extend(self.stops.pending.keys().copied());
         self.mem.invalidate();
         st.regs_in_reply = reply;
         Ok(st)
@@ -795,7 +800,7 @@ impl Domain {
     /// A register reset waiting in a vm_event reply is loaded now with the
     /// whole context (idempotent; the reply still resets the same values).
     pub(crate) fn apply_register_reset(&self) -> Result<()> {
-        if self.pending.values().any(|p| p.reset_regs.is_some()) {
+        if self.stops.pending.values().any(|p| p.reset_regs.is_some()) {
             if let Some(snap) = self.snapshot.as_ref().and_then(SnapshotStore::hvm) {
                 self.regs_backend.forget();
                 self.xen.xc.set_hvm_context(self.domid, &snap.cpu)?;
@@ -808,7 +813,7 @@ impl Domain {
     /// (for callers about to change registers).
     pub(crate) fn settle_register_reset(&mut self) -> Result<()> {
         self.apply_register_reset()?;
-        for p in self.pending.values_mut() {
+        for p in self.stops.pending.values_mut() {
             p.reset_regs = None;
         }
         Ok(())

@@ -290,8 +290,8 @@ impl Domain {
         self.xen
             .xc
             .set_hvm_context(self.domid, &HvmContext::from_bytes(ctx))?;
-        let pending: Vec<u32> = self.pending.keys().copied().collect();
-        self.regs_changed.extend(pending);
+        let pending: Vec<u32> = self.stops.pending.keys().copied().collect();
+        self.stops.regs_changed.extend(pending);
         self.mem.invalidate();
         tracing::debug!(
             domid = self.domid,

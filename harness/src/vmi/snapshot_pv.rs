@@ -340,7 +340,7 @@ impl Domain {
         }
         self.mem.written.clear();
         self.mem.windows.clear();
-        for (&vcpu, p) in self.pending.iter_mut() {
+        for (&vcpu, p) in self.stops.pending.iter_mut() {
             if let StopReason::Breakpoint(id) = p.reason {
                 let saved_rip = snap
                     .vcpus
@@ -356,8 +356,8 @@ impl Domain {
         for (v, ctx) in &snap.vcpus {
             self.xen.xc.set_vcpu_context(self.domid, *v, ctx)?;
         }
-        let pending: Vec<u32> = self.pending.keys().copied().collect();
-        self.regs_changed.extend(pending);
+        let pending: Vec<u32> = self.stops.pending.keys().copied().collect();
+        self.stops.regs_changed.extend(pending);
         self.mem.invalidate();
         Ok(RestoreStats {
             dirty: differ.len(),

@@ -478,10 +478,7 @@ impl Domain {
         if hit_slots == 0 {
             return Ok(None);
         }
-        if self.pause_count == 0 {
-            self.xen.xc.domain_pause(self.domid)?;
-            self.pause_count = 1;
-        }
+        self.stops.pause(&self.xen.xc, self.domid)?;
         r.dr6 &= !u64::from(hit_slots);
         self.set_regs(vcpu, &r)?;
         let Some((&id, w)) = self
