@@ -409,7 +409,7 @@ impl Domain {
             }
         }
         note(self.stops.events.close(&self.xen.xc, self.domid));
-        self.snapshot = None;
+        self.snapshot.clear();
         self.stops.clear_queued();
         self.mem.invalidate();
         self.mem.unmap_all();
@@ -443,7 +443,7 @@ impl Domain {
     fn forget_vanished(&mut self) {
         tracing::debug!(domid = self.domid, "domain gone: detached without repairs");
         self.stops.forget();
-        self.snapshot = None;
+        self.snapshot.clear();
         self.mem.invalidate();
         self.mem.unmap_all();
         self.journal.delete();

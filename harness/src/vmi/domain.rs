@@ -9,8 +9,9 @@ use super::caps::{Capabilities, GuestKind};
 use super::cleanup::Journal;
 use super::error::{Error, Result};
 use super::memory::GuestMemory;
-use super::platform::{Platform, SnapshotStore};
+use super::platform::Platform;
 use super::regs::{RegisterBackend, Registers};
+use super::snapshot_state::SnapshotState;
 use super::stops::Stops;
 use super::symbols::Symbols;
 
@@ -176,15 +177,12 @@ pub struct Domain {
     pub(crate) watches: super::watchpoint::Watchpoints,
     pub(crate) journal: Journal,
     pub(crate) symbols: Option<Symbols>,
-    pub(crate) snapshot: Option<SnapshotStore>,
-    pub(crate) restore_options: super::snapshot::RestoreOptions,
+    /// The snapshot, how it is restored.
+    pub(crate) snapshot: SnapshotState,
     /// A Linux guest's kernel (see [`Domain::load_kernel_symbols`]).
     pub(crate) kernel: Option<super::kernel::Kernel>,
     /// What the guest did that the engine noticed ([`Domain::take_notices`]).
     pub(crate) notices: Vec<super::notice::Notice>,
-    /// The guest wrote a descriptor-table register (IDTR, GDTR, LDTR, TR)
-    /// since the vCPU state was last loaded: the next restore loads it all.
-    pub(crate) descriptors_changed: bool,
     pub(crate) detached: bool,
 }
 
@@ -230,11 +228,9 @@ impl Domain {
             bps: Breakpoints::default(),
             watches: Default::default(),
             symbols: None,
-            snapshot: None,
-            restore_options: Default::default(),
+            snapshot: SnapshotState::default(),
             kernel: None,
             notices: Vec::new(),
-            descriptors_changed: false,
             detached: false,
         };
         dom.journal.mark_attached()?;

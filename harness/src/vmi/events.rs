@@ -384,7 +384,7 @@ impl Domain {
             // The guest moved (or read) a descriptor table: the vm_event's
             // registers do not carry IDTR, LDTR or TR, so a restore must load
             // the whole vCPU state. Xen emulates the instruction on reply.
-            self.descriptors_changed |= write;
+            self.snapshot.descriptors_accessed(write);
             self.stops.events.respond(&req.response().emulate())?;
             return Ok(Decision::Ignore);
         }

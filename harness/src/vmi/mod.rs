@@ -131,6 +131,7 @@ mod settings;
 pub mod snapshot;
 pub mod snapshot_file;
 mod snapshot_pv;
+mod snapshot_state;
 mod stack;
 mod step;
 mod stops;

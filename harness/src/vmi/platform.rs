@@ -431,7 +431,7 @@ impl Domain {
             ));
         }
         self.apply_register_reset()?;
-        match self.snapshot.as_ref().ok_or_else(no_snapshot)? {
+        match self.snapshot.get().ok_or_else(no_snapshot)? {
             SnapshotStore::Hvm(snap) => self.check_hvm_snapshot(snap),
             SnapshotStore::Pv(snap) => self.check_pv_snapshot(snap),
         }
@@ -444,18 +444,18 @@ impl Domain {
     ) -> Result<T> {
         let mut store = self.snapshot.take().ok_or_else(no_snapshot)?;
         let result = f(self, &mut store);
-        self.snapshot = Some(store);
+        self.snapshot.put(store);
         result
     }
 
     /// The current snapshot's size, if one was taken.
     pub fn snapshot_info(&self) -> Option<SnapshotInfo> {
-        self.snapshot.as_ref().map(SnapshotStore::info)
+        self.snapshot.info()
     }
 
     /// Forgets the snapshot (log-dirty off, mappings released).
     pub fn drop_snapshot(&mut self) {
-        self.snapshot = None;
+        self.snapshot.clear();
         self.mem.unmap_all();
         if let Err(e) = self.journal.set_logdirty(false) {
             tracing::warn!(domid = self.domid, "journal: {e}");

@@ -403,7 +403,7 @@ impl Domain {
     pub(crate) fn take_hvm_snapshot(&mut self) -> Result<SnapshotInfo> {
         let t0 = Instant::now();
         self.settle_register_reset()?;
-        self.snapshot = None;
+        self.snapshot.clear();
         let mut tracking = self.track_dirty()?;
         let max_gpfn = self.xen.xc.domain_maximum_gpfn(self.domid)?;
         self.mem.unmap_all();
@@ -488,7 +488,7 @@ impl Domain {
             }
         }
         self.watch_descriptors();
-        self.descriptors_changed = false;
+        self.snapshot.descriptors_loaded();
         let event_regs = if info.max_vcpu_id == 0 && !self.stops.regs_changed.contains(&0) {
             self.stops
                 .pending
@@ -524,7 +524,7 @@ impl Domain {
             zero_frames,
             took: t0.elapsed(),
         };
-        self.snapshot = Some(SnapshotStore::Hvm(Snapshot {
+        self.snapshot.put(SnapshotStore::Hvm(Snapshot {
             slot,
             data,
             cpu,
@@ -545,12 +545,12 @@ impl Domain {
 
     /// Chooses how later restores work (kept across snapshots).
     pub fn set_restore_options(&mut self, options: RestoreOptions) {
-        self.restore_options = options;
+        self.snapshot.set_options(options);
     }
 
     /// The current restore settings.
     pub fn restore_options(&self) -> RestoreOptions {
-        self.restore_options
+        self.snapshot.options()
     }
 
     /// Brings the stopped HVM/PVH domain back to `snap`.
@@ -581,7 +581,7 @@ impl Domain {
 
     fn restore_memory(&mut self, snap: &mut Snapshot) -> Result<RestoreStats> {
         let clean = clean_now(
-            self.restore_options.strategy,
+            self.snapshot.options().strategy,
             snap.since_clean,
             snap.last_dirty,
         );
@@ -666,7 +666,7 @@ impl Domain {
     /// descriptor-table register written since the last full load, and
     /// such writes are watched.
     fn descriptors_unchanged(&self) -> bool {
-        !self.descriptors_changed && self.stops.events.sees_descriptors()
+        !self.snapshot.descriptors_changed() && self.stops.events.sees_descriptors()
     }
 
     /// Before a restore loads the vCPUs: answers the requests still on the
@@ -761,7 +761,7 @@ impl Domain {
                 }
             }
         }
-        let reply = match (self.restore_options.registers, &snap.event_regs) {
+        let reply = match (self.snapshot.options().registers, &snap.event_regs) {
             (RegisterReset::EventReply, Some(saved)) if fast && self.stops.pending.len() == 1 => {
                 self.stops
                     .pending
@@ -779,7 +779,7 @@ impl Domain {
         if !reply {
             self.regs_backend.forget();
             self.xen.xc.set_hvm_context(self.domid, &snap.cpu)?;
-            self.descriptors_changed = false;
+            self.snapshot.descriptors_loaded();
         }
         tracing::trace!(
             domid = self.domid,
@@ -801,7 +801,7 @@ impl Domain {
     /// whole context (idempotent; the reply still resets the same values).
     pub(crate) fn apply_register_reset(&self) -> Result<()> {
         if self.stops.pending.values().any(|p| p.reset_regs.is_some()) {
-            if let Some(snap) = self.snapshot.as_ref().and_then(SnapshotStore::hvm) {
+            if let Some(snap) = self.snapshot.hvm() {
                 self.regs_backend.forget();
                 self.xen.xc.set_hvm_context(self.domid, &snap.cpu)?;
             }

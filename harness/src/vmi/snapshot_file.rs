@@ -253,7 +253,7 @@ impl Domain {
             .collect();
         // The snapshot is dropped first: its log-dirty tracking would see
         // nothing of these foreign writes anyway.
-        self.snapshot = None;
+        self.snapshot.clear();
         let mut page = vec![0u8; PAGE_SIZE * LOAD_CHUNK];
         for chunk in gfns.chunks(LOAD_CHUNK) {
             let bytes = &mut page[..chunk.len() * PAGE_SIZE];

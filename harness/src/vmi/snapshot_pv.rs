@@ -164,7 +164,7 @@ impl Domain {
     /// Saves the stopped PV domain as its snapshot (see the module docs).
     pub(crate) fn take_pv_snapshot(&mut self) -> Result<SnapshotInfo> {
         let t0 = Instant::now();
-        self.snapshot = None;
+        self.snapshot.clear();
         let (owned, p2m) = self.pv_owned_frames()?;
         let nr_pages = self.info()?.nr_pages as usize;
         let mut chunks = Vec::new();
@@ -220,7 +220,7 @@ impl Domain {
             zero_frames,
             took: t0.elapsed(),
         };
-        self.snapshot = Some(SnapshotStore::Pv(PvSnapshot {
+        self.snapshot.put(SnapshotStore::Pv(PvSnapshot {
             chunks,
             slot,
             data,
