@@ -8,6 +8,7 @@ use super::breakpoint::Breakpoints;
 use super::caps::{Capabilities, GuestKind};
 use super::cleanup::Journal;
 use super::error::{Error, Result};
+use super::guest_symbols::GuestSymbols;
 use super::memory::GuestMemory;
 use super::platform::Platform;
 use super::regs::{RegisterBackend, Registers};
@@ -176,11 +177,10 @@ pub struct Domain {
     pub(crate) bps: Breakpoints,
     pub(crate) watches: super::watchpoint::Watchpoints,
     pub(crate) journal: Journal,
-    pub(crate) symbols: Option<Symbols>,
+    /// Loaded symbols (an image's, or a Linux kernel's and its modules).
+    pub(crate) symbols: GuestSymbols,
     /// The snapshot, how it is restored.
     pub(crate) snapshot: SnapshotState,
-    /// A Linux guest's kernel (see [`Domain::load_kernel_symbols`]).
-    pub(crate) kernel: Option<super::kernel::Kernel>,
     /// What the guest did that the engine noticed ([`Domain::take_notices`]).
     pub(crate) notices: Vec<super::notice::Notice>,
     pub(crate) detached: bool,
@@ -227,9 +227,8 @@ impl Domain {
             stops: Stops::new(platform.events(), summary.info.max_vcpu_id == 0),
             bps: Breakpoints::default(),
             watches: Default::default(),
-            symbols: None,
+            symbols: GuestSymbols::default(),
             snapshot: SnapshotState::default(),
-            kernel: None,
             notices: Vec::new(),
             detached: false,
         };
@@ -333,7 +332,7 @@ impl Domain {
     /// [`Domain::load_kernel_symbols`], which also takes modules).
     pub fn load_symbols(&mut self, path: impl AsRef<std::path::Path>) -> Result<&Symbols> {
         let path = path.as_ref();
-        self.kernel = None;
+        self.symbols.forget_kernel();
         let syms = Symbols::load(path)?;
         if super::kernel::is_linux(&syms) {
             let spec = super::kernel::KernelSymbols {
@@ -343,12 +342,12 @@ impl Domain {
             self.adopt_kernel(syms, &spec)?;
             return self.symbols();
         }
-        Ok(self.symbols.insert(syms))
+        Ok(self.symbols.set(syms))
     }
 
     /// Symbols loaded by [`Domain::load_symbols`].
     pub fn symbols(&self) -> Result<&Symbols> {
-        self.symbols.as_ref().ok_or_else(|| {
+        self.symbols.get().ok_or_else(|| {
             Error::Symbol("no symbols loaded (call load_symbols with the guest image)".into())
         })
     }

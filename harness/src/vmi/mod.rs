@@ -121,6 +121,7 @@ mod domain;
 mod error;
 mod events;
 pub mod fork;
+mod guest_symbols;
 pub mod kernel;
 mod memory;
 mod notice;
