@@ -182,7 +182,7 @@ pub struct Domain {
     /// The snapshot, how it is restored.
     pub(crate) snapshot: SnapshotState,
     /// What the guest did that the engine noticed ([`Domain::take_notices`]).
-    pub(crate) notices: Vec<super::notice::Notice>,
+    pub(crate) notices: super::notice::Notices,
     pub(crate) detached: bool,
 }
 
@@ -229,7 +229,7 @@ impl Domain {
             watches: Default::default(),
             symbols: GuestSymbols::default(),
             snapshot: SnapshotState::default(),
-            notices: Vec::new(),
+            notices: Default::default(),
             detached: false,
         };
         dom.journal.mark_attached()?;

@@ -78,6 +78,26 @@ impl std::fmt::Display for Notice {
 /// Notices kept until taken; more are counted, not kept.
 pub(crate) const MAX_NOTICES: usize = 256;
 
+/// A domain's notices, oldest first, until taken.
+#[derive(Default)]
+pub(crate) struct Notices {
+    kept: Vec<Notice>,
+}
+
+impl Notices {
+    /// Keeps `n` (up to [`MAX_NOTICES`]).
+    pub(crate) fn push(&mut self, n: Notice) {
+        if self.kept.len() < MAX_NOTICES {
+            self.kept.push(n);
+        }
+    }
+
+    /// The notices kept so far, oldest first; none are kept afterwards.
+    pub(crate) fn take(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.kept)
+    }
+}
+
 /// Bytes compared on each side of a trap to recognise a copied breakpoint.
 const WINDOW: usize = 16;
 /// Fewest equal bytes (the trap's own excluded) that make a copy.
@@ -132,14 +152,12 @@ impl Domain {
     /// What the guest did that the engine noticed since the last call (see
     /// [`Notice`]), oldest first.
     pub fn take_notices(&mut self) -> Vec<Notice> {
-        std::mem::take(&mut self.notices)
+        self.notices.take()
     }
 
     pub(crate) fn notice(&mut self, n: Notice) {
         tracing::info!(domid = self.domid, "{n}");
-        if self.notices.len() < MAX_NOTICES {
-            self.notices.push(n);
-        }
+        self.notices.push(n);
     }
 
     /// Planted breakpoints whose byte in memory is not the breakpoint
