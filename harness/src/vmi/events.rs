@@ -409,7 +409,7 @@ impl Domain {
                 .respond(&req.response().set_registers(&r))?;
             return Ok(Decision::Ignore);
         }
-        let insn_kind = self.bps.insn.as_ref().map(|i| i.kind());
+        let insn_kind = self.bps.insn_kind();
         let bp_event = match (req.reason(), req.debug()) {
             (EventReason::DebugException, Some((DebugEventType::PrivSwException, ..))) => {
                 insn_kind == Some(BreakpointInsnKind::Icebp)
@@ -419,24 +419,20 @@ impl Domain {
         };
         let mut foreign = None;
         if bp_event {
-            let addr = self.bps.insn.as_ref().map_or(rip, |i| i.bp_address(rip));
+            let addr = self.bps.bp_address(rip);
             // Where the vCPU really fetched the instruction: a breakpoint's
             // address run from another frame (a page the guest mapped
             // there, or code it copied) is not the breakpoint.
             let pa = self.event_pa(&req.regs(), addr);
             // (Not necessarily planted now: another vCPU may be stepping
             // over it since this one trapped.)
-            let ours = self.bps.at(addr).filter(|id| {
+            let ours = self.bps.at(addr).filter(|&id| {
                 self.bps
-                    .list
                     .get(id)
                     .is_some_and(|b| pa.is_none_or(|pa| pa >> PAGE_SHIFT == b.pa >> PAGE_SHIFT))
             });
             if let Some(id) = ours {
-                let hits = self.bps.list.get_mut(&id).map_or(0, |b| {
-                    b.hits += 1;
-                    b.hits
-                });
+                let hits = self.bps.count_hit(id);
                 return Ok(Decision::Stop(
                     StopReason::Breakpoint(id),
                     Event::Breakpoint {
@@ -530,24 +526,17 @@ impl Domain {
             if vcpu == 0 {
                 first_rip = regs.rip;
             }
-            let addr = self
-                .bps
-                .insn
-                .as_ref()
-                .map_or(regs.rip, |i| i.bp_address(regs.rip));
+            let addr = self.bps.bp_address(regs.rip);
             let Some(id) = self.bps.at(addr) else {
                 continue;
             };
-            if !self.bps.list.get(&id).is_some_and(|b| b.planted) {
+            if !self.bps.get(id).is_some_and(|b| b.planted) {
                 continue;
             }
             // int3 ran: point RIP back at the breakpoint.
             regs.rip = addr;
             self.set_regs(vcpu, &regs)?;
-            let hits = self.bps.list.get_mut(&id).map_or(0, |b| {
-                b.hits += 1;
-                b.hits
-            });
+            let hits = self.bps.count_hit(id);
             return Ok((
                 vcpu,
                 Decision::Stop(
@@ -579,16 +568,11 @@ impl Domain {
         let StopReason::Breakpoint(id) = reason else {
             return Ok(true);
         };
-        if self.bps.list.get(&id).is_none_or(|b| b.condition.is_none()) {
+        if !self.bps.has_condition(id) {
             return Ok(true);
         }
         let regs = self.regs(vcpu)?;
-        Ok(self
-            .bps
-            .list
-            .get_mut(&id)
-            .and_then(|b| b.condition.as_mut())
-            .is_none_or(|c| c(&regs)))
+        Ok(self.bps.condition_holds(id, &regs))
     }
 
     /// Waits up to `timeout` for the next event while the guest runs.

@@ -478,7 +478,7 @@ impl Domain {
     /// back whichever breakpoints are set by then.
     pub fn guest_memory_image(&self) -> Result<MemoryImage> {
         let mut img = self.memory_image()?;
-        for b in self.bps.list.values().filter(|b| b.planted) {
+        for (_, b) in self.bps.planted() {
             if let Some(page) = img.frame_mut(b.pa >> PAGE_SHIFT) {
                 page[b.pa as usize & (PAGE_SIZE - 1)] = b.orig;
             }
@@ -496,7 +496,7 @@ impl Domain {
                 "restore_memory_image() needs a stopped domain: pause() first".into(),
             ));
         }
-        let opcode = self.bps.insn.as_ref().map(|i| i.opcode());
+        let opcode = self.bps.opcode();
         let mut rewritten = 0;
         let mut page = vec![0u8; PAGE_SIZE];
         for (gfns, data) in img

@@ -164,11 +164,11 @@ impl Domain {
     /// instruction any more (the guest wrote over it), with the byte found.
     /// Reads every planted breakpoint's byte.
     pub fn overwritten_breakpoints(&self) -> Result<Vec<(BreakpointId, u8)>> {
-        let Some(op) = self.bps.insn.as_ref().map(|i| i.opcode()) else {
+        let Some(op) = self.bps.opcode() else {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        for (&id, b) in self.bps.list.iter().filter(|(_, b)| b.planted) {
+        for (id, b) in self.bps.planted() {
             let mut byte = [0u8];
             self.mem.read_phys(b.pa, &mut byte)?;
             if byte[0] != op {
@@ -181,7 +181,7 @@ impl Domain {
     /// Records the planted breakpoints of guest frame `gfn` whose byte the
     /// guest replaced (before a restore writes the frame back).
     pub(crate) fn note_overwritten_in(&mut self, gfn: u64, page: &[u8]) {
-        let Some(op) = self.bps.insn.as_ref().map(|i| i.opcode()) else {
+        let Some(op) = self.bps.opcode() else {
             return;
         };
         let found: Vec<Notice> = self
@@ -209,7 +209,7 @@ impl Domain {
     /// (the guest's own instruction, or code that matches breakpoints with
     /// different original bytes).
     pub(crate) fn repair_copy(&mut self, addr: u64, pa: u64) -> Result<Option<Notice>> {
-        let Some(op) = self.bps.insn.as_ref().map(|i| i.opcode()) else {
+        let Some(op) = self.bps.opcode() else {
             return Ok(None);
         };
         let Some((copy, center)) = window(self, pa) else {
@@ -222,13 +222,12 @@ impl Domain {
         // removed still carries its byte): (id, address, pa, original byte).
         let mut candidates: Vec<(BreakpointId, u64, u64, u8)> = self
             .bps
-            .list
-            .iter()
-            .map(|(&id, b)| (id, b.va, b.pa, b.orig))
+            .all()
+            .map(|(id, b)| (id, b.va, b.pa, b.orig))
             .collect();
         let live: std::collections::HashSet<u64> = candidates.iter().map(|c| c.2).collect();
         let mut gone_in: std::collections::HashMap<u64, Vec<(u64, u8)>> = Default::default();
-        for (&p, &(id, va, orig)) in &self.bps.gone {
+        for (&p, &(id, va, orig)) in self.bps.removed() {
             if !live.contains(&p) {
                 candidates.push((id, va, p, orig));
                 gone_in.entry(p >> PAGE_SHIFT).or_default().push((p, orig));

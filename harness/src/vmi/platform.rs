@@ -331,7 +331,7 @@ impl Domain {
                 self.caps.pv_debugging()?;
                 self.journal.set_debugging(true)?;
                 self.xen.xc.domain_set_debugging(self.domid, true)?;
-                self.bps.insn = Some(Box::new(Int3 { rip_after: true }));
+                self.bps.set_insn(Box::new(Int3 { rip_after: true }));
                 *on = true;
             }
             Events::Ring(slot) => {
@@ -355,7 +355,7 @@ impl Domain {
                         Err(e) => tracing::info!("MTF single-step unavailable: {e}"),
                     }
                 }
-                self.bps.insn = Some(match kind {
+                self.bps.set_insn(match kind {
                     BreakpointInsnKind::Int3 => Box::new(Int3 { rip_after: false }),
                     BreakpointInsnKind::Icebp => Box::new(Icebp),
                 });

@@ -466,7 +466,7 @@ impl Domain {
         }
         // Keep breakpoint bytes out of the saved copy (a breakpoint's
         // frame is never all zero: it holds the breakpoint byte).
-        for b in self.bps.list.values().filter(|b| b.planted) {
+        for (_, b) in self.bps.planted() {
             if let Some(&s) = slot.get(&(b.pa >> PAGE_SHIFT)).filter(|&&s| s != ZERO) {
                 data[s * PAGE_SIZE + (b.pa as usize & (PAGE_SIZE - 1))] = b.orig;
             }
@@ -701,7 +701,7 @@ impl Domain {
     /// Copies `frames` back from the snapshot and plants the breakpoints
     /// they hold again; returns how many were copied.
     fn copy_back(&mut self, snap: &mut Snapshot, frames: &[u64]) -> Result<usize> {
-        let opcode = self.bps.insn.as_ref().map(|i| i.opcode());
+        let opcode = self.bps.opcode();
         let mut whole = self.mem.whole.borrow_mut();
         let Some(whole) = whole.as_mut() else {
             return Err(Error::State("the snapshot's memory mapping is gone".into()));
@@ -727,7 +727,7 @@ impl Domain {
     /// Puts the bytes written through windows back to the snapshot's,
     /// except in `copied` (sorted): frames copied back whole already.
     fn undo_windows(&mut self, snap: &Snapshot, copied: &[u64]) -> Result<()> {
-        let opcode = self.bps.insn.as_ref().map(|i| i.opcode());
+        let opcode = self.bps.opcode();
         let mut whole = self.mem.whole.borrow_mut();
         let Some(whole) = whole.as_mut() else {
             return Err(Error::State("the snapshot's memory mapping is gone".into()));
@@ -756,7 +756,7 @@ impl Domain {
             p.reset_regs = None;
             if let StopReason::Breakpoint(id) = p.reason {
                 let saved_rip = snap.rips.get(vcpu as usize).copied().flatten();
-                if self.bps.list.get(&id).map(|b| b.va) != saved_rip {
+                if self.bps.get(id).map(|b| b.va) != saved_rip {
                     p.reason = StopReason::Other;
                 }
             }

@@ -172,7 +172,7 @@ impl Domain {
             },
         )?;
         // Keep breakpoint bytes out of the file.
-        for b in self.bps.list.values().filter(|b| b.planted) {
+        for (_, b) in self.bps.planted() {
             if let Ok(i) = gfns.binary_search(&(b.pa >> PAGE_SHIFT)) {
                 data[i * PAGE_SIZE + (b.pa as usize & (PAGE_SIZE - 1))] = b.orig;
             }
@@ -273,15 +273,9 @@ impl Domain {
             map.write(0, bytes)?;
         }
         // Our breakpoints live in memory: plant them again.
-        let opcode = self.bps.insn.as_ref().map(|i| i.opcode());
+        let opcode = self.bps.opcode();
         if let Some(op) = opcode {
-            let planted: Vec<u64> = self
-                .bps
-                .list
-                .values()
-                .filter(|b| b.planted)
-                .map(|b| b.pa)
-                .collect();
+            let planted: Vec<u64> = self.bps.planted().map(|(_, b)| b.pa).collect();
             for pa in planted {
                 self.mem.write_phys(pa, &[op])?;
             }

@@ -187,7 +187,7 @@ impl Domain {
             chunks.push((mfns.to_vec(), map));
         }
         // Keep breakpoint bytes out of the saved copy.
-        for b in self.bps.list.values().filter(|b| b.planted) {
+        for (_, b) in self.bps.planted() {
             if let Some(&s) = slot.get(&(b.pa >> PAGE_SHIFT)).filter(|&&s| s != ZERO) {
                 data[s * PAGE_SIZE + (b.pa as usize & (PAGE_SIZE - 1))] = b.orig;
             }
@@ -237,13 +237,7 @@ impl Domain {
     /// Frames whose contents differ from the snapshot (planted breakpoint
     /// bytes read as the original bytes).
     fn pv_differing(&self, snap: &PvSnapshot) -> Result<Vec<u64>> {
-        let planted: Vec<(u64, u8)> = self
-            .bps
-            .list
-            .values()
-            .filter(|b| b.planted)
-            .map(|b| (b.pa, b.orig))
-            .collect();
+        let planted: Vec<(u64, u8)> = self.bps.planted().map(|(_, b)| (b.pa, b.orig)).collect();
         let mut out = Vec::new();
         let mut page = [0u8; PAGE_SIZE];
         for (mfns, map) in &snap.chunks {
@@ -300,7 +294,7 @@ impl Domain {
                 .xen
                 .fmem
                 .map_sparse(self.domid, Prot::ReadWrite, &differ)?;
-            let opcode = self.bps.insn.as_ref().map(|i| i.opcode());
+            let opcode = self.bps.opcode();
             let ro = self.xen.fmem.map_sparse(self.domid, Prot::Read, &differ)?;
             let mut now = [0u8; PAGE_SIZE];
             for (i, &mfn) in differ.iter().enumerate() {
@@ -329,9 +323,9 @@ impl Domain {
                 if let Some(op) = opcode {
                     for b in self
                         .bps
-                        .list
-                        .values()
-                        .filter(|b| b.planted && b.pa >> PAGE_SHIFT == mfn)
+                        .planted()
+                        .map(|(_, b)| b)
+                        .filter(|b| b.pa >> PAGE_SHIFT == mfn)
                     {
                         map.write(i * PAGE_SIZE + (b.pa as usize & (PAGE_SIZE - 1)), &[op])?;
                     }
@@ -347,7 +341,7 @@ impl Domain {
                     .iter()
                     .find(|(v, _)| *v == vcpu)
                     .map(|(_, c)| c.rip());
-                if self.bps.list.get(&id).map(|b| b.va) != saved_rip {
+                if self.bps.get(id).map(|b| b.va) != saved_rip {
                     p.reason = StopReason::Other;
                 }
             }
@@ -419,9 +413,9 @@ impl Domain {
                 }
                 for b in self
                     .bps
-                    .list
-                    .values()
-                    .filter(|b| b.planted && b.pa >> PAGE_SHIFT == mfn)
+                    .planted()
+                    .map(|(_, b)| b)
+                    .filter(|b| b.pa >> PAGE_SHIFT == mfn)
                 {
                     page[b.pa as usize & (PAGE_SIZE - 1)] = b.orig;
                 }

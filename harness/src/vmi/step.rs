@@ -106,8 +106,7 @@ impl Domain {
             .filter_map(|(&v, p)| match p.reason {
                 StopReason::Breakpoint(id) => self
                     .bps
-                    .list
-                    .get(&id)
+                    .get(id)
                     .filter(|b| b.planted)
                     .map(|b| (v, id, b.va)),
                 _ => None,
@@ -133,7 +132,7 @@ impl Domain {
         let bp_here = self
             .bps
             .at(start_rip)
-            .filter(|id| self.bps.list.get(id).is_some_and(|b| b.planted));
+            .filter(|&id| self.bps.get(id).is_some_and(|b| b.planted));
         if let Some(id) = bp_here {
             self.unplant(id)?;
         }
