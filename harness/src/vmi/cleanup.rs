@@ -404,7 +404,7 @@ impl Domain {
         // Answer pending events, then drop the ring (options off, disable, unmap).
         let pending = std::mem::take(&mut self.stops.pending);
         for (v, p) in pending {
-            if let Some(rsp) = p.response(self.stops.regs_changed.contains(&v)) {
+            if let Some(rsp) = p.response(self.stops.regs_changed(v)) {
                 note(self.stops.events.respond(&rsp));
             }
         }

@@ -314,7 +314,7 @@ impl Domain {
         self.settle_register_reset()?;
         self.regs_backend
             .set(&self.xen.xc, self.domid, vcpu, regs, self.is_stopped())?;
-        self.stops.regs_changed.insert(vcpu);
+        self.stops.regs_written(vcpu);
         self.mem.invalidate();
         Ok(())
     }

@@ -489,7 +489,7 @@ impl Domain {
         }
         self.watch_descriptors();
         self.snapshot.descriptors_loaded();
-        let event_regs = if info.max_vcpu_id == 0 && !self.stops.regs_changed.contains(&0) {
+        let event_regs = if info.max_vcpu_id == 0 && !self.stops.regs_changed(0) {
             self.stops
                 .pending
                 .get(&0)
@@ -517,8 +517,7 @@ impl Domain {
             .collect();
         let untracked = limit_tracking(&mut tracking, &slot, &backend)?;
         tracking.clean()?;
-        self.mem.written.clear();
-        self.mem.windows.clear();
+        self.mem.forget_writes();
         let info = SnapshotInfo {
             frames: slot.len(),
             zero_frames,
@@ -600,8 +599,8 @@ impl Domain {
         let dirty = frames.len();
         snap.last_dirty = dirty;
         self.note_overwritten(&frames)?;
-        let written = self.mem.written.len();
-        frames.extend(self.mem.written.drain());
+        let written = self.mem.written_count();
+        frames.extend(self.mem.drain_written());
         if beyond {
             frames.extend_from_slice(&snap.untracked);
         }
@@ -690,7 +689,7 @@ impl Domain {
                     self.stops.events.respond(&req.response())?;
                 }
             }
-            self.stops.regs_changed.remove(&v);
+            self.stops.regs_current(v);
             self.xen.xc.vcpu_reset(self.domid, v)?;
             *ran = self.xen.xc.vcpu_state(self.domid, v)?.cpu_time;
             self.notice(super::notice::Notice::VcpuReset { vcpu: v });
@@ -789,9 +788,7 @@ impl Domain {
             "vCPU reset"
         );
         // Pending vm_event register copies no longer match the vCPUs.
-        self.stops
-            .regs_changed
-            .extend(self.stops.pending.keys().copied());
+        self.stops.all_regs_written();
         self.mem.invalidate();
         st.regs_in_reply = reply;
         Ok(st)
@@ -800,7 +797,7 @@ impl Domain {
     /// A register reset waiting in a vm_event reply is loaded now with the
     /// whole context (idempotent; the reply still resets the same values).
     pub(crate) fn apply_register_reset(&self) -> Result<()> {
-        if self.stops.pending.values().any(|p| p.reset_regs.is_some()) {
+        if self.stops.register_reset_waiting() {
             if let Some(snap) = self.snapshot.hvm() {
                 self.regs_backend.forget();
                 self.xen.xc.set_hvm_context(self.domid, &snap.cpu)?;
@@ -813,9 +810,7 @@ impl Domain {
     /// (for callers about to change registers).
     pub(crate) fn settle_register_reset(&mut self) -> Result<()> {
         self.apply_register_reset()?;
-        for p in self.stops.pending.values_mut() {
-            p.reset_regs = None;
-        }
+        self.stops.drop_register_resets();
         Ok(())
     }
 

@@ -284,8 +284,7 @@ impl Domain {
         self.xen
             .xc
             .set_hvm_context(self.domid, &HvmContext::from_bytes(ctx))?;
-        let pending: Vec<u32> = self.stops.pending.keys().copied().collect();
-        self.stops.regs_changed.extend(pending);
+        self.stops.all_regs_written();
         self.mem.invalidate();
         tracing::debug!(
             domid = self.domid,

@@ -228,8 +228,7 @@ impl Domain {
             tracking,
             info,
         }));
-        self.mem.written.clear();
-        self.mem.windows.clear();
+        self.mem.forget_writes();
         tracing::debug!(domid = self.domid, ?info, "PV snapshot taken");
         Ok(info)
     }
@@ -259,7 +258,7 @@ impl Domain {
 
     /// Brings the stopped PV domain back to `snap`.
     pub(crate) fn restore_pv_snapshot(&mut self, snap: &mut PvSnapshot) -> Result<RestoreStats> {
-        let written = self.mem.written.len();
+        let written = self.mem.written_count();
         let cleaned = snap.tracking.is_some();
         let differ = match &mut snap.tracking {
             // Log-dirty: the frames the guest wrote, plus ours.
@@ -279,8 +278,7 @@ impl Domain {
                         "PV restore: {unknown} dirty frames have no machine frame in the snapshot (the guest changed its memory map)"
                     )));
                 }
-                frames.extend(self.mem.written.iter().copied());
-                frames.extend(self.mem.windows.frames());
+                frames.extend(self.mem.written_frames());
                 frames
                     .into_iter()
                     .filter(|m| snap.slot.contains_key(m))
@@ -332,8 +330,7 @@ impl Domain {
                 }
             }
         }
-        self.mem.written.clear();
-        self.mem.windows.clear();
+        self.mem.forget_writes();
         for (&vcpu, p) in self.stops.pending.iter_mut() {
             if let StopReason::Breakpoint(id) = p.reason {
                 let saved_rip = snap
@@ -350,8 +347,7 @@ impl Domain {
         for (v, ctx) in &snap.vcpus {
             self.xen.xc.set_vcpu_context(self.domid, *v, ctx)?;
         }
-        let pending: Vec<u32> = self.stops.pending.keys().copied().collect();
-        self.stops.regs_changed.extend(pending);
+        self.stops.all_regs_written();
         self.mem.invalidate();
         Ok(RestoreStats {
             dirty: differ.len(),

@@ -79,18 +79,7 @@ impl Domain {
     /// written meanwhile get RIP moved past it here (the others get it in
     /// their vm_event reply, see `Pending::response`).
     pub(crate) fn complete_cpuid_stops(&mut self) -> Result<()> {
-        let changed: Vec<u32> = self
-            .stops
-            .pending
-            .iter()
-            .filter(|(v, p)| {
-                matches!(p.reason, StopReason::Cpuid(_))
-                    && p.reset_regs.is_none()
-                    && self.stops.regs_changed.contains(v)
-            })
-            .map(|(&v, _)| v)
-            .collect();
-        for vcpu in changed {
+        for vcpu in self.stops.changed_cpuid_stops() {
             self.complete_cpuid(vcpu)?;
         }
         Ok(())
@@ -270,7 +259,7 @@ impl Domain {
     fn fast_step_over(&mut self, vcpu: u32, id: BreakpointId, va: u64) -> Result<bool> {
         if !self.stops.events.has_ring()
             || self.caps.step_method()? != StepMethod::TrapFlagMonitor
-            || self.stops.regs_changed.contains(&vcpu)
+            || self.stops.regs_changed(vcpu)
         {
             return Ok(false);
         }

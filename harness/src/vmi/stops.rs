@@ -22,7 +22,7 @@ pub(crate) struct Stops {
     pub(crate) pending: VcpuMap<Pending>,
     /// vCPUs whose registers were written since their pending event (the
     /// event's register copy is stale for them).
-    pub(crate) regs_changed: HashSet<u32>,
+    regs_changed: HashSet<u32>,
     /// Where debug events come from (see [`super::platform`]).
     pub(crate) events: Events,
     /// Events seen while doing something else, delivered by the next `wait_event`.
@@ -121,6 +121,53 @@ impl Stops {
             self.pause_count -= 1;
         }
         self.pause_count = 0;
+    }
+
+    /// Whether `vcpu`'s registers were written since its pending event.
+    pub(crate) fn regs_changed(&self, vcpu: u32) -> bool {
+        self.regs_changed.contains(&vcpu)
+    }
+
+    /// `vcpu`'s registers were written: its event's register copy is stale.
+    pub(crate) fn regs_written(&mut self, vcpu: u32) {
+        self.regs_changed.insert(vcpu);
+    }
+
+    /// `vcpu` starts afresh (reset, or a new event's registers).
+    pub(crate) fn regs_current(&mut self, vcpu: u32) {
+        self.regs_changed.remove(&vcpu);
+    }
+
+    /// Every stopped vCPU's registers were replaced (a restore, a reset):
+    /// their events' register copies are stale.
+    pub(crate) fn all_regs_written(&mut self) {
+        self.regs_changed.extend(self.pending.keys().copied());
+    }
+
+    /// A register reset waits in a vm_event reply.
+    pub(crate) fn register_reset_waiting(&self) -> bool {
+        self.pending.values().any(|p| p.reset_regs.is_some())
+    }
+
+    /// Replies become plain: no register reset in them.
+    pub(crate) fn drop_register_resets(&mut self) {
+        for p in self.pending.values_mut() {
+            p.reset_regs = None;
+        }
+    }
+
+    /// vCPUs stopped at a `cpuid` whose registers were written since (no
+    /// register reset waiting): resuming moves them past it by hand.
+    pub(crate) fn changed_cpuid_stops(&self) -> Vec<u32> {
+        self.pending
+            .iter()
+            .filter(|(v, p)| {
+                matches!(p.reason, StopReason::Cpuid(_))
+                    && p.reset_regs.is_none()
+                    && self.regs_changed.contains(v)
+            })
+            .map(|(&v, _)| v)
+            .collect()
     }
 
     /// Answers every pending event (with its register reset or cpuid
