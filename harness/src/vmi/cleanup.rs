@@ -402,12 +402,7 @@ impl Domain {
         note(self.unplant_all());
         note(self.remove_all_watchpoints());
         // Answer pending events, then drop the ring (options off, disable, unmap).
-        let pending = std::mem::take(&mut self.stops.pending);
-        for (v, p) in pending {
-            if let Some(rsp) = p.response(self.stops.regs_changed(v)) {
-                note(self.stops.events.respond(&rsp));
-            }
-        }
+        self.stops.answer_all(&mut note);
         note(self.stops.events.close(&self.xen.xc, self.domid));
         self.snapshot.clear();
         self.stops.clear_queued();

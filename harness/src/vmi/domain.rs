@@ -162,6 +162,13 @@ impl Xen {
 }
 
 /// An attached domain. Dropping it detaches cleanly (see [`Domain::detach`]).
+///
+/// Its identity (handles, id, name, guest type, capabilities, journal) and
+/// parts that own their state, each in its file: memory (`GuestMemory`),
+/// registers, the stop state (`Stops`), breakpoints, watchpoints, symbols
+/// (`GuestSymbols`), the snapshot (`SnapshotState`) and notices. `Domain`'s
+/// methods combine them (resume: step over breakpoints, answer events,
+/// unpause; restore: memory, registers, breakpoints).
 pub struct Domain {
     pub(crate) xen: Xen,
     pub(crate) domid: u32,

@@ -684,12 +684,7 @@ impl Domain {
             if !st.online && st.cpu_time == *ran {
                 continue;
             }
-            if let Some(p) = self.stops.pending.remove(&v) {
-                if let Some(req) = &p.request {
-                    self.stops.events.respond(&req.response())?;
-                }
-            }
-            self.stops.regs_current(v);
+            self.stops.dismiss(v)?;
             self.xen.xc.vcpu_reset(self.domid, v)?;
             *ran = self.xen.xc.vcpu_state(self.domid, v)?.cpu_time;
             self.notice(super::notice::Notice::VcpuReset { vcpu: v });

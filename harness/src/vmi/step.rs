@@ -197,7 +197,7 @@ impl Domain {
             None => {
                 // PV: the debugger pause stopped the domain.
                 let rip = self.regs(vcpu)?.rip;
-                self.stops.hold_vcpu(vcpu, None, StopReason::Step, true);
+                self.stops.record_stop(vcpu, None, StopReason::Step, true);
                 Ok(rip)
             }
         }
@@ -243,7 +243,7 @@ impl Domain {
                     }
                     if let Decision::Stop(reason, event) = self.decide(&req)? {
                         // Keep that vCPU stopped (unanswered) without pausing the domain.
-                        self.stops.hold_vcpu(req.vcpu(), Some(req), reason, false);
+                        self.stops.record_stop(req.vcpu(), Some(req), reason, false);
                         self.stops.queue(event);
                     }
                 }

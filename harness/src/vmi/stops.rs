@@ -133,11 +133,6 @@ impl Stops {
         self.regs_changed.insert(vcpu);
     }
 
-    /// `vcpu` starts afresh (reset, or a new event's registers).
-    pub(crate) fn regs_current(&mut self, vcpu: u32) {
-        self.regs_changed.remove(&vcpu);
-    }
-
     /// Every stopped vCPU's registers were replaced (a restore, a reset):
     /// their events' register copies are stale.
     pub(crate) fn all_regs_written(&mut self) {
@@ -184,6 +179,29 @@ impl Stops {
         Ok(())
     }
 
+    /// At detach: answers every pending event, going on after errors (each
+    /// given to `note`).
+    pub(crate) fn answer_all(&mut self, mut note: impl FnMut(Result<()>)) {
+        let pending = std::mem::take(&mut self.pending);
+        for (v, p) in pending {
+            if let Some(rsp) = p.response(self.regs_changed.contains(&v)) {
+                note(self.events.respond(&rsp));
+            }
+        }
+    }
+
+    /// Drops `vcpu`'s pending event, answered as it came (no register
+    /// reset, no cpuid completion): the vCPU is reset or brought down.
+    pub(crate) fn dismiss(&mut self, vcpu: u32) -> Result<()> {
+        if let Some(p) = self.pending.remove(&vcpu) {
+            if let Some(req) = &p.request {
+                self.events.respond(&req.response())?;
+            }
+        }
+        self.regs_changed.remove(&vcpu);
+        Ok(())
+    }
+
     /// Answers `vcpu`'s pending event, if any, and forgets it.
     pub(crate) fn answer(&mut self, vcpu: u32) -> Result<()> {
         if let Some(p) = self.pending.remove(&vcpu) {
@@ -227,7 +245,7 @@ impl Stops {
 
     /// Records `vcpu` as stopped without pausing the domain: another
     /// event's vCPU kept waiting (unanswered) while stepping, or a PV step.
-    pub(crate) fn hold_vcpu(
+    pub(crate) fn record_stop(
         &mut self,
         vcpu: u32,
         request: Option<VmEventRequest>,
