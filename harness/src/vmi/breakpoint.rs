@@ -233,6 +233,28 @@ impl Breakpoints {
             .collect()
     }
 
+    /// Times the guest reached breakpoint `id`.
+    pub fn hits(&self, id: BreakpointId) -> Result<u64> {
+        self.list
+            .get(&id)
+            .map(|b| b.hits)
+            .ok_or_else(|| Error::Breakpoint(format!("no breakpoint {id}")))
+    }
+
+    /// All breakpoints, described.
+    pub fn infos(&self) -> Vec<BreakpointInfo> {
+        self.list
+            .iter()
+            .map(|(&id, b)| BreakpointInfo {
+                id,
+                addr: b.va,
+                phys: b.pa,
+                hits: b.hits,
+                conditional: b.condition.is_some(),
+            })
+            .collect()
+    }
+
     fn next_id(&mut self) -> BreakpointId {
         self.next += 1;
         BreakpointId(self.next)
@@ -319,26 +341,12 @@ impl Domain {
 
     /// Times the guest reached breakpoint `id`.
     pub fn breakpoint_hits(&self, id: BreakpointId) -> Result<u64> {
-        self.bps
-            .list
-            .get(&id)
-            .map(|b| b.hits)
-            .ok_or_else(|| Error::Breakpoint(format!("no breakpoint {id}")))
+        self.bps.hits(id)
     }
 
     /// All breakpoints.
     pub fn breakpoints(&self) -> Vec<BreakpointInfo> {
-        self.bps
-            .list
-            .iter()
-            .map(|(&id, b)| BreakpointInfo {
-                id,
-                addr: b.va,
-                phys: b.pa,
-                hits: b.hits,
-                conditional: b.condition.is_some(),
-            })
-            .collect()
+        self.bps.infos()
     }
 
     /// Writes a breakpoint's original byte back and keeps it listed (and in
