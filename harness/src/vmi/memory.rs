@@ -93,7 +93,7 @@ impl GuestMemory {
     }
 
     /// Takes the frames written through foreign mappings since.
-    pub(crate) fn drain_written(&mut self) -> std::collections::hash_set::Drain<'_, u64> {
+    pub(crate) fn drain_written(&mut self) -> impl Iterator<Item = u64> + '_ {
         self.written.drain()
     }
 
