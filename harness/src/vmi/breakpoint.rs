@@ -106,17 +106,81 @@ pub(crate) struct Breakpoints {
     next: u32,
     /// Add and remove through [`Breakpoints::insert`] and
     /// [`Breakpoints::remove`] (they keep the indexes).
-    pub list: BTreeMap<BreakpointId, Breakpoint>,
-    pub insn: Option<Box<dyn BreakpointInsn>>,
+    list: BTreeMap<BreakpointId, Breakpoint>,
+    /// The instruction planted, chosen when debugging starts.
+    insn: Option<Box<dyn BreakpointInsn>>,
     by_va: FxHashMap<u64, BreakpointId>,
     by_frame: FxHashMap<u64, Vec<BreakpointId>>,
     /// Breakpoints removed since debugging started, by physical address:
     /// (id, address, original byte). Code the guest copied while one was
     /// planted still carries its byte (see [`super::notice`]).
-    pub gone: FxHashMap<u64, (BreakpointId, u64, u8)>,
+    gone: FxHashMap<u64, (BreakpointId, u64, u8)>,
 }
 
 impl Breakpoints {
+    /// Sets the breakpoint instruction (when debugging starts).
+    pub fn set_insn(&mut self, insn: Box<dyn BreakpointInsn>) {
+        self.insn = Some(insn);
+    }
+
+    /// The breakpoint instruction's opcode, once chosen.
+    pub fn opcode(&self) -> Option<u8> {
+        self.insn.as_ref().map(|i| i.opcode())
+    }
+
+    /// The breakpoint instruction's kind, once chosen.
+    pub fn insn_kind(&self) -> Option<BreakpointInsnKind> {
+        self.insn.as_ref().map(|i| i.kind())
+    }
+
+    /// The breakpoint address of a hit reported at `rip` (`rip` itself
+    /// before an instruction is chosen).
+    pub fn bp_address(&self, rip: u64) -> u64 {
+        self.insn.as_ref().map_or(rip, |i| i.bp_address(rip))
+    }
+
+    /// One breakpoint.
+    pub fn get(&self, id: BreakpointId) -> Option<&Breakpoint> {
+        self.list.get(&id)
+    }
+
+    /// Every breakpoint, planted or not, by id.
+    pub fn all(&self) -> impl Iterator<Item = (BreakpointId, &Breakpoint)> + '_ {
+        self.list.iter().map(|(&id, b)| (id, b))
+    }
+
+    /// The planted breakpoints, by id.
+    pub fn planted(&self) -> impl Iterator<Item = (BreakpointId, &Breakpoint)> + '_ {
+        self.all().filter(|(_, b)| b.planted)
+    }
+
+    /// Breakpoints removed since debugging started, by physical address:
+    /// (id, address, original byte).
+    pub fn removed(&self) -> impl Iterator<Item = (&u64, &(BreakpointId, u64, u8))> + '_ {
+        self.gone.iter()
+    }
+
+    /// Counts a hit of `id`; returns its hits so far (0 for no such breakpoint).
+    pub fn count_hit(&mut self, id: BreakpointId) -> u64 {
+        self.list.get_mut(&id).map_or(0, |b| {
+            b.hits += 1;
+            b.hits
+        })
+    }
+
+    /// Whether `id` has a condition.
+    pub fn has_condition(&self, id: BreakpointId) -> bool {
+        self.list.get(&id).is_some_and(|b| b.condition.is_some())
+    }
+
+    /// Runs `id`'s condition on `regs`; true without one.
+    pub fn condition_holds(&mut self, id: BreakpointId, regs: &Registers) -> bool {
+        self.list
+            .get_mut(&id)
+            .and_then(|b| b.condition.as_mut())
+            .is_none_or(|c| c(regs))
+    }
+
     pub fn at(&self, va: u64) -> Option<BreakpointId> {
         self.by_va.get(&va).copied()
     }
@@ -171,6 +235,28 @@ impl Breakpoints {
             .collect()
     }
 
+    /// Times the guest reached breakpoint `id`.
+    pub fn hits(&self, id: BreakpointId) -> Result<u64> {
+        self.list
+            .get(&id)
+            .map(|b| b.hits)
+            .ok_or_else(|| Error::Breakpoint(format!("no breakpoint {id}")))
+    }
+
+    /// All breakpoints, described.
+    pub fn infos(&self) -> Vec<BreakpointInfo> {
+        self.list
+            .iter()
+            .map(|(&id, b)| BreakpointInfo {
+                id,
+                addr: b.va,
+                phys: b.pa,
+                hits: b.hits,
+                conditional: b.condition.is_some(),
+            })
+            .collect()
+    }
+
     fn next_id(&mut self) -> BreakpointId {
         self.next += 1;
         BreakpointId(self.next)
@@ -182,9 +268,7 @@ impl Domain {
     pub fn breakpoint_kind(&mut self) -> Result<BreakpointInsnKind> {
         self.ensure_debug()?;
         self.bps
-            .insn
-            .as_ref()
-            .map(|i| i.kind())
+            .insn_kind()
             .ok_or_else(|| Error::State("no breakpoint instruction chosen".into()))
     }
 
@@ -259,26 +343,12 @@ impl Domain {
 
     /// Times the guest reached breakpoint `id`.
     pub fn breakpoint_hits(&self, id: BreakpointId) -> Result<u64> {
-        self.bps
-            .list
-            .get(&id)
-            .map(|b| b.hits)
-            .ok_or_else(|| Error::Breakpoint(format!("no breakpoint {id}")))
+        self.bps.hits(id)
     }
 
     /// All breakpoints.
     pub fn breakpoints(&self) -> Vec<BreakpointInfo> {
-        self.bps
-            .list
-            .iter()
-            .map(|(&id, b)| BreakpointInfo {
-                id,
-                addr: b.va,
-                phys: b.pa,
-                hits: b.hits,
-                conditional: b.condition.is_some(),
-            })
-            .collect()
+        self.bps.infos()
     }
 
     /// Writes a breakpoint's original byte back and keeps it listed (and in
@@ -313,7 +383,7 @@ impl Domain {
 
     /// Plants the opcode again after [`Domain::unplant`].
     pub(crate) fn replant(&mut self, id: BreakpointId) -> Result<()> {
-        let opcode = self.bps.insn.as_ref().map(|i| i.opcode());
+        let opcode = self.bps.opcode();
         if let (Some(b), Some(op)) = (self.bps.list.get_mut(&id), opcode) {
             if !b.planted {
                 self.mem.write_phys(b.pa, &[op])?;

@@ -367,7 +367,7 @@ impl Domain {
     /// `xl unpause`). For keeping a booted guest at a known point between
     /// sessions.
     pub fn detach_paused(mut self) -> Result<()> {
-        self.keep_paused = true;
+        self.stops.keep_paused();
         self.cleanup()
     }
 
@@ -375,10 +375,10 @@ impl Domain {
     /// ([`Domain::detach_paused`], `xl pause`) as this attach's own, so that
     /// [`Domain::resume`] lifts it. Returns whether there was one.
     pub fn adopt_pause(&mut self) -> Result<bool> {
-        if self.pause_count > 0 || !self.info()?.paused {
+        if self.stops.paused() || !self.info()?.paused {
             return Ok(false);
         }
-        self.pause_count = 1;
+        self.stops.adopt_pause();
         Ok(true)
     }
 
@@ -402,24 +402,15 @@ impl Domain {
         note(self.unplant_all());
         note(self.remove_all_watchpoints());
         // Answer pending events, then drop the ring (options off, disable, unmap).
-        let pending = std::mem::take(&mut self.pending);
-        for (v, p) in pending {
-            if let Some(rsp) = p.response(self.regs_changed.contains(&v)) {
-                note(self.events.respond(&rsp));
-            }
-        }
-        note(self.events.close(&self.xen.xc, self.domid));
-        self.snapshot = None;
-        self.queued.clear();
+        self.stops.answer_all(&mut note);
+        note(self.stops.events.close(&self.xen.xc, self.domid));
+        self.snapshot.clear();
+        self.stops.clear_queued();
         self.mem.invalidate();
         self.mem.unmap_all();
-        let keep = u32::from(self.keep_paused);
-        while self.pause_count > keep {
-            note(self.xen.xc.domain_unpause(self.domid).map_err(Error::from));
-            self.pause_count -= 1;
-        }
-        // A kept pause is nobody's now (see detach_paused).
-        self.pause_count = 0;
+        // A kept pause is nobody's afterwards (see detach_paused).
+        self.stops
+            .unpause_for_detach(&self.xen.xc, self.domid, &mut note);
         if first_err.is_some() && self.vanished() {
             // The domain shut down or was destroyed while we detached:
             // nothing is left to repair (ESRCH from the calls above).
@@ -446,13 +437,10 @@ impl Domain {
     /// Drops every handle on a vanished domain without calling Xen on it.
     fn forget_vanished(&mut self) {
         tracing::debug!(domid = self.domid, "domain gone: detached without repairs");
-        self.pending.clear();
-        self.queued.clear();
-        self.snapshot = None;
-        self.events.forget();
+        self.stops.forget();
+        self.snapshot.clear();
         self.mem.invalidate();
         self.mem.unmap_all();
-        self.pause_count = 0;
         self.journal.delete();
     }
 }

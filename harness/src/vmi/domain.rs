@@ -1,6 +1,5 @@
 //! Opening Xen, listing domains, attaching to one, pause/resume, registers.
 
-use std::collections::VecDeque;
 use std::sync::OnceLock;
 
 use crate::xen::{DomainInfo, ForeignMemory, HostCaps, XenCtrl};
@@ -9,10 +8,12 @@ use super::breakpoint::Breakpoints;
 use super::caps::{Capabilities, GuestKind};
 use super::cleanup::Journal;
 use super::error::{Error, Result};
-use super::events::{Event, Pending};
+use super::guest_symbols::GuestSymbols;
 use super::memory::GuestMemory;
-use super::platform::{Events, Platform, SnapshotStore};
+use super::platform::Platform;
 use super::regs::{RegisterBackend, Registers};
+use super::snapshot_state::SnapshotState;
+use super::stops::Stops;
 use super::symbols::Symbols;
 
 /// Entry point: open handles to the hypervisor (libxenctrl, foreign memory).
@@ -161,6 +162,13 @@ impl Xen {
 }
 
 /// An attached domain. Dropping it detaches cleanly (see [`Domain::detach`]).
+///
+/// Its identity (handles, id, name, guest type, capabilities, journal) and
+/// parts that own their state, each in its file: memory (`GuestMemory`),
+/// registers, the stop state (`Stops`), breakpoints, watchpoints, symbols
+/// (`GuestSymbols`), the snapshot (`SnapshotState`) and notices. `Domain`'s
+/// methods combine them (resume: step over breakpoints, answer events,
+/// unpause; restore: memory, registers, breakpoints).
 pub struct Domain {
     pub(crate) xen: Xen,
     pub(crate) domid: u32,
@@ -171,40 +179,17 @@ pub struct Domain {
     pub(crate) caps: Capabilities,
     pub(crate) regs_backend: Box<dyn RegisterBackend>,
     pub(crate) mem: GuestMemory,
-    /// Our outstanding `xc_domain_pause` calls (and gdbsx debugger pauses).
-    pub(crate) pause_count: u32,
-    /// vCPUs stopped at an event, waiting for a response / resume.
-    pub(crate) pending: super::vcpumap::VcpuMap<Pending>,
-    /// Events seen while doing something else, delivered by the next `wait_event`.
-    pub(crate) queued: VecDeque<Event>,
-    pub(crate) events: Events,
+    /// Pauses, stopped vCPUs, queued events, event delivery.
+    pub(crate) stops: Stops,
     pub(crate) bps: Breakpoints,
     pub(crate) watches: super::watchpoint::Watchpoints,
     pub(crate) journal: Journal,
-    pub(crate) symbols: Option<Symbols>,
-    pub(crate) snapshot: Option<SnapshotStore>,
-    pub(crate) restore_options: super::snapshot::RestoreOptions,
-    /// How long `wait_event` busy-polls the vm_event ring before blocking.
-    pub(crate) event_spin: std::time::Duration,
-    /// The domain has a single vCPU (`max_vcpu_id == 0`).
-    pub(crate) single_vcpu: bool,
-    /// Stop a single-vCPU ring domain by holding its vCPU at the event
-    /// instead of also pausing the domain (see [`Domain::set_hold_stops`]).
-    pub(crate) hold_stops: bool,
-    /// vCPUs whose registers were written since their pending event (the
-    /// event's register copy is stale for them).
-    pub(crate) regs_changed: std::collections::HashSet<u32>,
-    /// The `cpuid` leaf reported as [`super::Event::Cpuid`].
-    pub(crate) cpuid_marker: Option<u32>,
-    /// A Linux guest's kernel (see [`Domain::load_kernel_symbols`]).
-    pub(crate) kernel: Option<super::kernel::Kernel>,
-    /// Detach leaves one pause in place ([`Domain::detach_paused`]).
-    pub(crate) keep_paused: bool,
+    /// Loaded symbols (an image's, or a Linux kernel's and its modules).
+    pub(crate) symbols: GuestSymbols,
+    /// The snapshot, how it is restored.
+    pub(crate) snapshot: SnapshotState,
     /// What the guest did that the engine noticed ([`Domain::take_notices`]).
-    pub(crate) notices: Vec<super::notice::Notice>,
-    /// The guest wrote a descriptor-table register (IDTR, GDTR, LDTR, TR)
-    /// since the vCPU state was last loaded: the next restore loads it all.
-    pub(crate) descriptors_changed: bool,
+    pub(crate) notices: super::notice::Notices,
     pub(crate) detached: bool,
 }
 
@@ -246,24 +231,12 @@ impl Domain {
             platform,
             caps,
             regs_backend,
-            pause_count: 0,
-            pending: Default::default(),
-            queued: VecDeque::new(),
-            events: platform.events(),
+            stops: Stops::new(platform.events(), summary.info.max_vcpu_id == 0),
             bps: Breakpoints::default(),
             watches: Default::default(),
-            symbols: None,
-            snapshot: None,
-            restore_options: Default::default(),
-            event_spin: std::time::Duration::ZERO,
-            single_vcpu: summary.info.max_vcpu_id == 0,
-            hold_stops: false,
-            regs_changed: Default::default(),
-            cpuid_marker: None,
-            kernel: None,
-            keep_paused: false,
-            notices: Vec::new(),
-            descriptors_changed: false,
+            symbols: GuestSymbols::default(),
+            snapshot: SnapshotState::default(),
+            notices: Default::default(),
             detached: false,
         };
         dom.journal.mark_attached()?;
@@ -309,23 +282,13 @@ impl Domain {
 
     /// True while the domain is stopped by us (pause or an event).
     pub fn is_stopped(&self) -> bool {
-        self.pause_count > 0 || self.held()
-    }
-
-    /// The only vCPU waits for our vm_event reply and the domain is not
-    /// paused (a stop made with [`Domain::set_hold_stops`] on).
-    pub(crate) fn held(&self) -> bool {
-        self.pending.values().any(|p| p.held)
+        self.stops.is_stopped()
     }
 
     /// Stops the whole domain (nested calls are counted once: a stopped
     /// domain stays stopped until [`Domain::resume`]).
     pub fn pause(&mut self) -> Result<()> {
-        if self.pause_count == 0 {
-            self.xen.xc.domain_pause(self.domid)?;
-            self.pause_count = 1;
-        }
-        Ok(())
+        self.stops.pause(&self.xen.xc, self.domid)
     }
 
     /// Lets the domain run again: steps vCPUs stopped on a breakpoint over
@@ -338,21 +301,10 @@ impl Domain {
 
     /// Answers pending events and unpauses, without stepping over anything.
     pub(crate) fn release(&mut self) -> Result<()> {
-        let pending = std::mem::take(&mut self.pending);
-        for (v, p) in pending {
-            let changed = self.regs_changed.contains(&v);
-            if let Some(rsp) = p.response(changed) {
-                self.events.respond(&rsp)?;
-            }
-        }
-        self.regs_changed.clear();
+        self.stops.answer_pending()?;
         self.mem.invalidate();
         self.regs_backend.forget();
-        while self.pause_count > 0 {
-            self.xen.xc.domain_unpause(self.domid)?;
-            self.pause_count -= 1;
-        }
-        Ok(())
+        self.stops.unpause(&self.xen.xc, self.domid)
     }
 
     /// Registers of `vcpu`. While the domain is stopped the state read is
@@ -369,7 +321,7 @@ impl Domain {
         self.settle_register_reset()?;
         self.regs_backend
             .set(&self.xen.xc, self.domid, vcpu, regs, self.is_stopped())?;
-        self.regs_changed.insert(vcpu);
+        self.stops.regs_written(vcpu);
         self.mem.invalidate();
         Ok(())
     }
@@ -387,7 +339,7 @@ impl Domain {
     /// [`Domain::load_kernel_symbols`], which also takes modules).
     pub fn load_symbols(&mut self, path: impl AsRef<std::path::Path>) -> Result<&Symbols> {
         let path = path.as_ref();
-        self.kernel = None;
+        self.symbols.forget_kernel();
         let syms = Symbols::load(path)?;
         if super::kernel::is_linux(&syms) {
             let spec = super::kernel::KernelSymbols {
@@ -397,12 +349,12 @@ impl Domain {
             self.adopt_kernel(syms, &spec)?;
             return self.symbols();
         }
-        Ok(self.symbols.insert(syms))
+        Ok(self.symbols.set(syms))
     }
 
     /// Symbols loaded by [`Domain::load_symbols`].
     pub fn symbols(&self) -> Result<&Symbols> {
-        self.symbols.as_ref().ok_or_else(|| {
+        self.symbols.get().ok_or_else(|| {
             Error::Symbol("no symbols loaded (call load_symbols with the guest image)".into())
         })
     }

@@ -287,15 +287,7 @@ impl Domain {
             ));
         }
         self.ensure_debug()?;
-        let Some(ring) = self.events.ring() else {
-            return Err(Error::State("no vm_event ring".into()));
-        };
-        // Xen refuses to switch an option on twice (EEXIST).
-        if leaf.is_some() != self.cpuid_marker.is_some() {
-            ring.set_cpuid(leaf.is_some())?;
-        }
-        self.cpuid_marker = leaf;
-        Ok(())
+        self.stops.set_cpuid_marker(leaf)
     }
 
     /// Busy-polls the vm_event ring for up to `spin` before each blocking
@@ -303,7 +295,7 @@ impl Domain {
     /// Spinning saves the wake-up latency of a blocked waiter when runs are
     /// short, at the price of a busy dom0 CPU while the guest runs.
     pub fn set_event_spin(&mut self, spin: Duration) {
-        self.event_spin = spin;
+        self.stops.set_spin(spin);
     }
 
     /// Stops at events without pausing the domain when it has one vCPU and
@@ -314,22 +306,12 @@ impl Domain {
     /// the fuzzer turns it on. Turning it off while a stop is held pauses
     /// the domain.
     pub fn set_hold_stops(&mut self, on: bool) -> Result<()> {
-        self.hold_stops = on;
-        if !on && self.held() {
-            if self.pause_count == 0 {
-                self.xen.xc.domain_pause(self.domid)?;
-                self.pause_count = 1;
-            }
-            for p in self.pending.values_mut() {
-                p.held = false;
-            }
-        }
-        Ok(())
+        self.stops.set_hold(on, &self.xen.xc, self.domid)
     }
 
     /// The busy-poll bound set by [`Domain::set_event_spin`].
     pub fn event_spin(&self) -> Duration {
-        self.event_spin
+        self.stops.spin()
     }
 
     /// Next raw observation before `deadline` (the guest must be running).
@@ -337,7 +319,8 @@ impl Domain {
     /// the ring is busy-polled for up to the spin bound, then the event
     /// channel is waited on.
     pub(crate) fn next_raw(&mut self, deadline: &mut Deadline) -> Result<Option<Raw>> {
-        if let Some(req) = self.events.poll(self.event_spin, deadline) {
+        let spin = self.stops.spin();
+        if let Some(req) = self.stops.events.poll(spin, deadline) {
             return Ok(Some(Raw::Request(req)));
         }
         let mut poll = Duration::from_micros(200);
@@ -345,20 +328,22 @@ impl Domain {
             if super::cleanup::interrupted() {
                 return Err(Error::Interrupted);
             }
-            let left = match self
-                .events
-                .wait(&self.xen.xc, self.domid, deadline, &mut poll)?
-            {
-                Waited::Request(req) => return Ok(Some(Raw::Request(req))),
-                Waited::DebuggerPause => {
-                    // The debugger pause is a controller pause: ours to undo.
-                    self.pause_count += 1;
-                    return Ok(Some(Raw::PvStopped));
-                }
-                Waited::Destroyed => return Ok(Some(Raw::Shutdown(ShutdownReason::Destroyed))),
-                Waited::Again => continue,
-                Waited::Nothing { left } => left,
-            };
+            let left =
+                match self
+                    .stops
+                    .events
+                    .wait(&self.xen.xc, self.domid, deadline, &mut poll)?
+                {
+                    Waited::Request(req) => return Ok(Some(Raw::Request(req))),
+                    Waited::DebuggerPause => {
+                        // The debugger pause is a controller pause: ours to undo.
+                        self.stops.debugger_paused();
+                        return Ok(Some(Raw::PvStopped));
+                    }
+                    Waited::Destroyed => return Ok(Some(Raw::Shutdown(ShutdownReason::Destroyed))),
+                    Waited::Again => continue,
+                    Waited::Nothing { left } => left,
+                };
             if let Some(r) = self.shutdown_state()? {
                 return Ok(Some(Raw::Shutdown(r)));
             }
@@ -376,30 +361,12 @@ impl Domain {
         reason: StopReason,
         delivered: bool,
     ) -> Result<()> {
-        // One vCPU waiting for our reply: nothing else runs (hold stops).
-        let held = self.hold_stops
-            && self.single_vcpu
-            && request.as_ref().is_some_and(|r| r.vcpu_paused());
-        if self.pause_count == 0 && !held {
-            self.xen.xc.domain_pause(self.domid)?;
-            self.pause_count = 1;
-        }
-        self.pending.insert(
-            vcpu,
-            Pending {
-                request,
-                reason,
-                delivered,
-                reset_regs: None,
-                held: held && self.pause_count == 0,
-            },
-        );
-        self.regs_changed.remove(&vcpu);
-        Ok(())
+        self.stops
+            .stop_vcpu(&self.xen.xc, self.domid, vcpu, request, reason, delivered)
     }
 
     fn respond(&mut self, req: &VmEventRequest) -> Result<()> {
-        self.events.respond(&req.response())
+        self.stops.events.respond(&req.response())
     }
 
     /// Sorts out a vm_event request that is not the step being waited for.
@@ -417,12 +384,12 @@ impl Domain {
             // The guest moved (or read) a descriptor table: the vm_event's
             // registers do not carry IDTR, LDTR or TR, so a restore must load
             // the whole vCPU state. Xen emulates the instruction on reply.
-            self.descriptors_changed |= write;
-            self.events.respond(&req.response().emulate())?;
+            self.snapshot.descriptors_accessed(write);
+            self.stops.events.respond(&req.response().emulate())?;
             return Ok(Decision::Ignore);
         }
         if let Some(c) = req.cpuid() {
-            if self.cpuid_marker == Some(c.leaf) {
+            if self.stops.cpuid_marker() == Some(c.leaf) {
                 return Ok(Decision::Stop(
                     StopReason::Cpuid(c.insn_length),
                     Event::Cpuid {
@@ -437,10 +404,12 @@ impl Domain {
             // only RIP has to move.
             let mut r = req.regs();
             r.rip = r.rip.wrapping_add(u64::from(c.insn_length));
-            self.events.respond(&req.response().set_registers(&r))?;
+            self.stops
+                .events
+                .respond(&req.response().set_registers(&r))?;
             return Ok(Decision::Ignore);
         }
-        let insn_kind = self.bps.insn.as_ref().map(|i| i.kind());
+        let insn_kind = self.bps.insn_kind();
         let bp_event = match (req.reason(), req.debug()) {
             (EventReason::DebugException, Some((DebugEventType::PrivSwException, ..))) => {
                 insn_kind == Some(BreakpointInsnKind::Icebp)
@@ -450,24 +419,20 @@ impl Domain {
         };
         let mut foreign = None;
         if bp_event {
-            let addr = self.bps.insn.as_ref().map_or(rip, |i| i.bp_address(rip));
+            let addr = self.bps.bp_address(rip);
             // Where the vCPU really fetched the instruction: a breakpoint's
             // address run from another frame (a page the guest mapped
             // there, or code it copied) is not the breakpoint.
             let pa = self.event_pa(&req.regs(), addr);
             // (Not necessarily planted now: another vCPU may be stepping
             // over it since this one trapped.)
-            let ours = self.bps.at(addr).filter(|id| {
+            let ours = self.bps.at(addr).filter(|&id| {
                 self.bps
-                    .list
                     .get(id)
                     .is_some_and(|b| pa.is_none_or(|pa| pa >> PAGE_SHIFT == b.pa >> PAGE_SHIFT))
             });
             if let Some(id) = ours {
-                let hits = self.bps.list.get_mut(&id).map_or(0, |b| {
-                    b.hits += 1;
-                    b.hits
-                });
+                let hits = self.bps.count_hit(id);
                 return Ok(Decision::Stop(
                     StopReason::Breakpoint(id),
                     Event::Breakpoint {
@@ -561,24 +526,17 @@ impl Domain {
             if vcpu == 0 {
                 first_rip = regs.rip;
             }
-            let addr = self
-                .bps
-                .insn
-                .as_ref()
-                .map_or(regs.rip, |i| i.bp_address(regs.rip));
+            let addr = self.bps.bp_address(regs.rip);
             let Some(id) = self.bps.at(addr) else {
                 continue;
             };
-            if !self.bps.list.get(&id).is_some_and(|b| b.planted) {
+            if !self.bps.get(id).is_some_and(|b| b.planted) {
                 continue;
             }
             // int3 ran: point RIP back at the breakpoint.
             regs.rip = addr;
             self.set_regs(vcpu, &regs)?;
-            let hits = self.bps.list.get_mut(&id).map_or(0, |b| {
-                b.hits += 1;
-                b.hits
-            });
+            let hits = self.bps.count_hit(id);
             return Ok((
                 vcpu,
                 Decision::Stop(
@@ -610,23 +568,18 @@ impl Domain {
         let StopReason::Breakpoint(id) = reason else {
             return Ok(true);
         };
-        if self.bps.list.get(&id).is_none_or(|b| b.condition.is_none()) {
+        if !self.bps.has_condition(id) {
             return Ok(true);
         }
         let regs = self.regs(vcpu)?;
-        Ok(self
-            .bps
-            .list
-            .get_mut(&id)
-            .and_then(|b| b.condition.as_mut())
-            .is_none_or(|c| c(&regs)))
+        Ok(self.bps.condition_holds(id, &regs))
     }
 
     /// Waits up to `timeout` for the next event while the guest runs.
     /// Breakpoints whose condition is false are stepped over silently.
     pub fn wait_event(&mut self, timeout: Duration) -> Result<Event> {
-        if let Some(ev) = self.queued.pop_front() {
-            if let Some(p) = ev.vcpu().and_then(|v| self.pending.get_mut(&v)) {
+        if let Some(ev) = self.stops.next_queued() {
+            if let Some(p) = ev.vcpu().and_then(|v| self.stops.pending.get_mut(&v)) {
                 p.delivered = true;
             }
             if ev.vcpu().is_some() {

@@ -113,12 +113,10 @@ impl VmForkBackend {
         workload.pause()?;
         self.xc.memshr_fork_reset(workload.id())?;
         // Every vCPU and page is the parent's again.
-        let pending: Vec<u32> = workload.pending.keys().copied().collect();
-        workload.regs_changed.extend(pending);
+        workload.stops.all_regs_written();
         workload.mem.invalidate();
         workload.regs_backend.forget();
-        workload.mem.written.clear();
-        workload.mem.windows.clear();
+        workload.mem.forget_writes();
         Ok(())
     }
 }

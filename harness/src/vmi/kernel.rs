@@ -74,6 +74,14 @@ pub(crate) struct Kernel {
 }
 
 impl Kernel {
+    /// Keeps a module's ORC table (if it has one) and layout.
+    pub(crate) fn add_module(&mut self, ko: &Path, layout: &ModuleLayout) {
+        if let Ok(t) = OrcTable::from_module(ko, &layout.sections, None) {
+            self.orc.push(t);
+        }
+        self.info.modules.push(layout.clone());
+    }
+
     /// The ORC tables, the image's read now if it has not been.
     pub fn orc_tables(&mut self) -> &[OrcTable] {
         if let Some((path, slide)) = self.image_orc.take() {
@@ -199,33 +207,34 @@ impl Domain {
             modules.push(layout);
             tracing::debug!(took = ?t.elapsed(), module = %name, "module found and read");
         }
-        self.symbols = Some(syms);
         let info = KernelInfo {
             slide,
             slide_from,
             banner,
             modules,
         };
-        self.kernel = Some(Kernel {
-            info: info.clone(),
-            orc,
-            image_orc,
-        });
+        self.symbols.set_kernel(
+            syms,
+            Kernel {
+                info: info.clone(),
+                orc,
+                image_orc,
+            },
+        );
         Ok(info)
     }
 
     /// What [`Domain::load_kernel_symbols`] found, if it ran.
     pub fn kernel_info(&self) -> Option<&KernelInfo> {
-        self.kernel.as_ref().map(|k| &k.info)
+        self.symbols.kernel_info()
     }
 
     /// Finds module `ko` in the running kernel's module list (by its name)
     /// and loads its symbols and line tables there, after the kernel's.
     pub fn load_module(&mut self, ko: &Path) -> Result<ModuleLayout> {
         let head = self
-            .kernel
-            .as_ref()
-            .and(self.symbols.as_ref())
+            .symbols
+            .kernel_symbols()
             .ok_or_else(|| Error::Symbol("load the kernel's symbols before a module's".into()))?
             .require("modules")?;
         let name = module_name(ko);
@@ -240,9 +249,8 @@ impl Domain {
     /// symbols are loaded. A few memory reads: cheap to poll.
     pub fn module_loaded(&mut self, name: &str) -> Result<bool> {
         let head = self
-            .kernel
-            .as_ref()
-            .and(self.symbols.as_ref())
+            .symbols
+            .kernel_symbols()
             .ok_or_else(|| Error::Symbol("load the kernel's symbols first".into()))?
             .require("modules")?;
         let mut read = |va: u64, buf: &mut [u8]| self.read_virt_on(0, va, buf);
@@ -256,17 +264,7 @@ impl Domain {
     /// Loads one more module at a known layout (e.g. from
     /// `/sys/module/NAME/sections/`), after [`Domain::load_kernel_symbols`].
     pub fn load_module_symbols(&mut self, ko: &Path, layout: &ModuleLayout) -> Result<()> {
-        let (Some(syms), Some(kernel)) = (self.symbols.as_mut(), self.kernel.as_mut()) else {
-            return Err(Error::Symbol(
-                "load the kernel's symbols before a module's".into(),
-            ));
-        };
-        syms.add_module(ko, layout)?;
-        if let Ok(t) = OrcTable::from_module(ko, &layout.sections, None) {
-            kernel.orc.push(t);
-        }
-        kernel.info.modules.push(layout.clone());
-        Ok(())
+        self.symbols.add_module(ko, layout)
     }
 
     /// The KASLR slide of the running kernel against `syms` (link

@@ -27,7 +27,7 @@ pub(crate) struct GuestMemory {
     paging: FxHashMap<u32, (PagingMode, u64)>,
     /// Frames written through foreign mappings since the last snapshot
     /// take/restore (log-dirty does not see these writes).
-    pub(crate) written: FxHashSet<u64>,
+    written: FxHashSet<u64>,
     /// Byte ranges written through windows since then (restored as ranges).
     pub(crate) windows: super::window::WindowWrites,
     /// Cached single-frame mappings: (frame, writable) -> mapping.
@@ -80,6 +80,34 @@ pub(crate) fn chunks(addr: u64, len: usize) -> impl Iterator<Item = (u64, usize,
 }
 
 impl GuestMemory {
+    /// Forgets the frames and ranges written since the last snapshot take
+    /// or restore (a new snapshot holds them).
+    pub(crate) fn forget_writes(&mut self) {
+        self.written.clear();
+        self.windows.clear();
+    }
+
+    /// How many frames were written through foreign mappings since.
+    pub(crate) fn written_count(&self) -> usize {
+        self.written.len()
+    }
+
+    /// Takes the frames written through foreign mappings since.
+    pub(crate) fn drain_written(&mut self) -> impl Iterator<Item = u64> + '_ {
+        self.written.drain()
+    }
+
+    /// Frames written since, through foreign mappings or windows (a frame
+    /// may come twice).
+    pub(crate) fn written_frames(&self) -> impl Iterator<Item = u64> + '_ {
+        self.written.iter().copied().chain(self.windows.frames())
+    }
+
+    /// Frame `gfn` was written behind the guest's back.
+    pub(crate) fn note_written(&mut self, gfn: u64) {
+        self.written.insert(gfn);
+    }
+
     pub(crate) fn new(fmem: ForeignMemory, domid: u32) -> Self {
         Self {
             fmem,
@@ -478,7 +506,7 @@ impl Domain {
     /// back whichever breakpoints are set by then.
     pub fn guest_memory_image(&self) -> Result<MemoryImage> {
         let mut img = self.memory_image()?;
-        for b in self.bps.list.values().filter(|b| b.planted) {
+        for (_, b) in self.bps.planted() {
             if let Some(page) = img.frame_mut(b.pa >> PAGE_SHIFT) {
                 page[b.pa as usize & (PAGE_SIZE - 1)] = b.orig;
             }
@@ -496,7 +524,7 @@ impl Domain {
                 "restore_memory_image() needs a stopped domain: pause() first".into(),
             ));
         }
-        let opcode = self.bps.insn.as_ref().map(|i| i.opcode());
+        let opcode = self.bps.opcode();
         let mut rewritten = 0;
         let mut page = vec![0u8; PAGE_SIZE];
         for (gfns, data) in img
@@ -514,7 +542,7 @@ impl Domain {
                     continue;
                 }
                 rewritten += 1;
-                self.mem.written.insert(gfn);
+                self.mem.note_written(gfn);
                 if let Some(op) = opcode {
                     for b in self.bps.planted_in_frame(gfn) {
                         map.write(off + (b.pa as usize & (PAGE_SIZE - 1)), &[op])?;

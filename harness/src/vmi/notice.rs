@@ -78,6 +78,26 @@ impl std::fmt::Display for Notice {
 /// Notices kept until taken; more are counted, not kept.
 pub(crate) const MAX_NOTICES: usize = 256;
 
+/// A domain's notices, oldest first, until taken.
+#[derive(Default)]
+pub(crate) struct Notices {
+    kept: Vec<Notice>,
+}
+
+impl Notices {
+    /// Keeps `n` (up to [`MAX_NOTICES`]).
+    pub(crate) fn push(&mut self, n: Notice) {
+        if self.kept.len() < MAX_NOTICES {
+            self.kept.push(n);
+        }
+    }
+
+    /// The notices kept so far, oldest first; none are kept afterwards.
+    pub(crate) fn take(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.kept)
+    }
+}
+
 /// Bytes compared on each side of a trap to recognise a copied breakpoint.
 const WINDOW: usize = 16;
 /// Fewest equal bytes (the trap's own excluded) that make a copy.
@@ -132,25 +152,23 @@ impl Domain {
     /// What the guest did that the engine noticed since the last call (see
     /// [`Notice`]), oldest first.
     pub fn take_notices(&mut self) -> Vec<Notice> {
-        std::mem::take(&mut self.notices)
+        self.notices.take()
     }
 
     pub(crate) fn notice(&mut self, n: Notice) {
         tracing::info!(domid = self.domid, "{n}");
-        if self.notices.len() < MAX_NOTICES {
-            self.notices.push(n);
-        }
+        self.notices.push(n);
     }
 
     /// Planted breakpoints whose byte in memory is not the breakpoint
     /// instruction any more (the guest wrote over it), with the byte found.
     /// Reads every planted breakpoint's byte.
     pub fn overwritten_breakpoints(&self) -> Result<Vec<(BreakpointId, u8)>> {
-        let Some(op) = self.bps.insn.as_ref().map(|i| i.opcode()) else {
+        let Some(op) = self.bps.opcode() else {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        for (&id, b) in self.bps.list.iter().filter(|(_, b)| b.planted) {
+        for (id, b) in self.bps.planted() {
             let mut byte = [0u8];
             self.mem.read_phys(b.pa, &mut byte)?;
             if byte[0] != op {
@@ -163,7 +181,7 @@ impl Domain {
     /// Records the planted breakpoints of guest frame `gfn` whose byte the
     /// guest replaced (before a restore writes the frame back).
     pub(crate) fn note_overwritten_in(&mut self, gfn: u64, page: &[u8]) {
-        let Some(op) = self.bps.insn.as_ref().map(|i| i.opcode()) else {
+        let Some(op) = self.bps.opcode() else {
             return;
         };
         let found: Vec<Notice> = self
@@ -191,7 +209,7 @@ impl Domain {
     /// (the guest's own instruction, or code that matches breakpoints with
     /// different original bytes).
     pub(crate) fn repair_copy(&mut self, addr: u64, pa: u64) -> Result<Option<Notice>> {
-        let Some(op) = self.bps.insn.as_ref().map(|i| i.opcode()) else {
+        let Some(op) = self.bps.opcode() else {
             return Ok(None);
         };
         let Some((copy, center)) = window(self, pa) else {
@@ -204,13 +222,12 @@ impl Domain {
         // removed still carries its byte): (id, address, pa, original byte).
         let mut candidates: Vec<(BreakpointId, u64, u64, u8)> = self
             .bps
-            .list
-            .iter()
-            .map(|(&id, b)| (id, b.va, b.pa, b.orig))
+            .all()
+            .map(|(id, b)| (id, b.va, b.pa, b.orig))
             .collect();
         let live: std::collections::HashSet<u64> = candidates.iter().map(|c| c.2).collect();
         let mut gone_in: std::collections::HashMap<u64, Vec<(u64, u8)>> = Default::default();
-        for (&p, &(id, va, orig)) in &self.bps.gone {
+        for (&p, &(id, va, orig)) in self.bps.removed() {
             if !live.contains(&p) {
                 candidates.push((id, va, p, orig));
                 gone_in.entry(p >> PAGE_SHIFT).or_default().push((p, orig));

@@ -325,13 +325,13 @@ impl Domain {
     /// debug-exception (and for int3 the software-breakpoint) monitor for
     /// HVM/PVH, `xc_domain_setdebugging` for PV on a gdbsx hypervisor.
     pub(crate) fn ensure_debug(&mut self) -> Result<()> {
-        match &mut self.events {
+        match &mut self.stops.events {
             Events::Ring(Some(_)) | Events::Gdbsx(true) => return Ok(()),
             Events::Gdbsx(on) => {
                 self.caps.pv_debugging()?;
                 self.journal.set_debugging(true)?;
                 self.xen.xc.domain_set_debugging(self.domid, true)?;
-                self.bps.insn = Some(Box::new(Int3 { rip_after: true }));
+                self.bps.set_insn(Box::new(Int3 { rip_after: true }));
                 *on = true;
             }
             Events::Ring(slot) => {
@@ -355,7 +355,7 @@ impl Domain {
                         Err(e) => tracing::info!("MTF single-step unavailable: {e}"),
                     }
                 }
-                self.bps.insn = Some(match kind {
+                self.bps.set_insn(match kind {
                     BreakpointInsnKind::Int3 => Box::new(Int3 { rip_after: false }),
                     BreakpointInsnKind::Icebp => Box::new(Icebp),
                 });
@@ -431,7 +431,7 @@ impl Domain {
             ));
         }
         self.apply_register_reset()?;
-        match self.snapshot.as_ref().ok_or_else(no_snapshot)? {
+        match self.snapshot.get().ok_or_else(no_snapshot)? {
             SnapshotStore::Hvm(snap) => self.check_hvm_snapshot(snap),
             SnapshotStore::Pv(snap) => self.check_pv_snapshot(snap),
         }
@@ -444,18 +444,18 @@ impl Domain {
     ) -> Result<T> {
         let mut store = self.snapshot.take().ok_or_else(no_snapshot)?;
         let result = f(self, &mut store);
-        self.snapshot = Some(store);
+        self.snapshot.put(store);
         result
     }
 
     /// The current snapshot's size, if one was taken.
     pub fn snapshot_info(&self) -> Option<SnapshotInfo> {
-        self.snapshot.as_ref().map(SnapshotStore::info)
+        self.snapshot.info()
     }
 
     /// Forgets the snapshot (log-dirty off, mappings released).
     pub fn drop_snapshot(&mut self) {
-        self.snapshot = None;
+        self.snapshot.clear();
         self.mem.unmap_all();
         if let Err(e) = self.journal.set_logdirty(false) {
             tracing::warn!(domid = self.domid, "journal: {e}");

@@ -403,7 +403,7 @@ impl Domain {
     pub(crate) fn take_hvm_snapshot(&mut self) -> Result<SnapshotInfo> {
         let t0 = Instant::now();
         self.settle_register_reset()?;
-        self.snapshot = None;
+        self.snapshot.clear();
         let mut tracking = self.track_dirty()?;
         let max_gpfn = self.xen.xc.domain_maximum_gpfn(self.domid)?;
         self.mem.unmap_all();
@@ -450,7 +450,7 @@ impl Domain {
         let nr_pages = info.nr_pages as usize;
         // A vm_event ring's frame is out of the guest's physmap while the
         // ring is on, but still counts in the domain's pages.
-        let ring_out = self.events.has_ring()
+        let ring_out = self.stops.events.has_ring()
             && self
                 .xen
                 .xc
@@ -466,7 +466,7 @@ impl Domain {
         }
         // Keep breakpoint bytes out of the saved copy (a breakpoint's
         // frame is never all zero: it holds the breakpoint byte).
-        for b in self.bps.list.values().filter(|b| b.planted) {
+        for (_, b) in self.bps.planted() {
             if let Some(&s) = slot.get(&(b.pa >> PAGE_SHIFT)).filter(|&&s| s != ZERO) {
                 data[s * PAGE_SIZE + (b.pa as usize & (PAGE_SIZE - 1))] = b.orig;
             }
@@ -488,9 +488,10 @@ impl Domain {
             }
         }
         self.watch_descriptors();
-        self.descriptors_changed = false;
-        let event_regs = if info.max_vcpu_id == 0 && !self.regs_changed.contains(&0) {
-            self.pending
+        self.snapshot.descriptors_loaded();
+        let event_regs = if info.max_vcpu_id == 0 && !self.stops.regs_changed(0) {
+            self.stops
+                .pending
                 .get(&0)
                 .and_then(|p| p.request.as_ref())
                 .map(|r| r.regs())
@@ -516,14 +517,13 @@ impl Domain {
             .collect();
         let untracked = limit_tracking(&mut tracking, &slot, &backend)?;
         tracking.clean()?;
-        self.mem.written.clear();
-        self.mem.windows.clear();
+        self.mem.forget_writes();
         let info = SnapshotInfo {
             frames: slot.len(),
             zero_frames,
             took: t0.elapsed(),
         };
-        self.snapshot = Some(SnapshotStore::Hvm(Snapshot {
+        self.snapshot.put(SnapshotStore::Hvm(Snapshot {
             slot,
             data,
             cpu,
@@ -544,12 +544,12 @@ impl Domain {
 
     /// Chooses how later restores work (kept across snapshots).
     pub fn set_restore_options(&mut self, options: RestoreOptions) {
-        self.restore_options = options;
+        self.snapshot.set_options(options);
     }
 
     /// The current restore settings.
     pub fn restore_options(&self) -> RestoreOptions {
-        self.restore_options
+        self.snapshot.options()
     }
 
     /// Brings the stopped HVM/PVH domain back to `snap`.
@@ -580,7 +580,7 @@ impl Domain {
 
     fn restore_memory(&mut self, snap: &mut Snapshot) -> Result<RestoreStats> {
         let clean = clean_now(
-            self.restore_options.strategy,
+            self.snapshot.options().strategy,
             snap.since_clean,
             snap.last_dirty,
         );
@@ -599,8 +599,8 @@ impl Domain {
         let dirty = frames.len();
         snap.last_dirty = dirty;
         self.note_overwritten(&frames)?;
-        let written = self.mem.written.len();
-        frames.extend(self.mem.written.drain());
+        let written = self.mem.written_count();
+        frames.extend(self.mem.drain_written());
         if beyond {
             frames.extend_from_slice(&snap.untracked);
         }
@@ -649,7 +649,7 @@ impl Domain {
     /// Without them (a hypervisor that lacks the event) restores load the
     /// whole vCPU state.
     fn watch_descriptors(&mut self) {
-        if let Some(ring) = self.events.ring() {
+        if let Some(ring) = self.stops.events.ring() {
             if !ring.descriptor_access() {
                 if let Err(e) = ring.set_descriptor_access(true) {
                     tracing::info!(
@@ -665,7 +665,7 @@ impl Domain {
     /// descriptor-table register written since the last full load, and
     /// such writes are watched.
     fn descriptors_unchanged(&self) -> bool {
-        !self.descriptors_changed && self.events.sees_descriptors()
+        !self.snapshot.descriptors_changed() && self.stops.events.sees_descriptors()
     }
 
     /// Before a restore loads the vCPUs: answers the requests still on the
@@ -673,8 +673,8 @@ impl Domain {
     /// brings down the vCPUs the guest brought up since the snapshot.
     fn settle_vcpus(&mut self, down: &mut [(u32, u64)]) -> Result<usize> {
         // Events seen before this restore belong to the runs it undoes.
-        self.queued.clear();
-        let stale = match self.events.ring() {
+        self.stops.clear_queued();
+        let stale = match self.stops.events.ring() {
             Some(ring) => ring.drain()?,
             None => 0,
         };
@@ -684,12 +684,7 @@ impl Domain {
             if !st.online && st.cpu_time == *ran {
                 continue;
             }
-            if let Some(p) = self.pending.remove(&v) {
-                if let Some(req) = &p.request {
-                    self.events.respond(&req.response())?;
-                }
-            }
-            self.regs_changed.remove(&v);
+            self.stops.dismiss(v)?;
             self.xen.xc.vcpu_reset(self.domid, v)?;
             *ran = self.xen.xc.vcpu_state(self.domid, v)?.cpu_time;
             self.notice(super::notice::Notice::VcpuReset { vcpu: v });
@@ -700,7 +695,7 @@ impl Domain {
     /// Copies `frames` back from the snapshot and plants the breakpoints
     /// they hold again; returns how many were copied.
     fn copy_back(&mut self, snap: &mut Snapshot, frames: &[u64]) -> Result<usize> {
-        let opcode = self.bps.insn.as_ref().map(|i| i.opcode());
+        let opcode = self.bps.opcode();
         let mut whole = self.mem.whole.borrow_mut();
         let Some(whole) = whole.as_mut() else {
             return Err(Error::State("the snapshot's memory mapping is gone".into()));
@@ -726,7 +721,7 @@ impl Domain {
     /// Puts the bytes written through windows back to the snapshot's,
     /// except in `copied` (sorted): frames copied back whole already.
     fn undo_windows(&mut self, snap: &Snapshot, copied: &[u64]) -> Result<()> {
-        let opcode = self.bps.insn.as_ref().map(|i| i.opcode());
+        let opcode = self.bps.opcode();
         let mut whole = self.mem.whole.borrow_mut();
         let Some(whole) = whole.as_mut() else {
             return Err(Error::State("the snapshot's memory mapping is gone".into()));
@@ -751,42 +746,44 @@ impl Domain {
         // A vCPU stopped on a breakpoint sits on it after the restore only
         // if the snapshot's RIP is that breakpoint: else nothing to step over
         // (and no register read to find out).
-        for (&vcpu, p) in self.pending.iter_mut() {
+        for (&vcpu, p) in self.stops.pending.iter_mut() {
             p.reset_regs = None;
             if let StopReason::Breakpoint(id) = p.reason {
                 let saved_rip = snap.rips.get(vcpu as usize).copied().flatten();
-                if self.bps.list.get(&id).map(|b| b.va) != saved_rip {
+                if self.bps.get(id).map(|b| b.va) != saved_rip {
                     p.reason = StopReason::Other;
                 }
             }
         }
-        let reply = match (self.restore_options.registers, &snap.event_regs) {
-            (RegisterReset::EventReply, Some(saved)) if fast && self.pending.len() == 1 => self
-                .pending
-                .get_mut(&0)
-                .filter(|p| {
-                    p.request
-                        .as_ref()
-                        .is_some_and(|r| same_control_state(&r.regs(), saved))
-                })
-                .map(|p| p.reset_regs = Some(*saved))
-                .is_some(),
+        let reply = match (self.snapshot.options().registers, &snap.event_regs) {
+            (RegisterReset::EventReply, Some(saved)) if fast && self.stops.pending.len() == 1 => {
+                self.stops
+                    .pending
+                    .get_mut(&0)
+                    .filter(|p| {
+                        p.request
+                            .as_ref()
+                            .is_some_and(|r| same_control_state(&r.regs(), saved))
+                    })
+                    .map(|p| p.reset_regs = Some(*saved))
+                    .is_some()
+            }
             _ => false,
         };
         if !reply {
             self.regs_backend.forget();
             self.xen.xc.set_hvm_context(self.domid, &snap.cpu)?;
-            self.descriptors_changed = false;
+            self.snapshot.descriptors_loaded();
         }
         tracing::trace!(
             domid = self.domid,
             reply,
-            pending = self.pending.len(),
+            pending = self.stops.pending.len(),
             event_regs = snap.event_regs.is_some(),
             "vCPU reset"
         );
         // Pending vm_event register copies no longer match the vCPUs.
-        self.regs_changed.extend(self.pending.keys().copied());
+        self.stops.all_regs_written();
         self.mem.invalidate();
         st.regs_in_reply = reply;
         Ok(st)
@@ -795,8 +792,8 @@ impl Domain {
     /// A register reset waiting in a vm_event reply is loaded now with the
     /// whole context (idempotent; the reply still resets the same values).
     pub(crate) fn apply_register_reset(&self) -> Result<()> {
-        if self.pending.values().any(|p| p.reset_regs.is_some()) {
-            if let Some(snap) = self.snapshot.as_ref().and_then(SnapshotStore::hvm) {
+        if self.stops.register_reset_waiting() {
+            if let Some(snap) = self.snapshot.hvm() {
                 self.regs_backend.forget();
                 self.xen.xc.set_hvm_context(self.domid, &snap.cpu)?;
             }
@@ -808,9 +805,7 @@ impl Domain {
     /// (for callers about to change registers).
     pub(crate) fn settle_register_reset(&mut self) -> Result<()> {
         self.apply_register_reset()?;
-        for p in self.pending.values_mut() {
-            p.reset_regs = None;
-        }
+        self.stops.drop_register_resets();
         Ok(())
     }
 

@@ -172,7 +172,7 @@ impl Domain {
             },
         )?;
         // Keep breakpoint bytes out of the file.
-        for b in self.bps.list.values().filter(|b| b.planted) {
+        for (_, b) in self.bps.planted() {
             if let Ok(i) = gfns.binary_search(&(b.pa >> PAGE_SHIFT)) {
                 data[i * PAGE_SIZE + (b.pa as usize & (PAGE_SIZE - 1))] = b.orig;
             }
@@ -253,7 +253,7 @@ impl Domain {
             .collect();
         // The snapshot is dropped first: its log-dirty tracking would see
         // nothing of these foreign writes anyway.
-        self.snapshot = None;
+        self.snapshot.clear();
         let mut page = vec![0u8; PAGE_SIZE * LOAD_CHUNK];
         for chunk in gfns.chunks(LOAD_CHUNK) {
             let bytes = &mut page[..chunk.len() * PAGE_SIZE];
@@ -273,15 +273,9 @@ impl Domain {
             map.write(0, bytes)?;
         }
         // Our breakpoints live in memory: plant them again.
-        let opcode = self.bps.insn.as_ref().map(|i| i.opcode());
+        let opcode = self.bps.opcode();
         if let Some(op) = opcode {
-            let planted: Vec<u64> = self
-                .bps
-                .list
-                .values()
-                .filter(|b| b.planted)
-                .map(|b| b.pa)
-                .collect();
+            let planted: Vec<u64> = self.bps.planted().map(|(_, b)| b.pa).collect();
             for pa in planted {
                 self.mem.write_phys(pa, &[op])?;
             }
@@ -290,8 +284,7 @@ impl Domain {
         self.xen
             .xc
             .set_hvm_context(self.domid, &HvmContext::from_bytes(ctx))?;
-        let pending: Vec<u32> = self.pending.keys().copied().collect();
-        self.regs_changed.extend(pending);
+        self.stops.all_regs_written();
         self.mem.invalidate();
         tracing::debug!(
             domid = self.domid,

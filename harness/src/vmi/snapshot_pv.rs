@@ -164,7 +164,7 @@ impl Domain {
     /// Saves the stopped PV domain as its snapshot (see the module docs).
     pub(crate) fn take_pv_snapshot(&mut self) -> Result<SnapshotInfo> {
         let t0 = Instant::now();
-        self.snapshot = None;
+        self.snapshot.clear();
         let (owned, p2m) = self.pv_owned_frames()?;
         let nr_pages = self.info()?.nr_pages as usize;
         let mut chunks = Vec::new();
@@ -187,7 +187,7 @@ impl Domain {
             chunks.push((mfns.to_vec(), map));
         }
         // Keep breakpoint bytes out of the saved copy.
-        for b in self.bps.list.values().filter(|b| b.planted) {
+        for (_, b) in self.bps.planted() {
             if let Some(&s) = slot.get(&(b.pa >> PAGE_SHIFT)).filter(|&&s| s != ZERO) {
                 data[s * PAGE_SIZE + (b.pa as usize & (PAGE_SIZE - 1))] = b.orig;
             }
@@ -220,7 +220,7 @@ impl Domain {
             zero_frames,
             took: t0.elapsed(),
         };
-        self.snapshot = Some(SnapshotStore::Pv(PvSnapshot {
+        self.snapshot.put(SnapshotStore::Pv(PvSnapshot {
             chunks,
             slot,
             data,
@@ -228,8 +228,7 @@ impl Domain {
             tracking,
             info,
         }));
-        self.mem.written.clear();
-        self.mem.windows.clear();
+        self.mem.forget_writes();
         tracing::debug!(domid = self.domid, ?info, "PV snapshot taken");
         Ok(info)
     }
@@ -237,13 +236,7 @@ impl Domain {
     /// Frames whose contents differ from the snapshot (planted breakpoint
     /// bytes read as the original bytes).
     fn pv_differing(&self, snap: &PvSnapshot) -> Result<Vec<u64>> {
-        let planted: Vec<(u64, u8)> = self
-            .bps
-            .list
-            .values()
-            .filter(|b| b.planted)
-            .map(|b| (b.pa, b.orig))
-            .collect();
+        let planted: Vec<(u64, u8)> = self.bps.planted().map(|(_, b)| (b.pa, b.orig)).collect();
         let mut out = Vec::new();
         let mut page = [0u8; PAGE_SIZE];
         for (mfns, map) in &snap.chunks {
@@ -265,7 +258,7 @@ impl Domain {
 
     /// Brings the stopped PV domain back to `snap`.
     pub(crate) fn restore_pv_snapshot(&mut self, snap: &mut PvSnapshot) -> Result<RestoreStats> {
-        let written = self.mem.written.len();
+        let written = self.mem.written_count();
         let cleaned = snap.tracking.is_some();
         let differ = match &mut snap.tracking {
             // Log-dirty: the frames the guest wrote, plus ours.
@@ -285,8 +278,7 @@ impl Domain {
                         "PV restore: {unknown} dirty frames have no machine frame in the snapshot (the guest changed its memory map)"
                     )));
                 }
-                frames.extend(self.mem.written.iter().copied());
-                frames.extend(self.mem.windows.frames());
+                frames.extend(self.mem.written_frames());
                 frames
                     .into_iter()
                     .filter(|m| snap.slot.contains_key(m))
@@ -300,7 +292,7 @@ impl Domain {
                 .xen
                 .fmem
                 .map_sparse(self.domid, Prot::ReadWrite, &differ)?;
-            let opcode = self.bps.insn.as_ref().map(|i| i.opcode());
+            let opcode = self.bps.opcode();
             let ro = self.xen.fmem.map_sparse(self.domid, Prot::Read, &differ)?;
             let mut now = [0u8; PAGE_SIZE];
             for (i, &mfn) in differ.iter().enumerate() {
@@ -329,25 +321,24 @@ impl Domain {
                 if let Some(op) = opcode {
                     for b in self
                         .bps
-                        .list
-                        .values()
-                        .filter(|b| b.planted && b.pa >> PAGE_SHIFT == mfn)
+                        .planted()
+                        .map(|(_, b)| b)
+                        .filter(|b| b.pa >> PAGE_SHIFT == mfn)
                     {
                         map.write(i * PAGE_SIZE + (b.pa as usize & (PAGE_SIZE - 1)), &[op])?;
                     }
                 }
             }
         }
-        self.mem.written.clear();
-        self.mem.windows.clear();
-        for (&vcpu, p) in self.pending.iter_mut() {
+        self.mem.forget_writes();
+        for (&vcpu, p) in self.stops.pending.iter_mut() {
             if let StopReason::Breakpoint(id) = p.reason {
                 let saved_rip = snap
                     .vcpus
                     .iter()
                     .find(|(v, _)| *v == vcpu)
                     .map(|(_, c)| c.rip());
-                if self.bps.list.get(&id).map(|b| b.va) != saved_rip {
+                if self.bps.get(id).map(|b| b.va) != saved_rip {
                     p.reason = StopReason::Other;
                 }
             }
@@ -356,8 +347,7 @@ impl Domain {
         for (v, ctx) in &snap.vcpus {
             self.xen.xc.set_vcpu_context(self.domid, *v, ctx)?;
         }
-        let pending: Vec<u32> = self.pending.keys().copied().collect();
-        self.regs_changed.extend(pending);
+        self.stops.all_regs_written();
         self.mem.invalidate();
         Ok(RestoreStats {
             dirty: differ.len(),
@@ -419,9 +409,9 @@ impl Domain {
                 }
                 for b in self
                     .bps
-                    .list
-                    .values()
-                    .filter(|b| b.planted && b.pa >> PAGE_SHIFT == mfn)
+                    .planted()
+                    .map(|(_, b)| b)
+                    .filter(|b| b.pa >> PAGE_SHIFT == mfn)
                 {
                     page[b.pa as usize & (PAGE_SIZE - 1)] = b.orig;
                 }

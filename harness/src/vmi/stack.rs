@@ -82,8 +82,8 @@ impl Domain {
             return Vec::new();
         }
         let by_orc = self
-            .kernel
-            .as_mut()
+            .symbols
+            .kernel_mut()
             .is_some_and(|k| k.orc_tables().iter().any(|t| t.covers(rip)));
         if by_orc {
             let start = UnwindRegs {
@@ -93,14 +93,14 @@ impl Domain {
                 ..Default::default()
             };
             // The tables stay with the kernel; the walk reads memory through self.
-            let mut kernel = self.kernel.take();
+            let mut kernel = self.symbols.take_kernel();
             let tables: Vec<&OrcTable> = kernel
                 .iter_mut()
                 .flat_map(|k| k.orc_tables().iter())
                 .collect();
             let bt = self.orc_walk_from(vcpu, &start, &tables, max);
             drop(tables);
-            self.kernel = kernel;
+            self.symbols.put_kernel(kernel);
             return bt
                 .frames
                 .iter()
@@ -116,7 +116,7 @@ impl Domain {
         }];
         let at_entry = self
             .symbols
-            .as_ref()
+            .get()
             .and_then(|s| s.symbolize(rip))
             .is_some_and(|(_, off)| off == 0);
         if at_entry {

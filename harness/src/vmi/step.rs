@@ -57,14 +57,14 @@ impl Domain {
     /// and returns the new RIP. `None` for any other vCPU. Resuming does
     /// this anyway; a snapshot taken at a marker needs it first.
     pub fn complete_cpuid(&mut self, vcpu: u32) -> Result<Option<u64>> {
-        let Some((len, at)) = self.pending.get(&vcpu).and_then(|p| match p.reason {
+        let Some((len, at)) = self.stops.pending.get(&vcpu).and_then(|p| match p.reason {
             StopReason::Cpuid(len) => p.request.as_ref().map(|r| (len, r.regs().rip)),
             _ => None,
         }) else {
             return Ok(None);
         };
         let mut regs = self.regs(vcpu)?;
-        if let Some(p) = self.pending.get_mut(&vcpu) {
+        if let Some(p) = self.stops.pending.get_mut(&vcpu) {
             p.reason = StopReason::Other;
         }
         if regs.rip != at {
@@ -79,17 +79,7 @@ impl Domain {
     /// written meanwhile get RIP moved past it here (the others get it in
     /// their vm_event reply, see `Pending::response`).
     pub(crate) fn complete_cpuid_stops(&mut self) -> Result<()> {
-        let changed: Vec<u32> = self
-            .pending
-            .iter()
-            .filter(|(v, p)| {
-                matches!(p.reason, StopReason::Cpuid(_))
-                    && p.reset_regs.is_none()
-                    && self.regs_changed.contains(v)
-            })
-            .map(|(&v, _)| v)
-            .collect();
-        for vcpu in changed {
+        for vcpu in self.stops.changed_cpuid_stops() {
             self.complete_cpuid(vcpu)?;
         }
         Ok(())
@@ -98,14 +88,14 @@ impl Domain {
     /// Steps every vCPU that is stopped on a planted breakpoint over it.
     pub(crate) fn step_over_breakpoints(&mut self) -> Result<()> {
         let on_bp: Vec<(u32, BreakpointId, u64)> = self
+            .stops
             .pending
             .iter()
             .filter(|(_, p)| p.delivered)
             .filter_map(|(&v, p)| match p.reason {
                 StopReason::Breakpoint(id) => self
                     .bps
-                    .list
-                    .get(&id)
+                    .get(id)
                     .filter(|b| b.planted)
                     .map(|b| (v, id, b.va)),
                 _ => None,
@@ -131,7 +121,7 @@ impl Domain {
         let bp_here = self
             .bps
             .at(start_rip)
-            .filter(|id| self.bps.list.get(id).is_some_and(|b| b.planted));
+            .filter(|&id| self.bps.get(id).is_some_and(|b| b.planted));
         if let Some(id) = bp_here {
             self.unplant(id)?;
         }
@@ -159,7 +149,7 @@ impl Domain {
         let result = armed.and_then(|_| self.run_until_step(vcpu));
         // Undo the stepping state whatever happened.
         let undo = (|| -> Result<()> {
-            if self.shutdown_happened() {
+            if self.stops.shutdown_queued() {
                 return Ok(());
             }
             match method {
@@ -192,22 +182,11 @@ impl Domain {
         Ok(rip)
     }
 
-    fn shutdown_happened(&self) -> bool {
-        self.queued
-            .iter()
-            .any(|e| matches!(e, Event::Shutdown { .. }))
-    }
-
     /// Lets `vcpu` run until its step event; other events are recorded
     /// (their vCPUs stay stopped) and queued for `wait_event`. Leaves the
     /// domain stopped with `vcpu` pending as a step.
     fn run_until_step(&mut self, vcpu: u32) -> Result<u64> {
-        if let Some(p) = self.pending.remove(&vcpu) {
-            let changed = self.regs_changed.contains(&vcpu);
-            if let Some(rsp) = p.response(changed) {
-                self.events.respond(&rsp)?;
-            }
-        }
+        self.stops.answer(vcpu)?;
         self.unpause_all()?;
         match self.wait_for_step(vcpu)? {
             Some(req) => {
@@ -218,16 +197,7 @@ impl Domain {
             None => {
                 // PV: the debugger pause stopped the domain.
                 let rip = self.regs(vcpu)?.rip;
-                self.pending.insert(
-                    vcpu,
-                    super::events::Pending {
-                        request: None,
-                        reason: StopReason::Step,
-                        delivered: true,
-                        reset_regs: None,
-                        held: false,
-                    },
-                );
+                self.stops.record_stop(vcpu, None, StopReason::Step, true);
                 Ok(rip)
             }
         }
@@ -236,11 +206,7 @@ impl Domain {
     fn unpause_all(&mut self) -> Result<()> {
         self.mem.invalidate();
         self.regs_backend.forget();
-        while self.pause_count > 0 {
-            self.xen.xc.domain_unpause(self.domid)?;
-            self.pause_count -= 1;
-        }
-        Ok(())
+        self.stops.unpause(&self.xen.xc, self.domid)
     }
 
     /// Waits (guest running) for `vcpu`'s step event: the vm_event request
@@ -257,7 +223,7 @@ impl Domain {
                     )));
                 }
                 Some(Raw::Shutdown(reason)) => {
-                    self.queued.push_back(Event::Shutdown { reason });
+                    self.stops.queue(Event::Shutdown { reason });
                     return Err(Error::State(format!(
                         "the guest shut down ({reason:?}) during a step"
                     )));
@@ -277,17 +243,8 @@ impl Domain {
                     }
                     if let Decision::Stop(reason, event) = self.decide(&req)? {
                         // Keep that vCPU stopped (unanswered) without pausing the domain.
-                        self.pending.insert(
-                            req.vcpu(),
-                            super::events::Pending {
-                                request: Some(req),
-                                reason,
-                                delivered: false,
-                                reset_regs: None,
-                                held: false,
-                            },
-                        );
-                        self.queued.push_back(event);
+                        self.stops.record_stop(req.vcpu(), Some(req), reason, false);
+                        self.stops.queue(event);
                     }
                 }
             }
@@ -300,13 +257,13 @@ impl Domain {
     /// stop is a trap-flag-monitor breakpoint stop whose registers nobody
     /// changed; returns false when it does not apply.
     fn fast_step_over(&mut self, vcpu: u32, id: BreakpointId, va: u64) -> Result<bool> {
-        if !self.events.has_ring()
+        if !self.stops.events.has_ring()
             || self.caps.step_method()? != StepMethod::TrapFlagMonitor
-            || self.regs_changed.contains(&vcpu)
+            || self.stops.regs_changed(vcpu)
         {
             return Ok(false);
         }
-        let Some(req) = self.pending.get(&vcpu).and_then(|p| p.request) else {
+        let Some(req) = self.stops.pending.get(&vcpu).and_then(|p| p.request) else {
             return Ok(false);
         };
         let mut regs = req.regs();
@@ -321,8 +278,10 @@ impl Domain {
             self.journal.set_stepping(vcpu, true)?;
         }
         self.unplant(id)?;
-        self.pending.remove(&vcpu);
-        self.events.respond(&req.response().set_registers(&regs))?;
+        self.stops.pending.remove(&vcpu);
+        self.stops
+            .events
+            .respond(&req.response().set_registers(&regs))?;
         self.unpause_all()?;
         let step = self.wait_for_step(vcpu);
         let replanted = self.replant(id);
@@ -340,7 +299,8 @@ impl Domain {
                 self.write_virt_on(vcpu, after.rsp, &v.to_le_bytes())?;
             }
         }
-        self.events
+        self.stops
+            .events
             .respond(&step.response().set_registers(&after))?;
         if !had_tf {
             self.journal.set_stepping(vcpu, false)?;

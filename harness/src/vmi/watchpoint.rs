@@ -162,6 +162,22 @@ pub(crate) struct Watchpoints {
 }
 
 impl Watchpoints {
+    /// The armed watchpoints, described.
+    fn infos(&self) -> Vec<WatchpointInfo> {
+        self.list
+            .iter()
+            .map(|(&id, w)| WatchpointInfo {
+                id,
+                va: w.va,
+                len: w.len,
+                kind: w.kind,
+                route: WatchRoute::DebugRegisters,
+                slots: w.pieces.iter().map(|p| p.0).collect(),
+                hits: w.hits,
+            })
+            .collect()
+    }
+
     fn used_slots(&self) -> u8 {
         self.list
             .values()
@@ -450,19 +466,7 @@ impl Domain {
 
     /// The armed watchpoints.
     pub fn watchpoints(&self) -> Vec<WatchpointInfo> {
-        self.watches
-            .list
-            .iter()
-            .map(|(&id, w)| WatchpointInfo {
-                id,
-                va: w.va,
-                len: w.len,
-                kind: w.kind,
-                route: WatchRoute::DebugRegisters,
-                slots: w.pieces.iter().map(|p| p.0).collect(),
-                hits: w.hits,
-            })
-            .collect()
+        self.watches.infos()
     }
 
     /// Whether a hardware #DB on `vcpu` is one of our watchpoints: reads DR6,
@@ -478,10 +482,7 @@ impl Domain {
         if hit_slots == 0 {
             return Ok(None);
         }
-        if self.pause_count == 0 {
-            self.xen.xc.domain_pause(self.domid)?;
-            self.pause_count = 1;
-        }
+        self.stops.pause(&self.xen.xc, self.domid)?;
         r.dr6 &= !u64::from(hit_slots);
         self.set_regs(vcpu, &r)?;
         let Some((&id, w)) = self
