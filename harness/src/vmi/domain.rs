@@ -339,8 +339,9 @@ impl Domain {
     /// [`Domain::load_kernel_symbols`], which also takes modules).
     pub fn load_symbols(&mut self, path: impl AsRef<std::path::Path>) -> Result<&Symbols> {
         let path = path.as_ref();
-        self.symbols.forget_kernel();
+        // A file that does not load leaves the symbols as they were.
         let syms = Symbols::load(path)?;
+        self.symbols.forget_kernel();
         if super::kernel::is_linux(&syms) {
             let spec = super::kernel::KernelSymbols {
                 kernel: path.to_path_buf(),

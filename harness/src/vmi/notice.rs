@@ -75,7 +75,7 @@ impl std::fmt::Display for Notice {
     }
 }
 
-/// Notices kept until taken; more are counted, not kept.
+/// Notices kept until taken; later ones are dropped until then.
 pub(crate) const MAX_NOTICES: usize = 256;
 
 /// A domain's notices, oldest first, until taken.
@@ -89,6 +89,8 @@ impl Notices {
     pub(crate) fn push(&mut self, n: Notice) {
         if self.kept.len() < MAX_NOTICES {
             self.kept.push(n);
+        } else {
+            tracing::debug!(?n, "notice dropped: {MAX_NOTICES} are waiting to be taken");
         }
     }
 

@@ -168,28 +168,30 @@ impl Stops {
     }
 
     /// Answers every pending event (with its register reset or cpuid
-    /// completion), forgetting them.
+    /// completion), forgetting them. An answer that fails does not keep
+    /// the others from going out (their vCPUs would wait on the ring for
+    /// good); the first error is returned.
     pub(crate) fn answer_pending(&mut self) -> Result<()> {
-        let pending = std::mem::take(&mut self.pending);
-        for (v, p) in pending {
-            let changed = self.regs_changed.contains(&v);
-            if let Some(rsp) = p.response(changed) {
-                self.events.respond(&rsp)?;
+        let mut first = Ok(());
+        self.answer_all(|r| {
+            if first.is_ok() {
+                first = r;
             }
-        }
+        });
         self.regs_changed.clear();
-        Ok(())
+        first
     }
 
-    /// At detach: answers every pending event, going on after errors (each
-    /// given to `note`).
+    /// Answers every pending event, going on after errors (each given to
+    /// `note`). The emptied map keeps its allocation for the next stop.
     pub(crate) fn answer_all(&mut self, mut note: impl FnMut(Result<()>)) {
-        let pending = std::mem::take(&mut self.pending);
-        for (v, p) in pending {
+        let mut pending = std::mem::take(&mut self.pending);
+        for (v, p) in pending.drain() {
             if let Some(rsp) = p.response(self.regs_changed.contains(&v)) {
                 note(self.events.respond(&rsp));
             }
         }
+        self.pending = pending;
     }
 
     /// Drops `vcpu`'s pending event, answered as it came (no register
