@@ -233,16 +233,8 @@ impl Stops {
         if !held {
             self.pause(xc, domid)?;
         }
-        self.pending.insert(
-            vcpu,
-            Pending {
-                request,
-                reason,
-                delivered,
-                reset_regs: None,
-                held: held && self.pause_count == 0,
-            },
-        );
+        let held = held && self.pause_count == 0;
+        self.insert_pending(vcpu, request, reason, delivered, held);
         self.regs_changed.remove(&vcpu);
         Ok(())
     }
@@ -256,16 +248,25 @@ impl Stops {
         reason: StopReason,
         delivered: bool,
     ) {
-        self.pending.insert(
-            vcpu,
-            Pending {
-                request,
-                reason,
-                delivered,
-                reset_regs: None,
-                held: false,
-            },
-        );
+        self.insert_pending(vcpu, request, reason, delivered, false);
+    }
+
+    fn insert_pending(
+        &mut self,
+        vcpu: u32,
+        request: Option<VmEventRequest>,
+        reason: StopReason,
+        delivered: bool,
+        held: bool,
+    ) {
+        let p = Pending {
+            request,
+            reason,
+            delivered,
+            reset_regs: None,
+            held,
+        };
+        self.pending.insert(vcpu, p);
     }
 
     /// Turns held stops on or off; turning them off while a stop is held
