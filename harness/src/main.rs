@@ -59,6 +59,9 @@ enum Cmd {
         /// (found by name in the kernel's module list); repeatable.
         #[arg(long = "module", requires = "symbols")]
         modules: Vec<PathBuf>,
+        /// Where the prompt's history is kept (default: ~/.xenprobe_history).
+        #[arg(long, env = "XENPROBE_HISTORY")]
+        history: Option<PathBuf>,
     },
     /// GDB/LLDB remote stub for one domain (serves one debugger, then detaches).
     Gdbserver {
@@ -115,12 +118,19 @@ fn run(cli: Cli) -> Result<()> {
             domain,
             symbols,
             modules,
-        } => Ok(xenprobe::repl::run(
-            domain.as_deref(),
-            symbols.as_deref(),
-            &modules,
-            settings,
-        )?),
+            history,
+        } => {
+            let history = history.or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".xenprobe_history"))
+            });
+            Ok(xenprobe::repl::run(
+                domain.as_deref(),
+                symbols.as_deref(),
+                &modules,
+                history.as_deref(),
+                settings,
+            )?)
+        }
         Cmd::Gdbserver {
             domain,
             port,

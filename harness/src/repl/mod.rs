@@ -71,17 +71,13 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn history_path() -> Option<PathBuf> {
-    std::env::var_os("XENPROBE_HISTORY")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".xenprobe_history")))
-}
-
-/// Runs the REPL, optionally attaching to `domain` first.
+/// Runs the REPL, optionally attaching to `domain` first; an interactive
+/// prompt keeps its history in `history`.
 pub fn run(
     domain: Option<&str>,
     symbols: Option<&Path>,
     modules: &[PathBuf],
+    history: Option<&Path>,
     settings: crate::vmi::Settings,
 ) -> Result<(), ReplError> {
     let mut s = Session::new(symbols.map(Path::to_path_buf), modules.to_vec());
@@ -107,8 +103,7 @@ pub fn run(
     let mut rl: Editor<ReplHelper, DefaultHistory> =
         Editor::new().map_err(|e| ReplError::Io(e.to_string()))?;
     rl.set_helper(Some(helper.clone()));
-    let hist = history_path();
-    if let Some(h) = &hist {
+    if let Some(h) = history {
         let _ = rl.load_history(h);
     }
     loop {
@@ -141,7 +136,7 @@ pub fn run(
             }
         }
     }
-    if let Some(h) = &hist {
+    if let Some(h) = history {
         let _ = rl.save_history(h);
     }
     Ok(())
