@@ -6,6 +6,8 @@ mod guest;
 use std::path::{Path, PathBuf};
 
 use xenprobe::vmi::{SnapshotCheck, Xen};
+use xenprobe_abi::xl::XlConfig;
+use xenprobe_abi::GuestMode;
 
 pub use domain::{same_memory, sym, wait_breakpoint, wait_shutdown, WAIT};
 pub use guest::Guest;
@@ -65,13 +67,17 @@ pub fn guest_image(name: &str) -> PathBuf {
 /// `image` (32 MiB, one vCPU, kept after its end, a reboot or a crash), with
 /// the config lines `extra` after the kernel's; returns its path.
 pub fn write_pvh_cfg(work: &Path, name: &str, image: &Path, extra: &str) -> PathBuf {
-    let cfg = format!(
-        "name=\"{name}\"\ntype=\"pvh\"\nkernel=\"{}\"\n{extra}memory=32\nvcpus=1\non_poweroff=\"preserve\"\non_reboot=\"preserve\"\non_crash=\"preserve\"\n",
-        image.display()
-    );
     let cfg_path = work.join("guest.cfg");
-    std::fs::write(&cfg_path, cfg).expect("write cfg");
+    std::fs::write(&cfg_path, pvh_cfg(name, image, extra)).expect("write cfg");
     cfg_path
+}
+
+/// The text of [`write_pvh_cfg`]'s config (the project's one xl writer).
+fn pvh_cfg(name: &str, image: &Path, extra: &str) -> String {
+    let mut cfg = XlConfig::image(name, GuestMode::Pvh, image, 32);
+    cfg.keep_on_poweroff = true;
+    cfg.extra.extend(extra.lines().map(str::to_string));
+    cfg.render()
 }
 
 /// The workspace root.
@@ -133,4 +139,23 @@ pub fn reset_differences(c: &SnapshotCheck) -> String {
         c.hash_now,
         c.hash_snapshot
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pvh_config_is_the_one_the_live_tests_always_wrote() {
+        let image = Path::new("/w/target/guests/tlv-pvh");
+        let extra = "cmdline=\"xenprobe.test=1\"\n";
+        assert_eq!(
+            pvh_cfg("t-1", image, extra),
+            "name=\"t-1\"\ntype=\"pvh\"\nkernel=\"/w/target/guests/tlv-pvh\"\ncmdline=\"xenprobe.test=1\"\nmemory=32\nvcpus=1\non_poweroff=\"preserve\"\non_reboot=\"preserve\"\non_crash=\"preserve\"\n"
+        );
+        assert_eq!(
+            pvh_cfg("t-2", image, ""),
+            "name=\"t-2\"\ntype=\"pvh\"\nkernel=\"/w/target/guests/tlv-pvh\"\nmemory=32\nvcpus=1\non_poweroff=\"preserve\"\non_reboot=\"preserve\"\non_crash=\"preserve\"\n"
+        );
+    }
 }
