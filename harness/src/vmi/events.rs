@@ -423,7 +423,7 @@ impl Domain {
             // Where the vCPU really fetched the instruction: a breakpoint's
             // address run from another frame (a page the guest mapped
             // there, or code it copied) is not the breakpoint.
-            let pa = self.event_pa(&req.regs(), addr);
+            let pa = self.event_pa(req, addr);
             // (Not necessarily planted now: another vCPU may be stepping
             // over it since this one trapped.)
             let ours = self.bps.at(addr).filter(|&id| {
@@ -475,9 +475,17 @@ impl Domain {
         ))
     }
 
-    /// The physical address `va` translates to with the page tables in the
-    /// registers a vm_event carried (None if the walk fails).
-    fn event_pa(&self, regs: &VmEventRegs, va: u64) -> Option<u64> {
+    /// The physical address `va` (the breakpoint the event's RIP stands
+    /// for) translates to at the event: from the frame Xen reports for the
+    /// RIP when `va` lies in that page (no page walk), else by walking the
+    /// page tables in the registers the event carried (None if that fails).
+    fn event_pa(&self, req: &VmEventRequest, va: u64) -> Option<u64> {
+        let regs = req.regs();
+        if let Some(gfn) = req.rip_gfn() {
+            if regs.rip >> PAGE_SHIFT == va >> PAGE_SHIFT {
+                return Some(gfn << PAGE_SHIFT | (va & ((1 << PAGE_SHIFT) - 1)));
+            }
+        }
         let mode = PagingMode::from_regs(regs.cr0, regs.cr4, regs.msr_efer);
         pagewalk::walk(mode, regs.cr3, va, |pa| self.mem.read_phys_u64(pa))
             .ok()

@@ -121,6 +121,7 @@ mod domain;
 mod error;
 mod events;
 pub mod fork;
+mod frame_slots;
 mod guest_symbols;
 pub mod kernel;
 mod memory;

@@ -15,7 +15,6 @@
 //! PV guests: see [`super::snapshot_pv`] (by machine frame, restores by
 //! comparing all memory).
 
-use rustc_hash::FxHashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::Hasher;
 use std::time::Instant;
@@ -26,6 +25,7 @@ use super::breakpoint::Breakpoints;
 use super::domain::Domain;
 use super::error::{Error, Result};
 use super::events::StopReason;
+use super::frame_slots::{FrameSlots, Slot};
 use super::memory::{
     hvm_frame_ranges, DirtyTracking, WholeMap, HIGH_FIRST, SPECIAL_FIRST, WHOLE_CHUNK,
 };
@@ -34,8 +34,6 @@ use super::platform::SnapshotStore;
 /// Bytes from the snapshot's RSP up that [`Domain::restore_registers`] restores.
 pub const STACK_KEEP: u64 = 512;
 
-/// Slot of a frame that was all zero at the snapshot (not stored).
-const ZERO: usize = usize::MAX;
 static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
 /// How a restore finds the frames to copy back.
@@ -166,8 +164,8 @@ impl SnapshotCheck {
 
 /// A saved domain state (see the module docs).
 pub(crate) struct Snapshot {
-    /// gfn -> index into `data` pages, or [`ZERO`].
-    slot: FxHashMap<u64, usize>,
+    /// Where each saved frame is in `data`.
+    slot: FrameSlots,
     data: Vec<u8>,
     cpu: HvmContext,
     /// vCPU 0's registers as its vm_event reported them at the snapshot
@@ -200,9 +198,9 @@ pub(crate) struct Snapshot {
 impl Snapshot {
     /// The saved contents of a frame, if it was saved.
     fn page(&self, gfn: u64) -> Option<&[u8]> {
-        match *self.slot.get(&gfn)? {
-            ZERO => Some(&ZERO_PAGE),
-            s => Some(&self.data[s * PAGE_SIZE..(s + 1) * PAGE_SIZE]),
+        match self.slot.get(gfn)? {
+            Slot::Zero => Some(&ZERO_PAGE),
+            Slot::Page(s) => Some(&self.data[s * PAGE_SIZE..(s + 1) * PAGE_SIZE]),
         }
     }
 }
@@ -368,23 +366,21 @@ const MAX_UNTRACKED: usize = 64;
 /// after the snapshot lives in such a frame).
 fn limit_tracking(
     tracking: &mut DirtyTracking,
-    slot: &FxHashMap<u64, usize>,
+    slot: &FrameSlots,
     backend: &[u64],
 ) -> Result<Vec<u64>> {
-    if slot.keys().any(|&g| g >= HIGH_FIRST) {
+    if slot.gfns().any(|g| g >= HIGH_FIRST) {
         return Ok(Vec::new());
     }
     let mut above: Vec<u64> = slot
-        .keys()
-        .copied()
+        .gfns()
         .filter(|&g| g >= SPECIAL_FIRST && !backend.contains(&g))
         .collect();
     if above.len() > MAX_UNTRACKED {
         return Ok(Vec::new());
     }
     let end = slot
-        .keys()
-        .copied()
+        .gfns()
         .filter(|&g| g < SPECIAL_FIRST)
         .max()
         .map_or(1, |g| g + 1);
@@ -408,7 +404,7 @@ impl Domain {
         let max_gpfn = self.xen.xc.domain_maximum_gpfn(self.domid)?;
         self.mem.unmap_all();
         let mut chunks = Vec::new();
-        let mut slot = FxHashMap::default();
+        let mut slot = FrameSlots::new(SPECIAL_FIRST);
         let mut data = Vec::new();
         let mut zero_frames = 0;
         for (from, to, stop_at_hole) in hvm_frame_ranges(max_gpfn) {
@@ -429,10 +425,10 @@ impl Domain {
                     any = true;
                     map.read(i * PAGE_SIZE, &mut page)?;
                     if page == ZERO_PAGE {
-                        slot.insert(gfn, ZERO);
+                        slot.insert(gfn, Slot::Zero);
                         zero_frames += 1;
                     } else {
-                        slot.insert(gfn, data.len() / PAGE_SIZE);
+                        slot.insert(gfn, Slot::Page(data.len() / PAGE_SIZE));
                         data.extend_from_slice(&page);
                     }
                 }
@@ -455,7 +451,7 @@ impl Domain {
                 .xen
                 .xc
                 .hvm_param(self.domid, crate::xen::HVM_PARAM_MONITOR_RING_PFN)
-                .is_ok_and(|pfn| pfn != 0 && !slot.contains_key(&pfn));
+                .is_ok_and(|pfn| pfn != 0 && !slot.contains(pfn));
         if slot.len() + usize::from(ring_out) < nr_pages {
             tracing::warn!(
                 domid = self.domid,
@@ -467,7 +463,7 @@ impl Domain {
         // Keep breakpoint bytes out of the saved copy (a breakpoint's
         // frame is never all zero: it holds the breakpoint byte).
         for (_, b) in self.bps.planted() {
-            if let Some(&s) = slot.get(&(b.pa >> PAGE_SHIFT)).filter(|&&s| s != ZERO) {
+            if let Some(Slot::Page(s)) = slot.get(b.pa >> PAGE_SHIFT) {
                 data[s * PAGE_SIZE + (b.pa as usize & (PAGE_SIZE - 1))] = b.orig;
             }
         }
@@ -523,7 +519,7 @@ impl Domain {
             zero_frames,
             took: t0.elapsed(),
         };
-        self.snapshot.put(SnapshotStore::Hvm(Snapshot {
+        self.snapshot.put(Box::new(SnapshotStore::Hvm(Snapshot {
             slot,
             data,
             cpu,
@@ -537,7 +533,7 @@ impl Domain {
             down,
             last_dirty: 0,
             info,
-        }));
+        })));
         tracing::debug!(domid = self.domid, ?info, "snapshot taken");
         Ok(info)
     }
@@ -812,7 +808,7 @@ impl Domain {
     /// Compares the stopped domain's memory (every saved frame) and vCPU 0's
     /// CPU record with `snap`.
     pub(crate) fn check_hvm_snapshot(&self, snap: &Snapshot) -> Result<SnapshotCheck> {
-        let mut gfns: Vec<u64> = snap.slot.keys().copied().collect();
+        let mut gfns: Vec<u64> = snap.slot.gfns().collect();
         gfns.sort_unstable();
         let mut page = vec![0u8; PAGE_SIZE];
         // One hash while every frame so far equals the snapshot's; two from

@@ -220,14 +220,14 @@ impl Domain {
             zero_frames,
             took: t0.elapsed(),
         };
-        self.snapshot.put(SnapshotStore::Pv(PvSnapshot {
+        self.snapshot.put(Box::new(SnapshotStore::Pv(PvSnapshot {
             chunks,
             slot,
             data,
             vcpus,
             tracking,
             info,
-        }));
+        })));
         self.mem.forget_writes();
         tracing::debug!(domid = self.domid, ?info, "PV snapshot taken");
         Ok(info)

@@ -10,7 +10,9 @@ use super::snapshot::{RestoreOptions, Snapshot, SnapshotInfo};
 /// The snapshot a domain keeps and how it is restored.
 #[derive(Default)]
 pub(crate) struct SnapshotState {
-    store: Option<SnapshotStore>,
+    /// Boxed: a restore takes it out and puts it back, a pointer's move
+    /// rather than the snapshot's kilobytes.
+    store: Option<Box<SnapshotStore>>,
     /// How restores work (kept across snapshots).
     options: RestoreOptions,
     /// The guest wrote a descriptor-table register (IDTR, GDTR, LDTR, TR)
@@ -21,26 +23,26 @@ pub(crate) struct SnapshotState {
 impl SnapshotState {
     /// The snapshot, if one was taken.
     pub(crate) fn get(&self) -> Option<&SnapshotStore> {
-        self.store.as_ref()
+        self.store.as_deref()
     }
 
     /// The HVM/PVH snapshot, if that is what was taken.
     pub(crate) fn hvm(&self) -> Option<&Snapshot> {
-        self.store.as_ref().and_then(SnapshotStore::hvm)
+        self.store.as_deref().and_then(SnapshotStore::hvm)
     }
 
     /// The snapshot's size and timing, if one was taken.
     pub(crate) fn info(&self) -> Option<SnapshotInfo> {
-        self.store.as_ref().map(SnapshotStore::info)
+        self.store.as_deref().map(SnapshotStore::info)
     }
 
     /// Takes the snapshot out (for a restore, see [`SnapshotState::put`]).
-    pub(crate) fn take(&mut self) -> Option<SnapshotStore> {
+    pub(crate) fn take(&mut self) -> Option<Box<SnapshotStore>> {
         self.store.take()
     }
 
     /// Puts a snapshot in, replacing any other.
-    pub(crate) fn put(&mut self, store: SnapshotStore) {
+    pub(crate) fn put(&mut self, store: Box<SnapshotStore>) {
         self.store = Some(store);
     }
 

@@ -145,6 +145,15 @@ impl VmEventRequest {
             _ => None,
         }
     }
+    /// The guest frame Xen found the event's RIP in (software-breakpoint
+    /// and debug-exception events; None where its translation failed).
+    pub fn rip_gfn(&self) -> Option<u64> {
+        // Xen's INVALID_GFN: `gfn_of_rip` could not translate the RIP.
+        const INVALID_GFN: u64 = !0;
+        self.debug()
+            .map(|(_, _, gfn)| gfn)
+            .filter(|&g| g != INVALID_GFN)
+    }
     /// The executed `cpuid` of a CPUID event: (instruction length, leaf,
     /// subleaf as EAX and ECX held them). Xen has already put the results
     /// in the request's registers but left RIP on the instruction.
