@@ -456,6 +456,7 @@ pub fn where_is(dom: &Domain, addr: u64) -> String {
 /// arguments in the System V registers).
 pub fn kernel_report(
     dom: &mut Domain,
+    syms: &mut crate::report::Symbolizer,
     vcpu: u32,
     sink: &str,
     kind: SinkKind,
@@ -538,14 +539,15 @@ pub fn kernel_report(
     };
     let backtrace = frames
         .iter()
-        .map(|f| crate::report::symbolize(dom, f.pc, f.is_return))
+        .map(|f| syms.frame(dom, f.pc, f.is_return))
         .collect();
     // Function and offset: stable under KASLR and across module loads. A
     // return address is looked up at the call (a call to a noreturn
     // function may end its caller).
     let place = match trap {
         Some(t) if !t.user_mode() => where_is(dom, site_addr),
-        _ => crate::report::symbolize(dom, site_addr, true)
+        _ => syms
+            .frame(dom, site_addr, true)
             .symbol
             .unwrap_or_else(|| format!("{site_addr:#x}")),
     };

@@ -1,6 +1,7 @@
 //! How a run ended, and the crash report saved with each crash (read from
 //! the stopped guest: the sink's message, trap frame, backtrace, symbols).
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use xenprobe::vmi::{self, Domain};
 
@@ -158,7 +159,7 @@ pub use xenprobe_abi::fnv1a;
 /// Symbol and line of a frame. Return addresses (every frame but the
 /// first) are looked up at `addr - 1`: a call that never returns is often
 /// the last instruction of its function.
-pub fn symbolize(dom: &Domain, addr: u64, is_return: bool) -> Frame {
+fn symbolize(dom: &Domain, addr: u64, is_return: bool) -> Frame {
     let syms = dom.symbols().ok();
     let at = if is_return {
         addr.saturating_sub(1)
@@ -176,14 +177,54 @@ pub fn symbolize(dom: &Domain, addr: u64, is_return: bool) -> Frame {
     }
 }
 
-/// The frames of a backtrace: the first address is where the code stopped,
-/// the others are return addresses.
-fn frames(dom: &Domain, addrs: Vec<u64>) -> Vec<Frame> {
-    addrs
-        .into_iter()
-        .enumerate()
-        .map(|(i, a)| symbolize(dom, a, i > 0))
-        .collect()
+/// Symbolizes the frames of crash reports, keeping what it found: a
+/// campaign's crashes mostly repeat a few sites, and a frame's symbol and
+/// DWARF line cost more than the rest of its report. Valid for one set of
+/// symbols: [`Symbolizer::forget`] when the guest's symbols change (a
+/// reboot under KASLR).
+#[derive(Debug, Default)]
+pub struct Symbolizer {
+    known: FxHashMap<(u64, bool), Frame>,
+}
+
+/// Frames kept at most (a guest that crashes everywhere does not grow it
+/// without bound).
+const SYMBOLIZER_FRAMES: usize = 4096;
+
+impl Symbolizer {
+    /// The frame at `addr` (`is_return`: a return address, see
+    /// [`symbolize`]).
+    pub fn frame(&mut self, dom: &Domain, addr: u64, is_return: bool) -> Frame {
+        self.remembered(addr, is_return, || symbolize(dom, addr, is_return))
+    }
+
+    /// The kept frame of (`addr`, `is_return`), else `find`'s, kept.
+    fn remembered(&mut self, addr: u64, is_return: bool, find: impl FnOnce() -> Frame) -> Frame {
+        if let Some(f) = self.known.get(&(addr, is_return)) {
+            return f.clone();
+        }
+        let f = find();
+        if self.known.len() >= SYMBOLIZER_FRAMES {
+            self.known.clear();
+        }
+        self.known.insert((addr, is_return), f.clone());
+        f
+    }
+
+    /// The frames of a backtrace: the first address is where the code
+    /// stopped, the others are return addresses.
+    fn frames(&mut self, dom: &Domain, addrs: Vec<u64>) -> Vec<Frame> {
+        addrs
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| self.frame(dom, a, i > 0))
+            .collect()
+    }
+
+    /// Forgets every frame (the guest's symbols changed).
+    pub fn forget(&mut self) {
+        self.known.clear();
+    }
 }
 
 /// The report of a guest stopped at the entry of crash sink `name` (at
@@ -192,12 +233,13 @@ fn frames(dom: &Domain, addrs: Vec<u64>) -> Vec<Frame> {
 /// Any other sink: see [`user_sink_report`].
 pub fn sink_report(
     dom: &mut Domain,
+    syms: &mut Symbolizer,
     vcpu: u32,
     sink: u64,
     name: &str,
 ) -> Result<CrashReport, vmi::Error> {
     if name != ABI_SINK {
-        return user_sink_report(dom, vcpu, sink, name);
+        return user_sink_report(dom, syms, vcpu, sink, name);
     }
     let regs = dom.regs(vcpu)?;
     let len = (regs.rcx as usize).min(MESSAGE_MAX);
@@ -239,7 +281,7 @@ pub fn sink_report(
         rip,
         fault_address,
         message,
-        backtrace: frames(dom, addrs),
+        backtrace: syms.frames(dom, addrs),
     })
 }
 
@@ -249,6 +291,7 @@ pub fn sink_report(
 /// backtrace from the sink through its caller.
 fn user_sink_report(
     dom: &mut Domain,
+    syms: &mut Symbolizer,
     vcpu: u32,
     sink: u64,
     name: &str,
@@ -261,7 +304,7 @@ fn user_sink_report(
     }
     // At the entry RBP is still the caller's frame.
     addrs.extend(dom.frame_pointer_walk(vcpu, regs.rbp, 32));
-    let backtrace = frames(dom, addrs);
+    let backtrace = syms.frames(dom, addrs);
     let caller = match backtrace.get(1) {
         Some(Frame {
             symbol: Some(s), ..
@@ -282,6 +325,7 @@ fn user_sink_report(
 /// debug trap, a hang), deduplicated by function.
 pub fn report_at(
     dom: &mut Domain,
+    syms: &mut Symbolizer,
     kind: &str,
     vcpu: u32,
     rip: u64,
@@ -290,7 +334,8 @@ pub fn report_at(
     let rbp = dom.regs(vcpu)?.rbp;
     let mut addrs = vec![rip];
     addrs.extend(dom.frame_pointer_walk(vcpu, rbp, 32));
-    let func = symbolize(dom, rip, false)
+    let func = syms
+        .frame(dom, rip, false)
         .symbol
         .map(|s| s.split('+').next().unwrap_or_default().to_string())
         .unwrap_or_else(|| format!("{rip:#x}"));
@@ -300,13 +345,40 @@ pub fn report_at(
         rip,
         fault_address: None,
         message,
-        backtrace: frames(dom, addrs),
+        backtrace: syms.frames(dom, addrs),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_symbolizer_looks_each_frame_up_once_until_told_to_forget() {
+        let mut s = Symbolizer::default();
+        let mut lookups = 0;
+        let mut look = |s: &mut Symbolizer, addr: u64, ret: bool| {
+            s.remembered(addr, ret, || {
+                lookups += 1;
+                Frame {
+                    addr,
+                    symbol: Some(format!("f{lookups}")),
+                    line: None,
+                }
+            })
+        };
+        let first = look(&mut s, 0x1000, false);
+        assert_eq!(look(&mut s, 0x1000, false), first);
+        // A return address is looked up at addr - 1: another frame.
+        assert_ne!(look(&mut s, 0x1000, true).symbol, first.symbol);
+        s.forget();
+        assert_ne!(look(&mut s, 0x1000, false).symbol, first.symbol);
+        for a in 0..SYMBOLIZER_FRAMES as u64 + 1 {
+            look(&mut s, 0x2000 + a, false);
+        }
+        assert!(s.known.len() <= SYMBOLIZER_FRAMES, "bounded");
+        assert_eq!(lookups, 3 + SYMBOLIZER_FRAMES + 1);
+    }
 
     #[test]
     fn parses_guest_report_lines() {

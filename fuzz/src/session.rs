@@ -416,6 +416,9 @@ pub struct Session {
     stability: (u64, u64),
     /// This run's phases are timed.
     timed: bool,
+    /// Crash reports' frames, symbolized once per address (forgotten at
+    /// every boot: a new kernel may sit elsewhere).
+    symbolizer: report::Symbolizer,
     dom: Option<Domain>,
     xen: Xen,
 }
@@ -476,6 +479,7 @@ impl Session {
             runs: 0,
             stability: (0, 0),
             timed: false,
+            symbolizer: report::Symbolizer::default(),
             dom: None,
             xen,
         };
@@ -673,7 +677,24 @@ impl Session {
             .ok_or_else(|| SessionError::Setup("the guest is not attached".into()))
     }
 
+    /// A crash report `f` reads from the stopped guest, its frames
+    /// symbolized through the session's [`report::Symbolizer`].
+    fn crash_report(
+        &mut self,
+        f: impl FnOnce(
+            &mut Domain,
+            &mut report::Symbolizer,
+        ) -> std::result::Result<CrashReport, xenprobe::vmi::Error>,
+    ) -> Result<CrashReport> {
+        let dom = self
+            .dom
+            .as_mut()
+            .ok_or_else(|| SessionError::Setup("the guest is not attached".into()))?;
+        Ok(f(dom, &mut self.symbolizer)?)
+    }
+
     fn boot(&mut self) -> Result<()> {
+        self.symbolizer.forget();
         let (mut dom, buffer) = match self.take_parked()? {
             Some(parked) => parked,
             None => self.create()?,
@@ -1557,11 +1578,15 @@ impl Session {
                         Some(Role::End) => return Ok((Outcome::Ok, new_blocks)),
                         Some(&Role::Sink(i)) => {
                             let sink = self.spec.sinks[i].clone();
-                            let r = report::sink_report(self.dom()?, vcpu, addr, &sink)?;
+                            let r = self.crash_report(|d, s| {
+                                report::sink_report(d, s, vcpu, addr, &sink)
+                            })?;
                             return Ok((Outcome::Crash(r), new_blocks));
                         }
                         Some(&Role::KernelSink(name, kind)) => {
-                            let r = kernel::kernel_report(self.dom()?, vcpu, name, kind)?;
+                            let r = self.crash_report(|d, s| {
+                                kernel::kernel_report(d, s, vcpu, name, kind)
+                            })?;
                             return Ok((Outcome::Crash(r), new_blocks));
                         }
                         Some(&Role::Cover(i)) => {
@@ -1600,7 +1625,9 @@ impl Session {
                     self.dom()?.resume()?
                 }
                 Event::Debug { vcpu, rip, detail } => {
-                    let r = report::report_at(self.dom()?, "debug-trap", vcpu, rip, detail)?;
+                    let r = self.crash_report(|d, s| {
+                        report::report_at(d, s, "debug-trap", vcpu, rip, detail)
+                    })?;
                     return Ok((Outcome::Crash(r), new_blocks));
                 }
                 Event::Timeout => {
@@ -1608,8 +1635,9 @@ impl Session {
                     dom.pause()?;
                     let rip = dom.regs(0)?.rip;
                     let note = self.overwritten_exits();
-                    let dom = self.dom()?;
-                    let mut r = report::report_at(dom, "hang", 0, rip, String::new())?;
+                    let mut r = self.crash_report(|d, s| {
+                        report::report_at(d, s, "hang", 0, rip, String::new())
+                    })?;
                     r.message = note.trim_start_matches("; ").to_string();
                     return Ok((Outcome::Hang(r), new_blocks));
                 }
