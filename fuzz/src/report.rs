@@ -192,8 +192,8 @@ pub struct Symbolizer {
 const SYMBOLIZER_FRAMES: usize = 4096;
 
 impl Symbolizer {
-    /// The frame at `addr` (`is_return`: a return address, see
-    /// [`symbolize`]).
+    /// The frame at `addr` (`is_return`: a return address, looked up at
+    /// `addr - 1`).
     pub fn frame(&mut self, dom: &Domain, addr: u64, is_return: bool) -> Frame {
         self.remembered(addr, is_return, || symbolize(dom, addr, is_return))
     }

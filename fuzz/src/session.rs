@@ -686,11 +686,11 @@ impl Session {
             &mut report::Symbolizer,
         ) -> std::result::Result<CrashReport, xenprobe::vmi::Error>,
     ) -> Result<CrashReport> {
-        let dom = self
-            .dom
-            .as_mut()
-            .ok_or_else(|| SessionError::Setup("the guest is not attached".into()))?;
-        Ok(f(dom, &mut self.symbolizer)?)
+        // Taken out while the domain is borrowed (an empty map: no allocation).
+        let mut syms = std::mem::take(&mut self.symbolizer);
+        let report = self.dom().and_then(|d| Ok(f(d, &mut syms)?));
+        self.symbolizer = syms;
+        report
     }
 
     fn boot(&mut self) -> Result<()> {
