@@ -431,12 +431,17 @@ pub fn print_table(guest: &str, rows: &[Row], libafl: Option<(f64, f64)>) {
 pub struct PerRun {
     /// Restoring the snapshot (the raw loop: PEEK or CLEAN and the copy).
     pub restore: f64,
+    /// Of `restore`: the log-dirty hypercall (PEEK or CLEAN).
+    pub peek: f64,
     /// Writing the input.
     pub input: f64,
     /// The reply that resumes the guest.
     pub resume: f64,
     /// Waiting for the guest's next event (its own work included).
     pub wait: f64,
+    /// Of `wait`: until the event came (the guest running); the rest is
+    /// the event's handling.
+    pub guest: f64,
     /// Making mutants.
     pub mutation: f64,
     /// Coverage and crash feedback.
@@ -462,22 +467,57 @@ impl PerRun {
         let m = |f: fn(&PerRun) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
         PerRun {
             restore: m(|p| p.restore),
+            peek: m(|p| p.peek),
             input: m(|p| p.input),
             resume: m(|p| p.resume),
             wait: m(|p| p.wait),
+            guest: m(|p| p.guest),
             mutation: m(|p| p.mutation),
             feedback: m(|p| p.feedback),
             other: m(|p| p.other),
         }
     }
 
+    /// The microseconds a run spends beyond `base`'s, phase by phase (the
+    /// log-dirty call and the guest's run apart from the work around them).
+    pub fn beyond(&self, base: &PerRun) -> String {
+        let steps = [
+            ("log-dirty call", self.peek - base.peek),
+            (
+                "rest of the restore",
+                (self.restore - self.peek) - (base.restore - base.peek),
+            ),
+            ("input", self.input - base.input),
+            ("resume", self.resume - base.resume),
+            ("the guest's run", self.guest - base.guest),
+            (
+                "event handling",
+                (self.wait - self.guest) - (base.wait - base.guest),
+            ),
+            ("mutation", self.mutation - base.mutation),
+            ("feedback", self.feedback - base.feedback),
+            ("other", self.other - base.other),
+        ];
+        let parts: Vec<String> = steps
+            .iter()
+            .map(|(what, d)| format!("{what} {d:+.1}"))
+            .collect();
+        format!(
+            "{} = {:+.1} us a run",
+            parts.join(", "),
+            self.total() - base.total()
+        )
+    }
+
     /// A raw loop's phases.
     pub fn from_raw(p: &RawPhases) -> PerRun {
         PerRun {
             restore: p.peek + p.copy,
+            peek: p.peek,
             input: p.input,
             resume: p.resume,
             wait: p.wait,
+            guest: p.wait,
             mutation: 0.0,
             feedback: 0.0,
             other: p.other,
@@ -490,9 +530,11 @@ impl PerRun {
         let us = |d: Duration| d.as_secs_f64() * 1e6 / n;
         let p = PerRun {
             restore: us(t.restore),
+            peek: us(t.log_dirty),
             input: us(t.input),
             resume: us(t.resume),
             wait: us(t.wait),
+            guest: us(t.guest),
             mutation: us(t.mutation),
             feedback: us(t.feedback),
             other: 0.0,
@@ -774,9 +816,11 @@ fn xp_batch(
     let per_run = |t: Duration| t.as_secs_f64() * 1e6 / runs.max(1) as f64;
     let p = PerRun {
         restore: per_run(d.restore),
+        peek: per_run(d.log_dirty),
         input: per_run(d.input),
         resume: per_run(d.resume),
         wait: per_run(d.wait),
+        guest: per_run(d.guest),
         mutation: 0.0,
         feedback: 0.0,
         other: 0.0,
@@ -860,20 +904,22 @@ pub fn print_comparison(guest: &str, rows: &[FloorRow]) {
     };
     println!();
     println!(
-        "fuzz loop against the raw C loop, {guest} (medians of {} rounds; ratio: each batch over the raw exact batches just before and after it; us per run)",
+        "fuzz loop against the raw C loop, {guest} (medians of {} rounds; ratio: each batch over the raw exact batches just before and after it; us per run; peek: of restore, the log-dirty call; guest: of wait, until the event came)",
         rows[XP_EXACT].rates.len()
     );
     println!(
-        "{:<34} {:>8} {:>15} {:>6} {:>5} | {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>7}",
+        "{:<34} {:>8} {:>15} {:>6} {:>5} | {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>7}",
         "loop",
         "execs/s",
         "min..max",
         "ratio",
         "exact",
         "restore",
+        "peek",
         "input",
         "resume",
         "wait",
+        "guest",
         "mutate",
         "feedbk",
         "other",
@@ -893,14 +939,16 @@ pub fn print_comparison(guest: &str, rows: &[FloorRow]) {
             None => "-",
         };
         println!(
-            "{:<34} {m:>8.0} {:>15} {:>5.2}x {exact:>5} | {:>7.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>7.1}",
+            "{:<34} {m:>8.0} {:>15} {:>5.2}x {exact:>5} | {:>7.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>7.1}",
             r.name,
             format!("{min:.0}..{max:.0}"),
             ratio(i),
             p.restore,
+            p.peek,
             p.input,
             p.resume,
             p.wait,
+            p.guest,
             p.mutation,
             p.feedback,
             p.other,
@@ -910,6 +958,16 @@ pub fn print_comparison(guest: &str, rows: &[FloorRow]) {
     for i in [XP_EXACT, CAMPAIGN, CAMPAIGN_I2S] {
         if rows[i].runs.guest_runs > 0 {
             println!("{}: {}", rows[i].name, rows[i].runs.runs_text());
+        }
+    }
+    let raw = PerRun::median(&rows[RAW_EXACT].phases);
+    for i in [XP_EXACT, CAMPAIGN] {
+        if !rows[i].phases.is_empty() {
+            println!(
+                "{} against the raw exact loop, step by step: {}",
+                rows[i].name,
+                PerRun::median(&rows[i].phases).beyond(&raw)
+            );
         }
     }
     let met = |ok: bool| if ok { "met" } else { "NOT met" };

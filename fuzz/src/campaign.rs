@@ -135,12 +135,16 @@ pub struct CampaignSummary {
 pub struct TimeSplit {
     /// Restores of the snapshot (memory and vCPU).
     pub restore: Duration,
+    /// Of `restore`: the log-dirty hypercalls.
+    pub log_dirty: Duration,
     /// Writing inputs into the guest.
     pub input: Duration,
     /// Replies that resume the guest.
     pub resume: Duration,
     /// Waiting for the guest's next event (its own work included).
     pub wait: Duration,
+    /// Of `wait`: until the events came (the guest running).
+    pub guest: Duration,
     /// Whole executions: the phases above and the session's own work
     /// around them (coverage breakpoints, crash reports, stability runs).
     pub runs: Duration,
@@ -383,9 +387,11 @@ where
     let i2s = &stages.1 .0;
     let split = TimeSplit {
         restore: t.restore,
+        log_dirty: t.log_dirty,
         input: t.input,
         resume: t.resume,
         wait: t.wait,
+        guest: t.guest,
         runs: executor.inner().time_in_runs(),
         mutation: stages.0.mutator().time + i2s.mutator().time,
         feedback: fuzzer.feedback().time + fuzzer.objective().time,
@@ -415,12 +421,14 @@ where
             crate::session::STABILITY_SAMPLE
         );
         eprintln!(
-            "[xenprobe-fuzz] time in restore {:.1} s, input writes {:.1} s, guest runs {:.1} s (resume {:.1} s, waits {:.1} s); reports in {}",
+            "[xenprobe-fuzz] time in restore {:.1} s (log-dirty calls {:.1} s), input writes {:.1} s, guest runs {:.1} s (resume {:.1} s, waits {:.1} s of which the guest ran {:.1} s); reports in {}",
             t.restore.as_secs_f64(),
+            t.log_dirty.as_secs_f64(),
             t.input.as_secs_f64(),
             t.run.as_secs_f64(),
             t.resume.as_secs_f64(),
             t.wait.as_secs_f64(),
+            t.guest.as_secs_f64(),
             opts.dir.display()
         );
         eprintln!(

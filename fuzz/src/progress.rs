@@ -177,12 +177,14 @@ pub fn render_summary(dir: &Path, info: &ReportInfo<'_>, p: &Progress) -> String
     let t = info.timings;
     let _ = writeln!(
         o,
-        "| time split | restore {:.1} s, input writes {:.1} s, guest runs {:.1} s (resume {:.1} s, waits {:.1} s) |",
+        "| time split | restore {:.1} s (log-dirty calls {:.1} s), input writes {:.1} s, guest runs {:.1} s (resume {:.1} s, waits {:.1} s of which the guest ran {:.1} s) |",
         t.restore.as_secs_f64(),
+        t.log_dirty.as_secs_f64(),
         t.input.as_secs_f64(),
         t.run.as_secs_f64(),
         t.resume.as_secs_f64(),
-        t.wait.as_secs_f64()
+        t.wait.as_secs_f64(),
+        t.guest.as_secs_f64()
     );
     for (what, sub) in [("Crashes", "crashes"), ("Hangs", "hangs")] {
         let saved = saved_in(&dir.join(sub));

@@ -233,6 +233,8 @@ impl InputLayout {
 pub struct RunTimings {
     /// Restoring memory and registers to the snapshot.
     pub restore: Duration,
+    /// Of `restore`: the log-dirty hypercall (PEEK or CLEAN).
+    pub log_dirty: Duration,
     /// Writing the input and its length into the guest.
     pub input: Duration,
     /// From the resume to the run's end event (resume and wait below are
@@ -242,6 +244,10 @@ pub struct RunTimings {
     pub resume: Duration,
     /// Waiting for the guest's next event.
     pub wait: Duration,
+    /// Of `wait`: the guest running until its event came (busy-polling or
+    /// blocked, see [`xenprobe::vmi::Domain::time_waiting`]); the rest is
+    /// the event's handling.
+    pub guest: Duration,
 }
 
 impl std::ops::Sub for RunTimings {
@@ -249,10 +255,12 @@ impl std::ops::Sub for RunTimings {
     fn sub(self, o: RunTimings) -> RunTimings {
         RunTimings {
             restore: self.restore.saturating_sub(o.restore),
+            log_dirty: self.log_dirty.saturating_sub(o.log_dirty),
             input: self.input.saturating_sub(o.input),
             run: self.run.saturating_sub(o.run),
             resume: self.resume.saturating_sub(o.resume),
             wait: self.wait.saturating_sub(o.wait),
+            guest: self.guest.saturating_sub(o.guest),
         }
     }
 }
@@ -1256,7 +1264,16 @@ impl Session {
 
     /// Brings the guest to the snapshot before a run, fully or (persistent
     /// mode) registers only. Returns whether memory is at the snapshot.
+    /// Timed runs count its time (every restore of the run, a stability
+    /// re-run's included) as `restore`.
     fn prepare(&mut self) -> Result<bool> {
+        let t0 = self.clock();
+        let full = self.prepare_untimed()?;
+        self.add_time(|t| &mut t.restore, t0);
+        Ok(full)
+    }
+
+    fn prepare_untimed(&mut self) -> Result<bool> {
         if self.fresh {
             self.fresh = false;
             self.since_reset = 0;
@@ -1279,6 +1296,9 @@ impl Session {
         };
         if st.regs_in_reply {
             self.counters.regs_in_reply += 1;
+        }
+        if self.timed {
+            self.timings.log_dirty += st.log_dirty;
         }
         self.last_restore = Some(st);
         Ok(full)
@@ -1340,9 +1360,7 @@ impl Session {
         let input: &[u8] = &encoded;
         self.timed = true;
         self.runs += 1;
-        let t0 = self.clock();
         let clean = self.prepare()?;
-        self.add_time(|t| &mut t.restore, t0);
         let (outcome, mut blocks) = self.run_prepared(input)?;
         if clean && (!blocks.is_empty() || self.runs % STABILITY_SAMPLE == 0) {
             self.check_stability(input, &outcome)?;
@@ -1355,9 +1373,7 @@ impl Session {
             return Ok((outcome, blocks));
         }
         self.counters.replays += 1;
-        let t0 = self.clock();
         self.prepare()?;
-        self.add_time(|t| &mut t.restore, t0);
         let (again, more) = self.run_prepared(input)?;
         blocks.extend(more);
         self.reset_next = true;
@@ -1566,8 +1582,15 @@ impl Session {
         self.add_time(|t| &mut t.resume, t);
         loop {
             let t = self.clock();
-            let ev = self.dom()?.wait_event(timeout)?;
+            let dom = self.dom()?;
+            let waited = dom.time_waiting();
+            let ev = dom.wait_event(timeout);
+            let guest = dom.time_waiting().saturating_sub(waited);
+            let ev = ev?;
             self.add_time(|t| &mut t.wait, t);
+            if self.timed {
+                self.timings.guest += guest;
+            }
             tracing::trace!(?ev, "event");
             match ev {
                 Event::Breakpoint { id, vcpu, addr, .. } => {

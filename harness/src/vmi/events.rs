@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::xen::{DebugEventType, EventReason, VmEventRegs, VmEventRequest, VmEventResponse};
+use crate::xen::{
+    DebugEventType, EventReason, Stamp, VmEventRegs, VmEventRequest, VmEventResponse,
+};
 
 use super::breakpoint::BreakpointId;
 use super::caps::BreakpointInsnKind;
@@ -309,6 +311,14 @@ impl Domain {
         self.stops.set_hold(on, &self.xen.xc, self.domid)
     }
 
+    /// Time [`Domain::wait_event`] has spent waiting for the guest since
+    /// attach: busy-polling the ring or blocked on its event channel until
+    /// an event came (or the timeout), without sorting the event out. For
+    /// a fuzzer, the guest's own run as dom0 sees it. Two TSC reads a wait.
+    pub fn time_waiting(&self) -> Duration {
+        self.stops.waited
+    }
+
     /// The busy-poll bound set by [`Domain::set_event_spin`].
     pub fn event_spin(&self) -> Duration {
         self.stops.spin()
@@ -602,7 +612,10 @@ impl Domain {
         }
         let mut deadline = Deadline::after(timeout);
         loop {
-            let raw = self.next_raw(&mut deadline)?;
+            let t = Stamp::now();
+            let raw = self.next_raw(&mut deadline);
+            self.stops.waited += t.elapsed();
+            let raw = raw?;
             let (vcpu, request, decision) = match raw {
                 None => return Ok(Event::Timeout),
                 Some(Raw::Shutdown(reason)) => return Ok(Event::Shutdown { reason }),

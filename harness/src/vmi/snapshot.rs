@@ -119,6 +119,9 @@ pub struct RestoreStats {
     pub cleaned: bool,
     /// The vCPU is reset in the vm_event reply (no context load).
     pub regs_in_reply: bool,
+    /// Time in the log-dirty hypercall (PEEK or CLEAN; zero for a
+    /// register-only restore or a PV restore without log-dirty).
+    pub log_dirty: std::time::Duration,
 }
 
 /// Size and timing of a snapshot.
@@ -570,6 +573,7 @@ impl Domain {
             restored,
             cleaned: false,
             regs_in_reply: false,
+            log_dirty: std::time::Duration::ZERO,
         };
         self.restore_vcpus(snap, st)
     }
@@ -591,7 +595,9 @@ impl Domain {
         // last restore that compared them).
         let mut frames = std::mem::take(&mut snap.frames);
         frames.clear();
+        let t = crate::xen::Stamp::now();
         let beyond = snap.tracking.fetch_into(clean, &mut frames)?;
+        let log_dirty = t.elapsed();
         let dirty = frames.len();
         snap.last_dirty = dirty;
         self.note_overwritten(&frames)?;
@@ -614,6 +620,7 @@ impl Domain {
             restored,
             cleaned: clean,
             regs_in_reply: false,
+            log_dirty,
         })
     }
 

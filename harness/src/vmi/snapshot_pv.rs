@@ -260,12 +260,16 @@ impl Domain {
     pub(crate) fn restore_pv_snapshot(&mut self, snap: &mut PvSnapshot) -> Result<RestoreStats> {
         let written = self.mem.written_count();
         let cleaned = snap.tracking.is_some();
+        let mut log_dirty = std::time::Duration::ZERO;
         let differ = match &mut snap.tracking {
             // Log-dirty: the frames the guest wrote, plus ours.
             Some((t, p2m)) => {
                 let mut frames = BTreeSet::new();
                 let mut unknown = 0;
-                for pfn in t.clean()? {
+                let t0 = crate::xen::Stamp::now();
+                let dirty = t.clean()?;
+                log_dirty = t0.elapsed();
+                for pfn in dirty {
                     match p2m.get(&pfn) {
                         Some(&mfn) => {
                             frames.insert(mfn);
@@ -355,6 +359,7 @@ impl Domain {
             restored,
             cleaned,
             regs_in_reply: false,
+            log_dirty,
         })
     }
 

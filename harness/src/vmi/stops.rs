@@ -40,6 +40,9 @@ pub(crate) struct Stops {
     cpuid_marker: Option<u32>,
     /// Detach leaves one pause in place (`Domain::detach_paused`).
     keep_paused: bool,
+    /// Time event waits spent waiting for the guest (see
+    /// `Domain::time_waiting`).
+    pub(crate) waited: Duration,
 }
 
 impl Stops {
@@ -56,6 +59,7 @@ impl Stops {
             hold: false,
             cpuid_marker: None,
             keep_paused: false,
+            waited: Duration::ZERO,
         }
     }
 
