@@ -1,8 +1,9 @@
 //! `cargo xtask fuzz`: a fuzz campaign against a sample guest in the lab.
 //!
-//! Builds the fuzzer (`xenprobe-fuzz`, release) and the sample guests, boots
-//! or reuses the lab, and runs the fuzzer inside dom0; it creates the guest
-//! from `target/guests/<target>-<mode>.cfg` itself. The campaign directory
+//! Builds the fuzzer (`xenprobe-fuzz`, profile `fuzzer`: release with LTO)
+//! and the sample guests, boots or reuses the lab, and runs the fuzzer
+//! inside dom0; it creates the guest from
+//! `target/guests/<target>-<mode>.cfg` itself. The campaign directory
 //! `target/fuzz/<target>-<mode>/` (corpus/, crashes/, hangs/) is resumed by
 //! the next run. `--reproduce CRASH` replays one crash input instead;
 //! `--reproduce CRASH --debug` stops the guest before the crash and serves
@@ -127,7 +128,8 @@ pub(crate) fn build_fuzz_bin(
         .env("CARGO_TARGET_DIR", &target)
         .args(["build", "-p", "xenprobe-fuzz", "--bin", bin]);
     if release {
-        cmd.arg("--release");
+        // Cargo.toml's `fuzzer` profile: release, whole-program optimised.
+        cmd.args(["--profile", "fuzzer"]);
     }
     let st = cmd
         .status()
@@ -135,7 +137,7 @@ pub(crate) fn build_fuzz_bin(
     if !st.success() {
         bail!("building {bin} failed");
     }
-    let profile = if release { "release" } else { "debug" };
+    let profile = if release { "fuzzer" } else { "debug" };
     Ok(target.join(profile).join(bin))
 }
 
