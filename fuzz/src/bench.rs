@@ -892,6 +892,34 @@ fn campaign_run(
     Ok(c.execs_per_sec())
 }
 
+/// What dom0's own machinery costs on this host, for reading the
+/// comparison: microseconds per system call (`getpid`), and per distinct
+/// page touched right after one (a PV dom0's kernel and user space have
+/// page tables of their own, so a system call leaves the TLB to be refilled
+/// page by page; under an emulated CPU each refill is a software walk).
+/// A run makes two system calls (the log-dirty call and the notify), so
+/// every page a loop touches per run beyond another's costs about twice
+/// the second figure.
+pub fn dom0_costs() -> (f64, f64) {
+    const PAGES: usize = 64;
+    const ROUNDS: u32 = 2000;
+    let pages = vec![1u8; PAGES * 4096];
+    let time = |touch: usize| {
+        let t = xenprobe::xen::Stamp::now();
+        let mut sum = 0u64;
+        for i in 0..ROUNDS {
+            sum = sum.wrapping_add(u64::from(std::process::id()));
+            for p in 0..touch {
+                sum = sum.wrapping_add(u64::from(pages[p * 4096 + (i as usize % 64)]));
+            }
+        }
+        std::hint::black_box(sum);
+        t.elapsed().as_secs_f64() * 1e6 / f64::from(ROUNDS)
+    };
+    let (bare, touched) = (time(0), time(PAGES));
+    (bare, ((touched - bare) / PAGES as f64).max(0.0))
+}
+
 /// Prints the comparison: rates and per-run phases (medians over rounds),
 /// ratios to the raw exact loop of this run, and the targets.
 pub fn print_comparison(guest: &str, rows: &[FloorRow]) {

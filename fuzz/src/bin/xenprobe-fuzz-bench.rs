@@ -118,8 +118,12 @@ fn real_main() -> Result<()> {
                     rng_seed: a.rng_seed,
                     dictionary,
                 };
+                let (syscall, page) = bench::dom0_costs();
                 let rows = bench::compare(&target, &fopts)?;
                 bench::print_comparison(&guest, &rows);
+                println!(
+                    "dom0 here: a system call {syscall:.1} us; a page touched after one {page:.2} us (two system calls a run: each page a loop touches beyond another's costs about twice that)"
+                );
             }
             None => eprintln!(
                 "[bench] no xenprobe-rawloop (build it with `cargo xtask bench fuzz`, or give \

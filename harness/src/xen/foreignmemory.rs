@@ -247,7 +247,8 @@ pub const CHANGED_CHUNK: usize = 64;
 /// Words are compared and copied inline, eight at a time: no `memcmp` or
 /// `memcpy` call per piece, and never the `rep movsb` that glibc's
 /// `memcpy` uses for a whole page, which software emulation runs a byte
-/// at a time (a 4 KiB copy: 15-25 us in the lab, this: about 6 us).
+/// at a time (in the lab, 2026-12-07: glibc's copy of a page 5.6 us, this
+/// 0.9-1.0 us; an inlined `rep movsq` 0.9 us, but it stores every byte).
 pub(crate) fn copy_changed(dst: &mut [u8], src: &[u8]) -> usize {
     const W: usize = 8;
     let word = |b: &[u8], i: usize| {
