@@ -1095,6 +1095,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_step_by_step_difference_splits_restore_and_wait_and_adds_up() {
+        let raw = PerRun {
+            restore: 80.0,
+            peek: 70.0,
+            input: 1.0,
+            resume: 35.0,
+            wait: 100.0,
+            guest: 100.0,
+            ..PerRun::default()
+        };
+        let xp = PerRun {
+            restore: 95.0,
+            peek: 72.0,
+            input: 5.0,
+            resume: 40.0,
+            wait: 106.0,
+            guest: 101.0,
+            mutation: 4.0,
+            feedback: 3.0,
+            other: 6.0,
+        };
+        let text = xp.beyond(&raw);
+        for part in [
+            "log-dirty call +2.0",
+            "rest of the restore +13.0",
+            "input +4.0",
+            "resume +5.0",
+            "the guest's run +1.0",
+            "event handling +5.0",
+            "mutation +4.0",
+            "feedback +3.0",
+            "other +6.0",
+        ] {
+            assert!(text.contains(part), "{part:?} in {text:?}");
+        }
+        // The parts add up to the whole difference (the sub-phases are not
+        // counted twice).
+        assert!(text.ends_with("= +43.0 us a run"), "{text}");
+        assert_eq!(xp.total() - raw.total(), 43.0);
+    }
+
+    #[test]
     fn each_busy_poll_setting_has_one_floor_that_leads_its_rows() {
         let spin = Duration::from_micros(500);
         let v = modes(spin);
