@@ -901,16 +901,17 @@ fn campaign_run(
 /// every page a loop touches per run beyond another's costs about twice
 /// the second figure.
 pub fn dom0_costs() -> (f64, f64) {
+    use xenprobe::xen::PAGE_SIZE;
     const PAGES: usize = 64;
     const ROUNDS: u32 = 2000;
-    let pages = vec![1u8; PAGES * 4096];
+    let pages = vec![1u8; PAGES * PAGE_SIZE];
     let time = |touch: usize| {
         let t = xenprobe::xen::Stamp::now();
         let mut sum = 0u64;
         for i in 0..ROUNDS {
             sum = sum.wrapping_add(u64::from(std::process::id()));
             for p in 0..touch {
-                sum = sum.wrapping_add(u64::from(pages[p * 4096 + (i as usize % 64)]));
+                sum = sum.wrapping_add(u64::from(pages[p * PAGE_SIZE + i as usize % PAGE_SIZE]));
             }
         }
         std::hint::black_box(sum);
@@ -989,6 +990,7 @@ pub fn print_comparison(guest: &str, rows: &[FloorRow]) {
         }
     }
     let raw = PerRun::median(&rows[RAW_EXACT].phases);
+    let raw_restore = raw.restore;
     for i in [XP_EXACT, CAMPAIGN] {
         if !rows[i].phases.is_empty() {
             println!(
@@ -999,7 +1001,6 @@ pub fn print_comparison(guest: &str, rows: &[FloorRow]) {
         }
     }
     let met = |ok: bool| if ok { "met" } else { "NOT met" };
-    let raw_restore = PerRun::median(&rows[RAW_EXACT].phases).restore;
     let restore_of = |i: usize| median(&rows[i].restores.iter().map(|r| r.1).collect::<Vec<_>>());
     for (i, what) in [(XP_EXACT, "xenprobe loop"), (CAMPAIGN, "campaign")] {
         if rows[i].restores.is_empty() {

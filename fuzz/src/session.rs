@@ -1268,17 +1268,22 @@ impl Session {
     /// re-run's included) as `restore`.
     fn prepare(&mut self) -> Result<bool> {
         let t0 = self.clock();
-        let full = self.prepare_untimed()?;
+        let (full, log_dirty) = self.reset_to_snapshot()?;
         self.add_time(|t| &mut t.restore, t0);
+        if self.timed {
+            self.timings.log_dirty += log_dirty;
+        }
         Ok(full)
     }
 
-    fn prepare_untimed(&mut self) -> Result<bool> {
+    /// [`Session::prepare`]'s work; also returns the time of its log-dirty
+    /// call (zero without one).
+    fn reset_to_snapshot(&mut self) -> Result<(bool, Duration)> {
         if self.fresh {
             self.fresh = false;
             self.since_reset = 0;
             self.reset_next = false;
-            return Ok(true);
+            return Ok((true, Duration::ZERO));
         }
         let full = self.reset_next || self.since_reset + 1 >= self.spec.persistent.max(1);
         let st = if full {
@@ -1297,11 +1302,8 @@ impl Session {
         if st.regs_in_reply {
             self.counters.regs_in_reply += 1;
         }
-        if self.timed {
-            self.timings.log_dirty += st.log_dirty;
-        }
         self.last_restore = Some(st);
-        Ok(full)
+        Ok((full, st.log_dirty))
     }
 
     /// Writes a run's input and its length.
