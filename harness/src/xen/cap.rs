@@ -1,11 +1,9 @@
 //! Capability probing: what this hypervisor and host CPU offer.
-
-use std::mem::size_of;
-
 use xen_sys as sys;
 
 use super::ctrl::XenCtrl;
-use super::error::{check, Result, XenError};
+use super::domctl::Domctl;
+use super::error::{check, Result};
 
 /// Host/hypervisor capabilities, probed once.
 /// See docs/xen-vmi.md#host-capabilities
@@ -73,17 +71,6 @@ fn cpuinfo_field(text: &str, key: &str) -> String {
         .unwrap_or_default()
 }
 
-#[repr(C)]
-struct PrivcmdHypercall {
-    op: u64,
-    arg: [u64; 5],
-}
-
-/// `_IOC(_IOC_NONE, 'P', 0, sizeof(privcmd_hypercall_t))`.
-const IOCTL_PRIVCMD_HYPERCALL: libc::c_ulong =
-    (b'P' as libc::c_ulong) << 8 | (size_of::<PrivcmdHypercall>() as libc::c_ulong) << 16;
-const HYPERVISOR_DOMCTL: u64 = 36;
-
 impl XenCtrl {
     /// `xc_physinfo` capabilities, `xc_version` and the gdbsx probe.
     /// See docs/xen-vmi.md#host-capabilities
@@ -141,69 +128,25 @@ impl XenCtrl {
     /// hypervisor without `CONFIG_GDBSX` answers ENOSYS/EOPNOTSUPP.
     /// See docs/xen-vmi.md#host-capabilities
     fn probe_gdbsx(&self) -> Result<bool> {
-        let mut hb = sys::xc_hypercall_buffer_t {
-            hbuf: std::ptr::null_mut(),
-            param_shadow: std::ptr::null_mut(),
-            dir: 0,
-            ubuf: usize::MAX as *mut libc::c_void,
-            sz: 0,
-        };
-        let size = size_of::<sys::xen_domctl>();
-        // SAFETY: fresh unbounced hypercall buffer descriptor.
-        let p = unsafe { sys::xc__hypercall_buffer_alloc(self.raw(), &mut hb, size) };
-        if p.is_null() {
-            return Err(XenError::last("xc_hypercall_buffer_alloc"));
+        let mut domctl = Domctl::new(self)?;
+        match domctl.call(
+            "domctl(gdbsx_domstatus)",
+            0,
+            sys::XEN_DOMCTL_gdbsx_domstatus,
+            |_| {},
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.raw_errno(), Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)) => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
         }
-        let dc = p.cast::<sys::xen_domctl>();
-        // SAFETY: p holds one xen_domctl; zero it then fill the header.
-        unsafe {
-            std::ptr::write_bytes(p.cast::<u8>(), 0, size);
-            (*dc).cmd = sys::XEN_DOMCTL_gdbsx_domstatus;
-            (*dc).interface_version = sys::XEN_DOMCTL_INTERFACE_VERSION;
-            (*dc).domain = 0;
-        }
-        let result = (|| {
-            let path = c"/dev/xen/privcmd";
-            // SAFETY: valid C string.
-            let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-            if fd < 0 {
-                return Err(XenError::last("open(/dev/xen/privcmd)"));
-            }
-            let mut hc = PrivcmdHypercall {
-                op: HYPERVISOR_DOMCTL,
-                arg: [p as u64, 0, 0, 0, 0],
-            };
-            // SAFETY: privcmd hypercall ioctl with a hypercall-safe argument buffer.
-            let rc = unsafe { libc::ioctl(fd, IOCTL_PRIVCMD_HYPERCALL, &mut hc) };
-            let err = std::io::Error::last_os_error();
-            // SAFETY: fd opened above.
-            unsafe { libc::close(fd) };
-            if rc >= 0 {
-                return Ok(true);
-            }
-            match err.raw_os_error() {
-                Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => Ok(false),
-                _ => Err(XenError::Call {
-                    call: "domctl(gdbsx_domstatus)",
-                    source: err,
-                }),
-            }
-        })();
-        // SAFETY: allocated above on this handle.
-        unsafe { sys::xc__hypercall_buffer_free(self.raw(), &mut hb) };
-        result
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ioctl_number_matches_linux_header() {
-        // include/uapi/xen/privcmd.h: _IOC(_IOC_NONE, 'P', 0, sizeof(privcmd_hypercall)) = 0x305000.
-        assert_eq!(IOCTL_PRIVCMD_HYPERCALL, 0x305000);
-    }
 
     #[test]
     fn parses_cpuinfo() {

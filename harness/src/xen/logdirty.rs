@@ -1,4 +1,5 @@
-//! Log-dirty tracking (`xc_shadow_control` / `xc_logdirty_control`).
+//! Log-dirty tracking (`xc_shadow_control`; the bitmap's PEEK and CLEAN
+//! as a domctl of their own, see [`super::domctl`]).
 //!
 //! HVM/PVH with HAP works on the stock hypervisor; PV needs shadow paging
 //! (`XEN_SYSCTL_PHYSCAP_shadow`, the lab's debug build).
@@ -8,6 +9,7 @@ use std::ptr::NonNull;
 use xen_sys as sys;
 
 use super::ctrl::XenCtrl;
+use super::domctl::Domctl;
 use super::error::{check, Result, XenError};
 
 /// Counters returned with a CLEAN/PEEK.
@@ -58,6 +60,8 @@ pub struct DirtyBitmap {
     buf: Box<sys::xc_hypercall_buffer_t>,
     words: NonNull<u64>,
     pages: u64,
+    /// The PEEK and CLEAN calls.
+    domctl: Domctl,
 }
 
 // SAFETY: the buffer is process memory owned by this value.
@@ -87,12 +91,21 @@ impl DirtyBitmap {
         let p = unsafe { sys::xc__hypercall_buffer_alloc(xc.raw(), &mut *buf, bytes.max(8)) };
         let words = NonNull::new(p.cast::<u64>())
             .ok_or_else(|| XenError::last("xc_hypercall_buffer_alloc"))?;
+        let domctl = match Domctl::new(xc) {
+            Ok(d) => d,
+            Err(e) => {
+                // SAFETY: allocated above on this handle.
+                unsafe { sys::xc__hypercall_buffer_free(xc.raw(), &mut *buf) };
+                return Err(e);
+            }
+        };
         Ok(Self {
             xc: xc.clone(),
             domid,
             buf,
             words,
             pages,
+            domctl,
         })
     }
 
@@ -102,41 +115,35 @@ impl DirtyBitmap {
     }
 
     fn op(&mut self, sop: u32, name: &'static str) -> Result<LogDirtyStats> {
-        let mut st = sys::xc_shadow_op_stats_t::default();
-        // SAFETY: buf is an allocated hypercall buffer of pages bits.
-        let rc = unsafe {
-            sys::xc_logdirty_control(
-                self.xc.raw(),
-                self.domid,
-                sop,
-                &mut *self.buf,
-                self.pages,
-                0,
-                &mut st,
-            )
-        };
-        if rc < 0 {
-            return Err(XenError::last(name));
-        }
+        let (bitmap, pages) = (self.words.as_ptr().cast::<u8>(), self.pages);
+        let dc = self
+            .domctl
+            .call(name, self.domid, sys::XEN_DOMCTL_shadow_op, |u| {
+                // SAFETY: writing the union's shadow_op member, whose
+                // fields are plain integers and a pointer.
+                let op = unsafe { &mut u.shadow_op };
+                op.op = sop;
+                op.dirty_bitmap.p = bitmap;
+                op.pages = pages;
+            })?;
+        // SAFETY: Xen answered a shadow_op; its results are in that member.
+        let stats = unsafe { dc.u.shadow_op.stats };
         Ok(LogDirtyStats {
-            fault_count: st.fault_count,
-            dirty_count: st.dirty_count,
+            fault_count: stats.fault_count,
+            dirty_count: stats.dirty_count,
         })
     }
 
     /// `SHADOW_OP_CLEAN`: fetch the bitmap and reset tracking.
     /// See docs/xen-vmi.md#log-dirty
     pub fn clean(&mut self) -> Result<LogDirtyStats> {
-        self.op(
-            sys::XEN_DOMCTL_SHADOW_OP_CLEAN,
-            "xc_logdirty_control(CLEAN)",
-        )
+        self.op(sys::XEN_DOMCTL_SHADOW_OP_CLEAN, "domctl shadow_op(CLEAN)")
     }
 
     /// `SHADOW_OP_PEEK`: fetch the bitmap without resetting.
     /// See docs/xen-vmi.md#log-dirty
     pub fn peek(&mut self) -> Result<LogDirtyStats> {
-        self.op(sys::XEN_DOMCTL_SHADOW_OP_PEEK, "xc_logdirty_control(PEEK)")
+        self.op(sys::XEN_DOMCTL_SHADOW_OP_PEEK, "domctl shadow_op(PEEK)")
     }
 
     fn words(&self) -> &[u64] {

@@ -5,7 +5,9 @@
 //! It mirrors the libraries rather than inventing abstractions: [`XenCtrl`]
 //! is an `xc_interface` handle and its methods (split by topic over
 //! `domain.rs`, `vcpu.rs`, `hvm.rs`, `logdirty.rs`, `memshr.rs`, `cap.rs`)
-//! are thin wrappers over the `xc_*` calls of the same name. Resources with a
+//! are thin wrappers over the `xc_*` calls of the same name (the log-dirty
+//! PEEK and CLEAN, on every restore's path, are issued as domctls of their
+//! own from a buffer kept across calls: `domctl.rs`). Resources with a
 //! lifetime (foreign mappings, event channels, the vm_event ring, dirty
 //! bitmaps) are RAII types that release themselves on drop.
 //!
@@ -16,6 +18,7 @@
 mod cap;
 mod ctrl;
 mod domain;
+mod domctl;
 mod error;
 mod evtchn;
 mod foreignmemory;
