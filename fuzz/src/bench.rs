@@ -13,12 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use libafl::corpus::{Corpus, InMemoryCorpus};
 use libafl::events::NopEventManager;
-use libafl::feedbacks::MaxMapFeedback;
 use libafl::fuzzer::{Evaluator, Fuzzer, StdFuzzer};
 use libafl::inputs::BytesInput;
 use libafl::mutators::{havoc_mutations, tokens_mutations, HavocScheduledMutator, Tokens};
 use libafl::schedulers::QueueScheduler;
-use libafl::stages::StdMutationalStage;
 use libafl::state::{HasCorpus, HasExecutions, StdState};
 use libafl::HasMetadata;
 use libafl_bolts::rands::StdRand;
@@ -27,7 +25,7 @@ use xenprobe::vmi::{RegisterReset, RestoreOptions, RestoreStrategy, SnapshotChec
 
 use crate::campaign::{CampaignOptions, TimeSplit};
 use crate::executor::XenExecutor;
-use crate::feedback::OutcomeFeedback;
+use crate::feedback::{NewBlocksFeedback, OutcomeFeedback};
 use crate::rawloop::{RawLoop, RawMode, RawOptions, RawPhases};
 use crate::report::Outcome;
 use crate::session::{Counters, Session, TargetSpec};
@@ -319,7 +317,7 @@ fn measure(s: &mut Session, opts: &BenchOptions) -> Result<Vec<Row>> {
 }
 
 /// LibAFL's share of a campaign: a campaign-like loop (havoc + tokens,
-/// queue scheduler, map feedback) over `executor` for `secs`; returns
+/// queue scheduler, the campaign's coverage feedback) over `executor` for `secs`; returns
 /// (execs/s, fraction of the wall time spent outside the guest runs).
 pub fn libafl_share(
     executor: &mut XenExecutor,
@@ -327,7 +325,7 @@ pub fn libafl_share(
     cover: &[String],
     secs: u64,
 ) -> Result<(f64, f64)> {
-    let mut feedback = MaxMapFeedback::new(executor.coverage_observer());
+    let mut feedback = NewBlocksFeedback;
     let dir = std::env::temp_dir().join(format!("xenprobe-bench-{}", std::process::id()));
     let mut objective = OutcomeFeedback::new(&dir);
     let mut state = StdState::new(
@@ -351,7 +349,7 @@ pub fn libafl_share(
         havoc_mutations().merge(tokens_mutations()),
         crate::campaign::HAVOC_STACK_POW,
     );
-    let mut stages = tuple_list!(StdMutationalStage::new(mutator));
+    let mut stages = tuple_list!(crate::havoc::HavocStage::new(mutator));
     let in_runs0 = executor.time_in_runs();
     let execs0 = *state.executions();
     let t = Instant::now();

@@ -11,12 +11,10 @@ use libafl::events::{
     EventConfig, EventFirer, EventReceiver, LlmpEventManagerBuilder, NopEventManager,
     ProgressReporter, SendExiting,
 };
-use libafl::feedbacks::MaxMapFeedback;
 use libafl::fuzzer::{Evaluator, Fuzzer, HasFeedback, HasObjective, StdFuzzer};
 use libafl::inputs::BytesInput;
 use libafl::mutators::{havoc_mutations, tokens_mutations, HavocScheduledMutator, Tokens};
 use libafl::schedulers::QueueScheduler;
-use libafl::stages::{MutationalStage, StdMutationalStage};
 use libafl::state::{HasCorpus, HasExecutions, HasSolutions, StdState};
 use libafl::HasMetadata;
 use libafl_bolts::rands::StdRand;
@@ -27,7 +25,8 @@ use libafl_bolts::tuples::Merge;
 use crate::confirm::{run_confirmed, ConfirmingExecutor};
 use crate::corpus_dir::{read_inputs, CorpusDir};
 use crate::executor::XenExecutor;
-use crate::feedback::{load_crash, OutcomeFeedback};
+use crate::feedback::{load_crash, NewBlocksFeedback, OutcomeFeedback};
+use crate::havoc::HavocStage;
 use crate::i2s::InputToStateStage;
 use crate::report::{CrashReport, Outcome};
 use crate::reporter::Reporter;
@@ -282,7 +281,7 @@ where
         + SendExiting
         + EventReceiver<BytesInput, State>,
 {
-    let mut feedback = Timed::new(MaxMapFeedback::new(executor.inner().coverage_observer()));
+    let mut feedback = Timed::new(NewBlocksFeedback);
     let mut objective = Timed::new(OutcomeFeedback::new(&opts.dir));
     let seed = opts.rng_seed.unwrap_or_else(libafl_bolts::current_nanos);
     let mut state = StdState::new(
@@ -373,7 +372,7 @@ where
         )),
         cmplog,
     );
-    let mut stages = tuple_list!(StdMutationalStage::new(Timed::new(mutator)), i2s);
+    let mut stages = tuple_list!(HavocStage::new(Timed::new(mutator)), i2s);
     while !reporter.turn(&state, executor.inner().session(), fuzzer.objective()) {
         // Keeps a --jobs broker's totals current between corpus events.
         mgr.maybe_report_progress(&mut state, PROGRESS_EVERY)?;

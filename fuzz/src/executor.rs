@@ -61,11 +61,6 @@ impl XenExecutor {
         std::mem::take(&mut self.comparisons)
     }
 
-    /// The block-coverage map observer.
-    pub fn coverage_observer(&self) -> &StdMapObserver<'static, u8, false> {
-        &self.observers.0
-    }
-
     /// The session (coverage counters, finish).
     pub fn session(&self) -> &Session {
         &self.session

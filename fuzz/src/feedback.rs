@@ -52,6 +52,42 @@ impl<I, S> Observer<I, S> for OutcomeObserver {
     }
 }
 
+/// Corpus feedback: a run is interesting when it reached a block no run
+/// reached before. Coverage breakpoints are one-shot, so the executor's
+/// map holds exactly those blocks: this is LibAFL's `MaxMapFeedback`
+/// without the history map it would keep beside them (and look up in the
+/// state's metadata on every run).
+#[derive(Debug, Default)]
+pub struct NewBlocksFeedback;
+
+impl Named for NewBlocksFeedback {
+    fn name(&self) -> &Cow<'static, str> {
+        static NAME: Cow<'static, str> = Cow::Borrowed("new-blocks");
+        &NAME
+    }
+}
+
+impl<S> StateInitializer<S> for NewBlocksFeedback {}
+
+impl<EM, OT, S> Feedback<EM, BytesInput, OT, S> for NewBlocksFeedback
+where
+    OT: MatchName,
+{
+    #[allow(deprecated)]
+    fn is_interesting(
+        &mut self,
+        _state: &mut S,
+        _manager: &mut EM,
+        _input: &BytesInput,
+        observers: &OT,
+        _exit_kind: &ExitKind,
+    ) -> Result<bool, Error> {
+        Ok(observers
+            .match_name::<StdMapObserver<'static, u8, false>>(crate::executor::COVERAGE_MAP)
+            .is_some_and(|map| map.count_bytes() != 0))
+    }
+}
+
 /// A saved crash: input file and report, as written to the campaign directory.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SavedCrash {
@@ -210,5 +246,43 @@ where
         );
         self.new_files.push(path);
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libafl::events::NopEventManager;
+    use libafl::state::NopState;
+
+    fn interesting(map: Vec<u8>) -> bool {
+        let observers = (
+            StdMapObserver::owned(crate::executor::COVERAGE_MAP, map),
+            (OutcomeObserver::default(), ()),
+        );
+        let mut state: NopState<BytesInput> = NopState::new();
+        NewBlocksFeedback
+            .is_interesting(
+                &mut state,
+                &mut NopEventManager::new(),
+                &BytesInput::new(Vec::new()),
+                &observers,
+                &ExitKind::Ok,
+            )
+            .expect("feedback")
+    }
+
+    #[test]
+    fn a_run_is_interesting_when_it_reached_a_new_block() {
+        assert!(
+            !interesting(vec![0; 60]),
+            "no block reached for the first time"
+        );
+        let mut map = vec![0; 60];
+        map[59] = 1;
+        assert!(
+            interesting(map),
+            "the last block reached for the first time"
+        );
     }
 }

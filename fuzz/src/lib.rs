@@ -31,6 +31,7 @@ pub mod confirm;
 pub mod corpus_dir;
 pub mod executor;
 pub mod feedback;
+pub mod havoc;
 pub mod i2s;
 pub mod jobs;
 pub mod kernel;
