@@ -20,6 +20,11 @@ pub enum RawMode {
     /// PEEK the log-dirty bitmap, CLEAN every 1000 runs, copy back the
     /// union of dirty frames; registers in the vm_event reply.
     Exact,
+    /// [`RawMode::Exact`] with the PEEK or CLEAN issued as xenprobe issues
+    /// it (privcmd's hypercall ioctl from a buffer kept across calls)
+    /// instead of through libxc, which takes and zeroes a buffer page per
+    /// call.
+    ExactDirect,
     /// Registers in the reply and the top of the stack only.
     NoReset,
 }
@@ -28,6 +33,7 @@ impl RawMode {
     fn arg(self) -> &'static str {
         match self {
             RawMode::Exact => "exact",
+            RawMode::ExactDirect => "direct",
             RawMode::NoReset => "none",
         }
     }

@@ -20,7 +20,11 @@
  *      since the last CLEAN), re-planting the breakpoints in them; put back
  *      the input bytes the run wrote (log-dirty does not see dom0's writes).
  * Mode `none` skips step 4 but for the top of the stack (512 bytes from the
- * snapshot's RSP: the return address the next call overwrites).
+ * snapshot's RSP: the return address the next call overwrites). Mode
+ * `direct` is `exact` with step 4's PEEK or CLEAN issued as xenprobe
+ * issues it: the same domctl through privcmd's hypercall ioctl from a
+ * buffer kept across calls, where libxc takes and zeroes a hypercall
+ * buffer page per call.
  *
  * Every phase is timed with the TSC on every run (a few cycles); the TSC
  * is calibrated against CLOCK_MONOTONIC around each batch. The check after
@@ -30,7 +34,7 @@
  * One batch (`--mode`, `--seconds`) prints one `rawloop k=v ...` line and,
  * in exact mode, a `rawcheck k=v ...` line. With `--serve` the guest is
  * kept and batches run on command, one a line on stdin (`exact SECONDS`,
- * `none SECONDS`, `check`, `quit`): the bench alternates them with
+ * `direct SECONDS`, `none SECONDS`, `check`, `quit`): the bench alternates them with
  * xenprobe's own batches, so that both see the same load. */
 
 #define _GNU_SOURCE
@@ -43,6 +47,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -437,13 +443,47 @@ static size_t prev_len;          /* bytes of the last input written */
 static long since_clean;
 static long next_input;
 
-/* The log-dirty bitmap: PEEK, or CLEAN. */
-static void logdirty(int clean)
+/* privcmd_hypercall_t and its ioctl (include/uapi/xen/privcmd.h). */
+struct privcmd_hypercall {
+    uint64_t op;
+    uint64_t arg[5];
+};
+#define IOCTL_PRIVCMD_HYPERCALL (('P' << 8) | (sizeof(struct privcmd_hypercall) << 16))
+#define HYPERVISOR_DOMCTL 36
+
+static struct xen_domctl *domctl; /* `direct` batches: kept across calls */
+static xc_hypercall_buffer_t *domctl_buf;
+static int privcmd = -1;
+
+/* The log-dirty bitmap: PEEK, or CLEAN; through libxc, or (`direct`) as a
+ * domctl of its own. */
+static void logdirty(int clean, int direct)
 {
-    xc_shadow_op_stats_t st;
-    if (xc_logdirty_control(xch, domid, clean ? XEN_DOMCTL_SHADOW_OP_CLEAN : XEN_DOMCTL_SHADOW_OP_PEEK,
-                            bitmap_buf, nframes, 0, &st) < 0)
-        die("log-dirty %s: %s", clean ? "CLEAN" : "PEEK", strerror(errno));
+    unsigned int op = clean ? XEN_DOMCTL_SHADOW_OP_CLEAN : XEN_DOMCTL_SHADOW_OP_PEEK;
+    if (!direct) {
+        xc_shadow_op_stats_t st;
+        if (xc_logdirty_control(xch, domid, op, bitmap_buf, nframes, 0, &st) < 0)
+            die("log-dirty %s: %s", clean ? "CLEAN" : "PEEK", strerror(errno));
+        return;
+    }
+    if (!domctl) {
+        domctl_buf = calloc(1, sizeof *domctl_buf);
+        domctl_buf->ubuf = (void *)-1; /* HYPERCALL_BUFFER_INIT_NO_BOUNCE */
+        domctl = xc__hypercall_buffer_alloc(xch, domctl_buf, sizeof *domctl);
+        privcmd = open("/dev/xen/privcmd", O_RDWR | O_CLOEXEC);
+        if (!domctl || privcmd < 0)
+            die("domctl buffer: %s", strerror(errno));
+    }
+    memset(domctl, 0, sizeof *domctl);
+    domctl->cmd = XEN_DOMCTL_shadow_op;
+    domctl->interface_version = XEN_DOMCTL_INTERFACE_VERSION;
+    domctl->domain = (domid_t)domid;
+    domctl->u.shadow_op.op = op;
+    domctl->u.shadow_op.dirty_bitmap.p = (uint8_t *)bitmap;
+    domctl->u.shadow_op.pages = nframes;
+    struct privcmd_hypercall hc = {HYPERVISOR_DOMCTL, {(uint64_t)(uintptr_t)domctl, 0, 0, 0, 0}};
+    if (ioctl(privcmd, IOCTL_PRIVCMD_HYPERCALL, &hc) < 0)
+        die("log-dirty %s (domctl): %s", clean ? "CLEAN" : "PEEK", strerror(errno));
 }
 
 /* Boots the guest to its start point, plants the end point and the sinks,
@@ -504,12 +544,13 @@ static void setup(void)
     bitmap = xc__hypercall_buffer_alloc(xch, bitmap_buf, bitmap_bytes);
     if (!bitmap)
         die("bitmap: %s", strerror(errno));
-    logdirty(1);
+    logdirty(1, 0);
 }
 
-/* Runs inputs for `seconds` (exact: every run reset; else registers and
- * the stack top only) and prints the result line. */
-static void batch(int exact, double seconds)
+/* Runs inputs for `seconds` (exact: every run reset, the log-dirty call
+ * `direct` or through libxc; else registers and the stack top only) and
+ * prints the result line. */
+static void batch(int exact, int direct, double seconds)
 {
     uint64_t ph[NPHASES] = {0};
     uint64_t dirty_total = 0, runs = 0, ends = 0, crashes = 0;
@@ -546,7 +587,7 @@ static void batch(int exact, double seconds)
             int clean = ++since_clean >= o.clean_every;
             if (clean)
                 since_clean = 0;
-            logdirty(clean);
+            logdirty(clean, direct);
             t4 = __rdtsc();
             for (uint64_t w = 0; w < bitmap_bytes / 8; w++) {
                 unsigned long bits = bitmap[w];
@@ -586,7 +627,7 @@ static void batch(int exact, double seconds)
     tsc_per_us = (double)(__rdtsc() - k_start) / (secs * 1e6);
     printf("rawloop mode=%s runs=%" PRIu64 " secs=%.3f execs_per_s=%.1f ends=%" PRIu64
            " crashes=%" PRIu64 " dirty_per_run=%.2f frames=%" PRIu64,
-           exact ? "exact" : "none", runs, secs, runs / secs, ends, crashes,
+           exact ? (direct ? "direct" : "exact") : "none", runs, secs, runs / secs, ends, crashes,
            runs ? (double)dirty_total / runs : 0.0, nframes);
     for (int p = 0; p < NPHASES; p++)
         printf(" %s_us=%.1f", phase_name[p], runs ? ph[p] / tsc_per_us / runs : 0.0);
@@ -603,7 +644,7 @@ static int check(void)
     unwrite_virt(o.input, prev_len > 0 ? prev_len : 1);
     unwrite_virt(o.len, (size_t)o.len_width);
     prev_len = 0;
-    logdirty(0);
+    logdirty(0, 0);
     for (uint64_t w = 0; w < bitmap_bytes / 8; w++)
         for (unsigned long bits = bitmap[w]; bits; bits &= bits - 1) {
             uint64_t g = w * 64 + (uint64_t)__builtin_ctzl(bits);
@@ -654,6 +695,10 @@ static int check(void)
 static void teardown(void)
 {
     xc__hypercall_buffer_free(xch, bitmap_buf);
+    if (domctl) {
+        xc__hypercall_buffer_free(xch, domctl_buf);
+        close(privcmd);
+    }
     xenforeignmemory_unmap(fmem, ram, nframes);
     xenevtchn_unbind(xce, port);
     xc_monitor_disable(xch, domid);
@@ -675,12 +720,12 @@ int main(int argc, char **argv)
     setup();
     int ok = 1;
     if (!o.serve) {
-        batch(o.exact, o.seconds);
+        batch(o.exact, 0, o.seconds);
         if (o.exact)
             ok = check();
     } else {
-        /* One command a line: `exact SECONDS`, `none SECONDS`, `check`,
-         * `quit`; each answered with one line. */
+        /* One command a line: `exact SECONDS`, `direct SECONDS`, `none
+         * SECONDS`, `check`, `quit`; each answered with one line. */
         printf("rawready frames=%" PRIu64 "\n", nframes);
         fflush(stdout);
         char line[128];
@@ -689,8 +734,8 @@ int main(int argc, char **argv)
             double secs = 0;
             if (sscanf(line, "%15s %lf", cmd, &secs) < 1)
                 continue;
-            if (!strcmp(cmd, "exact") || !strcmp(cmd, "none"))
-                batch(!strcmp(cmd, "exact"), secs);
+            if (!strcmp(cmd, "exact") || !strcmp(cmd, "direct") || !strcmp(cmd, "none"))
+                batch(strcmp(cmd, "none") != 0, !strcmp(cmd, "direct"), secs);
             else if (!strcmp(cmd, "check"))
                 ok &= check();
             else if (!strcmp(cmd, "quit"))
