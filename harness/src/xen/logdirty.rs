@@ -4,13 +4,12 @@
 //! HVM/PVH with HAP works on the stock hypervisor; PV needs shadow paging
 //! (`XEN_SYSCTL_PHYSCAP_shadow`, the lab's debug build).
 
-use std::ptr::NonNull;
-
 use xen_sys as sys;
 
 use super::ctrl::XenCtrl;
 use super::domctl::Domctl;
-use super::error::{check, Result, XenError};
+use super::error::{check, Result};
+use super::hcbuf::HypercallBuffer;
 
 /// Counters returned with a CLEAN/PEEK.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -55,17 +54,13 @@ impl XenCtrl {
 /// A dirty bitmap in hypercall-safe memory, one bit per guest frame.
 /// See docs/xen-vmi.md#log-dirty
 pub struct DirtyBitmap {
-    xc: XenCtrl,
     domid: u32,
-    buf: Box<sys::xc_hypercall_buffer_t>,
-    words: NonNull<u64>,
+    /// `div_ceil(pages, 64)` words (at least one).
+    buf: HypercallBuffer,
     pages: u64,
     /// The PEEK and CLEAN calls.
     domctl: Domctl,
 }
-
-// SAFETY: the buffer is process memory owned by this value.
-unsafe impl Send for DirtyBitmap {}
 
 impl std::fmt::Debug for DirtyBitmap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,33 +74,12 @@ impl std::fmt::Debug for DirtyBitmap {
 impl DirtyBitmap {
     /// Allocates a bitmap for frames `0..pages` of `domid`.
     pub fn new(xc: &XenCtrl, domid: u32, pages: u64) -> Result<Self> {
-        let bytes = pages.div_ceil(64) as usize * 8;
-        let mut buf = Box::new(sys::xc_hypercall_buffer_t {
-            hbuf: std::ptr::null_mut(),
-            param_shadow: std::ptr::null_mut(),
-            dir: 0,
-            ubuf: usize::MAX as *mut libc::c_void, // HYPERCALL_BUFFER_INIT_NO_BOUNCE
-            sz: 0,
-        });
-        // SAFETY: buf is a fresh, unbounced hypercall buffer descriptor.
-        let p = unsafe { sys::xc__hypercall_buffer_alloc(xc.raw(), &mut *buf, bytes.max(8)) };
-        let words = NonNull::new(p.cast::<u64>())
-            .ok_or_else(|| XenError::last("xc_hypercall_buffer_alloc"))?;
-        let domctl = match Domctl::new(xc) {
-            Ok(d) => d,
-            Err(e) => {
-                // SAFETY: allocated above on this handle.
-                unsafe { sys::xc__hypercall_buffer_free(xc.raw(), &mut *buf) };
-                return Err(e);
-            }
-        };
+        let bytes = (pages.div_ceil(64) as usize).max(1) * 8;
         Ok(Self {
-            xc: xc.clone(),
             domid,
-            buf,
-            words,
+            buf: HypercallBuffer::new(xc, bytes)?,
             pages,
-            domctl,
+            domctl: Domctl::new(xc)?,
         })
     }
 
@@ -115,7 +89,7 @@ impl DirtyBitmap {
     }
 
     fn op(&mut self, sop: u32, name: &'static str) -> Result<LogDirtyStats> {
-        let (bitmap, pages) = (self.words.as_ptr().cast::<u8>(), self.pages);
+        let (bitmap, pages) = (self.buf.as_ptr(), self.pages);
         let dc = self
             .domctl
             .call(name, self.domid, sys::XEN_DOMCTL_shadow_op, |u| {
@@ -150,7 +124,7 @@ impl DirtyBitmap {
         // SAFETY: the buffer holds div_ceil(pages, 64) words (at least one).
         unsafe {
             std::slice::from_raw_parts(
-                self.words.as_ptr(),
+                self.buf.as_ptr().cast::<u64>(),
                 (self.pages.div_ceil(64) as usize).max(1),
             )
         }
@@ -182,12 +156,5 @@ impl DirtyBitmap {
                 w &= w - 1;
             }
         }
-    }
-}
-
-impl Drop for DirtyBitmap {
-    fn drop(&mut self) {
-        // SAFETY: allocated by xc__hypercall_buffer_alloc on this handle.
-        unsafe { sys::xc__hypercall_buffer_free(self.xc.raw(), &mut *self.buf) };
     }
 }

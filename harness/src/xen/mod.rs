@@ -22,6 +22,7 @@ mod domctl;
 mod error;
 mod evtchn;
 mod foreignmemory;
+mod hcbuf;
 mod hvm;
 mod logdirty;
 mod memaccess;
