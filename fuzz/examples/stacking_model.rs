@@ -26,12 +26,12 @@ use libafl::monitors::NopMonitor;
 use libafl::mutators::{havoc_mutations, tokens_mutations, HavocScheduledMutator, Tokens};
 use libafl::observers::{MapObserver, StdMapObserver};
 use libafl::schedulers::QueueScheduler;
-use libafl::stages::StdMutationalStage;
 use libafl::state::{HasExecutions, StdState};
 use libafl::HasMetadata;
 use libafl_bolts::rands::StdRand;
 use libafl_bolts::tuples::{tuple_list, Merge, RefIndexable};
 use xenprobe_fuzz::cmplog::CmpValues;
+use xenprobe_fuzz::havoc::HavocStage;
 use xenprobe_fuzz::i2s::{InputToStateStage, Traceable};
 
 /// Blocks of the model.
@@ -287,7 +287,7 @@ fn campaign(seed: u64, stack_pow: usize, cap: u64) -> Result<Option<u64>, libafl
         HavocScheduledMutator::with_max_stack_pow(havoc_mutations(), stack_pow),
         true,
     );
-    let mut stages = tuple_list!(StdMutationalStage::new(havoc), i2s);
+    let mut stages = tuple_list!(HavocStage::new(havoc), i2s);
     while executor.found.is_none() && *state.executions() < cap {
         fuzzer.fuzz_one(&mut stages, &mut executor, &mut state, &mut mgr)?;
     }
