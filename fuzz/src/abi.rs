@@ -36,10 +36,27 @@ pub fn len_max(width: usize) -> usize {
     }
 }
 
-/// `len` as `width` little-endian bytes, clamped to [`len_max`] of the width.
-pub fn len_bytes(len: usize, width: usize) -> Vec<u8> {
-    let v = len.min(len_max(width)) as u64;
-    v.to_le_bytes()[..width.min(8)].to_vec()
+/// `len` as `width` little-endian bytes, clamped to [`len_max`] of the width
+/// (on the stack: written on every run).
+pub fn len_bytes(len: usize, width: usize) -> LenBytes {
+    LenBytes {
+        bytes: (len.min(len_max(width)) as u64).to_le_bytes(),
+        width: width.min(8),
+    }
+}
+
+/// A length variable's bytes (see [`len_bytes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LenBytes {
+    bytes: [u8; 8],
+    width: usize,
+}
+
+impl std::ops::Deref for LenBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.width]
+    }
 }
 
 #[cfg(test)]
@@ -76,11 +93,11 @@ mod tests {
 
     #[test]
     fn lengths_are_written_with_their_width_and_clamped() {
-        assert_eq!(len_bytes(0x0102, 4), vec![2, 1, 0, 0]);
-        assert_eq!(len_bytes(5, 8), vec![5, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(len_bytes(300, 1), vec![0xff]);
-        assert_eq!(len_bytes(70_000, 2), vec![0xff, 0xff]);
-        assert_eq!(len_bytes(4096, 2), vec![0x00, 0x10]);
+        assert_eq!(*len_bytes(0x0102, 4), [2, 1, 0, 0]);
+        assert_eq!(*len_bytes(5, 8), [5, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(*len_bytes(300, 1), [0xff]);
+        assert_eq!(*len_bytes(70_000, 2), [0xff, 0xff]);
+        assert_eq!(*len_bytes(4096, 2), [0x00, 0x10]);
         assert_eq!(len_max(1), 255);
         assert_eq!(len_max(2), 65_535);
         assert_eq!(len_max(4), 0xffff_ffff);
