@@ -73,6 +73,7 @@ impl<EM, OT, S> Feedback<EM, BytesInput, OT, S> for NewBlocksFeedback
 where
     OT: MatchName,
 {
+    // The map by name, as `OutcomeFeedback` finds it.
     #[allow(deprecated)]
     fn is_interesting(
         &mut self,

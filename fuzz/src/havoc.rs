@@ -13,6 +13,7 @@ use libafl::corpus::HasCurrentCorpusId;
 use libafl::fuzzer::Evaluator;
 use libafl::inputs::{BytesInput, HasMutatorBytes};
 use libafl::mutators::{MutationResult, Mutator};
+use libafl::stages::mutational::DEFAULT_MUTATIONAL_MAX_ITERATIONS;
 use libafl::stages::{Restartable, Stage};
 use libafl::state::{HasCurrentTestcase, HasRand};
 use libafl::Error;
@@ -20,10 +21,7 @@ use libafl_bolts::rands::Rand;
 use libafl_bolts::Named;
 
 /// Mutants a turn, at most (LibAFL's default for its mutational stage).
-pub const MAX_ITERATIONS: NonZeroUsize = match NonZeroUsize::new(128) {
-    Some(n) => n,
-    None => NonZeroUsize::MIN,
-};
+pub const MAX_ITERATIONS: NonZeroUsize = libafl::nonzero!(DEFAULT_MUTATIONAL_MAX_ITERATIONS);
 
 /// The stage (see the module documentation).
 #[derive(Debug)]
