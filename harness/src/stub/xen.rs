@@ -275,7 +275,7 @@ impl<A: Attached> Debuggee for XenDebuggee<A> {
         dom.resume()?;
         // The debugger would wait for a stop that never comes: say why in
         // the stub's log (the protocol has no way to).
-        if dom.info().is_ok_and(|i| i.paused) {
+        if dom.paused_elsewhere().unwrap_or(false) {
             tracing::warn!(
                 "{} is still paused by a pause of its own (created with `xl create -p`, or \
                  `xl pause`d): it runs after `xl unpause {}` in dom0",

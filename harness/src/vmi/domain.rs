@@ -299,6 +299,18 @@ impl Domain {
         self.release()
     }
 
+    /// Whether a pause that is not this attach's holds the domain (it was
+    /// created with `xl create -p`, or `xl pause`d): Xen reports a
+    /// controller pause while we hold none. A guest that has shut down does
+    /// not count: xl pauses it to destroy it, and the next event wait
+    /// reports the shutdown.
+    pub fn paused_elsewhere(&self) -> Result<bool> {
+        if self.stops.paused() {
+            return Ok(false);
+        }
+        Ok(self.info()?.held_paused())
+    }
+
     /// Answers pending events and unpauses, without stepping over anything.
     pub(crate) fn release(&mut self) -> Result<()> {
         self.stops.answer_pending()?;

@@ -230,7 +230,7 @@ impl Events {
                     Err(e) if e.raw_errno() == Some(libc::ESRCH) => return Ok(Waited::Destroyed),
                     Err(e) => return Err(e.into()),
                 };
-                if info.paused && !info.shutdown && !info.crashed {
+                if info.held_paused() {
                     return Ok(Waited::DebuggerPause);
                 }
                 std::thread::sleep((*poll).min(left));

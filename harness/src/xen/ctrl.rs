@@ -73,6 +73,12 @@ pub struct DomainInfo {
 }
 
 impl DomainInfo {
+    /// A controller pause holds a live guest: paused, and neither shut down
+    /// nor dying (xl pauses a guest that shut down to destroy it).
+    pub fn held_paused(&self) -> bool {
+        self.paused && !self.shutdown && !self.crashed && !self.dying
+    }
+
     /// Decodes `XEN_DOMCTL_getdomaininfo`'s record as 4.17's
     /// `xc_domain_getinfo` did: a crash is `crashed`, not `shutdown`.
     fn from_raw(i: &sys::xc_domaininfo_t) -> Self {
@@ -185,6 +191,20 @@ mod tests {
         };
         i.arch_config.emulation_flags = sys::XEN_X86_EMU_LAPIC;
         i
+    }
+
+    #[test]
+    fn a_pause_holds_only_a_live_guest() {
+        let paused = sys::XEN_DOMINF_paused;
+        assert!(DomainInfo::from_raw(&raw(paused)).held_paused());
+        assert!(!DomainInfo::from_raw(&raw(0)).held_paused());
+        // xl pauses a guest that powered off before destroying it.
+        let off = DomainInfo::from_raw(&raw(paused | sys::XEN_DOMINF_shutdown));
+        assert!(off.paused && !off.held_paused());
+        let crash =
+            (sys::SHUTDOWN_crash << sys::XEN_DOMINF_shutdownshift) | sys::XEN_DOMINF_shutdown;
+        assert!(!DomainInfo::from_raw(&raw(paused | crash)).held_paused());
+        assert!(!DomainInfo::from_raw(&raw(paused | sys::XEN_DOMINF_dying)).held_paused());
     }
 
     #[test]

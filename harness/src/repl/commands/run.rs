@@ -36,7 +36,7 @@ pub(super) fn stepi(s: &mut Session, rest: &str, out: &mut String) -> Result<(),
 fn resume_running(s: &mut Session) -> Result<(), ReplError> {
     let dom = s.dom()?;
     dom.resume()?;
-    if dom.info()?.paused {
+    if dom.paused_elsewhere()? {
         dom.pause()?;
         return Err(ReplError::Usage(format!(
             "{} is still paused by a pause of its own (created with `xl create -p`, or \
