@@ -227,6 +227,44 @@ impl Symbolizer {
     }
 }
 
+/// The registers a report reads at a stop: a sink's arguments, the frame.
+struct StopRegs {
+    rdi: u64,
+    rsi: u64,
+    rdx: u64,
+    rcx: u64,
+    rsp: u64,
+    rbp: u64,
+}
+
+impl StopRegs {
+    /// From the stop's vm_event when it carries them (no hypercall: a
+    /// context read costs more than the rest of a report), else read.
+    fn read(dom: &Domain, vcpu: u32) -> Result<Self, vmi::Error> {
+        Ok(match dom.event_regs(vcpu) {
+            Some(r) => Self {
+                rdi: r.rdi,
+                rsi: r.rsi,
+                rdx: r.rdx,
+                rcx: r.rcx,
+                rsp: r.rsp,
+                rbp: r.rbp,
+            },
+            None => {
+                let r = dom.regs(vcpu)?;
+                Self {
+                    rdi: r.rdi,
+                    rsi: r.rsi,
+                    rdx: r.rdx,
+                    rcx: r.rcx,
+                    rsp: r.rsp,
+                    rbp: r.rbp,
+                }
+            }
+        })
+    }
+}
+
 /// The report of a guest stopped at the entry of crash sink `name` (at
 /// `sink`). The ABI's [`ABI_SINK`]: its arguments (kind, detail, message),
 /// the faulting RIP of a fault's trap frame, a backtrace by frame pointers.
@@ -241,7 +279,7 @@ pub fn sink_report(
     if name != ABI_SINK {
         return user_sink_report(dom, syms, vcpu, sink, name);
     }
-    let regs = dom.regs(vcpu)?;
+    let regs = StopRegs::read(dom, vcpu)?;
     let len = (regs.rcx as usize).min(MESSAGE_MAX);
     let mut msg = vec![0u8; len];
     let message = match dom.read_virt_on(vcpu, regs.rdx, &mut msg) {
@@ -296,7 +334,7 @@ fn user_sink_report(
     sink: u64,
     name: &str,
 ) -> Result<CrashReport, vmi::Error> {
-    let regs = dom.regs(vcpu)?;
+    let regs = StopRegs::read(dom, vcpu)?;
     let mut addrs = vec![sink];
     let ret = dom.read_u64_on(vcpu, regs.rsp).unwrap_or(0);
     if ret != 0 {
@@ -331,7 +369,7 @@ pub fn report_at(
     rip: u64,
     message: String,
 ) -> Result<CrashReport, vmi::Error> {
-    let rbp = dom.regs(vcpu)?.rbp;
+    let rbp = StopRegs::read(dom, vcpu)?.rbp;
     let mut addrs = vec![rip];
     addrs.extend(dom.frame_pointer_walk(vcpu, rbp, 32));
     let func = syms

@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use crate::xen::{DomainInfo, ForeignMemory, HostCaps, XenCtrl};
+use crate::xen::{DomainInfo, ForeignMemory, HostCaps, VmEventRegs, XenCtrl};
 
 use super::breakpoint::Breakpoints;
 use super::caps::{Capabilities, GuestKind};
@@ -326,6 +326,23 @@ impl Domain {
         self.apply_register_reset()?;
         self.regs_backend
             .get(&self.xen.xc, self.domid, vcpu, self.is_stopped())
+    }
+
+    /// The registers `vcpu`'s pending vm_event carries (general registers,
+    /// RIP, RFLAGS, CR0/2/3/4, EFER), read without a hypercall; `None` when
+    /// it is not stopped at an event or its registers changed since (a
+    /// write, a register reset waiting). [`Domain::regs`] has the rest
+    /// (segments, debug registers) for the price of a context read.
+    pub fn event_regs(&self, vcpu: u32) -> Option<VmEventRegs> {
+        if self.stops.regs_changed(vcpu) || self.stops.register_reset_waiting() {
+            return None;
+        }
+        self.stops
+            .pending
+            .get(&vcpu)?
+            .request
+            .as_ref()
+            .map(|r| r.regs())
     }
 
     /// Writes the registers of `vcpu` (the domain should be stopped).

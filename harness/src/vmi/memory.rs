@@ -224,11 +224,18 @@ impl Domain {
                 return Ok(p);
             }
         }
-        let r = self.regs(vcpu)?;
-        let p = (PagingMode::from_regs(r.cr0, r.cr4, r.efer), r.cr3);
+        // At an event, its register copy has the paging registers.
+        let (cr0, cr3, cr4, efer) = match self.event_regs(vcpu) {
+            Some(e) => (e.cr0, e.cr3, e.cr4, e.msr_efer),
+            None => {
+                let r = self.regs(vcpu)?;
+                (r.cr0, r.cr3, r.cr4, r.efer)
+            }
+        };
+        let p = (PagingMode::from_regs(cr0, cr4, efer), cr3);
         if self.is_stopped() {
             self.mem.paging.insert(vcpu, p);
-            self.mem.cache.note_cr3(vcpu, r.cr3);
+            self.mem.cache.note_cr3(vcpu, cr3);
         }
         Ok(p)
     }
