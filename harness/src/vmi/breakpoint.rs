@@ -4,8 +4,6 @@
 //! ([`BreakpointInsnKind`]); [`BreakpointInsn`] is the seam between its two
 //! implementations: int3 (0xCC) and ICEBP (0xF1).
 
-use std::collections::BTreeMap;
-
 use rustc_hash::FxHashMap;
 
 use super::caps::BreakpointInsnKind;
@@ -104,9 +102,11 @@ pub struct BreakpointInfo {
 #[derive(Default)]
 pub(crate) struct Breakpoints {
     next: u32,
-    /// Add and remove through [`Breakpoints::insert`] and
-    /// [`Breakpoints::remove`] (they keep the indexes).
-    list: BTreeMap<BreakpointId, Breakpoint>,
+    /// By id: slot `id - 1` (ids count up from 1 and are not reused), one
+    /// contiguous block a lookup at every stop touches. Add and remove
+    /// through [`Breakpoints::insert`] and [`Breakpoints::remove`] (they
+    /// keep the indexes).
+    list: Vec<Option<Breakpoint>>,
     /// The instruction planted, chosen when debugging starts.
     insn: Option<Box<dyn BreakpointInsn>>,
     by_va: FxHashMap<u64, BreakpointId>,
@@ -141,12 +141,18 @@ impl Breakpoints {
 
     /// One breakpoint.
     pub fn get(&self, id: BreakpointId) -> Option<&Breakpoint> {
-        self.list.get(&id)
+        self.list.get(slot(id)?)?.as_ref()
+    }
+
+    fn get_mut(&mut self, id: BreakpointId) -> Option<&mut Breakpoint> {
+        self.list.get_mut(slot(id)?)?.as_mut()
     }
 
     /// Every breakpoint, planted or not, by id.
     pub fn all(&self) -> impl Iterator<Item = (BreakpointId, &Breakpoint)> + '_ {
-        self.list.iter().map(|(&id, b)| (id, b))
+        (1..)
+            .zip(&self.list)
+            .filter_map(|(id, b)| Some((BreakpointId(id), b.as_ref()?)))
     }
 
     /// The planted breakpoints, by id.
@@ -162,7 +168,7 @@ impl Breakpoints {
 
     /// Counts a hit of `id`; returns its hits so far (0 for no such breakpoint).
     pub fn count_hit(&mut self, id: BreakpointId) -> u64 {
-        self.list.get_mut(&id).map_or(0, |b| {
+        self.get_mut(id).map_or(0, |b| {
             b.hits += 1;
             b.hits
         })
@@ -170,13 +176,12 @@ impl Breakpoints {
 
     /// Whether `id` has a condition.
     pub fn has_condition(&self, id: BreakpointId) -> bool {
-        self.list.get(&id).is_some_and(|b| b.condition.is_some())
+        self.get(id).is_some_and(|b| b.condition.is_some())
     }
 
     /// Runs `id`'s condition on `regs`; true without one.
     pub fn condition_holds(&mut self, id: BreakpointId, regs: &Registers) -> bool {
-        self.list
-            .get_mut(&id)
+        self.get_mut(id)
             .and_then(|b| b.condition.as_mut())
             .is_none_or(|c| c(regs))
     }
@@ -191,11 +196,15 @@ impl Breakpoints {
             .entry(b.pa >> PAGE_SHIFT)
             .or_default()
             .push(id);
-        self.list.insert(id, b);
+        let Some(i) = slot(id) else { return };
+        if self.list.len() <= i {
+            self.list.resize_with(i + 1, || None);
+        }
+        self.list[i] = Some(b);
     }
 
     pub fn remove(&mut self, id: BreakpointId) -> Option<Breakpoint> {
-        let b = self.list.remove(&id)?;
+        let b = self.list.get_mut(slot(id)?)?.take()?;
         self.by_va.remove(&b.va);
         self.gone.insert(b.pa, (id, b.va, b.orig));
         if let Some(v) = self.by_frame.get_mut(&(b.pa >> PAGE_SHIFT)) {
@@ -213,7 +222,7 @@ impl Breakpoints {
             .get(&gfn)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.list.get(id))
+            .filter_map(|&id| self.get(id))
             .filter(|b| b.planted)
     }
 
@@ -223,13 +232,13 @@ impl Breakpoints {
             .get(&gfn)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.list.get(id))
+            .filter_map(|&id| self.get(id))
     }
 
     /// Original bytes of planted breakpoints in `[va, va+len)`.
     pub fn original_bytes_in(&self, va: u64, len: u64) -> Vec<(u64, u8)> {
-        self.list
-            .values()
+        self.all()
+            .map(|(_, b)| b)
             .filter(|b| b.planted && b.va >= va && b.va - va < len)
             .map(|b| (b.va, b.orig))
             .collect()
@@ -237,17 +246,15 @@ impl Breakpoints {
 
     /// Times the guest reached breakpoint `id`.
     pub fn hits(&self, id: BreakpointId) -> Result<u64> {
-        self.list
-            .get(&id)
+        self.get(id)
             .map(|b| b.hits)
             .ok_or_else(|| Error::Breakpoint(format!("no breakpoint {id}")))
     }
 
     /// All breakpoints, described.
     pub fn infos(&self) -> Vec<BreakpointInfo> {
-        self.list
-            .iter()
-            .map(|(&id, b)| BreakpointInfo {
+        self.all()
+            .map(|(id, b)| BreakpointInfo {
                 id,
                 addr: b.va,
                 phys: b.pa,
@@ -261,6 +268,11 @@ impl Breakpoints {
         self.next += 1;
         BreakpointId(self.next)
     }
+}
+
+/// The index of `id` in [`Breakpoints`]' list.
+fn slot(id: BreakpointId) -> Option<usize> {
+    usize::try_from(id.0.checked_sub(1)?).ok()
 }
 
 impl Domain {
@@ -356,7 +368,7 @@ impl Domain {
     /// do not plant it again, until [`Domain::enable_breakpoint`]. Neither
     /// writes the journal, so toggling a breakpoint every run is cheap.
     pub fn disable_breakpoint(&mut self, id: BreakpointId) -> Result<()> {
-        if !self.bps.list.contains_key(&id) {
+        if self.bps.get(id).is_none() {
             return Err(Error::Breakpoint(format!("no breakpoint {id}")));
         }
         self.unplant(id)
@@ -364,7 +376,7 @@ impl Domain {
 
     /// Plants a disabled breakpoint again (see [`Domain::disable_breakpoint`]).
     pub fn enable_breakpoint(&mut self, id: BreakpointId) -> Result<()> {
-        if !self.bps.list.contains_key(&id) {
+        if self.bps.get(id).is_none() {
             return Err(Error::Breakpoint(format!("no breakpoint {id}")));
         }
         self.replant(id)
@@ -372,7 +384,7 @@ impl Domain {
 
     /// Writes the original byte back (temporarily, e.g. to step over it).
     pub(crate) fn unplant(&mut self, id: BreakpointId) -> Result<()> {
-        if let Some(b) = self.bps.list.get_mut(&id) {
+        if let Some(b) = self.bps.get_mut(id) {
             if b.planted {
                 self.mem.write_phys(b.pa, &[b.orig])?;
                 b.planted = false;
@@ -384,7 +396,7 @@ impl Domain {
     /// Plants the opcode again after [`Domain::unplant`].
     pub(crate) fn replant(&mut self, id: BreakpointId) -> Result<()> {
         let opcode = self.bps.opcode();
-        if let (Some(b), Some(op)) = (self.bps.list.get_mut(&id), opcode) {
+        if let (Some(b), Some(op)) = (self.bps.get_mut(id), opcode) {
             if !b.planted {
                 self.mem.write_phys(b.pa, &[op])?;
                 b.planted = true;
@@ -395,7 +407,7 @@ impl Domain {
 
     /// Restores every original byte (detach).
     pub(crate) fn unplant_all(&mut self) -> Result<()> {
-        let ids: Vec<_> = self.bps.list.keys().copied().collect();
+        let ids: Vec<_> = self.bps.all().map(|(id, _)| id).collect();
         let mut first_err = None;
         for id in ids {
             if let Err(e) = self.unplant(id) {
@@ -451,6 +463,12 @@ mod tests {
         assert_eq!(b.at(0x2000), None, "removal updates the address index");
         assert!(in_frame(&b, 0x102).is_empty(), "and the frame index");
         assert!(b.remove(BreakpointId(3)).is_none());
+        let ids = |b: &Breakpoints| b.all().map(|(id, _)| id.0).collect::<Vec<_>>();
+        assert_eq!(ids(&b), [1, 2], "by id, the removed one gone");
+        assert!(b.get(BreakpointId(0)).is_none() && b.get(BreakpointId(99)).is_none());
+        assert_eq!(b.count_hit(BreakpointId(2)), 1);
+        assert_eq!(b.hits(BreakpointId(2)).ok(), Some(1));
+        assert!(b.hits(BreakpointId(3)).is_err());
         assert_eq!(b.original_bytes_in(0x1000, 0x1000), vec![(0x1000, 0x55)]);
         assert_eq!(
             b.original_bytes_in(0x1001, 0xfff).len(),
