@@ -241,25 +241,24 @@ impl StopRegs {
     /// From the stop's vm_event when it carries them (no hypercall: a
     /// context read costs more than the rest of a report), else read.
     fn read(dom: &Domain, vcpu: u32) -> Result<Self, vmi::Error> {
+        // The same fields of two register types.
+        macro_rules! pick {
+            ($r:expr) => {
+                Self {
+                    rdi: $r.rdi,
+                    rsi: $r.rsi,
+                    rdx: $r.rdx,
+                    rcx: $r.rcx,
+                    rsp: $r.rsp,
+                    rbp: $r.rbp,
+                }
+            };
+        }
         Ok(match dom.event_regs(vcpu) {
-            Some(r) => Self {
-                rdi: r.rdi,
-                rsi: r.rsi,
-                rdx: r.rdx,
-                rcx: r.rcx,
-                rsp: r.rsp,
-                rbp: r.rbp,
-            },
+            Some(r) => pick!(r),
             None => {
                 let r = dom.regs(vcpu)?;
-                Self {
-                    rdi: r.rdi,
-                    rsi: r.rsi,
-                    rdx: r.rdx,
-                    rcx: r.rcx,
-                    rsp: r.rsp,
-                    rbp: r.rbp,
-                }
+                pick!(r)
             }
         })
     }
